@@ -1,0 +1,105 @@
+"""What every runtime (way of starting an inference engine) provides.
+
+A runtime turns one experiment (engine flavour, model, flags, GPUs) into a running
+OpenAI-compatible server and back into nothing. The experiment job only talks to this
+interface, so `docker`, `process` and `sim` are interchangeable and the job's
+"always tear down" guarantee is written once.
+"""
+from __future__ import annotations
+
+import abc
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+class EngineError(Exception):
+    """An engine could not be started or died; the message is shown to the user."""
+
+
+class DeploymentCancelled(Exception):
+    """The experiment was cancelled while its engine was starting."""
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """Everything a runtime needs to start one engine.
+
+    `flags` is already an argv fragment (["--tp-size", "2", ...]); runtimes never build
+    shell strings. `gpu_indices` are the device indices on this host allocated by the ledger.
+    """
+
+    experiment_id: int
+    engine: str  # "sglang" | "vllm"
+    model: str
+    flags: list[str]
+    gpu_indices: list[int]
+    image: str | None = None  # docker only: repository:tag
+    sim: dict[str, Any] = field(default_factory=dict)  # sim only: performance-model settings
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Deployment:
+    """A started engine: where to reach it and what the runtime needs to stop it."""
+
+    base_url: str
+    handle: Any
+    runtime: str
+    simulated: bool = False
+
+
+class Runtime(abc.ABC):
+    name: str = "base"
+    simulated: bool = False
+
+    @abc.abstractmethod
+    def start(self, request: EngineRequest) -> Deployment:
+        """Start the engine and return at once (before it is ready)."""
+
+    @abc.abstractmethod
+    def stop(self, deployment: Deployment) -> None:
+        """Stop the engine and free everything it holds; must be safe to call twice."""
+
+    @abc.abstractmethod
+    def logs(self, deployment: Deployment, tail: int = 200) -> str:
+        """The last lines of the engine's output, for the experiment's record."""
+
+    def is_alive(self, deployment: Deployment) -> bool:
+        """False once the engine process or container has exited."""
+        return True
+
+    def wait_ready(
+        self,
+        deployment: Deployment,
+        timeout: float,
+        should_stop: Callable[[], bool] = lambda: False,
+        poll_interval: float = 0.05,
+    ) -> None:
+        """Poll `/health` until it answers 200.
+
+        Raises EngineError with the engine's last log lines if the engine exits or the
+        timeout passes, and DeploymentCancelled when `should_stop()` turns true.
+        """
+        deadline = time.monotonic() + timeout
+        url = deployment.base_url.rstrip("/") + "/health"
+        while True:
+            if should_stop():
+                raise DeploymentCancelled("cancelled while the engine was starting")
+            if not self.is_alive(deployment):
+                raise EngineError(
+                    "engine exited during start-up:\n" + self.logs(deployment, tail=30)
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise EngineError(
+                    f"engine not ready after {timeout:.0f}s:\n" + self.logs(deployment, tail=30)
+                )
+            time.sleep(poll_interval)
