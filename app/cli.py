@@ -1,0 +1,310 @@
+"""`autotuner`: the command line.
+
+Every command fails with a non-zero exit and one readable line (or, for an invalid task
+file, one line per problem), never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from app.config import get_settings, home_dir
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Turn the errors a user can cause or fix into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from kombu.exceptions import OperationalError as BrokerError
+        from sqlalchemy.exc import OperationalError as DbError
+
+        from app.taskspec import TaskSpecError
+
+        try:
+            return fn(*args, **kwargs)
+        except TaskSpecError as exc:
+            for e in exc.errors:
+                loc = ".".join(str(p) for p in e["loc"]) or "(file)"
+                click.echo(f"error: {loc}: {e['msg']}", err=True)
+            sys.exit(EXIT_USAGE)
+        except DbError as exc:
+            click.echo(f"error: cannot use the database ({get_settings().database_url.split('@')[-1]}): {exc.orig}", err=True)
+            sys.exit(EXIT_FAILED)
+        except BrokerError as exc:
+            click.echo(f"error: cannot reach the broker ({get_settings().broker_url}): {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except LookupError as exc:
+            click.echo(f"error: {exc.args[0]}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
+
+
+def load_spec(path: str, deployment_mode: str | None):
+    from app.taskspec import load_task_file, parse_task
+
+    spec = load_task_file(path)
+    if deployment_mode:
+        data = spec.to_dict()
+        data["deployment_mode"] = deployment_mode
+        spec = parse_task(data)
+    return spec
+
+
+def emit(report: dict[str, Any], as_json: bool) -> None:
+    from app.console import print_summary
+
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        print_summary(report)
+
+
+def exit_for(report: dict[str, Any]) -> None:
+    sys.exit(0 if report["status"] == "completed" else EXIT_FAILED)
+
+
+mode_option = click.option(
+    "--deployment-mode",
+    type=click.Choice(["docker", "process", "sim"]),
+    help="Override the file's deployment mode (e.g. try an original task file on the simulated engine).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Parallel autotuner for LLM inference servers (SGLang, vLLM)."""
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the normalised task as JSON.")
+@friendly_errors
+def validate(file: str, as_json: bool) -> None:
+    """Check a task file; print every problem with its field path."""
+    spec = load_spec(file, None)
+    if as_json:
+        click.echo(json.dumps(spec.to_dict(), indent=2))
+        return
+    size = spec.grid_size()
+    click.echo(
+        f"ok: {spec.task_name}: {spec.engine} via {spec.deployment_mode}, strategy {spec.optimization.strategy}, "
+        f"{spec.optimization.max_iterations} experiment(s) max, {spec.optimization.max_parallel_experiments} in parallel"
+        + (f", grid of {size}" if size else "")
+    )
+    for note in spec.notes:
+        click.echo(f"note: {note}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--wait", is_flag=True, help="Follow the task until it ends; exit 0 only if it completed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@mode_option
+@friendly_errors
+def submit(file: str, wait: bool, as_json: bool, deployment_mode: str | None) -> None:
+    """Store a task and start it on the running stack."""
+    from app.console import watch
+    from app.migrate import upgrade
+    from app.task_service import create_task
+
+    spec = load_spec(file, deployment_mode)
+    upgrade()
+    task_id = create_task(spec)
+    if not wait:
+        click.echo(json.dumps({"id": task_id, "status": "pending"}) if as_json else f"submitted task {task_id}")
+        return
+    report = watch(task_id)
+    emit(report, as_json)
+    exit_for(report)
+
+
+@main.command()
+@click.argument("task_id", type=int, required=False)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def status(task_id: int | None, as_json: bool) -> None:
+    """One task in detail, or the list of tasks."""
+    from app.console import load_report
+    from app.db import session_scope
+    from app.reports import list_tasks
+
+    if task_id is not None:
+        emit(load_report(task_id), as_json)
+        return
+    with session_scope() as session:
+        tasks = list_tasks(session)
+    if as_json:
+        click.echo(json.dumps({"tasks": tasks}, indent=2))
+        return
+    for t in tasks:
+        c = t["counts"]
+        best = f"best {t['best']['objective']:.4g}" if t["best"] else "no best yet"
+        click.echo(
+            f"{t['id']:>5}  {t['status']:<10} {t['name']:<30} "
+            f"{c['succeeded']}/{t['max_iterations']} ok, {c['running']} running  {best}"
+        )
+
+
+@main.command()
+@click.argument("task_id", type=int)
+@friendly_errors
+def cancel(task_id: int) -> None:
+    """Cancel a task: running experiments stop at their next check, GPUs are freed."""
+    from app.task_service import Conflict, NotFound, cancel_task
+
+    try:
+        click.echo(f"task {task_id}: {cancel_task(task_id)}")
+    except (NotFound, Conflict) as exc:
+        raise click.ClickException(str(exc))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("--simulated-gpus", default=4, show_default=True, help="Size of the simulated GPU pool.")
+@mode_option
+@friendly_errors
+def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | None) -> None:
+    """Run one task start to finish on an embedded stack (bundled Redis, simulated GPUs)."""
+    from app.console import err, watch
+    from app.migrate import upgrade
+    from app.stack import Stack, running_stack_pid
+    from app.task_service import create_task
+
+    spec = load_spec(file, deployment_mode)
+    if (pid := running_stack_pid()) is not None:
+        raise click.ClickException(
+            f"`autotuner up` (pid {pid}) is running on {home_dir()}; use `autotuner submit {file} --wait` instead"
+        )
+    upgrade()
+    stack = Stack(home=home_dir(), simulated_gpus=simulated_gpus)
+    err.print(f"Starting the embedded stack in {home_dir()} ({simulated_gpus} simulated GPUs)…")
+    try:
+        stack.start()
+        task_id = create_task(spec)
+
+        def alive() -> str | None:
+            dead = stack.dead_children()
+            return f"{dead[0].name} process exited; see {dead[0].log}" if dead else None
+
+        try:
+            report = watch(task_id, alive=alive)
+        except RuntimeError as exc:
+            raise click.ClickException(str(exc))
+    finally:
+        stack.stop()
+    emit(report, as_json)
+    exit_for(report)
+
+
+@main.command()
+@click.option("--simulated-gpus", default=4, show_default=True, help="Simulated GPUs of the local worker (0: none).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@friendly_errors
+def up(simulated_gpus: int, host: str, port: int) -> None:
+    """Run the whole stack until Ctrl-C: web, coordinator, a simulated GPU worker."""
+    from app.console import err
+    from app.migrate import upgrade
+    from app.stack import Stack, running_stack_pid
+
+    if (pid := running_stack_pid()) is not None:
+        raise click.ClickException(f"a stack (pid {pid}) is already running on {home_dir()}")
+    upgrade()
+    stack = Stack(home=home_dir(), simulated_gpus=simulated_gpus, web_port=port, web_host=host,
+                  start_worker=simulated_gpus > 0)
+    stack.start()
+    stack.write_stack_file()
+    err.print(f"Web UI: http://{host}:{port}   broker: {stack.broker_url}   logs: {home_dir() / 'logs'}")
+    err.print(f"Flower: CELERY_BROKER_URL={stack.broker_url} celery -A workers.celery_app flower")
+    stopping = False
+
+    def _stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            dead = stack.dead_children()
+            if dead:
+                err.print(f"[red]{dead[0].name} exited; see {dead[0].log}[/red]")
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err.print("Stopping…")
+        stack.stop()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@friendly_errors
+def web(host: str, port: int) -> None:
+    """Serve the web pages and the JSON API."""
+    from werkzeug.serving import run_simple
+
+    from app import create_app
+
+    run_simple(host, port, create_app(), threaded=True, use_reloader=False)
+
+
+@main.command()
+@click.option("--concurrency", default=2, show_default=True)
+@click.option("--loglevel", default="INFO")
+@friendly_errors
+def coordinator(concurrency: int, loglevel: str) -> None:
+    """Consume the `control` queue (coordinator and periodic tick)."""
+    from workers.gpu_worker import run_coordinator
+
+    run_coordinator(concurrency=concurrency, loglevel=loglevel)
+
+
+@main.command()
+@click.option("--gpus", help="Real GPU indices for this worker's group, e.g. 0,1 (found with NVML).")
+@click.option("--simulated-gpus", type=int, help="Use N simulated GPUs instead of real ones.")
+@click.option("--gpu-preset", default="H100-80GB", show_default=True, help="Model of the simulated GPUs.")
+@click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
+@click.option("--slots", type=int, help="Experiments run at once (Celery concurrency); default: one per GPU.")
+@click.option("--loglevel", default="INFO")
+@friendly_errors
+def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, group: str | None, slots: int | None, loglevel: str) -> None:
+    """Start a GPU worker pinned to one group of GPUs."""
+    from app.pool import GpuSpec
+    from workers.gpu_discovery import GpuDiscoveryError, discover_gpus, live_utilization, simulated_gpus as sim_gpus
+    from workers.gpu_worker import run_worker
+
+    if bool(gpus) == bool(simulated_gpus):
+        raise click.UsageError("give exactly one of --gpus 0,1 or --simulated-gpus N")
+    try:
+        if simulated_gpus:
+            found, utilization = sim_gpus(simulated_gpus, gpu_preset), (lambda: {})
+        else:
+            try:
+                indices = [int(i) for i in gpus.split(",") if i.strip()]
+            except ValueError:
+                raise click.UsageError(f"--gpus takes indices like 0,1; got {gpus!r}")
+            found = discover_gpus(indices)
+            utilization = functools.partial(live_utilization, indices)
+    except GpuDiscoveryError as exc:
+        raise click.ClickException(str(exc))
+    specs = [GpuSpec(g.index, g.name, g.memory_mb, g.uuid, g.simulated, g.utilization) for g in found]
+    run_worker(specs, group=group, slots=slots, utilization=utilization, loglevel=loglevel)
+
+
+if __name__ == "__main__":
+    main()

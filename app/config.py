@@ -1,0 +1,79 @@
+"""Twelve-factor settings: everything comes from the environment.
+
+`DATABASE_URL` and `CELERY_BROKER_URL` name the store and the broker; `AUTOTUNER_*`
+variables tune the rest. Settings are read when asked for (not at import), so the CLI can
+set up the embedded defaults before any process reads them, and tests can change them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    broker_url: str | None
+    heartbeat_interval: float
+    worker_dead_after: float
+    tick_interval: float
+    requeue_after: float
+    visibility_timeout: int
+    time_limit_grace: float
+    auth_token: str | None
+    secret_key: str | None
+    flower_url: str | None
+
+
+def home_dir() -> Path:
+    """Where the embedded defaults keep the SQLite file, the bundled Redis and logs."""
+    return Path(os.environ.get("AUTOTUNER_HOME") or Path.home() / ".autotuner").expanduser()
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{home_dir() / 'autotuner.db'}"
+
+
+def stack_file() -> Path:
+    """Written by `autotuner up` so other commands on this machine find its broker."""
+    return home_dir() / "stack.json"
+
+
+def _stack_broker() -> str | None:
+    try:
+        return json.loads(stack_file().read_text()).get("broker_url")
+    except (OSError, ValueError):
+        return None
+
+
+def get_settings() -> Settings:
+    return Settings(
+        home=home_dir(),
+        database_url=os.environ.get("DATABASE_URL") or default_database_url(),
+        broker_url=os.environ.get("CELERY_BROKER_URL") or _stack_broker(),
+        heartbeat_interval=_float("AUTOTUNER_HEARTBEAT_INTERVAL", 5.0),
+        worker_dead_after=_float("AUTOTUNER_WORKER_DEAD_AFTER", 30.0),
+        tick_interval=_float("AUTOTUNER_TICK_INTERVAL", 10.0),
+        requeue_after=_float("AUTOTUNER_REQUEUE_AFTER", 120.0),
+        # Redis re-delivers an unacknowledged message after this many seconds; it must be
+        # longer than the longest experiment's hard time limit or a long experiment would be
+        # handed to a second worker while the first still runs it.
+        visibility_timeout=int(_float("AUTOTUNER_VISIBILITY_TIMEOUT", 24 * 3600)),
+        time_limit_grace=_float("AUTOTUNER_TIME_LIMIT_GRACE", 60.0),
+        auth_token=os.environ.get("AUTOTUNER_AUTH_TOKEN") or None,
+        secret_key=os.environ.get("AUTOTUNER_SECRET_KEY") or None,
+        flower_url=os.environ.get("AUTOTUNER_FLOWER_URL") or None,
+    )

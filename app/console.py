@@ -1,0 +1,101 @@
+"""What the CLI shows a person: live progress while a task runs, the best configuration
+at the end. Machine-readable output (`--json`) goes to stdout; everything here goes to
+stderr so the two never mix."""
+from __future__ import annotations
+
+import shlex
+import time
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from app.db import session_scope
+from app.models import TASK_TERMINAL, Task
+from app.reports import task_dict
+
+err = Console(stderr=True)
+
+DONE_STATES = ("succeeded", "failed", "timed_out", "cancelled")
+
+
+def load_report(task_id: int, experiments: bool = True) -> dict[str, Any]:
+    with session_scope() as session:
+        task = session.get(Task, task_id)
+        if task is None:
+            raise LookupError(f"task {task_id} not found")
+        return task_dict(session, task, experiments=experiments)
+
+
+def watch(task_id: int, interval: float = 0.5, alive: Callable[[], str | None] = lambda: None) -> dict[str, Any]:
+    """Poll the store until the task ends, drawing a progress bar of experiments done.
+
+    `alive()` returns a message when something the watch depends on died (an embedded
+    worker, say); the watch then stops with that message instead of waiting forever.
+    """
+    columns = (
+        TextColumn("[bold]{task.fields[name]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err, transient=False, disable=not err.is_terminal) as progress:
+        bar = None
+        last_line = ""
+        while True:
+            report = load_report(task_id, experiments=False)
+            c = report["counts"]
+            done = sum(c[s] for s in DONE_STATES)
+            detail = (
+                f"{c['succeeded']} ok · {c['failed'] + c['timed_out']} failed · "
+                f"{c['running']} running · {c['queued']} queued · {c['pending']} waiting"
+            )
+            if bar is None:
+                bar = progress.add_task("", total=report["max_iterations"], name=report["name"], detail=detail)
+            progress.update(bar, completed=done, detail=detail)
+            if not err.is_terminal and detail != last_line:
+                err.print(f"task {task_id}: {done}/{report['max_iterations']} done · {detail}", highlight=False)
+                last_line = detail
+            if report["status"] in TASK_TERMINAL:
+                progress.update(bar, total=max(done, 1), completed=done)
+                return load_report(task_id)
+            problem = alive()
+            if problem:
+                raise RuntimeError(problem)
+            time.sleep(interval)
+
+
+def fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    """The best configuration as a table and the command that launches it."""
+    sim = " [yellow](simulated engine and GPUs)[/yellow]" if report["simulated"] else ""
+    c = report["counts"]
+    err.print(
+        f"\nTask {report['id']} [bold]{report['name']}[/bold]: {report['status']}{sim} · "
+        f"{c['succeeded']} succeeded, {c['failed']} failed, {c['timed_out']} timed out, {c['cancelled']} cancelled"
+        + (f" in {report['elapsed_s']:.1f}s" if report.get("elapsed_s") else "")
+    )
+    if report.get("error"):
+        err.print(f"[red]{report['error']}[/red]")
+    best = report.get("best")
+    if not best:
+        err.print("No successful experiment: there is no best configuration.")
+        return
+    table = Table(title=f"Best configuration (experiment #{best['seq']})", title_justify="left")
+    table.add_column("parameter")
+    table.add_column("value")
+    for name, value in best["params"].items():
+        table.add_row(name, fmt(value))
+    unit = {"minimize_latency": "s", "maximize_throughput": "tok/s/GPU", "minimize_ttft": "s", "minimize_tpot": "s"}
+    table.add_row(f"[bold]{report['objective']}[/bold]", f"[bold]{fmt(best['objective'])} {unit.get(report['objective'], '')}[/bold]")
+    table.add_row("GPUs", ", ".join(best["gpus"]) or "-")
+    err.print(table)
+    err.print("Launch command:")
+    err.print("  " + shlex.join(best["launch_command"]), highlight=False, soft_wrap=True)

@@ -1,0 +1,232 @@
+"""The coordinator: the only place that makes decisions.
+
+`coordinate(task_id)` moves one task forward under that task's row lock (feed the history
+to the strategy, create as many experiments as there are free slots, finish the task when
+nothing is left), then `schedule()` hands free GPUs to waiting experiments under the global
+scheduler lock. Both commit before anything is sent to Celery, and both are idempotent:
+running them twice changes nothing the second time. The caller sends the returned
+dispatches; a dispatch lost between commit and send is re-sent by `tick()`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app import ledger
+from app.config import get_settings
+from app.db import session_scope
+from app.lifecycle import end_attempt, mark_lost
+from app.models import (
+    EXP_ACTIVE,
+    EXP_CANCELLED,
+    EXP_FAILED,
+    EXP_PENDING,
+    EXP_QUEUED,
+    EXP_RUNNING,
+    EXP_SUCCEEDED,
+    EXP_TIMED_OUT,
+    TASK_CANCELLED,
+    TASK_CANCELLING,
+    TASK_COMPLETED,
+    TASK_FAILED,
+    TASK_PENDING,
+    TASK_RUNNING,
+    TASK_TERMINAL,
+    Attempt,
+    Experiment,
+    Gpu,
+    Task,
+    Worker,
+    utcnow,
+)
+from app.strategies import make_strategy
+from app.strategies.base import Trial
+from app.taskspec import TaskSpec, parse_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One Celery job to send: run `experiment_id`'s attempt on the group's queue."""
+
+    experiment_id: int
+    attempt: int
+    queue: str
+    soft_time_limit: float
+    time_limit: float
+
+
+def queue_for(group: str) -> str:
+    return f"gpu.{group}"
+
+
+def _timeout(exp: Experiment) -> float:
+    return float(exp.task.spec.get("optimization", {}).get("timeout_per_iteration") or 600)
+
+
+def _dispatch(exp: Experiment) -> Dispatch:
+    """Soft limit = the task's per-experiment timeout (the job cleans up); the hard limit
+    leaves a grace period for that clean-up before Celery kills the child."""
+    timeout = _timeout(exp)
+    return Dispatch(exp.id, exp.attempt, queue_for(exp.group), timeout, timeout + get_settings().time_limit_grace)
+
+
+def _trial(exp: Experiment) -> Trial:
+    # An experiment that broke a hard SLO counts as failed for the strategy: it must steer away.
+    objective = exp.objective if exp.state == EXP_SUCCEEDED and exp.slo_ok is not False else None
+    return Trial(params=dict(exp.params), state=exp.state, objective=objective)
+
+
+def advance(session: Session, task: Task) -> None:
+    """One step of one task, inside the caller's transaction holding the task's lock."""
+    exps = list(task.experiments)
+    if task.status == TASK_CANCELLING:
+        for exp in exps:
+            if exp.state in (EXP_PENDING, EXP_QUEUED):
+                end_attempt(session, exp, EXP_CANCELLED, error="task cancelled")
+        if not any(e.state == EXP_RUNNING for e in exps):
+            task.status, task.finished_at = TASK_CANCELLED, utcnow()
+        return
+    if task.status == TASK_PENDING:
+        task.status, task.started_at = TASK_RUNNING, utcnow()
+    spec = parse_task(task.spec)
+    active = [e for e in exps if e.state in EXP_ACTIVE]
+    free = min(task.max_parallel - len(active), task.max_iterations - len(exps))
+    created = 0
+    if free > 0:
+        suggestions = make_strategy(spec).suggest([_trial(e) for e in exps], free)
+        for params in suggestions:
+            session.add(_new_experiment(task, spec, params, len(exps) + created + 1))
+            created += 1
+    if not active and not created:
+        _finish_task(task, exps)
+
+
+def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int) -> Experiment:
+    return Experiment(
+        task=task,
+        seq=seq,
+        params=params,
+        gpus_needed=spec.gpus_needed(params),
+        state=EXP_PENDING,
+        simulated=spec.deployment_mode == "sim",
+    )
+
+
+def _finish_task(task: Task, exps: list[Experiment]) -> None:
+    task.finished_at = utcnow()
+    if any(e.state == EXP_SUCCEEDED for e in exps):
+        task.status = TASK_COMPLETED
+        return
+    task.status = TASK_FAILED
+    if not exps:
+        task.error = "the strategy suggested no experiment"
+    else:
+        kinds = sorted({e.state for e in exps})
+        task.error = f"all {len(exps)} experiments ended without success ({', '.join(kinds)})"
+
+
+def schedule(session: Session) -> list[Dispatch]:
+    """Give free GPUs to waiting experiments (FIFO across all tasks), in the caller's
+    transaction. Returns the jobs to send once that transaction has committed."""
+    ledger.lock(session)
+    waiting = (
+        session.execute(
+            select(Experiment)
+            .join(Task)
+            .where(Experiment.state == EXP_PENDING, Task.status == TASK_RUNNING)
+            .order_by(Experiment.id)
+        )
+        .scalars()
+        .all()
+    )
+    if not waiting:
+        return []
+    groups, capacity = ledger.group_states(session)
+    plan = ledger.plan([(e.id, e.gpus_needed) for e in waiting], groups, capacity)
+    by_id = {e.id: e for e in waiting}
+    for exp_id, reason in plan.waiting.items():
+        by_id[exp_id].wait_reason = reason
+    for exp_id, reason in plan.impossible.items():
+        end_attempt(session, by_id[exp_id], EXP_FAILED, error=reason)
+    dispatches = []
+    now = utcnow()
+    for placement in plan.placements:
+        exp = by_id[placement.experiment_id]
+        exp.attempt += 1
+        gpus = ledger.take(session, exp.id, exp.attempt, placement.gpu_ids)
+        labels = [g.label for g in gpus]
+        exp.state, exp.group, exp.gpus, exp.queued_at, exp.wait_reason = (
+            EXP_QUEUED, placement.group, labels, now, None,
+        )
+        session.add(Attempt(experiment_id=exp.id, number=exp.attempt, state=EXP_QUEUED, gpus=labels, queued_at=now))
+        dispatches.append(_dispatch(exp))
+    return dispatches
+
+
+def coordinate(task_id: int | None = None) -> list[Dispatch]:
+    """Advance one task (or every unfinished one) and schedule; returns jobs to send."""
+    with session_scope() as session:
+        query = select(Task.id).where(Task.status.not_in(TASK_TERMINAL))
+        ids = [task_id] if task_id is not None else list(session.execute(query).scalars())
+    for tid in ids:
+        with session_scope() as session:
+            task = session.execute(select(Task).where(Task.id == tid).with_for_update()).scalar_one_or_none()
+            if task is not None and task.status not in TASK_TERMINAL:
+                advance(session, task)
+    with session_scope() as session:
+        return schedule(session)
+
+
+def reap(session: Session) -> None:
+    """Declare silent workers dead and give back what their experiments held."""
+    settings = get_settings()
+    now = utcnow()
+    cutoff = now - timedelta(seconds=settings.worker_dead_after)
+    for worker in session.execute(
+        select(Worker).where(Worker.online.is_(True), Worker.last_heartbeat < cutoff)
+    ).scalars():
+        log.warning("worker %s stopped heartbeating; marking it offline", worker.name)
+        worker.online = False
+    session.flush()
+    online_groups = set(session.execute(select(Worker.group).where(Worker.online.is_(True))).scalars())
+    session.execute(update(Gpu).values(online=Gpu.group.in_(sorted(online_groups))))
+    orphans = session.execute(
+        select(Experiment).where(Experiment.state.in_((EXP_QUEUED, EXP_RUNNING)))
+    ).scalars()
+    for exp in orphans:
+        if exp.group not in online_groups:
+            mark_lost(session, exp, f"no live worker left in group {exp.group}")
+            continue
+        hard_deadline = _timeout(exp) + 2 * settings.time_limit_grace
+        if exp.state == EXP_RUNNING and exp.started_at and exp.started_at + timedelta(seconds=hard_deadline) < now:
+            end_attempt(session, exp, EXP_TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
+
+
+def stale_dispatches(session: Session) -> list[Dispatch]:
+    """Experiments queued for too long were probably lost by the broker: send them again.
+    A duplicate is harmless, the claim is a compare-and-set."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=get_settings().requeue_after)
+    out = []
+    for exp in session.execute(
+        select(Experiment).where(Experiment.state == EXP_QUEUED, Experiment.queued_at < cutoff)
+    ).scalars():
+        exp.queued_at = now
+        out.append(_dispatch(exp))
+    return out
+
+
+def tick() -> list[Dispatch]:
+    """The periodic pass: reap dead workers, re-send stale jobs, move every task on."""
+    with session_scope() as session:
+        ledger.lock(session)
+        reap(session)
+    with session_scope() as session:
+        resend = stale_dispatches(session)
+    return resend + coordinate(None)

@@ -1,0 +1,189 @@
+"""The store: tasks, experiments with every attempt, workers, GPUs and who held them.
+
+The database is the source of truth (Redis only carries messages), so every fact the
+system needs to resume after a crash is a column here.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Naive UTC: SQLite keeps no zone, so all timestamps are stored the same way."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# Task states
+TASK_PENDING, TASK_RUNNING, TASK_COMPLETED, TASK_FAILED = "pending", "running", "completed", "failed"
+TASK_CANCELLING, TASK_CANCELLED = "cancelling", "cancelled"
+TASK_TERMINAL = (TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED)
+
+# Experiment states
+EXP_PENDING, EXP_QUEUED, EXP_RUNNING = "pending", "queued", "running"
+EXP_SUCCEEDED, EXP_FAILED, EXP_TIMED_OUT, EXP_CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
+EXP_ACTIVE = (EXP_PENDING, EXP_QUEUED, EXP_RUNNING)
+EXP_STATES = (EXP_PENDING, EXP_QUEUED, EXP_RUNNING, EXP_SUCCEEDED, EXP_FAILED, EXP_TIMED_OUT, EXP_CANCELLED)
+ATTEMPT_LOST = "lost"
+
+
+class Task(Base):
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(20), default=TASK_PENDING, index=True)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    engine: Mapped[str] = mapped_column(String(20))
+    deployment_mode: Mapped[str] = mapped_column(String(20))
+    strategy: Mapped[str] = mapped_column(String(30))
+    objective: Mapped[str] = mapped_column(String(40))
+    max_parallel: Mapped[int] = mapped_column(Integer, default=1)
+    max_iterations: Mapped[int] = mapped_column(Integer)
+    notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+    experiments: Mapped[list["Experiment"]] = relationship(
+        back_populates="task", order_by="Experiment.seq", cascade="all, delete-orphan"
+    )
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("task_id", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    gpus_needed: Mapped[int] = mapped_column(Integer, default=1)
+    state: Mapped[str] = mapped_column(String(20), default=EXP_PENDING, index=True)
+    phase: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    group: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    gpus: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    objective: Mapped[float | None] = mapped_column(Float, nullable=True)
+    slo_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    engine_log: Mapped[str | None] = mapped_column(Text, nullable=True)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    task: Mapped[Task] = relationship(back_populates="experiments")
+    attempts: Mapped[list["Attempt"]] = relationship(
+        back_populates="experiment", order_by="Attempt.number", cascade="all, delete-orphan"
+    )
+
+
+class Attempt(Base):
+    """One dispatch of an experiment to a worker; lost and retried attempts stay visible."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (UniqueConstraint("experiment_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(20), default=EXP_QUEUED)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    gpus: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    queued_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="attempts")
+
+
+class Worker(Base):
+    """A Celery worker process pinned to one GPU group (its queue is `gpu.<group>`)."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    group: Mapped[str] = mapped_column(String(200), index=True)
+    host: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(220))
+    slots: Mapped[int] = mapped_column(Integer)
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    online: Mapped[bool] = mapped_column(Boolean, default=True)
+    incarnation: Mapped[str] = mapped_column(String(64))
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    last_heartbeat: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Gpu(Base):
+    """One GPU of the pool. `held_by` is the ledger: one column, so one holder at most."""
+
+    __tablename__ = "gpus"
+    __table_args__ = (UniqueConstraint("host", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    host: Mapped[str] = mapped_column(String(200))
+    index: Mapped[int] = mapped_column(Integer)
+    group: Mapped[str] = mapped_column(String(200), index=True)
+    worker: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))
+    memory_mb: Mapped[int] = mapped_column(Integer, default=0)
+    uuid: Mapped[str] = mapped_column(String(200), default="")
+    simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    online: Mapped[bool] = mapped_column(Boolean, default=True)
+    utilization: Mapped[float | None] = mapped_column(Float, nullable=True)
+    held_by: Mapped[int | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.index}"
+
+
+class GpuAllocation(Base):
+    """Who held which GPU when: the history behind the ledger, closed on release."""
+
+    __tablename__ = "gpu_allocations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    gpu_id: Mapped[int] = mapped_column(ForeignKey("gpus.id", ondelete="CASCADE"), index=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    allocated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Lock(Base):
+    """Named rows to lock with SELECT ... FOR UPDATE (the scheduler pass is global)."""
+
+    __tablename__ = "locks"
+
+    name: Mapped[str] = mapped_column(String(50), primary_key=True)

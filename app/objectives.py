@@ -1,0 +1,106 @@
+"""Turning benchmark figures into one number to optimise, with SLO penalties.
+
+Which figures: each traffic scenario is scored at its highest load level (the last
+concurrency level, the point an operator sizes for); the task's objective is the mean of the
+per-scenario scores. Percentiles are never averaged across levels.
+
+SLOs use the original inference-autotuner's rule (thresholds in seconds): a metric over its
+threshold by `ratio = (actual - threshold) / threshold` adds `weight * exp(ratio / steepness)`
+to a penalty; the score becomes `base * (1 + penalty)` when minimising and
+`base / (1 + penalty)` when maximising. A `hard_fail` SLO violated by at least `fail_ratio`
+makes the configuration ineligible (`slo_ok = False`): it can never be the best.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# objective name -> (metric key in a level summary, direction, factor to the reported unit)
+OBJECTIVES: dict[str, tuple[str, str, float]] = {
+    "minimize_latency": ("mean_e2el_ms", "minimize", 1e-3),  # seconds
+    "maximize_throughput": ("output_throughput_per_gpu", "maximize", 1.0),  # tokens/s per GPU
+    "minimize_ttft": ("mean_ttft_ms", "minimize", 1e-3),  # seconds
+    "minimize_tpot": ("mean_tpot_ms", "minimize", 1e-3),  # seconds
+}
+
+# SLO name -> metric key (milliseconds in the summary, seconds in the task file)
+SLO_METRICS = {
+    ("latency", "p50"): "median_e2el_ms",
+    ("latency", "p90"): "p90_e2el_ms",
+    ("latency", "p95"): "p95_e2el_ms",
+    ("latency", "p99"): "p99_e2el_ms",
+    ("ttft", None): "mean_ttft_ms",
+    ("tpot", None): "mean_tpot_ms",
+}
+
+
+@dataclass
+class Score:
+    objective: float | None
+    slo_ok: bool = True
+    penalty: float = 0.0
+    violations: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"objective": self.objective, "slo_ok": self.slo_ok, "penalty": self.penalty, "violations": self.violations}
+
+
+def direction(objective: str) -> str:
+    return OBJECTIVES[objective][1]
+
+
+def _slo_items(slo: dict[str, Any] | None):
+    if not slo:
+        return
+    for pct, rule in (slo.get("latency") or {}).items():
+        if rule and ("latency", pct) in SLO_METRICS:
+            yield f"latency.{pct}", SLO_METRICS[("latency", pct)], rule
+    for name in ("ttft", "tpot"):
+        if slo.get(name):
+            yield name, SLO_METRICS[(name, None)], slo[name]
+
+
+def score_level(level: dict[str, Any], objective: str, slo: dict[str, Any] | None = None) -> Score:
+    """Score one load level's summary; None when the level produced no usable figure."""
+    key, sense, factor = OBJECTIVES[objective]
+    raw = level.get(key)
+    if raw is None or not level.get("completed"):
+        return Score(objective=None, slo_ok=False)
+    base = float(raw) * factor
+    steepness = float((slo or {}).get("steepness") or 0.1)
+    result = Score(objective=base)
+    for name, metric, rule in _slo_items(slo):
+        actual_ms = level.get(metric)
+        if actual_ms is None:
+            continue
+        threshold = float(rule["threshold"])
+        actual = float(actual_ms) / 1000.0
+        if actual <= threshold:
+            continue
+        ratio = (actual - threshold) / threshold
+        hard = bool(rule.get("hard_fail")) and ratio >= float(rule.get("fail_ratio") or 0.0)
+        result.violations.append({"slo": name, "actual_s": actual, "threshold_s": threshold, "ratio": ratio, "hard_fail": hard})
+        if hard:
+            result.slo_ok = False
+        else:
+            result.penalty += float(rule.get("weight", 1.0)) * math.exp(min(ratio / steepness, 50.0))
+    result.objective = base * (1 + result.penalty) if sense == "minimize" else base / (1 + result.penalty)
+    return result
+
+
+def score(scenarios: list[list[dict[str, Any]]], objective: str, slo: dict[str, Any] | None = None) -> Score:
+    """Score a whole experiment: every scenario at its highest level, then the mean."""
+    parts = [score_level(levels[-1], objective, slo) for levels in scenarios if levels]
+    if not parts or any(p.objective is None for p in parts):
+        return Score(objective=None, slo_ok=False, violations=[v for p in parts for v in p.violations])
+    return Score(
+        objective=sum(p.objective for p in parts) / len(parts),
+        slo_ok=all(p.slo_ok for p in parts),
+        penalty=sum(p.penalty for p in parts) / len(parts),
+        violations=[v for p in parts for v in p.violations],
+    )
+
+
+def is_better(a: float, b: float, objective: str) -> bool:
+    return a < b if direction(objective) == "minimize" else a > b

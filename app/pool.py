@@ -1,0 +1,89 @@
+"""The GPU pool as workers see it: registration, heartbeats, going offline.
+
+A worker owns one GPU group. Registering makes its GPUs allocatable; a fresh incarnation
+of the same worker name means the previous process is gone, so whatever that process was
+running is declared lost (retried by the coordinator) before new work arrives.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from app import ledger
+from app.db import session_scope
+from app.lifecycle import mark_lost
+from app.models import EXP_RUNNING, Attempt, Experiment, Gpu, Worker, utcnow
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """The facts about one GPU a worker reports (from NVML or simulated)."""
+
+    index: int
+    name: str
+    memory_mb: int
+    uuid: str
+    simulated: bool
+    utilization: float | None = None
+
+
+def register_worker(
+    name: str, group: str, host: str, queue: str, slots: int, gpus: list[GpuSpec], incarnation: str, pid: int
+) -> None:
+    simulated = all(g.simulated for g in gpus)
+    with session_scope() as session:
+        ledger.lock(session)
+        worker = session.get(Worker, name)
+        if worker is None:
+            worker = Worker(name=name)
+            session.add(worker)
+        worker.group, worker.host, worker.queue, worker.slots = group, host, queue, slots
+        worker.simulated, worker.online, worker.incarnation, worker.pid = simulated, True, incarnation, pid
+        worker.started_at = worker.last_heartbeat = utcnow()
+        for spec in gpus:
+            gpu = session.execute(select(Gpu).where(Gpu.host == host, Gpu.index == spec.index)).scalar_one_or_none()
+            if gpu is None:
+                gpu = Gpu(host=host, index=spec.index)
+                session.add(gpu)
+            gpu.group, gpu.worker, gpu.name, gpu.memory_mb = group, name, spec.name, spec.memory_mb
+            gpu.uuid, gpu.simulated, gpu.online, gpu.utilization = spec.uuid, spec.simulated, True, spec.utilization
+        session.flush()
+        # Experiments a previous incarnation of this worker was running died with it.
+        orphaned = session.execute(
+            select(Experiment)
+            .join(Attempt, (Attempt.experiment_id == Experiment.id) & (Attempt.number == Experiment.attempt))
+            .where(Experiment.state == EXP_RUNNING, Attempt.worker == name)
+        ).scalars()
+        for exp in orphaned:
+            mark_lost(session, exp, f"worker {name} restarted while running it")
+
+
+def heartbeat(name: str, incarnation: str, utilization: dict[int, float] | None = None) -> bool:
+    """Returns False when the row says another incarnation owns the name (we were replaced)."""
+    with session_scope() as session:
+        worker = session.get(Worker, name)
+        if worker is None or worker.incarnation != incarnation:
+            return False
+        worker.last_heartbeat, worker.online = utcnow(), True
+        session.execute(update(Gpu).where(Gpu.group == worker.group).values(online=True))
+        for index, value in (utilization or {}).items():
+            session.execute(
+                update(Gpu).where(Gpu.host == worker.host, Gpu.index == index).values(utilization=value)
+            )
+        return True
+
+
+def unregister(name: str, incarnation: str) -> None:
+    """Graceful shutdown: stop allocating to this worker at once instead of after the
+    heartbeat timeout."""
+    with session_scope() as session:
+        worker = session.get(Worker, name)
+        if worker is None or worker.incarnation != incarnation:
+            return
+        worker.online = False
+        others = session.execute(
+            select(Worker).where(Worker.group == worker.group, Worker.online.is_(True), Worker.name != name)
+        ).first()
+        if others is None:
+            session.execute(update(Gpu).where(Gpu.group == worker.group).values(online=False))

@@ -1,0 +1,37 @@
+"""Search strategies: given a task and the experiments so far, what to run next.
+
+`make_strategy(spec)` picks the class named by `optimization.strategy`. Strategies are
+cheap, stateless objects; the coordinator may build a new one on every tick.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from app.strategies.base import Strategy, Trial
+from app.strategies.bayesian import BayesianStrategy
+from app.strategies.grid import GridSearch
+from app.strategies.listed import ListedStrategy
+from app.strategies.random_search import RandomSearch
+
+if TYPE_CHECKING:
+    from app.taskspec import TaskSpec
+
+STRATEGIES: dict[str, type[Strategy]] = {
+    "grid_search": GridSearch,
+    "random": RandomSearch,
+    "list": ListedStrategy,
+    "bayesian": BayesianStrategy,
+}
+
+
+def make_strategy(spec: "TaskSpec") -> Strategy:
+    """The strategy object for `spec` (its `optimization.strategy`)."""
+    try:
+        cls = STRATEGIES[spec.optimization.strategy]
+    except KeyError:
+        raise ValueError(f"unknown strategy {spec.optimization.strategy!r}; "
+                         f"expected one of {sorted(STRATEGIES)}") from None
+    return cls(spec)
+
+
+__all__ = ["STRATEGIES", "Strategy", "Trial", "make_strategy"]

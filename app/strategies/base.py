@@ -1,0 +1,88 @@
+"""What every search strategy is, and the helpers they share.
+
+A strategy is a plain object with no memory between calls: `suggest(history, n)` rebuilds
+whatever state it needs from the history of experiments already created (in any state),
+so a coordinator restart, a retry, or two coordinators taking turns lose nothing. The
+caller enforces `max_iterations`; a strategy only promises never to suggest a parameter
+set that is already in the history, and to return fewer (or none) when it runs out.
+"""
+from __future__ import annotations
+
+import abc
+import json
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from app.taskspec import Domain, TaskSpec
+
+TRIAL_STATES = ("pending", "queued", "running", "succeeded", "failed", "timed_out", "cancelled")
+ACTIVE_STATES = ("pending", "queued", "running")
+FAILED_STATES = ("failed", "timed_out")
+
+
+@dataclass
+class Trial:
+    """One experiment as a strategy sees it. `objective` is set for succeeded ones."""
+
+    params: dict[str, Any]
+    state: str
+    objective: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.state not in TRIAL_STATES:
+            raise ValueError(f"unknown trial state {self.state!r}; expected one of {TRIAL_STATES}")
+
+
+def canonical(params: dict[str, Any]) -> str:
+    """A parameter set as a comparable string. `None` means "flag not passed", which is
+    the same as the key being absent, so such keys are dropped."""
+    return json.dumps({k: v for k, v in params.items() if v is not None},
+                      sort_keys=True, separators=(",", ":"), default=str)
+
+
+def seen_keys(history: Iterable[Trial]) -> set[str]:
+    return {canonical(t.params) for t in history}
+
+
+def grid_sizes(space: dict[str, "Domain"]) -> list[int]:
+    """Number of values per dimension; only meaningful for finite spaces."""
+    return [dom.size() for dom in space.values()]  # type: ignore[misc]
+
+
+def point_at(space: dict[str, "Domain"], index: int) -> dict[str, Any]:
+    """The `index`-th point of the cartesian grid in product order (last dimension
+    fastest), computed without materialising the grid."""
+    names = list(space)
+    point: dict[str, Any] = {}
+    for name in reversed(names):
+        dom = space[name]
+        index, digit = divmod(index, dom.size())  # type: ignore[operator]
+        point[name] = dom.value_at(digit)  # type: ignore[union-attr]
+    return {name: point[name] for name in names}
+
+
+def total_size(space: dict[str, "Domain"]) -> int | None:
+    if any(not dom.is_finite for dom in space.values()):
+        return None
+    return math.prod(grid_sizes(space))
+
+
+def fingerprint(space: dict[str, "Domain"]) -> str:
+    """Identifies a search space across TaskSpec instances (the coordinator re-parses the
+    task on every tick), so caches keyed by it survive that."""
+    return json.dumps([[name, dom.to_dict()] for name, dom in space.items()], default=str)
+
+
+class Strategy(abc.ABC):
+    """Suggests new parameter sets for one task."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, spec: "TaskSpec") -> None:
+        self.spec = spec
+
+    @abc.abstractmethod
+    def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
+        """Up to `n` parameter sets not in `history` (and distinct from each other)."""

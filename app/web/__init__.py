@@ -1,0 +1,1 @@
+"""Web layer: the JSON API and the server-rendered pages (blueprints)."""

@@ -1,0 +1,102 @@
+"""Metric definitions (vllm bench serve) on hand-made timelines."""
+import math
+
+import pytest
+
+from app.benchmark.metrics import RequestRecord, error_kind, percentile, summarize
+
+
+def rec(start: float, chunks: list[float], end: float, out: int | None = None, inp: int = 10,
+        error: str | None = None) -> RequestRecord:
+    ttft = chunks[0] - start if chunks else None
+    return RequestRecord(start, ttft, end, chunks, inp, len(chunks) if out is None else out, error)
+
+
+def test_basic_definitions() -> None:
+    # request A: start 0, chunks at 0.1, 0.3, 0.4, end 0.4 -> ttft 100 ms, tpot (0.4-0.1)/2 = 150 ms
+    a = rec(0.0, [0.1, 0.3, 0.4], 0.4)
+    # request B: start 1.0, chunks at 1.2, 1.3, end 1.35 -> ttft 200, tpot (0.35-0.2)/1 = 150
+    b = rec(1.0, [1.2, 1.3], 1.35)
+    s = summarize([a, b], duration_s=2.0, num_gpus=2, concurrency=1)
+    assert s["completed"] == 2 and s["errors"] == 0 and s["error_kinds"] == {}
+    assert s["concurrency"] == 1 and s["duration"] == 2.0
+    assert s["total_input_tokens"] == 20 and s["total_output_tokens"] == 5
+    assert s["request_throughput"] == pytest.approx(1.0)
+    assert s["output_throughput"] == pytest.approx(2.5)
+    assert s["total_token_throughput"] == pytest.approx(12.5)
+    assert s["request_throughput_per_gpu"] == pytest.approx(0.5)
+    assert s["output_throughput_per_gpu"] == pytest.approx(1.25)
+    assert s["total_token_throughput_per_gpu"] == pytest.approx(6.25)
+    assert s["mean_ttft_ms"] == pytest.approx(150.0)
+    assert s["median_ttft_ms"] == pytest.approx(150.0)
+    assert s["std_ttft_ms"] == pytest.approx(50.0)  # population std like numpy
+    assert s["mean_tpot_ms"] == pytest.approx(150.0)
+    # ITL pooled: A gaps 200, 100; B gap 100
+    assert s["mean_itl_ms"] == pytest.approx(400 / 3)
+    assert s["median_itl_ms"] == pytest.approx(100.0)
+    assert s["mean_e2el_ms"] == pytest.approx((400 + 350) / 2)
+
+
+def test_one_token_outputs_have_no_tpot_or_itl() -> None:
+    s = summarize([rec(0.0, [0.05], 0.06), rec(0.0, [0.07], 0.08)], 1.0, 1, 2)
+    assert s["completed"] == 2
+    assert s["mean_ttft_ms"] == pytest.approx(60.0)
+    for key in ("mean_tpot_ms", "median_tpot_ms", "std_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "p90_itl_ms"):
+        assert s[key] is None
+
+
+def test_tpot_uses_usage_token_count_not_chunks() -> None:
+    # server packed 4 tokens into 2 chunks: TPOT = (1.0 - 0.1) / 3
+    s = summarize([rec(0.0, [0.1, 1.0], 1.0, out=4)], 1.0, 1, 1)
+    assert s["mean_tpot_ms"] == pytest.approx(300.0)
+    assert s["mean_itl_ms"] == pytest.approx(900.0)
+
+
+def test_error_mid_stream_is_excluded_from_latency_stats() -> None:
+    good = rec(0.0, [0.1, 0.2], 0.2)
+    broken = rec(0.0, [0.5, 5.0], 5.0, error="incomplete_stream: stream ended before [DONE]")
+    http = RequestRecord(0.0, None, 0.01, [], 10, 0, "http_503: starting")
+    s = summarize([good, broken, http], 1.0, 1, 3)
+    assert s["completed"] == 1 and s["errors"] == 2
+    assert s["error_kinds"] == {"incomplete_stream": 1, "http_503": 1}
+    assert s["total_output_tokens"] == 2 and s["total_input_tokens"] == 10
+    assert s["mean_ttft_ms"] == pytest.approx(100.0)
+    assert s["p99_itl_ms"] == pytest.approx(100.0)
+    assert error_kind(http) == "http_503"
+
+
+def test_empty_inputs_give_none_not_crashes() -> None:
+    s = summarize([], duration_s=0.0, num_gpus=0, concurrency=4)
+    assert s["completed"] == 0 and s["errors"] == 0 and s["concurrency"] == 4
+    for key, value in s.items():
+        if key.endswith("_ms") or "throughput" in key:
+            assert value is None, key
+    only_failures = summarize([RequestRecord(0, None, 1, [], 5, 0, "connection: refused")], 1.0, 1, 1)
+    assert only_failures["mean_ttft_ms"] is None and only_failures["request_throughput"] == 0.0
+    no_chunks = summarize([RequestRecord(0, None, 1, [], 5, 0, None)], 1.0, 1, 1)
+    assert no_chunks["mean_ttft_ms"] is None and no_chunks["mean_itl_ms"] is None
+    assert no_chunks["mean_e2el_ms"] == pytest.approx(1000.0)
+
+
+def test_percentiles_interpolate_like_numpy() -> None:
+    xs = [1.0, 2.0, 3.0, 4.0, 10.0]
+    assert percentile(xs, 50) == 3.0
+    assert percentile(xs, 90) == pytest.approx(7.6)  # numpy.percentile(xs, 90)
+    assert percentile(xs, 99) == pytest.approx(9.76)
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([], 50) is None
+    # through summarize: e2el of 1..100 ms
+    recs = [RequestRecord(0.0, 0.0005, (i + 1) / 1000, [0.0005], 1, 1) for i in range(100)]
+    s = summarize(recs, 1.0, 1, 1)
+    assert s["p90_e2el_ms"] == pytest.approx(90.1)
+    assert s["p95_e2el_ms"] == pytest.approx(95.05)
+    assert s["p99_e2el_ms"] == pytest.approx(99.01)
+    assert s["median_e2el_ms"] == pytest.approx(50.5)
+    assert s["std_e2el_ms"] == pytest.approx(math.sqrt((100**2 - 1) / 12))
+
+
+def test_summary_has_all_keys() -> None:
+    s = summarize([rec(0.0, [0.1, 0.2], 0.2)], 1.0, 1, 1)
+    for m in ("ttft", "tpot", "itl", "e2el"):
+        for stat in ("mean", "median", "std", "p90", "p95", "p99"):
+            assert f"{stat}_{m}_ms" in s

@@ -1,0 +1,81 @@
+"""Cross-check the benchmark client against an independent simulator, xpyd-sim.
+
+xpyd-sim (``xpyd-sim serve``, non-scheduling mode) sleeps ``--prefill-delay-ms`` before it
+starts the response and ``--decode-delay-per-token-ms`` before *each* streamed token,
+including the first. So a client measuring like vllm bench serve must see
+
+    TTFT ~= prefill_delay + decode_delay        TPOT ~= decode_delay
+
+Tolerance: 20 % of the expected value + 5 ms (event-loop wake-ups, HTTP, JSON).
+"""
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Iterator
+
+import pytest
+
+from app.benchmark import run_benchmark
+
+pytest.importorskip("xpyd_sim")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def within(measured: float, expected: float) -> bool:
+    return abs(measured - expected) <= 0.2 * expected + 5.0
+
+
+@pytest.fixture(params=[(50.0, 10.0), (120.0, 4.0)], ids=["prefill50-decode10", "prefill120-decode4"])
+def xpyd(request: pytest.FixtureRequest) -> Iterator[dict]:
+    prefill_ms, decode_ms = request.param
+    port = free_port()
+    cmd = [sys.executable, "-c", "from xpyd_sim.cli import main; main()", "serve",
+           "--host", "127.0.0.1", "--port", str(port), "--model", "xpyd-test",
+           "--prefill-delay-ms", str(prefill_ms), "--decode-delay-per-token-ms", str(decode_ms)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, "xpyd-sim exited during start-up"
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            assert time.monotonic() < deadline, "xpyd-sim not healthy after 60 s"
+            time.sleep(0.05)
+        yield {"base": base, "prefill_ms": prefill_ms, "decode_ms": decode_ms}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+def test_measured_latencies_match_configured_delays(xpyd: dict, api: str) -> None:
+    n, out = 5, 20
+    r = run_benchmark(xpyd["base"], "xpyd-test", f"D(100,{out})", [1], max_requests=n, max_time_s=60,
+                      num_gpus=1, api=api)[0]
+    assert r["completed"] == n and r["errors"] == 0, r["error_kinds"]
+    assert r["total_output_tokens"] == n * out
+    expected_ttft = xpyd["prefill_ms"] + xpyd["decode_ms"]
+    assert within(r["mean_ttft_ms"], expected_ttft), (r["mean_ttft_ms"], expected_ttft)
+    assert within(r["mean_tpot_ms"], xpyd["decode_ms"]), (r["mean_tpot_ms"], xpyd["decode_ms"])
+    assert within(r["median_itl_ms"], xpyd["decode_ms"])
+    expected_e2el = xpyd["prefill_ms"] + out * xpyd["decode_ms"]
+    assert within(r["mean_e2el_ms"], expected_e2el)

@@ -1,0 +1,185 @@
+"""End to end with real parts: Redis broker, Celery worker processes (coordinator + a
+simulated 4-GPU worker), the sim engine over real HTTP, on SQLite and on PostgreSQL."""
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+MIXED_TP = [1, 2, 4, 1, 1, 2, 4, 1, 2, 1, 1, 2]
+
+
+def mixed_task(configs: list[dict], parallel: int = 4, startup: float = 0.3) -> dict:
+    return {
+        "task_name": "mixed-gpu-needs",
+        "base_runtime": "sim",
+        "model": {"id_or_path": "llama-3-8b"},
+        "sim": {"time_scale": 0.02, "startup_seconds": startup},
+        "parameters": {},
+        "optimization": {
+            "strategy": "list",
+            "configs": configs,
+            "objective": "maximize_throughput",
+            "max_parallel_experiments": parallel,
+            "timeout_per_iteration": 120,
+        },
+        "benchmark": {
+            "traffic_scenarios": ["D(64,16)"],
+            "num_concurrency": [2],
+            "max_requests_per_iteration": 6,
+            "max_time_per_iteration": 60,
+        },
+    }
+
+
+def start_stack(stack, gpus: int = 4):
+    from app.db import session_scope
+    from app.models import Worker
+
+    stack.start("coordinator", "coordinator", "--concurrency", "2")
+    stack.start("worker", "worker", "--simulated-gpus", str(gpus))
+
+    def online():
+        with session_scope() as s:
+            return s.execute(select(Worker).where(Worker.online.is_(True))).first() is not None
+
+    wait_for(online, 60, "the simulated GPU worker to register", stack)
+
+
+def run_to_end(stack, data: dict, timeout: float = 240) -> int:
+    from app.db import session_scope
+    from app.models import TASK_TERMINAL, Task
+    from app.task_service import create_task
+    from app.taskspec import parse_task
+
+    task_id = create_task(parse_task(data))
+
+    def ended():
+        with session_scope() as s:
+            return s.get(Task, task_id).status in TASK_TERMINAL
+
+    wait_for(ended, timeout, f"task {task_id} to end", stack, interval=0.3)
+    return task_id
+
+
+def overlaps(a: tuple, b: tuple) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_mixed_gpu_needs_complete_without_sharing_a_gpu(stack):
+    from app.db import session_scope
+    from app.models import Attempt, Experiment, Gpu, GpuAllocation, Task
+
+    start_stack(stack)
+    task_id = run_to_end(stack, mixed_task([{"tp-size": tp} for tp in MIXED_TP]))
+
+    with session_scope() as s:
+        task = s.get(Task, task_id)
+        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
+        assert task.status == "completed", stack.logs()
+        assert len(exps) == 12
+        assert {e.state for e in exps} == {"succeeded"}, [(e.seq, e.state, e.error) for e in exps]
+        assert [e.gpus_needed for e in sorted(exps, key=lambda e: e.seq)] == MIXED_TP
+        for e in exps:
+            assert len(e.gpus) == e.gpus_needed
+            assert e.metrics["simulated"] is True
+
+        # Ledger history: per GPU, allocation intervals never overlap and all were released.
+        allocs = s.execute(select(GpuAllocation)).scalars().all()
+        assert len(allocs) == sum(MIXED_TP)
+        assert all(a.released_at is not None for a in allocs)
+        for gpu_id, group in itertools.groupby(sorted(allocs, key=lambda a: (a.gpu_id, a.allocated_at)), key=lambda a: a.gpu_id):
+            spans = [(a.allocated_at, a.released_at) for a in group]
+            for a, b in itertools.combinations(spans, 2):
+                assert not overlaps(a, b), f"GPU {gpu_id} held twice at once: {a} {b}"
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+
+        # Running intervals as the workers recorded them: two experiments that shared a
+        # GPU never ran at the same time, and never more than max_parallel ran at once.
+        runs = []
+        for e in exps:
+            (att,) = s.execute(select(Attempt).where(Attempt.experiment_id == e.id)).scalars().all()
+            runs.append((set(att.gpus), (att.started_at, att.finished_at)))
+        for (g1, span1), (g2, span2) in itertools.combinations(runs, 2):
+            if g1 & g2:
+                assert not overlaps(span1, span2), f"{g1 & g2} used by two running experiments"
+        for _, (start, _end) in runs:
+            concurrent = sum(1 for _, (s2, e2) in runs if s2 <= start < e2)
+            assert concurrent <= 4
+
+
+def test_duplicate_delivery_runs_an_experiment_once(stack):
+    """After a task ends, every experiment's job is delivered twice more: each experiment
+    keeps exactly one attempt and its result, and the duplicates' claims find nothing."""
+    from app.db import session_scope
+    from app.dispatch import send_experiments
+    from app.coordinator import Dispatch
+    from app.models import Attempt, Experiment
+
+    start_stack(stack)
+    task_id = run_to_end(stack, mixed_task([{"tp-size": 1}, {"tp-size": 2}, {"tp-size": 1}], parallel=3))
+    with session_scope() as s:
+        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
+        finished = {e.id: (e.finished_at, e.objective) for e in exps}
+        resend = [Dispatch(e.id, e.attempt, f"gpu.{e.group}", 60, 90) for e in exps]
+    send_experiments(resend)
+    send_experiments(resend)
+
+    def drained():
+        import redis
+
+        r = redis.Redis.from_url(stack.env["CELERY_BROKER_URL"])
+        return all(r.llen(d.queue) == 0 for d in resend) and "nothing to claim" in stack.logs()
+
+    wait_for(drained, 60, "duplicate jobs to be consumed", stack)
+    with session_scope() as s:
+        for e in s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars():
+            assert (e.finished_at, e.objective) == finished[e.id]
+            assert e.attempt == 1
+            assert len(s.execute(select(Attempt).where(Attempt.experiment_id == e.id)).scalars().all()) == 1
+
+
+def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
+    """The claim is a compare-and-set: of many simultaneous deliveries exactly one runs."""
+    from app import ledger, lifecycle
+    from app.db import session_scope
+    from app.models import EXP_QUEUED, Attempt, Experiment, Task
+    from app.pool import GpuSpec, register_worker
+    from app.taskspec import parse_task
+
+    register_worker("w@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc", 1)
+    spec = parse_task(mixed_task([{"tp-size": 1}]))
+    with session_scope() as s:
+        task = Task(name="t", status="running", spec=spec.to_dict(), engine="sglang", deployment_mode="sim",
+                    strategy="list", objective="maximize_throughput", max_parallel=1, max_iterations=1, notes=[])
+        exp = Experiment(task=task, seq=1, params={"tp-size": 1}, gpus_needed=1, state=EXP_QUEUED, attempt=1, group="g")
+        s.add_all([task, exp])
+        s.flush()
+        gpu_id = s.execute(select(ledger.Gpu.id)).scalar_one()
+        ledger.take(s, exp.id, 1, (gpu_id,))
+        s.add(Attempt(experiment_id=exp.id, number=1, state=EXP_QUEUED))
+        exp_id = exp.id
+
+    results = []
+    barrier = threading.Barrier(6)
+
+    def contender(i: int):
+        barrier.wait()
+        results.append(lifecycle.claim(exp_id, 1, worker=f"w{i}", host="h", pid=10_000 + i))
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert winners[0].gpu_indices == [0]
+    # A stale message of an older attempt finds nothing either.
+    assert lifecycle.claim(exp_id, 0, worker="w9", host="h", pid=1) is None

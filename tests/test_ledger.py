@@ -1,0 +1,139 @@
+"""The GPU ledger: the planner's FIFO-with-reservation rules (property tests on the pure
+planner) and the store's all-or-nothing, single-holder guarantees (property tests on a
+real SQLite database)."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from app import ledger
+from app.ledger import FreeGpu, GroupState, LedgerConflict, plan
+
+
+def make_groups(sizes: list[int], used: list[set[int]] | None = None) -> list[GroupState]:
+    groups, next_id = [], 1
+    for gi, size in enumerate(sizes):
+        ids = list(range(next_id, next_id + size))
+        next_id += size
+        taken = (used or [set()] * len(sizes))[gi]
+        free = [FreeGpu(i, idx) for idx, i in enumerate(ids) if idx not in taken]
+        groups.append(GroupState(f"g{gi}", size, size, len(taken), free))
+    return groups
+
+
+group_sizes = st.lists(st.integers(1, 8), min_size=1, max_size=4)
+needs = st.lists(st.sampled_from([1, 1, 1, 2, 4, 8]), min_size=1, max_size=20)
+
+
+@given(group_sizes, needs)
+def test_plan_never_gives_a_gpu_twice_and_places_whole_experiments(sizes, want):
+    groups = make_groups(sizes)
+    capacity = {g.group: g.total_gpus for g in groups}
+    members = {g.group: {f.id for f in g.free} for g in groups}
+    result = plan(list(enumerate(want)), groups, capacity)
+    seen: set[int] = set()
+    for p in result.placements:
+        assert len(p.gpu_ids) == want[p.experiment_id]  # all of its GPUs
+        assert set(p.gpu_ids) <= members[p.group]  # from one group
+        assert not seen & set(p.gpu_ids)  # nobody else's
+        seen |= set(p.gpu_ids)
+    placed = {p.experiment_id for p in result.placements}
+    assert placed | set(result.waiting) | set(result.impossible) == set(range(len(want)))
+    for exp_id in result.impossible:
+        assert want[exp_id] > max(sizes)
+
+
+@given(st.integers(1, 8), needs)
+def test_plan_is_fifo_within_a_group(size, want):
+    """With one group, what starts is exactly a prefix of the (possible) waiting line."""
+    groups = make_groups([size])
+    result = plan(list(enumerate(want)), groups, {"g0": size})
+    possible = [i for i in range(len(want)) if i not in result.impossible]
+    placed = [p.experiment_id for p in result.placements]
+    assert placed == possible[: len(placed)]
+
+
+def test_reservation_keeps_a_big_experiment_from_starving():
+    # Two groups of 4; group g0 has 3 GPUs busy. A 4-GPU experiment waits; 1-GPU ones
+    # behind it may not take g1's GPUs (reserved for the big one), only g0's last one.
+    groups = make_groups([4, 4], used=[{0, 1, 2}, {0}])
+    result = plan([(1, 4), (2, 1), (3, 1)], groups, {"g0": 4, "g1": 4})
+    assert 1 in result.waiting and "reserved" in result.waiting[1]
+    assert [(p.experiment_id, p.group) for p in result.placements] == [(2, "g0")]
+    assert 3 in result.waiting
+
+
+def test_too_big_for_every_group_is_impossible_not_waiting():
+    result = plan([(1, 8)], make_groups([4, 4]), {"g0": 4, "g1": 4})
+    assert "largest worker group has 4" in result.impossible[1]
+
+
+def test_prefers_neighbouring_gpus():
+    free = [FreeGpu(10, 0), FreeGpu(12, 2), FreeGpu(13, 3), FreeGpu(15, 5)]
+    assert [g.index for g in ledger.pick_gpus(free, 2)] == [2, 3]
+
+
+# --- the store ---------------------------------------------------------------------------
+
+def _pool(n_gpus: int = 4) -> list[int]:
+    """GPU ids of a pool of n GPUs and 8 experiments, created on first use."""
+    from app.db import session_scope
+    from app.models import Experiment, Gpu, Task
+    from app.pool import GpuSpec, register_worker
+
+    with session_scope() as s:
+        existing = list(s.execute(select(Gpu.id).order_by(Gpu.index)).scalars())
+    if existing:
+        return existing
+    register_worker("w@h", "g", "h", "gpu.g", n_gpus, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(n_gpus)], "x", 1)
+    with session_scope() as s:
+        task = Task(name="t", status="running", spec={}, engine="sglang", deployment_mode="sim",
+                    strategy="list", objective="minimize_latency", max_parallel=8, max_iterations=8, notes=[])
+        s.add(task)
+        s.add_all(Experiment(task=task, seq=i + 1, params={}, gpus_needed=1) for i in range(8))
+        s.flush()
+        return list(s.execute(select(Gpu.id).order_by(Gpu.index)).scalars())
+
+
+ops = st.lists(
+    st.tuples(st.sampled_from(["take", "release"]), st.integers(1, 8), st.sets(st.integers(0, 3), min_size=1, max_size=4)),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops)
+def test_store_take_release_sequences(db, sequence):
+    """Random take/release sequences against the real tables never leave a GPU with two
+    holders, and a take that cannot have all its GPUs changes nothing."""
+    from app.db import session_scope
+    from app.models import Gpu, GpuAllocation
+
+    with session_scope() as s:
+        s.query(GpuAllocation).delete()
+        s.query(Gpu).update({Gpu.held_by: None})
+    gpu_ids = _pool()
+    model: dict[int, int] = {}  # gpu id -> holder
+    for op, exp_id, idxs in sequence:
+        chosen = tuple(gpu_ids[i] for i in sorted(idxs))
+        if op == "take":
+            expect_ok = all(g not in model for g in chosen)
+            try:
+                with session_scope() as s:
+                    ledger.take(s, exp_id, 1, chosen)
+                assert expect_ok
+                model.update({g: exp_id for g in chosen})
+            except LedgerConflict:
+                assert not expect_ok
+        else:
+            with session_scope() as s:
+                ledger.release(s, exp_id)
+            model = {g: h for g, h in model.items() if h != exp_id}
+        with session_scope() as s:
+            actual = {g.id: g.held_by for g in s.execute(select(Gpu)).scalars() if g.held_by is not None}
+            open_allocs = s.execute(select(GpuAllocation).where(GpuAllocation.released_at.is_(None))).scalars().all()
+        assert actual == model
+        assert sorted(a.gpu_id for a in open_allocs) == sorted(model)  # one open interval per held GPU

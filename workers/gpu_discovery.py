@@ -1,0 +1,193 @@
+"""Find the GPUs a worker may hand out, through NVML (or pretend to, for simulation).
+
+The worker registers these GPUs with the ledger at start-up and reports their live
+utilization in heartbeats. NVML is read directly (not `nvidia-smi`) so there is no
+output to parse and errors come back as typed exceptions. Hosts without an NVIDIA
+driver get a clear error pointing at `--simulated-gpus`, instead of a stack trace.
+"""
+from __future__ import annotations
+
+import socket
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+try:  # nvidia-ml-py is a dependency, but keep import-time failures out of CLI help etc.
+    import pynvml
+except ImportError:  # pragma: no cover - exercised only on broken installs
+    pynvml = None  # type: ignore[assignment]
+
+
+class GpuDiscoveryError(Exception):
+    """GPUs could not be discovered; the message is shown to the user."""
+
+
+@dataclass
+class GpuInfo:
+    index: int
+    name: str
+    memory_mb: int
+    uuid: str
+    simulated: bool
+    utilization: float | None = None  # percent, 0-100, at discovery time
+    pci_bus_id: str | None = None
+
+
+SIMULATED_PRESETS: dict[str, int] = {
+    "A100-80GB": 81920,
+    "H100-80GB": 81920,
+    "H200": 143771,
+}
+
+
+def _text(value: Any) -> str:
+    """Older pynvml returns bytes, newer returns str."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _nvml_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (OSError,)
+    if pynvml is not None:
+        errors += (pynvml.NVMLError,)
+    return errors
+
+
+@contextmanager
+def _nvml() -> Iterator[Any]:
+    """nvmlInit ... nvmlShutdown, turning "no driver" into GpuDiscoveryError."""
+    if pynvml is None:
+        raise GpuDiscoveryError(
+            "NVML is not available on this host (no NVIDIA driver?): nvidia-ml-py is not "
+            "installed; use --simulated-gpus N to run with simulated GPUs"
+        )
+    try:
+        pynvml.nvmlInit()
+    except _nvml_errors() as exc:
+        raise GpuDiscoveryError(
+            f"NVML is not available on this host (no NVIDIA driver?): {exc}; "
+            "use --simulated-gpus N to run with simulated GPUs"
+        ) from exc
+    try:
+        yield pynvml
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except _nvml_errors():
+            pass
+
+
+def _check_indices(indices: list[int] | None, count: int) -> list[int]:
+    if indices is None:
+        return list(range(count))
+    seen: set[int] = set()
+    for i in indices:
+        if i < 0 or i >= count:
+            raise GpuDiscoveryError(
+                f"GPU index {i} does not exist on this host; found {count} GPU(s)"
+                + (f" (valid indices 0-{count - 1})" if count else "")
+            )
+        if i in seen:
+            raise GpuDiscoveryError(f"GPU index {i} is listed more than once")
+        seen.add(i)
+    return list(indices)
+
+
+def _optional(fn: Any, *args: Any) -> Any:
+    """Utilization and PCI info are nice-to-have; some GPUs/vGPUs refuse them."""
+    try:
+        return fn(*args)
+    except _nvml_errors():
+        return None
+
+
+def discover_gpus(indices: list[int] | None = None) -> list[GpuInfo]:
+    """The host's GPUs (all, or only `indices`), in the order asked for."""
+    with _nvml() as nv:
+        try:
+            count = int(nv.nvmlDeviceGetCount())
+            wanted = _check_indices(indices, count)
+            gpus: list[GpuInfo] = []
+            for i in wanted:
+                handle = nv.nvmlDeviceGetHandleByIndex(i)
+                util = _optional(nv.nvmlDeviceGetUtilizationRates, handle)
+                pci = _optional(nv.nvmlDeviceGetPciInfo, handle)
+                gpus.append(
+                    GpuInfo(
+                        index=i,
+                        name=_text(nv.nvmlDeviceGetName(handle)),
+                        memory_mb=int(nv.nvmlDeviceGetMemoryInfo(handle).total) // (1024 * 1024),
+                        uuid=_text(nv.nvmlDeviceGetUUID(handle)),
+                        simulated=False,
+                        utilization=float(util.gpu) if util is not None else None,
+                        pci_bus_id=_text(pci.busId) if pci is not None else None,
+                    )
+                )
+            return gpus
+        except _nvml_errors() as exc:
+            raise GpuDiscoveryError(f"NVML query failed: {exc}") from exc
+
+
+def simulated_gpus(count: int, preset: str = "H100-80GB") -> list[GpuInfo]:
+    """Fake GPUs for running the whole system (with the sim runtime) without hardware.
+
+    The uuid embeds the hostname so simulated GPUs of different workers never collide
+    in the ledger.
+    """
+    if count < 0:
+        raise GpuDiscoveryError(f"simulated GPU count must be >= 0, got {count}")
+    if preset not in SIMULATED_PRESETS:
+        raise GpuDiscoveryError(
+            f"unknown simulated GPU preset {preset!r}; choose one of {sorted(SIMULATED_PRESETS)}"
+        )
+    host = socket.gethostname()
+    return [
+        GpuInfo(
+            index=i,
+            name=f"Simulated {preset}",
+            memory_mb=SIMULATED_PRESETS[preset],
+            uuid=f"SIM-{host}-{i}",
+            simulated=True,
+            utilization=None,
+            pci_bus_id=None,
+        )
+        for i in range(count)
+    ]
+
+
+def gpu_topology(indices: list[int]) -> dict[tuple[int, int], int]:
+    """NVML topology level between each pair of GPUs (lower is closer).
+
+    Levels are NVML_TOPOLOGY_* values (0 same board, 10 one PCIe switch, ... 50 across
+    CPU sockets); the allocator uses them to give multi-GPU experiments close GPUs.
+    Both (a, b) and (b, a) are present. Pairs NVML cannot answer are left out, and
+    the result is {} when NVML is unavailable, so callers simply fall back to any GPUs.
+    """
+    try:
+        with _nvml() as nv:
+            handles = {i: nv.nvmlDeviceGetHandleByIndex(i) for i in indices}
+            result: dict[tuple[int, int], int] = {}
+            for pos, a in enumerate(indices):
+                for b in indices[pos + 1:]:
+                    level = _optional(nv.nvmlDeviceGetTopologyCommonAncestor, handles[a], handles[b])
+                    if level is not None:
+                        result[(a, b)] = result[(b, a)] = int(level)
+            return result
+    except (GpuDiscoveryError, *_nvml_errors()):
+        return {}
+
+
+def live_utilization(indices: list[int]) -> dict[int, float]:
+    """Current GPU utilization (percent) for heartbeats; {} when NVML is unavailable."""
+    try:
+        with _nvml() as nv:
+            result: dict[int, float] = {}
+            for i in indices:
+                handle = _optional(nv.nvmlDeviceGetHandleByIndex, i)
+                util = _optional(nv.nvmlDeviceGetUtilizationRates, handle) if handle is not None else None
+                if util is not None:
+                    result[i] = float(util.gpu)
+            return result
+    except (GpuDiscoveryError, *_nvml_errors()):
+        return {}
