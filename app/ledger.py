@@ -98,6 +98,9 @@ def plan(waiting: list[tuple[int, int]], groups: list[GroupState], capacity: dic
     reserved: str | None = None
     largest = max(capacity.values(), default=0)
     for exp_id, need in waiting:
+        if not capacity:
+            reasons[exp_id] = "waiting for a GPU worker to register"
+            continue
         if need > largest:
             impossible[exp_id] = (
                 f"needs {need} GPUs but the largest worker group has {largest}; "

@@ -100,3 +100,73 @@ def test_summary_has_all_keys() -> None:
     for m in ("ttft", "tpot", "itl", "e2el"):
         for stat in ("mean", "median", "std", "p90", "p95", "p99"):
             assert f"{stat}_{m}_ms" in s
+
+
+# ---- the client's error kinds, against a deliberately broken in-process server ----------
+import asyncio  # noqa: E402
+import socket  # noqa: E402
+
+from aiohttp import web  # noqa: E402
+
+from app.benchmark.client import run_level  # noqa: E402
+
+CHUNK = b'data: {"choices": [{"index": 0, "text": " x"}]}\n\n'
+
+
+async def _broken(request: web.Request) -> web.StreamResponse:
+    mode = request.match_info["mode"]
+    if mode == "http500":
+        return web.json_response({"error": "boom"}, status=500)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    if mode == "cut":  # a clean end of body, but no [DONE]
+        await resp.write(CHUNK + CHUNK)
+        await resp.write_eof()
+    elif mode == "abort":  # connection dropped mid-stream
+        await resp.write(CHUNK)
+        request.transport.close()
+    elif mode == "garbage":
+        await resp.write(b"data: {not json\n\n")
+        await resp.write_eof()
+    elif mode == "empty":
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    elif mode == "ok":
+        await resp.write(CHUNK * 3 + b'data: {"choices": [], "usage": {"completion_tokens": 3}}\n\n'
+                         + b"data: [DONE]\n\n")
+        await resp.write_eof()
+    return resp
+
+
+async def _against_broken_server() -> dict[str, dict]:
+    app = web.Application()
+    app.router.add_post("/{mode}/v1/completions", _broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    out = {}
+    try:
+        for mode in ("ok", "http500", "cut", "abort", "garbage", "empty"):
+            out[mode] = await run_level(f"http://127.0.0.1:{port}/{mode}", "m", "D(10,3)", 2, 4, 30, 1)
+    finally:
+        await runner.cleanup()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    out["refused"] = await run_level(f"http://127.0.0.1:{closed}", "m", "D(10,3)", 2, 4, 30, 1)
+    return out
+
+
+def test_client_records_error_kinds_and_never_raises() -> None:
+    res = asyncio.run(_against_broken_server())
+    assert res["ok"]["completed"] == 4 and res["ok"]["total_output_tokens"] == 12
+    assert res["ok"]["mean_tpot_ms"] is not None
+    expected = {"http500": "http_500", "cut": "incomplete_stream", "abort": "incomplete_stream",
+                "garbage": "bad_response", "empty": "empty_output", "refused": "connection"}
+    for mode, kind in expected.items():
+        r = res[mode]
+        assert r["completed"] == 0 and r["errors"] == 4, (mode, r["error_kinds"])
+        assert r["error_kinds"] == {kind: 4}, (mode, r["error_kinds"])
+        assert r["mean_ttft_ms"] is None and r["request_throughput"] == 0.0

@@ -70,6 +70,12 @@ def test_too_big_for_every_group_is_impossible_not_waiting():
     assert "largest worker group has 4" in result.impossible[1]
 
 
+def test_waits_when_no_worker_has_registered_yet():
+    result = plan([(1, 1)], [], {})
+    assert result.placements == [] and not result.impossible
+    assert "register" in result.waiting[1]
+
+
 def test_prefers_neighbouring_gpus():
     free = [FreeGpu(10, 0), FreeGpu(12, 2), FreeGpu(13, 3), FreeGpu(15, 5)]
     assert [g.index for g in ledger.pick_gpus(free, 2)] == [2, 3]

@@ -41,6 +41,7 @@ from .model import Capacity, EngineSettings, GpuSpec, ModelSpec, iteration_time,
 CATCH_UP_LIMIT_S = 0.02  # wall seconds the loop may lag its schedule and still catch up
 UNCHUNKED_PREFILL_LIMIT = 16384  # SGLang's max_prefill_tokens when chunking is disabled
 OUTPUT_WORDS = (" the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", ".")
+WORDS_JSON = tuple(json.dumps(w).encode() for w in OUTPUT_WORDS)
 SIM_HEADERS = {"X-Simulated": "true", "Server": "autotuner-sim (simulated)"}
 OWNED_BY = "autotuner-sim (simulated)"
 
@@ -77,6 +78,7 @@ class Stats:
         self.finished = 0
         self.aborted = 0
         self.preempted = 0
+        self.busy_s = 0.0  # wall seconds the schedulers spent with work to do
         self.lag_s = 0.0  # wall seconds the scheduler fell behind its schedule and gave up on
 
 
@@ -131,9 +133,6 @@ class ReplicaScheduler:
             self.waiting.rotate(idx)
             return req
         return self.waiting.popleft()
-
-    def _peek_fits(self) -> bool:
-        return bool(self.waiting) and len(self.running) < self.cap.max_running and self._fits(self.waiting[0])
 
     def _admit(self, budget: int | None, batch: list[tuple[SimRequest, int]], allow_chunk: bool) -> int:
         """Move waiting requests into ``batch`` while limits allow; returns tokens used."""
@@ -244,11 +243,15 @@ class ReplicaScheduler:
                 await self.wake.wait()
                 self._deadline = loop.time()  # idle time is not lag to catch up on
                 continue
+            started = loop.time()
             plan = self._plan_sglang if self.s.engine == "sglang" else self._plan_vllm
             prefill, decode = plan()
-            if not prefill and not decode:  # nothing schedulable (cannot normally happen)
+            if not prefill and not decode:  # nothing schedulable (should not happen): poll, never hang
                 self.wake.clear()
-                await self.wake.wait()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), timeout=0.05)
+                except asyncio.TimeoutError:
+                    pass
                 self._deadline = loop.time()
                 continue
             t = iteration_time(
@@ -269,6 +272,7 @@ class ReplicaScheduler:
             self._deadline += t * self.time_scale
             await asyncio.sleep(max(0.0, self._deadline - now))
             self._apply(prefill, decode)
+            self.stats.busy_s += loop.time() - started
 
 
 # ---- HTTP layer --------------------------------------------------------------------------
@@ -330,9 +334,10 @@ class SimEngine:
             "# TYPE sim_request_aborted_total counter", f"sim_request_aborted_total {s.aborted}",
             "# TYPE sim_num_preemptions_total counter", f"sim_num_preemptions_total {s.preempted}",
             "# HELP sim_scheduler_lag_seconds_total Wall seconds the loop fell behind the model and "
-            "could not catch up (if large vs. the run time, the CPU limits the simulation: raise "
+            "could not catch up (if large vs. sim_busy_seconds_total, the CPU limits the simulation: raise "
             "--sim-time-scale).",
             "# TYPE sim_scheduler_lag_seconds_total counter", f"sim_scheduler_lag_seconds_total {s.lag_s:.6f}",
+            "# TYPE sim_busy_seconds_total counter", f"sim_busy_seconds_total {s.busy_s:.6f}",
             "# TYPE sim_kv_cache_capacity_tokens gauge", f"sim_kv_cache_capacity_tokens {kv_cap}",
             "# TYPE sim_kv_cache_usage_perc gauge", f"sim_kv_cache_usage_perc {kv_used / kv_cap:.6f}",
             "# TYPE sim_engine_info gauge",
@@ -438,20 +443,26 @@ class SimEngine:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
         return {**head, "choices": [choice], "usage": self._usage(req)}
 
-    def _chunk(self, head: dict, req: SimRequest, i: int, chat: bool) -> bytes:
-        word = OUTPUT_WORDS[i % len(OUTPUT_WORDS)]
-        finish = "length" if i + 1 >= req.max_tokens else None
-        if chat:
-            choice = {"index": 0, "delta": {"content": word}, "logprobs": None, "finish_reason": finish}
-        else:
-            choice = {"index": 0, "text": word, "logprobs": None, "finish_reason": finish}
-        return b"data: " + json.dumps({**head, "choices": [choice]}).encode() + b"\n\n"
+    @staticmethod
+    def _chunk_template(head: dict, chat: bool) -> tuple[bytes, bytes]:
+        """Bytes around a token's JSON string in one SSE chunk, encoded once per request
+        (json.dumps per token was the server's main CPU cost at small time scales)."""
+        field = '"delta": {"content": ' if chat else '"text": '
+        prefix = "data: " + json.dumps(head)[:-1] + ', "choices": [{"index": 0, ' + field
+        suffix = ('}' if chat else '') + ', "logprobs": null, "finish_reason": '
+        return prefix.encode(), suffix.encode()
+
+    @staticmethod
+    def _chunk(template: tuple[bytes, bytes], req: SimRequest, i: int) -> bytes:
+        finish = b'"length"' if i + 1 >= req.max_tokens else b"null"
+        return template[0] + WORDS_JSON[i % len(WORDS_JSON)] + template[1] + finish + b"}]}\n\n"
 
     async def _stream(self, request: web.Request, req: SimRequest, chat: bool, usage: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            **SIM_HEADERS})
         await resp.prepare(request)
         head = self._head(req, chat)
+        template = self._chunk_template(head, chat)
         sent = 0
         while True:
             await req.event.wait()
@@ -462,7 +473,7 @@ class SimEngine:
                         "finish_reason": None}
                 parts.append(b"data: " + json.dumps({**head, "choices": [role]}).encode() + b"\n\n")
             for i in range(sent, req.generated):
-                parts.append(self._chunk(head, req, i, chat))
+                parts.append(self._chunk(template, req, i))
             sent = req.generated
             if req.done:
                 if usage:
@@ -507,7 +518,7 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 async def serve(cfg: SimConfig, model: ModelSpec, gpu: GpuSpec, cap: Capacity, startup_s: float) -> int:
     """Bind, stay 503 for ``startup_s`` wall seconds, serve until a signal or the parent dies."""
     engine = SimEngine(cfg, model, gpu, cap, startup_s)
-    runner = web.AppRunner(engine.app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    runner = web.AppRunner(engine.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     try:
         await web.TCPSite(runner, cfg.host, cfg.port).start()
