@@ -1,0 +1,166 @@
+"""The coordinator's decisions against a real store, without Celery: what it creates,
+what it dispatches, and how it recovers from lost workers and lost messages."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from app import lifecycle
+from app.coordinator import coordinate, tick
+from app.db import session_scope
+from app.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
+from app.pool import GpuSpec, register_worker
+from app.task_service import cancel_task, create_task
+from app.taskspec import parse_task
+from tests.test_integration_parallel import mixed_task
+
+
+@pytest.fixture
+def pool(db, monkeypatch):
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc1", 1)
+
+
+def submit(data: dict) -> int:
+    return create_task(parse_task(data), enqueue=False)
+
+
+def experiments(task_id: int) -> list[Experiment]:
+    with session_scope() as s:
+        return list(s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars())
+
+
+def run_ok(d, worker="gpu-g@h") -> None:
+    claim = lifecycle.claim(d.experiment_id, d.attempt, worker=worker, host="h", pid=1)
+    assert claim is not None
+    lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
+
+
+def test_coordinate_is_idempotent_and_respects_max_parallel(pool):
+    task_id = submit(mixed_task([{"tp-size": 1}] * 6, parallel=2))
+    first = coordinate(task_id)
+    assert len(first) == 2 and {d.queue for d in first} == {"gpu.g"}
+    assert coordinate(task_id) == []  # nothing changed: nothing new
+    exps = experiments(task_id)
+    assert [e.state for e in exps] == ["queued", "queued"]
+    assert all(len(e.gpus) == 1 for e in exps)
+
+
+def test_time_limits_come_from_the_task(pool, monkeypatch):
+    monkeypatch.setenv("AUTOTUNER_TIME_LIMIT_GRACE", "30")
+    task_id = submit(mixed_task([{"tp-size": 1}]))
+    (d,) = coordinate(task_id)
+    assert (d.soft_time_limit, d.time_limit) == (120, 150)
+
+
+def test_task_completes_when_the_list_is_done_and_best_is_set(pool):
+    task_id = submit(mixed_task([{"tp-size": 1}, {"tp-size": 2}], parallel=4))
+    for d in coordinate(task_id):
+        run_ok(d)
+    assert coordinate(task_id) == []
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "completed"
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+
+
+def test_all_failed_means_task_failed(pool):
+    task_id = submit(mixed_task([{"tp-size": 1}]))
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    lifecycle.finish(d.experiment_id, d.attempt, "failed", error="boom")
+    coordinate(task_id)
+    with session_scope() as s:
+        task = s.get(Task, task_id)
+        assert task.status == "failed" and "all 1 experiments" in task.error
+
+
+def test_experiment_bigger_than_any_group_fails_with_reason(pool):
+    task_id = submit(mixed_task([{"tp-size": 8}, {"tp-size": 1}]))
+    coordinate(task_id)
+    big, small = experiments(task_id)
+    assert big.state == "failed" and "largest worker group has 4" in big.error
+    assert small.state == "queued"
+
+
+def test_dead_worker_makes_attempt_lost_and_experiment_retried(pool):
+    task_id = submit(mixed_task([{"tp-size": 2}]))
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    with session_scope() as s:
+        s.get(Worker, "gpu-g@h").last_heartbeat = utcnow() - timedelta(seconds=120)
+    assert tick() == []  # the only group is gone: nothing can be placed
+    (exp,) = experiments(task_id)
+    assert exp.state == "pending" and "lost" in exp.error
+    with session_scope() as s:
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+        assert [a.state for a in s.execute(select(Attempt)).scalars()] == ["lost"]
+    # The worker comes back (a new incarnation): the experiment runs again as attempt 2.
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc2", 2)
+    (again,) = coordinate(task_id)
+    assert again.attempt == 2
+    with session_scope() as s:
+        assert [a.state for a in s.execute(select(Attempt).order_by(Attempt.number)).scalars()] == ["lost", "queued"]
+
+
+def test_restarted_worker_gives_up_what_its_previous_process_ran(pool):
+    task_id = submit(mixed_task([{"tp-size": 1}]))
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc2", 2)
+    (exp,) = experiments(task_id)
+    assert exp.state == "pending" and "restarted" in exp.error
+    # The old message (attempt 1) arriving late finds nothing to claim.
+    assert lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=3) is None
+
+
+def test_attempts_are_capped(pool):
+    data = mixed_task([{"tp-size": 1}])
+    data["optimization"]["max_attempts"] = 2
+    task_id = submit(data)
+    for incarnation in ("a", "b"):
+        (d,) = coordinate(task_id)
+        lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+        register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], incarnation, 2)
+    (exp,) = experiments(task_id)
+    assert exp.state == "failed" and "lost 2 time(s)" in exp.error
+
+
+def test_stale_queued_job_is_sent_again_with_the_same_attempt(pool, monkeypatch):
+    monkeypatch.setenv("AUTOTUNER_REQUEUE_AFTER", "60")
+    task_id = submit(mixed_task([{"tp-size": 1}]))
+    (d,) = coordinate(task_id)
+    assert tick() == []
+    with session_scope() as s:
+        s.get(Experiment, d.experiment_id).queued_at = utcnow() - timedelta(seconds=61)
+    (again,) = tick()
+    assert (again.experiment_id, again.attempt) == (d.experiment_id, d.attempt)
+
+
+def test_cancel_frees_waiting_and_queued_experiments(pool):
+    task_id = submit(mixed_task([{"tp-size": 4}, {"tp-size": 4}], parallel=2))
+    first, = coordinate(task_id)  # only one 4-GPU experiment fits; the other waits
+    cancel_task(task_id)
+    coordinate(task_id)
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "cancelled"
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+    assert {e.state for e in experiments(task_id)} == {"cancelled"}
+    assert lifecycle.claim(first.experiment_id, first.attempt, worker="gpu-g@h", host="h", pid=1) is None
+
+
+def test_running_experiment_sees_cancellation(pool):
+    task_id = submit(mixed_task([{"tp-size": 1}]))
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    assert lifecycle.should_stop(d.experiment_id) is False
+    cancel_task(task_id)
+    assert lifecycle.should_stop(d.experiment_id) is True
+    coordinate(task_id)
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "cancelling"  # waits for the running one
+    lifecycle.finish(d.experiment_id, d.attempt, "cancelled", error="cancelled")
+    coordinate(task_id)
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "cancelled"
