@@ -143,7 +143,7 @@ def status(task_id: int | None, as_json: bool) -> None:
     if task_id is not None:
         emit(load_report(task_id), as_json)
         return
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         tasks = list_tasks(session)
     if as_json:
         click.echo(json.dumps({"tasks": tasks}, indent=2))

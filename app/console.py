@@ -21,7 +21,7 @@ DONE_STATES = ("succeeded", "failed", "timed_out", "cancelled")
 
 
 def load_report(task_id: int, experiments: bool = True) -> dict[str, Any]:
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         task = session.get(Task, task_id)
         if task is None:
             raise LookupError(f"task {task_id} not found")

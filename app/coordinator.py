@@ -171,9 +171,10 @@ def schedule(session: Session) -> list[Dispatch]:
 
 def coordinate(task_id: int | None = None) -> list[Dispatch]:
     """Advance one task (or every unfinished one) and schedule; returns jobs to send."""
-    with session_scope() as session:
-        query = select(Task.id).where(Task.status.not_in(TASK_TERMINAL))
-        ids = [task_id] if task_id is not None else list(session.execute(query).scalars())
+    ids = [task_id]
+    if task_id is None:
+        with session_scope(readonly=True) as session:
+            ids = list(session.execute(select(Task.id).where(Task.status.not_in(TASK_TERMINAL))).scalars())
     for tid in ids:
         with session_scope() as session:
             task = session.execute(select(Task).where(Task.id == tid).with_for_update()).scalar_one_or_none()

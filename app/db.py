@@ -39,7 +39,9 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # pragma: no cover
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (pages, progress, cancellation checks) must not queue behind writers for
+        # the write lock: in WAL mode a deferred transaction reads a consistent snapshot.
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
 
     return engine
 
@@ -74,9 +76,15 @@ def dispose_engines() -> None:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
-    """A transaction: committed when the block ends, rolled back on any exception."""
-    factory = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+def session_scope(url: str | None = None, readonly: bool = False) -> Iterator[Session]:
+    """A transaction: committed when the block ends, rolled back on any exception.
+
+    `readonly=True` is for code that only reads: on SQLite it does not take the write lock.
+    """
+    engine = get_engine(url)
+    if readonly:
+        engine = engine.execution_options(readonly=True)
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
     session = factory()
     try:
         yield session

@@ -117,7 +117,7 @@ def set_phase(experiment_id: int, attempt: int, phase: str) -> None:
 
 def should_stop(experiment_id: int) -> bool:
     """Cooperative cancellation: the job polls this instead of being killed."""
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         row = session.execute(
             select(Experiment.state, Task.status).join(Task).where(Experiment.id == experiment_id)
         ).one_or_none()

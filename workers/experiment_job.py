@@ -153,7 +153,6 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             }
         finally:
             if runtime is not None and deployment is not None:
-                lifecycle.set_phase(experiment_id, attempt, "stopping")
                 engine_log = _stop_engine(runtime, deployment)
     except SoftTimeLimitExceeded:
         outcome = {"state": EXP_TIMED_OUT, "error": f"exceeded timeout_per_iteration ({spec.optimization.timeout_per_iteration}s)"}

@@ -69,6 +69,10 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     """Block running the worker until it is stopped (SIGTERM / Ctrl-C)."""
     if not gpus:
         raise SystemExit("a GPU worker needs at least one GPU")
+    # Import the experiment code once here, before Celery forks its pool, so no child pays
+    # for it while an experiment's GPUs are already allocated.
+    import workers.experiment_job  # noqa: F401
+
     upgrade()
     host = socket.gethostname()
     group = group or default_group(host, gpus)

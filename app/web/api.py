@@ -35,13 +35,13 @@ def submit():
 
 @bp.get("/tasks")
 def tasks():
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         return jsonify({"tasks": list_tasks(session)})
 
 
 @bp.get("/tasks/<int:task_id>")
 def task(task_id: int):
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         t = session.get(Task, task_id)
         if t is None:
             return error(404, f"task {task_id} not found", ["task_id"])
@@ -51,7 +51,7 @@ def task(task_id: int):
 @bp.get("/tasks/<int:task_id>/experiments")
 def experiments(task_id: int):
     with_metrics = request.args.get("metrics") in ("1", "true")
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         t = session.get(Task, task_id)
         if t is None:
             return error(404, f"task {task_id} not found", ["task_id"])
@@ -60,7 +60,7 @@ def experiments(task_id: int):
 
 @bp.get("/experiments/<int:experiment_id>")
 def experiment(experiment_id: int):
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         e = session.get(Experiment, experiment_id)
         if e is None:
             return error(404, f"experiment {experiment_id} not found", ["experiment_id"])
@@ -81,7 +81,7 @@ def cancel(task_id: int):
 
 @bp.get("/pool")
 def pool():
-    with session_scope() as session:
+    with session_scope(readonly=True) as session:
         return jsonify(pool_dict(session))
 
 

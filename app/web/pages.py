@@ -26,13 +26,13 @@ def _globals():
 
 @bp.get("/")
 def index():
-    with session_scope() as s:
+    with session_scope(readonly=True) as s:
         return render_template("tasks.html", tasks=list_tasks(s))
 
 
 @bp.get("/tasks/<int:task_id>")
 def task(task_id: int):
-    with session_scope() as s:
+    with session_scope(readonly=True) as s:
         t = s.get(Task, task_id)
         if t is None:
             abort(404)
@@ -41,7 +41,7 @@ def task(task_id: int):
 
 @bp.get("/experiments/<int:experiment_id>")
 def experiment(experiment_id: int):
-    with session_scope() as s:
+    with session_scope(readonly=True) as s:
         e = s.get(Experiment, experiment_id)
         if e is None:
             abort(404)
@@ -64,7 +64,7 @@ def cancel(task_id: int):
 
 @bp.get("/pool")
 def pool():
-    with session_scope() as s:
+    with session_scope(readonly=True) as s:
         return render_template("pool.html", pool=pool_dict(s))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from workers.runtimes.base import EngineRequest
 from workers.runtimes.process import ProcessRuntime
@@ -25,6 +26,7 @@ class SimRuntime(ProcessRuntime):
             "--engine", request.engine, "--model", request.model,
             "--num-gpus", str(len(request.gpu_indices)),
             "--parent-pid", str(os.getpid()),
+            "--sim-launched-at", repr(time.time()),
         ]
         for key, flag in (
             ("gpu", "--sim-gpu"),

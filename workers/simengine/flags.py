@@ -34,6 +34,7 @@ class SimConfig:
     startup_seconds: float | None  # explicit value = wall seconds; None = model default
     parent_pid: int | None
     num_gpus: int
+    launched_at: float | None = None  # epoch seconds the runtime launched us (start-up counts from it)
 
 
 def _engine_of(argv: list[str]) -> str:
@@ -85,6 +86,8 @@ def build_parser(engine: str) -> argparse.ArgumentParser:
     sim.add_argument("--sim-startup-seconds", type=float, default=None,
                      help="wall seconds of 503 start-up (default: model-derived, times the time scale)")
     sim.add_argument("--parent-pid", type=int, default=None)
+    sim.add_argument("--sim-launched-at", type=float, default=None,
+                     help="epoch seconds when the launcher started this process; start-up is counted from it")
     sim.add_argument("--num-gpus", type=int, default=None)
     return p
 
@@ -132,5 +135,5 @@ def parse_args(argv: list[str]) -> SimConfig:
         engine=engine, model=a.served_model_name or a.model, model_path=a.model, host=a.host, port=a.port,
         settings=settings, gpu=a.sim_gpu, model_preset=a.sim_model_preset,
         time_scale=a.sim_time_scale, startup_seconds=a.sim_startup_seconds,
-        parent_pid=a.parent_pid, num_gpus=num_gpus,
+        parent_pid=a.parent_pid, num_gpus=num_gpus, launched_at=a.sim_launched_at,
     )

@@ -515,8 +515,15 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-async def serve(cfg: SimConfig, model: ModelSpec, gpu: GpuSpec, cap: Capacity, startup_s: float) -> int:
-    """Bind, stay 503 for ``startup_s`` wall seconds, serve until a signal or the parent dies."""
+async def serve(
+    cfg: SimConfig, model: ModelSpec, gpu: GpuSpec, cap: Capacity, startup_s: float, launched_at: float | None = None
+) -> int:
+    """Bind, stay 503 until ``startup_s`` wall seconds after ``launched_at`` (epoch seconds
+    when the launcher started us), serve until a signal or the parent dies.
+
+    Counting from the launch makes the simulated start-up a fixed length whatever the host
+    CPU is doing: a real engine's load time is weight I/O and GPU work, while this process's
+    own Python start-up is an artefact of the simulation and is hidden inside the window."""
     engine = SimEngine(cfg, model, gpu, cap, startup_s)
     runner = web.AppRunner(engine.app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
@@ -538,7 +545,8 @@ async def serve(cfg: SimConfig, model: ModelSpec, gpu: GpuSpec, cap: Capacity, s
         print("The server is fired up and ready to roll! (simulated engine)", flush=True)
 
     print(f"Uvicorn running on http://{cfg.host}:{cfg.port} (simulated; start-up {startup_s:.2f}s)", flush=True)
-    loop.call_later(startup_s, _ready)
+    elapsed = time.time() - launched_at if launched_at is not None else 0.0
+    loop.call_later(max(0.0, startup_s - elapsed), _ready)
     await engine.stop.wait()
     for t in tasks:
         t.cancel()
