@@ -1,0 +1,105 @@
+"""The command line: one readable line (or one per problem) and an exit code, never a
+traceback; and the README's first command end to end on the embedded default."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "tests" / "data" / "examples-original").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_validate_accepts_every_original_example(path):
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok: ")
+
+
+def test_validate_explains_ome_sections():
+    result = CliRunner().invoke(main, ["validate", str(ROOT / "tests/data/examples-original/simple_task.json")])
+    assert "note: clusterbasemodel_config" in result.output
+    assert "sglang" in result.output
+
+
+def test_validate_prints_every_problem_with_its_path(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({
+        "task_name": "x",
+        "model": {},
+        "parameters": {"tp-size": [1], "bad name": [1]},
+        "optimization": {"strategy": "annealing", "max_parallel_experiments": 0},
+    }))
+    result = CliRunner().invoke(main, ["validate", str(bad)])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert all(line.startswith("error: ") for line in lines)
+    text = result.output
+    for loc in ("model.id_or_path", "parameters.bad name", "optimization.strategy", "optimization.max_parallel_experiments"):
+        assert loc in text
+    assert "Traceback" not in text
+
+
+def test_missing_file_and_broken_json_are_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.json")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"task_name": "x",\n  "model": }')
+    result = CliRunner().invoke(main, ["validate", str(broken)])
+    assert result.exit_code == 2 and "line 2" in result.output
+
+
+def test_worker_needs_exactly_one_gpu_source():
+    result = CliRunner().invoke(main, ["worker"])
+    assert result.exit_code == 2 and "exactly one of" in result.output
+
+
+def test_worker_on_a_host_without_nvml_says_how_to_simulate(monkeypatch):
+    import workers.gpu_discovery as gd
+
+    def no_nvml(_indices):
+        raise gd.GpuDiscoveryError("NVML is not available on this host; use --simulated-gpus N")
+
+    monkeypatch.setattr(gd, "discover_gpus", no_nvml)
+    result = CliRunner().invoke(main, ["worker", "--gpus", "0,1"])
+    assert result.exit_code == 1 and "--simulated-gpus" in result.output and "Traceback" not in result.output
+
+
+def test_status_of_unknown_task_is_one_line(db):
+    result = CliRunner().invoke(main, ["status", "4242"])
+    assert result.exit_code == 1 and result.output.strip() == "error: task 4242 not found"
+
+
+@pytest.mark.integration
+def test_run_quickstart_on_the_embedded_default(tmp_path):
+    """The README's first command: SQLite, bundled Redis, simulated GPUs, real workers."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "run", str(ROOT / "examples" / "quickstart.json"), "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "completed" and report["simulated"] is True
+    assert report["counts"]["succeeded"] == len(report["experiments"]) >= 8
+    best = report["best"]
+    assert best["objective"] == max(e["objective"] for e in report["experiments"])  # maximize_throughput
+    assert best["launch_command"][:3] == ["python", "-m", "sglang.launch_server"]
+    for exp in report["experiments"]:
+        assert {"params", "state", "attempts", "gpus", "worker", "started_at", "finished_at", "objective", "error"} <= set(exp)
+        assert all(":" in g for g in exp["gpus"])  # host:index
+    assert (tmp_path / "home" / "autotuner.db").exists()
+    # The stack it started is gone: no stack file, and `status` reads the same result.
+    assert not (tmp_path / "home" / "stack.json").exists()
+    status = subprocess.run([sys.executable, "-m", "app.cli", "status", str(report["id"]), "--json"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert json.loads(status.stdout)["best"]["id"] == best["id"]
