@@ -75,7 +75,7 @@ def run_one(data: dict) -> tuple[float, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiments", type=int, default=20)
-    parser.add_argument("--startup", type=float, default=1.5, help="simulated engine start-up, real seconds")
+    parser.add_argument("--startup", type=float, default=2.0, help="simulated engine start-up, real seconds")
     parser.add_argument("--gpus", type=int, default=4)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

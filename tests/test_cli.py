@@ -103,3 +103,50 @@ def test_run_quickstart_on_the_embedded_default(tmp_path):
     status = subprocess.run([sys.executable, "-m", "app.cli", "status", str(report["id"]), "--json"],
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert json.loads(status.stdout)["best"]["id"] == best["id"]
+
+
+@pytest.mark.integration
+def test_up_then_submit_wait_from_another_shell(tmp_path):
+    """The README's long-running stack: `autotuner up`, then `autotuner submit --wait`
+    finds its broker through the stack file, and the web API shows the result."""
+    import signal
+    import socket
+    import urllib.request
+
+    from tests.conftest import wait_for
+    from tests.test_integration_parallel import mixed_task
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    up = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port), "--simulated-gpus", "2"],
+                          env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        def pool():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/pool", timeout=2) as resp:
+                    return [w for w in json.load(resp)["workers"] if w["online"]]
+            except OSError:
+                return None
+
+        (worker,) = wait_for(pool, 90, "the stack's web app and worker")
+        assert worker["simulated"] and worker["slots"] == 2
+        task_file = tmp_path / "task.json"
+        task_file.write_text(json.dumps(mixed_task([{"tp-size": 1}, {"tp-size": 2}, {"tp-size": 1}], parallel=2)))
+        proc = subprocess.run([sys.executable, "-m", "app.cli", "submit", str(task_file), "--wait", "--json"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        report = json.loads(proc.stdout)
+        assert report["status"] == "completed" and report["counts"]["succeeded"] == 3
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/tasks/{report['id']}", timeout=5) as resp:
+            assert b"completed" in resp.read()
+        # A second `up` on the same home refuses instead of fighting over it.
+        again = subprocess.run([sys.executable, "-m", "app.cli", "up"], env=env, cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert again.returncode == 1 and "already running" in again.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=60)
+    assert not (tmp_path / "home" / "stack.json").exists()

@@ -11,15 +11,20 @@ from celery.signals import worker_process_init
 
 from app.coordinator import coordinate as _coordinate
 from app.coordinator import tick as _tick
-from app.db import dispose_engines
+from app.db import dispose_engines, ping
 from app.dispatch import send_experiments
 from workers.celery_app import app
 
 
 @worker_process_init.connect
 def _fresh_connections(**_kwargs) -> None:
-    """A forked pool child must not reuse the parent's database sockets."""
+    """A forked pool child must not reuse the parent's database sockets; it opens its own
+    now, so the first experiment it claims does not pay for connecting."""
     dispose_engines()
+    try:
+        ping()
+    except Exception:  # the database may come later; the first job will connect or fail clearly
+        pass
 
 
 @app.task(name="autotuner.coordinate")
