@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
+if TYPE_CHECKING:  # importing app.* in workers must not pull in Flask
+    from flask import Flask
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the web app (pages + JSON API). It stores tasks and enqueues the coordinator;
     it never runs experiments itself."""
+    from flask import Flask
     from flask_wtf.csrf import CSRFProtect
 
     from app.config import get_settings

@@ -194,6 +194,17 @@ def stack(stack_env, tmp_path):
     s.stop()
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a server a test started: SIGTERM, then SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 def wait_for(predicate, timeout: float, what: str, stack: Stack | None = None, interval: float = 0.2):
     """Wait for a condition of the system (polling the store), failing with context."""
     deadline = time.monotonic() + timeout

@@ -20,6 +20,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.conftest import stop_process
+
 from app.benchmark import run_benchmark
 
 pytest.importorskip("xpyd_sim")
@@ -58,12 +60,7 @@ def xpyd(request: pytest.FixtureRequest) -> Iterator[dict]:
             time.sleep(0.05)
         yield {"base": base, "prefill_ms": prefill_ms, "decode_ms": decode_ms}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
 
 @pytest.mark.parametrize("api", ["completions", "chat"])

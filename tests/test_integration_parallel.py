@@ -183,3 +183,51 @@ def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
     assert winners[0].gpu_indices == [0]
     # A stale message of an older attempt finds nothing either.
     assert lifecycle.claim(exp_id, 0, worker="w9", host="h", pid=1) is None
+
+
+def test_a_failing_engine_fails_only_its_experiment(stack):
+    """Error isolation: an engine that cannot start (memory fraction too low for the
+    weights) fails its experiment with the engine's message; the others run, GPUs are freed."""
+    from app.db import session_scope
+    from app.models import Experiment, Gpu, Task
+
+    start_stack(stack, gpus=2)
+    task_id = run_to_end(stack, mixed_task([{"mem-fraction-static": 0.1}, {"tp-size": 1}, {"tp-size": 2}], parallel=2))
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "completed"
+        bad, *good = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars()
+        assert bad.state == "failed" and "memory" in bad.error.lower(), bad.error
+        assert bad.engine_log and "simulated" in bad.engine_log
+        assert [e.state for e in good] == ["succeeded", "succeeded"]
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+
+
+def test_cancel_stops_running_experiments_and_frees_gpus(stack):
+    """Cooperative cancellation: engines still starting (a 10-minute start-up) are
+    stopped at the job's next check, the task ends `cancelled`, every GPU is free."""
+    from app.db import session_scope
+    from app.models import TASK_TERMINAL, Experiment, Gpu, Task
+    from app.task_service import cancel_task, create_task
+    from app.taskspec import parse_task
+
+    start_stack(stack, gpus=2)
+    task_id = create_task(parse_task(mixed_task([{"tp-size": 1}, {"tp-size": 1}, {"tp-size": 1}], parallel=2, startup=600)))
+
+    def running():
+        with session_scope() as s:
+            states = s.execute(select(Experiment.state).where(Experiment.task_id == task_id)).scalars().all()
+            return states.count("running") == 2
+
+    wait_for(running, 60, "two experiments to be running", stack)
+    cancel_task(task_id)
+
+    def ended():
+        with session_scope() as s:
+            return s.get(Task, task_id).status in TASK_TERMINAL
+
+    wait_for(ended, 60, "the task to wind down", stack)
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "cancelled"
+        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
+        assert [e.state for e in exps] == ["cancelled", "cancelled"]
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None

@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from app.benchmark import run_benchmark, run_level
+from tests.conftest import stop_process as stop
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # Start-up counts from process launch (imports included), so leave a visible 503 window.
@@ -56,16 +57,6 @@ def wait_healthy(proc: subprocess.Popen, base: str, timeout: float = 30.0) -> li
             return seen
         time.sleep(0.01)
     raise AssertionError(f"not healthy after {timeout}s; saw {seen}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
