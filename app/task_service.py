@@ -24,6 +24,7 @@ def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
     The row is committed before the coordinator job is sent, so the job always finds it;
     if sending fails the periodic tick still starts the task.
     """
+    check_time_limits(spec)
     max_iterations = spec.optimization.max_iterations
     with session_scope() as session:
         task = Task(
@@ -57,6 +58,22 @@ def _nudge(task_id: int) -> None:
         request_coordination(task_id)
     except OperationalError:
         log.warning("broker unreachable; task %s starts at the coordinator's next tick", task_id)
+
+
+def check_time_limits(spec: TaskSpec) -> None:
+    """An experiment's hard time limit must end before Redis re-delivers its job, or a
+    long experiment would be handed to a second worker while the first still runs it."""
+    from app.config import get_settings
+    from app.taskspec import TaskSpecError
+
+    settings = get_settings()
+    hard = float(spec.optimization.timeout_per_iteration) + settings.time_limit_grace
+    if hard >= settings.visibility_timeout:
+        raise TaskSpecError([{
+            "loc": ["optimization", "timeout_per_iteration"],
+            "msg": f"{spec.optimization.timeout_per_iteration}s plus the {settings.time_limit_grace:.0f}s grace must be "
+                   f"below the broker's visibility timeout ({settings.visibility_timeout}s, AUTOTUNER_VISIBILITY_TIMEOUT)",
+        }])
 
 
 def cancel_task(task_id: int) -> str:

@@ -164,3 +164,16 @@ def test_running_experiment_sees_cancellation(pool):
     coordinate(task_id)
     with session_scope() as s:
         assert s.get(Task, task_id).status == "cancelled"
+
+
+def test_timeout_beyond_the_visibility_timeout_is_refused_and_nothing_stored(db, monkeypatch):
+    from app.taskspec import TaskSpecError
+
+    monkeypatch.setenv("AUTOTUNER_VISIBILITY_TIMEOUT", "600")
+    data = mixed_task([{"tp-size": 1}])
+    data["optimization"]["timeout_per_iteration"] = 3600
+    with pytest.raises(TaskSpecError) as info:
+        submit(data)
+    assert info.value.errors[0]["loc"] == ["optimization", "timeout_per_iteration"]
+    with session_scope() as s:
+        assert s.execute(select(Task)).first() is None

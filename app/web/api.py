@@ -25,10 +25,9 @@ def submit():
     if not isinstance(data, dict):
         return error(422, "the body must be a JSON object (a task file)", ["body"])
     try:
-        spec = parse_task(data)
+        task_id = create_task(parse_task(data))
     except TaskSpecError as exc:
         return jsonify({"errors": exc.errors}), 422
-    task_id = create_task(spec)
     with session_scope() as session:
         return jsonify(task_dict(session, session.get(Task, task_id))), 201
 

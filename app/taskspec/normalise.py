@@ -1,0 +1,309 @@
+"""Semantic pass: build the search space, collect errors and notes (`_derive`)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .domains import Choice, Domain, FloatRange, IntRange
+from .errors import Loc, _Collector, pydantic_errors
+from .names import _GEMM_OFF, _KV_OFF, _PARALLEL_FLAGS, _VLLM_SPELLING, AXIS_NAMES, engine_of, normalise_name
+from .sections import _STRICT, ModelRef, Optimization, QuantConfig, SimConfig
+from .values import Float, Int, PosInt, name_problem, value_problem
+
+
+class _ChoiceDef(BaseModel):
+    model_config = _STRICT
+    type: Literal["choice"] = "choice"
+    values: Annotated[list[Any], Field(min_length=1)]
+
+
+class _FloatDef(BaseModel):
+    model_config = _STRICT
+    type: Literal["continuous", "float"]
+    low: Float
+    high: Float
+    log: bool = False
+
+
+class _IntDef(BaseModel):
+    model_config = _STRICT
+    type: Literal["integer", "int"]
+    low: Int
+    high: Int
+    step: PosInt = 1
+    log: bool = False
+
+
+_DEF_MODELS: dict[str, type[BaseModel]] = {
+    "choice": _ChoiceDef, "continuous": _FloatDef, "float": _FloatDef, "integer": _IntDef, "int": _IntDef,
+}
+
+
+def _choice(values: list[Any], loc: Loc, out: _Collector) -> Choice | None:
+    if not values:
+        out.error(loc, "needs at least one value")
+        return None
+    ok, seen = True, set()
+    for i, value in enumerate(values):
+        problem = value_problem(value)
+        if problem:
+            out.error(loc + [i], problem)
+            ok = False
+            continue
+        key = (isinstance(value, bool), value)  # 1 == 1.0 are duplicates; True and 1 are not
+        if key in seen:
+            out.error(loc + [i], f"duplicate value {value!r}")
+            ok = False
+        seen.add(key)
+    return Choice(tuple(values)) if ok else None
+
+
+def _domain(raw: Any, loc: Loc, out: _Collector) -> Domain | None:
+    """One parameter definition in any of the accepted forms -> Domain (or errors)."""
+    if isinstance(raw, list):
+        return _choice(raw, loc, out)
+    if not isinstance(raw, dict):
+        return _choice([raw], loc, out)  # a scalar: one fixed value
+    kind = raw.get("type", "choice" if "values" in raw else None)
+    if not isinstance(kind, str) or kind not in _DEF_MODELS:
+        out.error(loc + ["type"], f"unknown parameter type {kind!r}: expected choice, "
+                  "continuous (or float) or integer (or int)")
+        return None
+    try:
+        spec = _DEF_MODELS[kind].model_validate(raw)
+    except ValidationError as exc:
+        out.errors.extend(pydantic_errors(exc, loc))
+        return None
+    if isinstance(spec, _ChoiceDef):
+        return _choice(spec.values, loc + ["values"], out)
+    if spec.low >= spec.high:
+        out.error(loc, f"low ({spec.low}) must be below high ({spec.high})")
+        return None
+    if spec.log and spec.low <= 0:
+        out.error(loc + ["low"], "a log-scale range needs low > 0")
+        return None
+    if isinstance(spec, _IntDef):
+        if spec.log and spec.step != 1:
+            out.error(loc + ["step"], "a log-scale integer range cannot have a step")
+            return None
+        return IntRange(spec.low, spec.high, spec.step, spec.log)
+    return FloatRange(float(spec.low), float(spec.high), spec.log)
+
+
+@dataclass
+class _Derived:
+    engine: str = "sglang"
+    deployment_mode: str = "docker"
+    search_space: dict[str, Domain] = field(default_factory=dict)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    max_iterations: int | None = None
+    sim: SimConfig | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _axis(flag: str) -> str | None:
+    return next((a for a, names in AXIS_NAMES.items() if flag in names), None)
+
+
+def _degree_ok(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _degrees_ok(domain: Domain) -> bool:
+    """Parallelism degrees decide how many GPUs an experiment takes: positive ints only."""
+    if isinstance(domain, Choice):
+        return all(_degree_ok(v) for v in domain.values)
+    return isinstance(domain, IntRange) and domain.low >= 1
+
+
+def _add_param(space: dict[str, Domain], origin: dict[str, str], flag: str, domain: Domain,
+               where: str, loc: Loc, out: _Collector) -> None:
+    """Insert one domain, refusing a second definition of the same flag or parallel axis."""
+    axis = _axis(flag)
+    if axis and not _degrees_ok(domain):
+        out.error(loc, f"--{flag} is a parallelism degree: its values must be positive integers")
+        return
+    clash = [n for n in (AXIS_NAMES[axis] if axis else (flag,)) if n in space]
+    if clash:
+        out.error(loc, f"conflicts with {origin[clash[0]]} (both set --{clash[0]}"
+                  + ("" if clash[0] == flag else f" / --{flag}") + "); define it in one place")
+        return
+    space[flag] = domain
+    origin[flag] = where
+
+
+def _runtime(sections: dict[str, Any], failed: set[str], d: _Derived, out: _Collector) -> None:
+    base = sections.get("base_runtime") or "sglang"
+    sim: SimConfig | None = sections.get("sim")
+    engine = engine_of(base, sim.engine if sim else None)
+    if engine is None:
+        if "base_runtime" not in failed:
+            out.error(["base_runtime"], f"unknown runtime {base!r}: expected sglang, vllm, sim or an "
+                      "OME runtime preset named sglang-... / vllm-...")
+        engine = "sglang"
+    d.engine = engine
+    mode = sections.get("deployment_mode") or ("sim" if base == "sim" else "docker")
+    d.deployment_mode = mode
+    if base == "sim" and mode != "sim" and "deployment_mode" not in failed:
+        out.error(["deployment_mode"], f"base_runtime 'sim' can only run with deployment_mode 'sim', not {mode!r}")
+    if base not in ("sglang", "vllm", "sim") and engine_of(base):
+        out.note(f"base_runtime {base!r} is an OME ClusterServingRuntime preset; this system runs "
+                 f"its engine ({engine}) directly with deployment_mode {mode!r}")
+    if mode == "ome":
+        out.note("deployment_mode 'ome' (Kubernetes InferenceService) is read but not run by this "
+                 "system; use docker, process or sim to run experiments")
+    if mode == "sim":
+        d.sim = sim or SimConfig(engine=engine)
+        if sim is not None and base != "sim" and "engine" in sim.model_fields_set and sim.engine != engine:
+            out.error(["sim", "engine"], f"sim.engine {sim.engine!r} contradicts base_runtime {base!r}")
+        elif sim is not None and base != "sim" and sim.engine != engine:
+            d.sim = sim.model_copy(update={"engine": engine})
+    elif sim is not None:
+        d.sim = sim
+        out.note(f"the sim section is ignored: deployment_mode is {mode!r}")
+    model: ModelRef | None = sections.get("model")
+    if model is not None and model.namespace is not None:
+        out.note(f"model.namespace {model.namespace!r} is only used by OME (Kubernetes) deployments; kept, not used")
+    for key, kind in (("clusterbasemodel_config", "ClusterBaseModel"),
+                      ("clusterservingruntime_config", "ClusterServingRuntime")):
+        if sections.get(key) is not None:
+            out.note(f"{key} describes an OME/Kubernetes {kind}; kept for reference, not used here")
+
+
+def _parameters(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _Collector) -> None:
+    for raw_name, raw in (sections.get("parameters") or {}).items():
+        loc: Loc = ["parameters", raw_name]
+        flag = normalise_name(raw_name, d.engine) if isinstance(raw_name, str) else raw_name
+        problem = name_problem(flag)
+        if problem:
+            out.error(loc, problem)
+            continue
+        if flag != raw_name:
+            out.note(f"parameters.{raw_name} is applied as engine flag --{flag}")
+        if d.engine == "vllm" and flag in _VLLM_SPELLING:
+            out.note(f"parameters.{raw_name}: --{flag} is an SGLang flag; vLLM calls it --{_VLLM_SPELLING[flag]}")
+        domain = _domain(raw, loc, out)
+        if domain is not None:
+            _add_param(d.search_space, origin, flag, domain, f"parameters.{raw_name}", loc, out)
+
+
+def _parallel(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _Collector) -> None:
+    table = _PARALLEL_FLAGS[d.engine]
+    for key, raw in (sections.get("parallel_config") or {}).items():
+        loc: Loc = ["parallel_config", key]
+        if key in ("presets", "preset"):
+            out.error(loc, "parallel presets are not supported; list the tp/pp/dp values instead")
+            continue
+        flag = table.get(key) or normalise_name(key, d.engine)
+        problem = name_problem(flag)
+        if problem:
+            out.error(loc, problem)
+            continue
+        values = raw if isinstance(raw, list) else [raw]
+        if key in ("tp", "pp", "dp"):
+            bad = [i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+            if bad:
+                out.error(loc, f"{key} must be a positive integer or a list of them")
+                continue
+        elif key not in table:
+            out.note(f"parallel_config.{key} is not a known parallelism setting for {d.engine}; passed as --{flag}")
+        domain = _choice(values, loc, out)
+        if domain is not None:
+            out.note(f"parallel_config.{key} expands to engine flag --{flag}")
+            _add_param(d.search_space, origin, flag, domain, f"parallel_config.{key}", loc, out)
+
+
+def _quant(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _Collector) -> None:
+    quant: QuantConfig | None = sections.get("quant_config")
+    if quant is None:
+        return
+    for key, flag, off in (("gemm_dtype", "quantization", _GEMM_OFF), ("kvcache_dtype", "kv-cache-dtype", _KV_OFF)):
+        values: list[str] | None = getattr(quant, key)
+        if not values:
+            continue
+        mapped = list(dict.fromkeys(None if v.lower() in off else v for v in values))
+        if mapped == [None]:
+            out.note(f"quant_config.{key} {_show(values)} is the engine default; no flag is passed")
+            continue
+        shown = ", ".join("(no flag)" if v is None else v for v in mapped)
+        out.note(f"quant_config.{key} is applied as engine flag --{flag} ({shown})")
+        _add_param(d.search_space, origin, flag, Choice(tuple(mapped)), f"quant_config.{key}",
+                   ["quant_config", key], out)
+    for key in ("attention_dtype", "moe_dtype"):
+        values = getattr(quant, key)
+        if values and all(v.lower() == "auto" for v in values):
+            out.note(f"quant_config.{key} 'auto' is the engine default; nothing to apply")
+        elif values:
+            out.note(f"quant_config.{key} {_show(values)} has no stable engine flag; kept in the task but not applied")
+
+
+def _show(values: list[str]) -> str:
+    return repr(values[0]) if len(values) == 1 else repr(values)
+
+
+def _optimization(sections: dict[str, Any], failed: set[str], d: _Derived, out: _Collector) -> None:
+    opt: Optimization = sections.get("optimization") or Optimization()
+    infinite = [k for k, dom in d.search_space.items() if not dom.is_finite]
+    size = None if infinite else math.prod(dom.size() for dom in d.search_space.values())
+    if opt.strategy == "grid_search":
+        for name in infinite:
+            out.error(["parameters", name], f"grid_search needs finite values, but --{name} is a continuous "
+                      "range; list its values or use strategy random or bayesian")
+    if opt.strategy == "list":
+        _configs(opt, d, out)
+    elif opt.configs is not None:
+        out.note(f"optimization.configs is only used by strategy 'list'; ignored by {opt.strategy!r}")
+    # Only grid and list have a natural end; the others default to 20 experiments.
+    limit = {"grid_search": size, "list": len(d.configs) or None}.get(opt.strategy, None)
+    d.max_iterations = opt.max_iterations or limit or 20
+    if opt.max_iterations and limit is not None and opt.max_iterations > limit:
+        out.note(f"max_iterations is {opt.max_iterations} but only {limit} parameter set(s) "
+                 "exist; the task stops after those")
+
+
+def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
+    """strategy "list": validate the explicit configs; single-valued parameters fill gaps."""
+    if not opt.configs:
+        out.error(["optimization", "configs"], "strategy 'list' needs a non-empty list of parameter sets")
+        return
+    fixed = {k: dom.values[0] for k, dom in d.search_space.items() if isinstance(dom, Choice) and dom.size() == 1}
+    varying = [k for k, dom in d.search_space.items() if k not in fixed]
+    if varying:
+        out.note("strategy 'list' runs optimization.configs as given; the ranges of "
+                 + ", ".join(f"--{k}" for k in varying) + " are not explored")
+    for i, raw in enumerate(opt.configs):
+        config, ok = dict(fixed), True
+        for name, value in raw.items():
+            loc: Loc = ["optimization", "configs", i, name]
+            flag = normalise_name(name, d.engine)
+            problem = name_problem(flag) or value_problem(value)
+            if not problem and _axis(flag) and not _degree_ok(value):
+                problem = f"--{flag} is a parallelism degree: it must be a positive integer"
+            if problem:
+                out.error(loc, problem)
+                ok = False
+                continue
+            config[flag] = value
+        if ok:  # repeats are allowed: re-measuring a config is a reason to use this strategy
+            d.configs.append(config)
+
+
+_SECTIONS_NEEDED = ("parameters", "parallel_config", "quant_config", "optimization", "base_runtime")
+
+
+def _derive(sections: dict[str, Any], failed: set[str] = frozenset()) -> _Derived:
+    """Everything computed from more than one section; tolerant of sections that failed."""
+    out, d = _Collector(), _Derived()
+    _runtime(sections, failed, d, out)
+    origin: dict[str, str] = {}
+    _parameters(sections, d, origin, out)
+    _parallel(sections, d, origin, out)
+    _quant(sections, d, origin, out)
+    if not failed.intersection(_SECTIONS_NEEDED):
+        _optimization(sections, failed, d, out)
+    d.errors, d.notes = out.errors, out.notes
+    return d

@@ -1,0 +1,109 @@
+"""Sections of the file (pydantic: structure and per-field checks)."""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+class ModelRef(BaseModel):
+    model_config = _STRICT
+    id_or_path: ArgText
+    namespace: str | None = None  # OME (Kubernetes) only; kept, not used here
+
+
+class SLOTarget(BaseModel):
+    """One SLO bound; thresholds are seconds, as in the original format."""
+
+    model_config = _STRICT
+    threshold: Annotated[Float, Field(gt=0)]
+    weight: Annotated[Float, Field(ge=0)] = 1.0
+    hard_fail: bool = False
+    fail_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.0
+
+
+class LatencySLO(BaseModel):
+    model_config = _STRICT
+    p50: SLOTarget | None = None
+    p90: SLOTarget | None = None
+    p95: SLOTarget | None = None
+    p99: SLOTarget | None = None
+
+
+class SLO(BaseModel):
+    model_config = _STRICT
+    latency: LatencySLO | None = None
+    ttft: SLOTarget | None = None
+    tpot: SLOTarget | None = None
+    steepness: Annotated[Float, Field(gt=0)] = 0.1
+
+
+TrafficScenario = Annotated[str, Field(max_length=100), AfterValidator(_traffic)]
+
+
+class Benchmark(BaseModel):
+    model_config = _STRICT
+    # These three may become benchmark-client argv, so they follow the argv value rules.
+    task: ArgText = "text-to-text"
+    model_name: ArgText | None = None
+    model_tokenizer: ArgText | None = None
+    traffic_scenarios: Annotated[list[TrafficScenario], Field(min_length=1)] = Field(
+        default_factory=lambda: ["D(100,100)"])
+    num_concurrency: Annotated[list[PosInt], Field(min_length=1)] = Field(default_factory=lambda: [1])
+    max_time_per_iteration: Annotated[Float, Field(gt=0)] = 60.0
+    max_requests_per_iteration: PosInt = 100
+    additional_params: dict[str, Any] = Field(default_factory=dict)
+
+
+Strategy = Literal["grid_search", "random", "bayesian", "list"]
+Objective = Literal["minimize_latency", "maximize_throughput", "minimize_ttft", "minimize_tpot"]
+
+
+class Optimization(BaseModel):
+    model_config = _STRICT
+    strategy: Strategy = "grid_search"
+    objective: Objective = "minimize_latency"
+    max_iterations: PosInt | None = None  # resolved: grid size for grid/list, else 20
+    timeout_per_iteration: Annotated[Float, Field(gt=0, le=86400)] = 600.0
+    max_parallel_experiments: PosInt = 1
+    seed: Int = 0
+    configs: list[dict[str, Any]] | None = None
+    max_attempts: PosInt = 3
+
+
+class QuantConfig(BaseModel):
+    """The original's four-field quantization block; scalars or lists of dtype names."""
+
+    model_config = _STRICT
+    gemm_dtype: DtypeList | None = None
+    kvcache_dtype: DtypeList | None = None
+    attention_dtype: DtypeList | None = None
+    moe_dtype: DtypeList | None = None
+
+
+class SimConfig(BaseModel):
+    """Settings of the simulated engine (deployment_mode "sim"): no GPU, fake timings."""
+
+    model_config = _STRICT
+    engine: Literal["sglang", "vllm"] = "sglang"
+    gpu: ArgText = "H100-80GB"
+    model_preset: ArgText | None = None
+    time_scale: Annotated[Float, Field(gt=0)] = 1.0
+    startup_seconds: Annotated[Float, Field(ge=0)] | None = None
+
+
+def _task_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._ -]{1,100}", value):
+        raise ValueError("task_name must be 1-100 characters from letters, digits, '.', '_', '-' and space")
+    return value
+
+
+TaskName = Annotated[str, AfterValidator(_task_name)]
+RuntimeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+ImageTag = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+DeploymentMode = Literal["docker", "process", "sim", "ome"]

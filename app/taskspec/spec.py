@@ -1,0 +1,137 @@
+"""The task: the validated `TaskSpec` model and its derived views and launch helpers."""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from .domains import Domain
+from .errors import format_loc
+from .names import AXIS_NAMES
+from .normalise import _derive
+from .sections import (
+    SLO,
+    Benchmark,
+    DeploymentMode,
+    ImageTag,
+    ModelRef,
+    Optimization,
+    QuantConfig,
+    RuntimeName,
+    SimConfig,
+    TaskName,
+)
+from .values import name_problem, value_problem
+
+
+class TaskSpec(BaseModel):
+    """A validated task. Treat as immutable: derived views are computed at validation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_name: TaskName
+    description: str | None = None
+    deployment_mode: DeploymentMode | None = None  # resolved: "sim" if base_runtime is sim, else docker
+    model: ModelRef
+    base_runtime: RuntimeName = "sglang"
+    runtime_image_tag: ImageTag | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    parallel_config: dict[str, Any] | None = None
+    quant_config: QuantConfig | None = None
+    optimization: Optimization = Field(default_factory=Optimization)
+    benchmark: Benchmark = Field(default_factory=Benchmark)
+    slo: SLO | None = None
+    sim: SimConfig | None = None
+    clusterbasemodel_config: dict[str, Any] | None = None  # OME only; kept
+    clusterservingruntime_config: dict[str, Any] | None = None  # OME only; kept
+
+    _search_space: dict[str, Domain] = PrivateAttr(default_factory=dict)
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    _configs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
+    _engine: str = PrivateAttr(default="sglang")
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "TaskSpec":
+        d = _derive({name: getattr(self, name) for name in type(self).model_fields})
+        if d.errors:
+            raise ValueError("; ".join(f"{format_loc(e['loc'])}: {e['msg']}" for e in d.errors))
+        self.deployment_mode = d.deployment_mode  # type: ignore[assignment]
+        self.optimization.max_iterations = d.max_iterations
+        self.sim = d.sim
+        self._search_space, self._notes, self._configs, self._engine = d.search_space, d.notes, d.configs, d.engine
+        return self
+
+    # -- derived views ------------------------------------------------------------------
+
+    @property
+    def search_space(self) -> dict[str, Domain]:
+        """Normalised domains keyed by engine flag name (no dashes)."""
+        return self._search_space
+
+    @property
+    def notes(self) -> list[str]:
+        """Human-readable warnings: what was renamed, ignored or not applied, and why."""
+        return self._notes
+
+    @property
+    def list_configs(self) -> list[dict[str, Any]]:
+        """strategy "list": the configs with normalised names and fixed parameters filled in."""
+        return self._configs
+
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @property
+    def objective_direction(self) -> Literal["minimize", "maximize"]:
+        return "maximize" if self.optimization.objective.startswith("maximize") else "minimize"
+
+    def grid_size(self) -> int | None:
+        """Number of distinct parameter sets of the search space; None if it is infinite."""
+        if any(not dom.is_finite for dom in self._search_space.values()):
+            return None
+        return math.prod(dom.size() for dom in self._search_space.values())
+
+    # -- launching ----------------------------------------------------------------------
+
+    def gpus_needed(self, params: dict[str, Any]) -> int:
+        """tp * pp * dp read from `params` under either engine's naming (default 1 each).
+
+        SGLang with --enable-dp-attention runs the dp replicas inside the tp group, so
+        there the count is tp * pp.
+        """
+        def degree(axis: str) -> int:
+            for name in AXIS_NAMES[axis]:
+                if params.get(name) is not None:
+                    return max(1, int(params[name]))
+            return 1
+
+        dp = 1 if (self.engine == "sglang" and params.get("enable-dp-attention") is True) else degree("dp")
+        return degree("tp") * degree("pp") * dp
+
+    def launch_flags(self, params: dict[str, Any]) -> list[str]:
+        """argv fragment for one parameter set; re-checks names and values (they may come
+        from a database, not from this file)."""
+        argv: list[str] = []
+        for name, value in params.items():
+            problem = name_problem(name) or (None if value is None else value_problem(value))
+            if problem:
+                raise ValueError(f"refusing to build flag --{name}: {problem}")
+            if value is None or value is False:
+                continue
+            argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+        return argv
+
+    def launch_command(self, params: dict[str, Any], port: int = 30000) -> list[str]:
+        """The full command a user would run to start this engine with `params`."""
+        model = self.model.id_or_path
+        if self.engine == "vllm":
+            head = ["vllm", "serve", model]
+        else:
+            head = ["python", "-m", "sglang.launch_server", "--model-path", model]
+        return head + ["--host", "0.0.0.0", "--port", str(port)] + self.launch_flags(params)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able task with defaults resolved; `parse_task(spec.to_dict())` gives it back."""
+        return self.model_dump(mode="json", exclude_none=True)
