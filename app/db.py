@@ -128,10 +128,6 @@ def session_scope(url: str | None = None, readonly: bool = False) -> Iterator[Se
         session.close()
 
 
-def is_sqlite(session: Session) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
-
-
 def ping(url: str | None = None) -> None:
     with get_engine(url).connect() as conn:
         conn.execute(text("SELECT 1"))

@@ -1,0 +1,34 @@
+"""The experiment job's pure parts: what it asks the runtime for, and how simulated
+figures are reported in the modelled hardware's time."""
+from __future__ import annotations
+
+from app.taskspec import parse_task
+from tests.test_integration_parallel import mixed_task
+from workers.experiment_job import engine_request, to_simulated_time
+
+
+def test_sim_figures_are_reported_in_modelled_time():
+    level = {"concurrency": 8, "completed": 10, "mean_ttft_ms": 2.0, "p99_e2el_ms": 30.0, "duration": 1.5,
+             "output_throughput": 1000.0, "output_throughput_per_gpu": 500.0, "errors": 0}
+    out = to_simulated_time(level, 0.1)
+    assert out["mean_ttft_ms"] == 20.0 and out["p99_e2el_ms"] == 300.0 and out["duration"] == 15.0
+    assert out["output_throughput"] == 100.0 and out["output_throughput_per_gpu"] == 50.0
+    assert out["concurrency"] == 8 and out["completed"] == 10 and out["time_scale"] == 0.1
+    assert to_simulated_time(level, 1.0) is level
+
+
+def test_engine_request_for_docker_uses_the_tagged_image_and_exact_gpus():
+    data = mixed_task([{"tp-size": 2}])
+    data.update(base_runtime="sglang", deployment_mode="docker", runtime_image_tag="v0.5.2-cu126")
+    data.pop("sim")
+    spec = parse_task(data)
+    req = engine_request(spec, 7, {"tp-size": 2, "schedule-policy": "lpm"}, [2, 3])
+    assert req.image == "lmsysorg/sglang:v0.5.2-cu126"
+    assert req.gpu_indices == [2, 3] and req.experiment_id == 7
+    assert req.flags == ["--tp-size", "2", "--schedule-policy", "lpm"]
+
+
+def test_engine_request_for_sim_carries_the_sim_settings():
+    spec = parse_task(mixed_task([{"tp-size": 1}]))
+    req = engine_request(spec, 1, {"tp-size": 1}, [0])
+    assert req.image is None and req.sim["time_scale"] == 0.02
