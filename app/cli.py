@@ -278,11 +278,14 @@ def coordinator(concurrency: int, loglevel: str) -> None:
 @click.option("--gpus", help="Real GPU indices for this worker's group, e.g. 0,1 (found with NVML).")
 @click.option("--simulated-gpus", type=int, help="Use N simulated GPUs instead of real ones.")
 @click.option("--gpu-preset", default="H100-80GB", show_default=True, help="Model of the simulated GPUs.")
+@click.option("--first-gpu-index", default=0, show_default=True,
+              help="Index of the first simulated GPU (several simulated workers on one host need disjoint indices).")
 @click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
 @click.option("--slots", type=int, help="Experiments run at once (Celery concurrency); default: one per GPU.")
 @click.option("--loglevel", default="INFO")
 @friendly_errors
-def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, group: str | None, slots: int | None, loglevel: str) -> None:
+def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_gpu_index: int, group: str | None,
+           slots: int | None, loglevel: str) -> None:
     """Start a GPU worker pinned to one group of GPUs."""
     from app.pool import GpuSpec
     from workers.gpu_discovery import GpuDiscoveryError, discover_gpus, live_utilization, simulated_gpus as sim_gpus
@@ -292,7 +295,7 @@ def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, group:
         raise click.UsageError("give exactly one of --gpus 0,1 or --simulated-gpus N")
     try:
         if simulated_gpus:
-            found, utilization = sim_gpus(simulated_gpus, gpu_preset), (lambda: {})
+            found, utilization = sim_gpus(simulated_gpus, gpu_preset, first_index=first_gpu_index), (lambda: {})
         else:
             try:
                 indices = [int(i) for i in gpus.split(",") if i.strip()]

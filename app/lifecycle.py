@@ -51,7 +51,8 @@ def _attempt(session: Session, exp: Experiment) -> Attempt | None:
     ).scalar_one_or_none()
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True while a process of this host with that pid exists."""
     if not pid:
         return False
     try:
@@ -83,7 +84,7 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
         task = session.get(Task, exp.task_id)
         if exp.state == EXP_RUNNING:
             att = _attempt(session, exp)
-            if att is not None and att.worker == worker and not _pid_alive(att.pid):
+            if att is not None and att.worker == worker and not pid_alive(att.pid):
                 mark_lost(session, exp, "the worker process running it died")
             return None
         if exp.state != EXP_QUEUED:

@@ -6,13 +6,14 @@ running is declared lost (retried by the coordinator) before new work arrives.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
 from app import ledger
 from app.db import session_scope
-from app.lifecycle import mark_lost
+from app.lifecycle import mark_lost, pid_alive
 from app.models import EXP_RUNNING, Attempt, Experiment, Gpu, Worker, utcnow
 
 
@@ -28,12 +29,34 @@ class GpuSpec:
     utilization: float | None = None
 
 
+class PoolConflict(Exception):
+    """Registering would give one GPU to two live workers, or run one worker twice."""
+
+
+def _check_conflicts(session, name: str, host: str, pid: int, gpus: list[GpuSpec]) -> None:
+    worker = session.get(Worker, name)
+    local = host == socket.gethostname()  # only this host's pids can be checked
+    if worker is not None and worker.online and local and worker.host == host and worker.pid != pid and pid_alive(worker.pid):
+        raise PoolConflict(f"worker {name} is already running on this host (pid {worker.pid})")
+    indices = [g.index for g in gpus]
+    for gpu in session.execute(select(Gpu).where(Gpu.host == host, Gpu.index.in_(indices))).scalars():
+        other = session.get(Worker, gpu.worker)
+        if gpu.worker != name and other is not None and other.online:
+            raise PoolConflict(
+                f"GPU {gpu.label} already belongs to online worker {other.name} (group {other.group}); "
+                "give each worker its own GPUs (simulated ones: --first-gpu-index)"
+            )
+
+
 def register_worker(
     name: str, group: str, host: str, queue: str, slots: int, gpus: list[GpuSpec], incarnation: str, pid: int
 ) -> None:
+    """Make the worker's GPUs allocatable. Raises PoolConflict rather than let two live
+    workers share a GPU."""
     simulated = all(g.simulated for g in gpus)
     with session_scope() as session:
         ledger.lock(session)
+        _check_conflicts(session, name, host, pid, gpus)
         worker = session.get(Worker, name)
         if worker is None:
             worker = Worker(name=name)

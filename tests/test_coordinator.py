@@ -177,3 +177,27 @@ def test_timeout_beyond_the_visibility_timeout_is_refused_and_nothing_stored(db,
     assert info.value.errors[0]["loc"] == ["optimization", "timeout_per_iteration"]
     with session_scope() as s:
         assert s.execute(select(Task)).first() is None
+
+
+def test_two_live_workers_cannot_register_the_same_gpu(pool):
+    from app.pool import PoolConflict
+
+    with pytest.raises(PoolConflict, match="already belongs to online worker gpu-g@h"):
+        register_worker("gpu-other@h", "other", "h", "gpu.other", 1, [GpuSpec(3, "sim", 1, "u3", True)], "x", 5)
+    # Disjoint indices are fine, and once the owner is offline its GPUs may move.
+    register_worker("gpu-other@h", "other", "h", "gpu.other", 1, [GpuSpec(4, "sim", 1, "u4", True)], "x", 5)
+    with session_scope() as s:
+        s.get(Worker, "gpu-g@h").online = False
+    register_worker("gpu-other@h", "other", "h", "gpu.other", 2, [GpuSpec(3, "sim", 1, "u3", True), GpuSpec(4, "sim", 1, "u4", True)], "y", 5)
+
+
+def test_a_worker_name_runs_once_per_host(db):
+    import os
+    import socket
+
+    from app.pool import PoolConflict
+
+    host = socket.gethostname()
+    register_worker("gpu-g@me", "g", host, "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "one", os.getpid())
+    with pytest.raises(PoolConflict, match="already running"):
+        register_worker("gpu-g@me", "g", host, "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "two", os.getpid() + 100000)

@@ -38,18 +38,21 @@ def mixed_task(configs: list[dict], parallel: int = 4, startup: float = 0.3) -> 
     }
 
 
-def start_stack(stack, gpus: int = 4):
+def start_stack(stack, gpus: int = 4, workers: list[list[str]] | None = None):
+    """Coordinator plus simulated GPU workers (one of `gpus` GPUs, or one per arg list)."""
     from app.db import session_scope
     from app.models import Worker
 
     stack.start("coordinator", "coordinator", "--concurrency", "2")
-    stack.start("worker", "worker", "--simulated-gpus", str(gpus))
+    worker_args = workers or [["--simulated-gpus", str(gpus)]]
+    for i, args in enumerate(worker_args):
+        stack.start(f"worker{i}", "worker", *args)
 
     def online():
         with session_scope() as s:
-            return s.execute(select(Worker).where(Worker.online.is_(True))).first() is not None
+            return len(s.execute(select(Worker).where(Worker.online.is_(True))).all()) == len(worker_args)
 
-    wait_for(online, 60, "the simulated GPU worker to register", stack)
+    wait_for(online, 60, "the simulated GPU workers to register", stack)
 
 
 def run_to_end(stack, data: dict, timeout: float = 240) -> int:
@@ -231,3 +234,26 @@ def test_cancel_stops_running_experiments_and_frees_gpus(stack):
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
         assert [e.state for e in exps] == ["cancelled", "cancelled"]
         assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+
+
+def test_two_worker_groups_share_the_work(stack):
+    """Capacity grows by starting workers: two groups of 2 GPUs (as two hosts would be)
+    both run experiments; an experiment's GPUs always come from one group."""
+    from app.db import session_scope
+    from app.models import Experiment, Gpu, Task
+
+    start_stack(stack, workers=[
+        ["--simulated-gpus", "2", "--group", "left"],
+        ["--simulated-gpus", "2", "--first-gpu-index", "2", "--group", "right"],
+    ])
+    tps = [2, 1, 1, 2, 1, 2, 1, 1]
+    task_id = run_to_end(stack, mixed_task([{"tp-size": tp} for tp in tps], parallel=4))
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "completed", stack.logs()
+        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
+        assert {e.state for e in exps} == {"succeeded"}
+        assert {e.group for e in exps} == {"left", "right"}
+        group_of = {g.label: g.group for g in s.execute(select(Gpu)).scalars()}
+        for e in exps:
+            assert len({group_of[label] for label in e.gpus}) == 1
+            assert e.worker == f"gpu-{e.group}@{e.host}"

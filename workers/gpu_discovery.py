@@ -129,14 +129,14 @@ def discover_gpus(indices: list[int] | None = None) -> list[GpuInfo]:
             raise GpuDiscoveryError(f"NVML query failed: {exc}") from exc
 
 
-def simulated_gpus(count: int, preset: str = "H100-80GB") -> list[GpuInfo]:
+def simulated_gpus(count: int, preset: str = "H100-80GB", first_index: int = 0) -> list[GpuInfo]:
     """Fake GPUs for running the whole system (with the sim runtime) without hardware.
 
-    The uuid embeds the hostname so simulated GPUs of different workers never collide
-    in the ledger.
+    The uuid embeds the hostname so simulated GPUs of different hosts never collide in the
+    ledger; several simulated workers on one host take disjoint indices (`first_index`).
     """
-    if count < 0:
-        raise GpuDiscoveryError(f"simulated GPU count must be >= 0, got {count}")
+    if count < 0 or first_index < 0:
+        raise GpuDiscoveryError(f"simulated GPU count and first index must be >= 0, got {count}, {first_index}")
     if preset not in SIMULATED_PRESETS:
         raise GpuDiscoveryError(
             f"unknown simulated GPU preset {preset!r}; choose one of {sorted(SIMULATED_PRESETS)}"
@@ -152,7 +152,7 @@ def simulated_gpus(count: int, preset: str = "H100-80GB") -> list[GpuInfo]:
             utilization=None,
             pci_bus_id=None,
         )
-        for i in range(count)
+        for i in range(first_index, first_index + count)
     ]
 
 

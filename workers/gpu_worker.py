@@ -18,7 +18,7 @@ from app.config import get_settings
 from app.coordinator import queue_for
 from app.dispatch import request_coordination
 from app.migrate import upgrade
-from app.pool import GpuSpec, heartbeat, register_worker, unregister
+from app.pool import GpuSpec, PoolConflict, heartbeat, register_worker, unregister
 from workers.celery_app import app as celery
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,14 @@ class _Membership:
         self.host = socket.gethostname()
         self._stop = threading.Event()
 
-    def on_ready(self, **_kwargs) -> None:
+    def register(self) -> None:
         register_worker(
             self.name, self.group, self.host, queue_for(self.group), self.slots,
             self.gpus, self.incarnation, os.getpid(),
         )
         log.info("registered %s: group %s, %d GPU(s), %d slot(s)", self.name, self.group, len(self.gpus), self.slots)
+
+    def on_ready(self, **_kwargs) -> None:
         threading.Thread(target=self._beat, name="autotuner-heartbeat", daemon=True).start()
         request_coordination(None)  # a new worker means free GPUs: let waiting work start
 
@@ -79,6 +81,10 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     slots = slots or len(gpus)
     name = f"gpu-{group}@{host}"
     member = _Membership(name, group, slots, gpus, utilization)
+    try:
+        member.register()  # before consuming: a conflict stops us with one line, not a half-started worker
+    except PoolConflict as exc:
+        raise SystemExit(f"error: {exc}")
     worker_ready.connect(member.on_ready, weak=False)
     worker_shutdown.connect(member.on_shutdown, weak=False)
     celery.worker_main([
