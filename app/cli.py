@@ -309,5 +309,87 @@ def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_
     run_worker(specs, group=group, slots=slots, utilization=utilization, loglevel=loglevel)
 
 
+def _numbers(text: str | None, kind: type) -> list | None:
+    if not text:
+        return None
+    try:
+        return [kind(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}")
+
+
+def _goodput(text: str | None) -> dict[str, float] | None:
+    """`ttft:200,tpot:50,e2el:2000` (milliseconds), as vllm bench serve's --goodput."""
+    if not text:
+        return None
+    out = {}
+    for item in text.split(","):
+        key, _, value = item.partition(":")
+        if key not in ("ttft", "tpot", "e2el") or not value:
+            raise click.BadParameter(f"expected ttft:MS, tpot:MS or e2el:MS, got {item!r}")
+        out[key] = float(value)
+    return out
+
+
+@main.command()
+@click.option("--url", required=True, help="Base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:30000")
+@click.option("--model", help="Model name to send (default: the first of /v1/models).")
+@click.option("--scenario", default="D(100,100)", show_default=True, help="D(in,out), N(mi,si)/(mo,so) or U(a,b)/(c,d)")
+@click.option("--concurrency", default="1", show_default=True, help="Closed-loop levels, e.g. 1,8,64.")
+@click.option("--request-rate", help="Open-loop levels in requests/s, e.g. 1,4,16 (instead of --concurrency).")
+@click.option("--burstiness", default=1.0, show_default=True, help="Gamma shape of arrivals (1 = Poisson).")
+@click.option("--max-concurrency", type=int, help="Cap on requests in flight (open loop).")
+@click.option("--max-requests", default=100, show_default=True, help="Requests per level.")
+@click.option("--max-time", default=60.0, show_default=True, help="Seconds per level.")
+@click.option("--warmup", default=0, show_default=True, help="Warm-up requests per level, not counted.")
+@click.option("--api", type=click.Choice(["completions", "chat"]), default="completions", show_default=True)
+@click.option("--num-gpus", default=1, show_default=True, help="GPUs behind the server (for the per-GPU figures).")
+@click.option("--goodput", help="Per-request SLOs for goodput, e.g. ttft:200,tpot:50 (ms).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(url, model, scenario, concurrency, request_rate, burstiness, max_concurrency, max_requests, max_time,
+          warmup, api, num_gpus, goodput, seed, as_json) -> None:
+    """Benchmark any running server, with the tuner's own client and metrics."""
+    from app.benchmark import parse_scenario, run_benchmark
+    from app.benchmark.client import first_model
+    from app.console import print_levels
+
+    try:
+        parse_scenario(scenario)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scenario")
+    rates = _numbers(request_rate, float)
+    levels = [] if rates else _numbers(concurrency, int)
+    model = model or first_model(url)
+    results = run_benchmark(
+        url, model, scenario, levels, max_requests=max_requests, max_time_s=max_time, num_gpus=num_gpus,
+        api=api, warmup_requests=warmup, seed=seed, request_rates=rates, burstiness=burstiness,
+        max_concurrency=max_concurrency, goodput_slo=_goodput(goodput),
+    )
+    if as_json:
+        click.echo(json.dumps({"url": url, "model": model, "scenario": scenario, "levels": results}, indent=2))
+    else:
+        print_levels(results)
+
+
+@main.group()
+def sim() -> None:
+    """The simulated engine (no GPU needed)."""
+
+
+@sim.command("serve", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", default=30000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--engine", type=click.Choice(["sglang", "vllm"]), default="sglang", show_default=True)
+@click.option("--model", default="meta-llama/Meta-Llama-3-8B-Instruct", show_default=True)
+@click.pass_context
+def sim_serve(ctx: click.Context, port: int, host: str, engine: str, model: str) -> None:
+    """Serve the simulated engine; other options are the engine's own flags
+    (e.g. --tp-size 2 --mem-fraction-static 0.85) and --sim-* settings."""
+    from workers.simengine.__main__ import main as sim_main
+
+    sys.exit(sim_main(["--host", host, "--port", str(port), "--engine", engine, "--model", model, *ctx.args]))
+
+
 if __name__ == "__main__":
     main()

@@ -99,3 +99,18 @@ def print_summary(report: dict[str, Any]) -> None:
     err.print(table)
     err.print("Launch command:")
     err.print("  " + shlex.join(best["launch_command"]), highlight=False, soft_wrap=True)
+
+
+def print_levels(levels: list[dict[str, Any]]) -> None:
+    """One row per load level with the figures engineers compare first."""
+    table = Table(title="Benchmark (times in ms)", title_justify="left")
+    for col in ("load", "done", "err", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "ITL p50", "E2EL p99", "goodput"):
+        table.add_column(col, justify="right")
+    for lv in levels:
+        load = f"{lv['request_rate']:g} req/s" if lv.get("request_rate") else f"c={lv.get('concurrency')}"
+        table.add_row(
+            load, str(lv["completed"]), str(lv["errors"]), fmt(lv["request_throughput"]), fmt(lv["output_throughput"]),
+            fmt(lv.get("median_ttft_ms")), fmt(lv.get("p99_ttft_ms")), fmt(lv.get("median_tpot_ms")),
+            fmt(lv.get("median_itl_ms")), fmt(lv.get("p99_e2el_ms")), fmt(lv.get("goodput")) if lv.get("goodput") is not None else "-",
+        )
+    err.print(table)

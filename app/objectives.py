@@ -1,7 +1,8 @@
 """Turning benchmark figures into one number to optimise, with SLO penalties.
 
-Which figures: each traffic scenario is scored at its highest load level (the last
-concurrency level, the point an operator sizes for); the task's objective is the mean of the
+Which figures: each traffic scenario is scored at one load level: `optimization.objective_level`
+(a value of `num_concurrency`, or of `request_rate` for open-loop tasks) or, by default, the
+highest level (the point an operator sizes for). The task's objective is the mean of the
 per-scenario scores. Percentiles are never averaged across levels.
 
 SLOs use the original inference-autotuner's rule (thresholds in seconds): a metric over its
@@ -89,9 +90,26 @@ def score_level(level: dict[str, Any], objective: str, slo: dict[str, Any] | Non
     return result
 
 
-def score(scenarios: list[list[dict[str, Any]]], objective: str, slo: dict[str, Any] | None = None) -> Score:
-    """Score a whole experiment: every scenario at its highest level, then the mean."""
-    parts = [score_level(levels[-1], objective, slo) for levels in scenarios if levels]
+def level_value(level: dict[str, Any]) -> float | None:
+    """The load a level ran at: its request rate (open loop) or its concurrency."""
+    value = level.get("request_rate") or level.get("concurrency")
+    return float(value) if value is not None else None
+
+
+def scored_level(levels: list[dict[str, Any]], at: float | None = None) -> dict[str, Any]:
+    """The level the objective reads: the one run at `at`, else the highest."""
+    if at is not None:
+        for level in levels:
+            if level_value(level) == float(at):
+                return level
+    return max(levels, key=lambda lv: level_value(lv) or 0.0)
+
+
+def score(
+    scenarios: list[list[dict[str, Any]]], objective: str, slo: dict[str, Any] | None = None, at: float | None = None
+) -> Score:
+    """Score a whole experiment: every scenario at the scored level, then the mean."""
+    parts = [score_level(scored_level(levels, at), objective, slo) for levels in scenarios if levels]
     if not parts or any(p.objective is None for p in parts):
         return Score(objective=None, slo_ok=False, violations=[v for p in parts for v in p.violations])
     return Score(

@@ -170,3 +170,59 @@ def test_client_records_error_kinds_and_never_raises() -> None:
         assert r["completed"] == 0 and r["errors"] == 4, (mode, r["error_kinds"])
         assert r["error_kinds"] == {kind: 4}, (mode, r["error_kinds"])
         assert r["mean_ttft_ms"] is None and r["request_throughput"] == 0.0
+
+
+# ---- goodput (vllm bench serve --goodput) on hand-made timelines --------------------------
+from app.benchmark.metrics import check_slo, meets_slo  # noqa: E402
+
+
+def _goodput_records() -> list[RequestRecord]:
+    return [
+        # ttft 100, tpot (1.0-0.1)/9 = 100, e2el 1000
+        rec(0.0, [0.1 + 0.1 * k for k in range(10)], 1.0),
+        # ttft 300, tpot (0.5-0.3)/4 = 50, e2el 500
+        rec(0.0, [0.3, 0.35, 0.4, 0.45, 0.5], 0.5),
+        # one token: ttft 50, no tpot, e2el 2000 (stream stayed open)
+        rec(0.0, [0.05], 2.0),
+        # fast but failed: never good
+        rec(0.0, [0.01, 0.02], 0.02, error="incomplete_stream: cut"),
+    ]
+
+
+@pytest.mark.parametrize("slo,good", [
+    ({"ttft": 200}, 2),  # A (100) and C (50); B is 300
+    ({"ttft": 100}, 2),  # limits are inclusive, like vllm
+    ({"tpot": 60}, 2),  # B (50) and C (one token: TPOT not checked)
+    ({"tpot": 100}, 3),
+    ({"e2el": 1000}, 2),  # A, B
+    ({"ttft": 200, "tpot": 60}, 1),  # only C meets both
+    ({"ttft": 500, "tpot": 500, "e2el": 5000}, 3),  # every success, never the failure
+    ({"ttft": 0}, 0),
+])
+def test_goodput_counts_requests_meeting_every_limit(slo: dict, good: int) -> None:
+    s = summarize(_goodput_records(), duration_s=4.0, num_gpus=1, concurrency=2, slo=slo)
+    assert s["completed"] == 3 and s["errors"] == 1
+    assert s["good_requests"] == good
+    assert s["goodput"] == pytest.approx(good / 4.0)
+    assert s["goodput_slo"] == {k: float(v) for k, v in slo.items()}
+
+
+def test_no_slo_means_no_goodput() -> None:
+    s = summarize(_goodput_records(), 4.0, 1, 2)
+    assert s.get("goodput") is None and s.get("good_requests") is None and s.get("goodput_slo") is None
+    assert summarize([], 0.0, 1, None, slo={"ttft": 1})["goodput"] is None  # no duration: no rate
+
+
+def test_success_without_a_first_token_cannot_meet_ttft_or_tpot() -> None:
+    odd = RequestRecord(0.0, None, 0.5, [], 5, 3, None)
+    assert not meets_slo(odd, {"ttft": 1e9}) and not meets_slo(odd, {"tpot": 1e9})
+    assert meets_slo(odd, {"e2el": 500})
+
+
+@pytest.mark.parametrize("bad", [{}, {"itl": 5}, {"ttft": -1}, {"ttft": "5"}, {"ttft": math.nan},
+                                 {"tpot": True}, [("ttft", 5)]])
+def test_bad_slo_raises_value_error(bad: object) -> None:
+    with pytest.raises(ValueError):
+        check_slo(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        summarize([], 1.0, 1, 1, slo=bad)  # type: ignore[arg-type]

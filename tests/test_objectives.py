@@ -38,7 +38,7 @@ def test_hard_fail_beyond_fail_ratio_makes_config_ineligible():
 
 
 def test_scores_the_highest_level_and_averages_scenarios():
-    low, high = level(mean_e2el_ms=500.0), level(mean_e2el_ms=3000.0)
+    low, high = level(concurrency=1, mean_e2el_ms=500.0), level(concurrency=8, mean_e2el_ms=3000.0)
     assert score([[low, high]], "minimize_latency").objective == pytest.approx(3.0)
     assert score([[high], [low]], "minimize_latency").objective == pytest.approx(1.75)
 
@@ -49,3 +49,11 @@ def test_no_completed_request_gives_no_score():
 
 def test_direction():
     assert is_better(1.0, 2.0, "minimize_latency") and is_better(3.0, 2.0, "maximize_throughput")
+
+
+def test_objective_level_picks_the_named_level_else_the_highest():
+    low, high = level(concurrency=1, mean_e2el_ms=500.0), level(concurrency=8, mean_e2el_ms=3000.0)
+    assert score([[low, high]], "minimize_latency", at=1).objective == pytest.approx(0.5)
+    assert score([[high, low]], "minimize_latency").objective == pytest.approx(3.0)  # highest, not last
+    rated = [level(request_rate=2.0, concurrency=None, mean_ttft_ms=50.0), level(request_rate=16.0, concurrency=None, mean_ttft_ms=900.0)]
+    assert score([rated], "minimize_ttft", at=2).objective == pytest.approx(0.05)

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .domains import Choice, Domain, FloatRange, IntRange
 from .errors import Loc, _Collector, pydantic_errors
 from .names import _GEMM_OFF, _KV_OFF, _PARALLEL_FLAGS, _VLLM_SPELLING, AXIS_NAMES, engine_of, normalise_name
-from .sections import _STRICT, ModelRef, Optimization, QuantConfig, SimConfig
+from .sections import _STRICT, Benchmark, ModelRef, Optimization, QuantConfig, SimConfig
 from .values import Float, Int, PosInt, name_problem, value_problem
 
 
@@ -295,6 +295,18 @@ def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
 _SECTIONS_NEEDED = ("parameters", "parallel_config", "quant_config", "optimization", "base_runtime")
 
 
+def _objective_level(sections: dict[str, Any], out: _Collector) -> None:
+    """objective_level must name one of the benchmark's load levels."""
+    opt: Optimization = sections.get("optimization") or Optimization()
+    bench: Benchmark = sections.get("benchmark") or Benchmark()
+    if opt.objective_level is not None and opt.objective_level not in bench.levels:
+        kind = "request_rate" if bench.request_rate else "num_concurrency"
+        out.error(["optimization", "objective_level"],
+                  f"{opt.objective_level:g} is not one of benchmark.{kind} {[f'{v:g}' for v in bench.levels]}")
+    if bench.request_rate and "num_concurrency" in bench.model_fields_set:
+        out.note("benchmark.request_rate is set: levels are request rates; num_concurrency is not used")
+
+
 def _derive(sections: dict[str, Any], failed: set[str] = frozenset()) -> _Derived:
     """Everything computed from more than one section; tolerant of sections that failed."""
     out, d = _Collector(), _Derived()
@@ -305,5 +317,7 @@ def _derive(sections: dict[str, Any], failed: set[str] = frozenset()) -> _Derive
     _quant(sections, d, origin, out)
     if not failed.intersection(_SECTIONS_NEEDED):
         _optimization(sections, failed, d, out)
+    if not failed.intersection(("optimization", "benchmark")):
+        _objective_level(sections, out)
     d.errors, d.notes = out.errors, out.notes
     return d

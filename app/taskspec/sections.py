@@ -55,9 +55,21 @@ class Benchmark(BaseModel):
     traffic_scenarios: Annotated[list[TrafficScenario], Field(min_length=1)] = Field(
         default_factory=lambda: ["D(100,100)"])
     num_concurrency: Annotated[list[PosInt], Field(min_length=1)] = Field(default_factory=lambda: [1])
+    # Open loop: requests per second per level (Poisson, or gamma with `burstiness`); when
+    # given, these are the load levels and num_concurrency is not used.
+    request_rate: Annotated[list[Annotated[Float, Field(gt=0)]], Field(min_length=1)] | None = None
+    burstiness: Annotated[Float, Field(gt=0)] = 1.0
+    max_concurrency: PosInt | None = None
+    warmup_requests: Annotated[Int, Field(ge=0)] = 0
+    api: Literal["completions", "chat"] = "completions"
     max_time_per_iteration: Annotated[Float, Field(gt=0)] = 60.0
     max_requests_per_iteration: PosInt = 100
     additional_params: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def levels(self) -> list[float]:
+        """The load levels in order: request rates (open loop) or concurrencies."""
+        return list(self.request_rate) if self.request_rate else [float(c) for c in self.num_concurrency]
 
 
 Strategy = Literal["grid_search", "random", "bayesian", "list"]
@@ -74,6 +86,9 @@ class Optimization(BaseModel):
     seed: Int = 0
     configs: list[dict[str, Any]] | None = None
     max_attempts: PosInt = 3
+    # Which load level the objective reads (a value of num_concurrency or request_rate);
+    # default: the highest level.
+    objective_level: Annotated[Float, Field(gt=0)] | None = None
 
 
 class QuantConfig(BaseModel):

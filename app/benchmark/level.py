@@ -1,0 +1,126 @@
+"""Plumbing shared by the two load shapes (closed-loop workers, open-loop arrivals).
+
+Why: a level is the same thing in both shapes apart from *when* requests start - same
+argument checks, same request i for a given seed, same warm-up, same stop polling, same
+summary keys - so those live here once and the two shapes cannot drift apart.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import aiohttp
+
+from .metrics import RequestRecord, check_slo, summarize
+from .request import request_body, send_request
+from .scenarios import Scenario, make_prompt, parse_scenario
+
+STOP_POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class LevelPlan:
+    """What every request of a level is sent with; ``spec(i)`` is request i's body."""
+
+    url: str
+    model: str
+    api: str
+    scenario: Scenario
+    seed: int
+    slo: dict[str, float] | None
+
+    def spec(self, i: int) -> tuple[dict, int]:
+        """(body, input_tokens) of request i: the same for a given seed in every level and
+        shape, so levels differ only in load. Warm-up requests use negative i."""
+        rng = random.Random(self.seed * 1_000_003 + i)
+        n_in, n_out = self.scenario.sample(rng)
+        return request_body(self.model, self.api, make_prompt(n_in, rng), n_out), n_in
+
+
+def plan_level(base_url: str, model: str, scenario: str | Scenario, api: str, max_requests: int | None,
+               max_time_s: float | None, seed: int, goodput_slo: dict[str, float] | None) -> LevelPlan:
+    """Check the arguments both shapes share (ValueError) and build the level's plan."""
+    if api not in ("completions", "chat"):
+        raise ValueError(f"api must be 'completions' or 'chat', not {api!r}")
+    if max_requests is None and max_time_s is None:
+        raise ValueError("give max_requests or max_time_s (or both)")
+    sc = parse_scenario(scenario) if isinstance(scenario, str) else scenario
+    url = base_url.rstrip("/") + ("/v1/chat/completions" if api == "chat" else "/v1/completions")
+    return LevelPlan(url, model, api, sc, seed, check_slo(goodput_slo))
+
+
+def open_session(request_timeout_s: float | None) -> aiohttp.ClientSession:
+    """A session without a connection cap: the load shape, not the pool, limits concurrency."""
+    timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=30)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+
+
+async def warm_up(session: aiohttp.ClientSession, plan: LevelPlan, n: int, batch: int) -> int:
+    """Send ``n`` warm-up requests, ``batch`` at a time, before the level's clock starts;
+    they never enter the figures. Returns how many failed."""
+    errors, batch = 0, max(1, batch)
+    warm = [plan.spec(-1 - i) for i in range(n)]
+    for k in range(0, n, batch):
+        done = await asyncio.gather(*(send_request(session, plan.url, b, m) for b, m in warm[k:k + batch]))
+        errors += sum(1 for r in done if not r.ok)
+    return errors
+
+
+@dataclass
+class InFlight:
+    """Requests on the wire right now and the most seen at once (``max_in_flight``), so a
+    concurrency cap can be checked from the client side."""
+
+    now: int = 0
+    peak: int = 0
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            yield
+        finally:
+            self.now -= 1
+
+
+def stop_requested(should_stop: Callable[[], bool]) -> bool:
+    try:
+        return bool(should_stop())
+    except Exception:  # a broken callback must not kill the benchmark
+        return False
+
+
+async def wait_or_stop(done: asyncio.Future, tasks: Callable[[], Iterable[asyncio.Future]],
+                       should_stop: Callable[[], bool] | None) -> bool:
+    """Wait for ``done``; poll ``should_stop`` every ``STOP_POLL_S`` and, once it is true,
+    cancel ``done`` and every task in ``tasks()`` (in-flight requests are abandoned, not
+    recorded). Returns whether the level was stopped."""
+    if should_stop is None:
+        await done
+        return False
+    while not done.done():
+        await asyncio.wait([done], timeout=STOP_POLL_S)
+        if not done.done() and stop_requested(should_stop):
+            pending = [done, *tasks()]
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            return True
+    done.result()  # re-raise anything unexpected
+    return False
+
+
+def finish(records: list[RequestRecord], duration_s: float, num_gpus: int, plan: LevelPlan, *,
+           concurrency: int | None, request_rate: float | None, burstiness: float | None,
+           max_concurrency: int | None, started: int, stopped: bool, warmup_errors: int,
+           max_in_flight: int) -> dict:
+    """The level's summary: ``summarize`` plus what describes the level and how it ran."""
+    summary = summarize(records, duration_s, num_gpus, concurrency, slo=plan.slo)
+    summary.update(scenario=str(plan.scenario), api=plan.api, request_rate=request_rate,
+                   burstiness=burstiness, max_concurrency=max_concurrency, requests_started=started,
+                   stopped_early=stopped, warmup_errors=warmup_errors, max_in_flight=max_in_flight)
+    return summary
