@@ -359,13 +359,18 @@ def bench(url, model, scenario, concurrency, request_rate, burstiness, max_concu
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scenario")
     rates = _numbers(request_rate, float)
-    levels = [] if rates else _numbers(concurrency, int)
-    model = model or first_model(url)
-    results = run_benchmark(
-        url, model, scenario, levels, max_requests=max_requests, max_time_s=max_time, num_gpus=num_gpus,
-        api=api, warmup_requests=warmup, seed=seed, request_rates=rates, burstiness=burstiness,
-        max_concurrency=max_concurrency, goodput_slo=_goodput(goodput),
-    )
+    levels = None if rates else _numbers(concurrency, int)
+    try:
+        model = model or first_model(url)
+        results = run_benchmark(
+            url, model, scenario, levels, max_requests=max_requests, max_time_s=max_time, num_gpus=num_gpus,
+            api=api, warmup_requests=warmup, seed=seed, request_rates=rates, burstiness=burstiness,
+            max_concurrency=max_concurrency, goodput_slo=_goodput(goodput),
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}")
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
     if as_json:
         click.echo(json.dumps({"url": url, "model": model, "scenario": scenario, "levels": results}, indent=2))
     else:

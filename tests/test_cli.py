@@ -152,3 +152,54 @@ def test_up_then_submit_wait_from_another_shell(tmp_path):
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
     assert not (tmp_path / "home" / "stack.json").exists()
+
+
+def test_sim_serve_and_bench_against_it(tmp_path):
+    """`autotuner sim serve` starts the simulated engine; `autotuner bench` measures any
+    server with the tuner's client, closed and open loop."""
+    import socket
+
+    from tests.conftest import stop_process, wait_for
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "sim", "serve", "--port", str(port), "--tp-size", "1",
+         "--sim-time-scale", "0.01", "--sim-startup-seconds", "0"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        def healthy():
+            try:
+                return urllib.request.urlopen(url + "/health", timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, 30, "the simulated engine")
+        closed = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--url", url, "--scenario", "D(32,8)",
+                                 "--concurrency", "1,4", "--max-requests", "8", "--json"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert closed.returncode == 0, closed.stderr
+        report = json.loads(closed.stdout)
+        assert report["model"] == "meta-llama/Meta-Llama-3-8B-Instruct"
+        assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
+        assert all(lv["completed"] == 8 and lv["total_output_tokens"] == 64 for lv in report["levels"])
+        opened = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--url", url, "--request-rate", "50",
+                                 "--max-requests", "6", "--goodput", "ttft:60000", "--json"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        (level,) = json.loads(opened.stdout)["levels"]
+        assert level["request_rate"] == 50 and level["completed"] == 6 and level["good_requests"] == 6
+        bad = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--url", url, "--scenario", "Q(1)"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    finally:
+        stop_process(server)
+
+
+def test_sim_serve_rejects_unknown_flags_like_the_engine():
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "sim", "serve", "--no-such-flag", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr

@@ -32,3 +32,38 @@ def test_engine_request_for_sim_carries_the_sim_settings():
     spec = parse_task(mixed_task([{"tp-size": 1}]))
     req = engine_request(spec, 1, {"tp-size": 1}, [0])
     assert req.image is None and req.sim["time_scale"] == 0.02
+
+
+def test_goodput_limits_come_from_the_slo_in_milliseconds():
+    from workers.experiment_job import goodput_limits
+
+    slo = {"ttft": {"threshold": 1.0}, "latency": {"p50": {"threshold": 2.0}, "p99": {"threshold": 10.0}}}
+    assert goodput_limits(slo) == {"ttft": 1000.0, "e2el": 10000.0}
+    assert goodput_limits(None) is None and goodput_limits({"steepness": 0.1}) is None
+
+
+def test_open_loop_task_runs_rates_on_the_sim_engine_in_modelled_time():
+    """The job's benchmark step against a real sim engine: request rates are given in
+    modelled time, sent faster by the time scale, and reported back in modelled time."""
+    from workers.experiment_job import benchmark
+    from workers.runtimes.sim import SimRuntime
+
+    data = mixed_task([{"tp-size": 1}])
+    data["sim"] = {"time_scale": 0.1, "startup_seconds": 0}
+    data["benchmark"].update(request_rate=[2.0, 4.0], max_requests_per_iteration=8, max_concurrency=4)
+    data["optimization"]["objective_level"] = 4.0
+    data["slo"] = {"ttft": {"threshold": 5.0}}
+    spec = parse_task(data)
+    runtime = SimRuntime()
+    deployment = runtime.start(engine_request(spec, 1, {"tp-size": 1}, [0]))
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        (scenario,) = benchmark(spec, deployment, 1, lambda: False)
+    finally:
+        runtime.stop(deployment)
+    levels = scenario["levels"]
+    assert [lv["request_rate"] for lv in levels] == [2.0, 4.0]
+    assert all(lv["completed"] == 8 and lv["concurrency"] is None for lv in levels)
+    assert all(lv["max_in_flight"] <= 4 for lv in levels)
+    assert levels[0]["goodput_slo"] == {"ttft": 5000.0}
+    assert levels[0]["good_requests"] is not None

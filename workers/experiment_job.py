@@ -81,27 +81,54 @@ def to_simulated_time(level: dict[str, Any], scale: float) -> dict[str, Any]:
             continue
         if key.endswith("_ms") or key == "duration":
             out[key] = value / scale
-        elif "throughput" in key:
+        elif "throughput" in key or key in ("goodput", "request_rate"):
             out[key] = value * scale
+    if level.get("goodput_slo"):
+        out["goodput_slo"] = {k: v / scale for k, v in level["goodput_slo"].items()}
     out["time_scale"] = scale
     return out
 
 
+def goodput_limits(slo: dict[str, Any] | None) -> dict[str, float] | None:
+    """Per-request limits (ms) for goodput from the task's SLOs: TTFT, TPOT, and for E2E
+    latency the threshold of its highest percentile SLO (a request slower than that counts
+    against the tail the operator cares about)."""
+    if not slo:
+        return None
+    limits = {}
+    for name in ("ttft", "tpot"):
+        if slo.get(name):
+            limits[name] = float(slo[name]["threshold"]) * 1000
+    latency = {k: v for k, v in (slo.get("latency") or {}).items() if v}
+    if latency:
+        limits["e2el"] = float(latency[max(latency, key=lambda p: int(p[1:]))]["threshold"]) * 1000
+    return limits or None
+
+
 def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop) -> list[dict[str, Any]]:
-    """Every traffic scenario at every load level; one list of level summaries each."""
+    """Every traffic scenario at every load level; one list of level summaries each.
+    For the sim engine, rates and limits are converted to wall-clock terms on the way in
+    and the figures back to modelled time on the way out."""
     bench = spec.benchmark
     scale = sim_time_scale(spec)
+    limits = goodput_limits(spec.to_dict().get("slo"))
     results = []
     for scenario in bench.traffic_scenarios:
         levels = run_benchmark(
             deployment.base_url,
             spec.model.id_or_path,
             scenario,
-            list(bench.num_concurrency),
+            None if bench.request_rate else list(bench.num_concurrency),
             max_requests=int(bench.max_requests_per_iteration),
             max_time_s=float(bench.max_time_per_iteration) * scale,
             num_gpus=num_gpus,
+            api=bench.api,
+            warmup_requests=bench.warmup_requests,
             should_stop=should_stop,
+            request_rates=[r / scale for r in bench.request_rate] if bench.request_rate else None,
+            burstiness=bench.burstiness,
+            max_concurrency=bench.max_concurrency,
+            goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
         )
         if should_stop():
             raise Cancelled()
@@ -142,7 +169,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             runtime.wait_ready(deployment, timeout=timeout, should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
             scenarios = benchmark(spec, deployment, len(claim.gpu_indices), stop)
-            result = score([s["levels"] for s in scenarios], spec.optimization.objective, spec.to_dict().get("slo"))
+            result = score([s["levels"] for s in scenarios], spec.optimization.objective, spec.to_dict().get("slo"),
+                           at=spec.optimization.objective_level)
             ok = result.objective is not None
             outcome = {
                 "state": EXP_SUCCEEDED if ok else EXP_FAILED,

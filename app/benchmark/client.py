@@ -148,3 +148,15 @@ def run_benchmark(
         return out
 
     return asyncio.run(_all())
+
+
+def first_model(base_url: str, timeout_s: float = 10.0) -> str:
+    """The first model a server lists at /v1/models: what to send when the user named none."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(base_url.rstrip("/") + "/v1/models", timeout=timeout_s) as resp:
+        data = json.load(resp).get("data") or []
+    if not data:
+        raise ValueError(f"{base_url} lists no model at /v1/models; pass --model")
+    return data[0]["id"]
