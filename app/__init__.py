@@ -16,7 +16,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from app.config import get_settings
     from app.migrate import upgrade
-    from app.web import api, pages
+    from app.web import actions, api, pages, submit
+    from app.web.auth import init_auth
 
     settings = get_settings()
     flask_app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
@@ -32,7 +33,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     if not flask_app.config.get("SKIP_MIGRATIONS"):
         upgrade()
     csrf = CSRFProtect(flask_app)
-    csrf.exempt(api.bp)  # the API authenticates with a bearer token, not a browser session
-    flask_app.register_blueprint(api.bp)
-    flask_app.register_blueprint(pages.bp)
+    init_auth(flask_app)
+    # The API blueprints authenticate with a bearer token, not a browser session: no CSRF.
+    for blueprint in (api.bp, submit.api_bp, actions.api_bp):
+        csrf.exempt(blueprint)
+        flask_app.register_blueprint(blueprint)
+    for blueprint in (pages.bp, submit.bp, actions.bp):
+        flask_app.register_blueprint(blueprint)
     return flask_app

@@ -1,10 +1,28 @@
-"""Creating and cancelling tasks: the same path for the API, the pages and the CLI."""
+"""Creating, cancelling, retrying and deleting tasks: the same path for the API, the pages and the CLI."""
 from __future__ import annotations
 
 import logging
 
+from sqlalchemy import delete, select, update
+
+from app import ledger
 from app.db import session_scope
-from app.models import TASK_CANCELLING, TASK_PENDING, TASK_RUNNING, Task
+from app.models import (
+    EXP_FAILED,
+    EXP_PENDING,
+    EXP_TIMED_OUT,
+    TASK_CANCELLED,
+    TASK_CANCELLING,
+    TASK_PENDING,
+    TASK_RUNNING,
+    TASK_TERMINAL,
+    Attempt,
+    Experiment,
+    Gpu,
+    GpuAllocation,
+    Task,
+    utcnow,
+)
 from app.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -88,3 +106,62 @@ def cancel_task(task_id: int) -> str:
     _nudge(task_id)
     return TASK_CANCELLING
 
+
+
+def retry_failed(task_id: int) -> int:
+    """Run the task's failed and timed-out experiments again; returns how many.
+
+    They stay the same rows (same `seq`, same parameters, earlier attempts kept in their
+    history), so the coordinator's `max_iterations` count does not grow: they simply become
+    `pending` again and the scheduler gives them GPUs as a new attempt. A task that had
+    ended runs again. A cancelling or cancelled task is refused: cancelling wins.
+    """
+    with session_scope() as session:
+        task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        if task.status in (TASK_CANCELLING, TASK_CANCELLED):
+            raise Conflict(f"task {task_id} is {task.status}; a cancelled task is not retried")
+        failed = session.execute(
+            select(Experiment)
+            .where(Experiment.task_id == task_id, Experiment.state.in_((EXP_FAILED, EXP_TIMED_OUT)))
+            .order_by(Experiment.seq)
+            .with_for_update()
+        ).scalars().all()
+        if not failed:
+            raise Conflict(f"task {task_id} has no failed or timed-out experiment to retry")
+        for exp in failed:
+            ledger.release(session, exp.id)  # normally already free; never leave a GPU held
+            exp.state, exp.phase, exp.error, exp.wait_reason = EXP_PENDING, None, None, None
+            exp.objective, exp.slo_ok, exp.metrics = None, None, None
+            exp.finished_at, exp.started_at, exp.queued_at = None, None, None
+            exp.gpus, exp.group, exp.worker, exp.host = [], None, None, None
+        if task.status not in (TASK_PENDING, TASK_RUNNING):  # completed or failed: it runs again
+            task.status, task.finished_at, task.error = TASK_RUNNING, None, None
+            if task.started_at is None:
+                task.started_at = utcnow()
+        count = len(failed)
+    _nudge(task_id)
+    return count
+
+
+def delete_task(task_id: int) -> None:
+    """Delete a finished task with its experiments, attempts and GPU allocation history.
+
+    Only terminal tasks: a running one still has jobs in the queues and engines on GPUs
+    (cancel it first). Rows are deleted explicitly, children first, so the result does not
+    depend on the database enforcing ON DELETE CASCADE."""
+    with session_scope() as session:
+        task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
+        if task is None:
+            raise NotFound(f"task {task_id} not found")
+        if task.status not in TASK_TERMINAL:
+            raise Conflict(f"task {task_id} is {task.status}; cancel it and wait for it to end before deleting it")
+        exp_ids = select(Experiment.id).where(Experiment.task_id == task_id)
+        session.execute(
+            update(Gpu).where(Gpu.held_by.in_(exp_ids)).values(held_by=None).execution_options(synchronize_session=False)
+        )
+        session.execute(delete(GpuAllocation).where(GpuAllocation.experiment_id.in_(exp_ids)).execution_options(synchronize_session=False))
+        session.execute(delete(Attempt).where(Attempt.experiment_id.in_(exp_ids)).execution_options(synchronize_session=False))
+        session.execute(delete(Experiment).where(Experiment.task_id == task_id).execution_options(synchronize_session=False))
+        session.execute(delete(Task).where(Task.id == task_id).execution_options(synchronize_session=False))

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import shlex
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, url_for
 
 from app.db import session_scope
 from app.models import TASK_TERMINAL, Experiment, Task
 from app.reports import experiment_dict, list_tasks, pool_dict, task_dict
 from app.task_service import Conflict, NotFound, cancel_task
-from app.web.auth import may_write, token_ok
+from app.web.auth import login_view, may_write
 
 bp = Blueprint("pages", __name__)
 
@@ -68,12 +68,4 @@ def pool():
         return render_template("pool.html", pool=pool_dict(s))
 
 
-@bp.route("/login", methods=["GET", "POST"])
-def login():
-    if request.method == "POST":
-        token = request.form.get("token", "")
-        if token_ok(token):
-            session["auth_token"] = token
-            return redirect(url_for("pages.index"))
-        flash("Wrong token.")
-    return render_template("login.html")
+bp.add_url_rule("/login", "login", login_view, methods=["GET", "POST"])
