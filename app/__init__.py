@@ -16,7 +16,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from app.config import get_settings
     from app.migrate import upgrade
-    from app.web import actions, api, pages, submit
+    from app.web import actions, api, live, pages, submit
     from app.web.auth import init_auth
 
     settings = get_settings()
@@ -38,6 +38,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     for blueprint in (api.bp, submit.api_bp, actions.api_bp):
         csrf.exempt(blueprint)
         flask_app.register_blueprint(blueprint)
-    for blueprint in (pages.bp, submit.bp, actions.bp):
+    for blueprint in (pages.bp, live.bp, submit.bp, actions.bp):
         flask_app.register_blueprint(blueprint)
     return flask_app

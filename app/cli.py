@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import click

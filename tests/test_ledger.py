@@ -3,7 +3,6 @@ planner) and the store's all-or-nothing, single-holder guarantees (property test
 real SQLite database)."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select

@@ -16,7 +16,6 @@ from app.web.forms import form_to_task, task_to_form
 @pytest.fixture
 def app(db, broker_url):
     from app import create_app
-    from app.web import submit
 
     flask_app = create_app({"TESTING": True})
     return flask_app
@@ -226,7 +225,6 @@ def test_post_without_csrf_token_is_refused(client):
 
 def test_post_needs_write_permission(db, broker_url):
     from app import create_app
-    from app.web import submit
 
     flask_app = create_app({"TESTING": True, "AUTH_TOKEN": "s3cret"})
     c = flask_app.test_client()

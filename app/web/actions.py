@@ -143,7 +143,7 @@ def retry(task_id: int):
         abort(404)
     except Conflict as exc:
         flash(str(exc))
-    return redirect(url_for("pages.task", task_id=task_id))
+    return redirect(url_for("live.task_page", task_id=task_id))
 
 
 @bp.post("/tasks/<int:task_id>/delete")
@@ -157,7 +157,7 @@ def delete(task_id: int):
         abort(404)
     except Conflict as exc:
         flash(str(exc))
-        return redirect(url_for("pages.task", task_id=task_id))
+        return redirect(url_for("live.task_page", task_id=task_id))
     return redirect(url_for("pages.index"))
 
 

@@ -1,4 +1,5 @@
-"""Server-rendered pages: task list, task detail (refreshing while it runs), pool."""
+"""Server-rendered pages: task list, cancel, GPU pool, login (the live task and
+experiment pages are in `live`)."""
 from __future__ import annotations
 
 import shlex
@@ -6,8 +7,8 @@ import shlex
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 
 from app.db import session_scope
-from app.models import TASK_TERMINAL, Experiment, Task
-from app.reports import experiment_dict, list_tasks, pool_dict, task_dict
+from app.models import TASK_TERMINAL
+from app.reports import list_tasks, pool_dict
 from app.task_service import Conflict, NotFound, cancel_task
 from app.web.auth import login_view, may_write
 
@@ -30,24 +31,6 @@ def index():
         return render_template("tasks.html", tasks=list_tasks(s))
 
 
-@bp.get("/tasks/<int:task_id>")
-def task(task_id: int):
-    with session_scope(readonly=True) as s:
-        t = s.get(Task, task_id)
-        if t is None:
-            abort(404)
-        return render_template("task.html", task=task_dict(s, t))
-
-
-@bp.get("/experiments/<int:experiment_id>")
-def experiment(experiment_id: int):
-    with session_scope(readonly=True) as s:
-        e = s.get(Experiment, experiment_id)
-        if e is None:
-            abort(404)
-        return render_template("experiment.html", exp=experiment_dict(e, metrics=True), task_name=e.task.name)
-
-
 @bp.post("/tasks/<int:task_id>/cancel")
 def cancel(task_id: int):
     if not may_write():
@@ -59,7 +42,7 @@ def cancel(task_id: int):
         abort(404)
     except Conflict as exc:
         flash(str(exc))
-    return redirect(url_for("pages.task", task_id=task_id))
+    return redirect(url_for("live.task_page", task_id=task_id))
 
 
 @bp.get("/pool")

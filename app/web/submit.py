@@ -154,7 +154,7 @@ def create():
         except TaskSpecError as exc:  # checks against this deployment (time limits)
             errors += exc.errors
         else:
-            return redirect(url_for("pages.task", task_id=task_id))
+            return redirect(url_for("live.task_page", task_id=task_id))
     shown_rows = [r for r in rows if any(r.get(k) for k in ("name", "values", "low", "high", "step"))]
     # Row indexes of errors refer to the submitted rows; re-index onto the rows shown.
     index_map = {id(r): i for i, r in enumerate(shown_rows)}

@@ -1,0 +1,360 @@
+// Live task page: polls /api/tasks/<id>/live and /charts every 2 s while the task is not
+// terminal, updates the server-rendered page in place and draws the charts (Chart.js,
+// vendored in static/vendor/chartjs). A failed poll (e.g. the web process restarting) is
+// retried quietly at the next tick.
+(function () {
+  "use strict";
+  const root = document.getElementById("task-live");
+  if (!root) return;
+
+  const POLL_MS = 2000;
+  const liveUrl = root.dataset.liveUrl;
+  const chartsUrl = root.dataset.chartsUrl;
+  const objectiveName = root.dataset.objective;
+  const view = { page: +root.dataset.page || 1, perPage: +root.dataset.perPage || 50, state: "" };
+  let terminal = root.dataset.terminal === "1";
+  let timer = null;
+  let lastCharts = "";
+  const charts = {};
+  const paramCharts = {};
+  const STATE_COLORS = {
+    succeeded: "#18794e", failed: "#c0292b", timed_out: "#c0292b", cancelled: "#8a93a3",
+    running: "#1f5fbf", queued: "#b0b8c6", pending: "#b0b8c6",
+  };
+
+  const $ = (id) => document.getElementById(id);
+  const stateSel = $("state-filter");
+  if (stateSel) view.state = stateSel.value;
+
+  // -- small DOM helpers (textContent only: nothing from the server becomes HTML) --------
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v === true ? "" : v);
+    }
+    for (const c of children) node.append(c instanceof Node ? c : document.createTextNode(c ?? ""));
+    return node;
+  }
+  const fmt = (v, digits) => (v === null || v === undefined ? "" : Number(v).toFixed(digits));
+  const g4 = (v) => (v === null || v === undefined ? "" : Number(v).toPrecision(4).replace(/\.?0+(e|$)/, "$1"));
+  const hms = (iso) => (iso ? iso.slice(11, 19) : "");
+  const paramText = (p) => Object.entries(p || {}).map(([k, v]) => `${k}=${v}`).join(" ");
+
+  async function getJSON(url) {
+    const resp = await fetch(url, { cache: "no-store", headers: { Accept: "application/json" } });
+    if (!resp.ok) throw new Error(`${url}: HTTP ${resp.status}`);
+    return resp.json();
+  }
+
+  function liveQuery() {
+    const q = new URLSearchParams({ page: view.page, per_page: view.perPage });
+    if (view.state) q.set("state", view.state);
+    return `${liveUrl}?${q}`;
+  }
+
+  // -- task summary, best configuration, table --------------------------------------------
+  function renderTask(t) {
+    const status = $("task-status");
+    status.textContent = t.status;
+    status.className = `status ${t.status}`;
+    if (t.elapsed_s !== null && t.elapsed_s !== undefined) $("task-elapsed").textContent = `${t.elapsed_s.toFixed(1)} s`;
+    const counts = $("counts");
+    counts.replaceChildren(...Object.entries(t.counts).flatMap(([state, n], i) => [
+      ...(i ? [" · "] : []), el("span", { "data-state": state }, `${state}: `, el("b", { text: String(n) })),
+    ]));
+    const err = $("task-error");
+    err.textContent = t.error || "";
+    err.hidden = !t.error;
+    if (t.terminal) {
+      const form = $("cancel-form");
+      if (form) form.remove();
+    }
+    renderBest(t);
+  }
+
+  function renderBest(t) {
+    const box = $("best-section");
+    const b = t.best;
+    if (!b) {
+      box.replaceChildren(el("p", { id: "best-none", text: "None yet." }));
+      return;
+    }
+    const rows = Object.entries(b.params).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: String(v) })));
+    rows.push(el("tr", {}, el("th", { text: t.objective }),
+      el("td", {}, el("strong", { text: g4(b.objective) }), " (experiment ",
+        el("a", { class: "exp-link", href: `/experiments/${b.id}`, text: `#${b.seq}` }), ")")));
+    rows.push(el("tr", {}, el("th", { text: "GPUs" }), el("td", { text: (b.gpus || []).join(", ") })));
+    const command = b.launch_command_shell || (b.launch_command || []).join(" ");
+    const copy = el("button", { type: "button", id: "copy-command", text: "Copy" });
+    box.replaceChildren(
+      el("table", { id: "best" }, ...rows),
+      el("div", { class: "command-box" }, el("pre", { class: "command", id: "best-command", text: command }), copy),
+    );
+  }
+
+  function copyCommand() {
+    const pre = $("best-command");
+    const button = $("copy-command");
+    if (!pre || !button) return;
+    const done = () => { button.textContent = "Copied"; setTimeout(() => { button.textContent = "Copy"; }, 1500); };
+    if (navigator.clipboard && window.isSecureContext) {
+      navigator.clipboard.writeText(pre.textContent).then(done, () => selectText(pre));
+    } else {
+      selectText(pre);
+      try { document.execCommand("copy"); done(); } catch (e) { /* the text stays selected */ }
+    }
+  }
+
+  function selectText(node) {
+    const range = document.createRange();
+    range.selectNodeContents(node);
+    const sel = window.getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+  }
+
+  function renderTable(p) {
+    view.page = p.page;
+    const body = $("experiments-body");
+    const rows = p.experiments.map((e) => {
+      const km = e.key_metrics || {};
+      const objective = el("td", { class: "num" }, e.objective === null ? "" : g4(e.objective));
+      if (e.objective !== null && e.slo_ok === false) objective.append(" ", el("span", { class: "error", text: "SLO" }));
+      const why = e.error || e.wait_reason || "";
+      return el("tr", { class: e.state, "data-seq": String(e.seq) },
+        el("td", {}, el("a", { class: "exp-link", href: `/experiments/${e.id}`, text: String(e.seq) })),
+        el("td", {}, el("code", { text: paramText(e.params) })),
+        el("td", { text: e.phase ? `${e.state} (${e.phase})` : e.state }),
+        el("td", { text: String(e.attempts) }),
+        el("td", { text: (e.gpus || []).join(", ") }),
+        el("td", { text: e.worker || "" }),
+        el("td", { title: e.started_at || "", text: hms(e.started_at) }),
+        el("td", { title: e.finished_at || "", text: hms(e.finished_at) }),
+        el("td", { class: "num", text: fmt(km.output_throughput_per_gpu, 1) }),
+        el("td", { class: "num", text: fmt(km.p99_ttft_ms, 1) }),
+        el("td", { class: "num", text: fmt(km.mean_tpot_ms, 2) }),
+        objective,
+        el("td", { title: why, text: why.length > 120 ? `${why.slice(0, 117)}...` : why }),
+      );
+    });
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "13", text: "No experiment yet." })));
+    body.replaceChildren(...rows);
+    const info = $("page-info");
+    if (info) info.textContent = `page ${p.page} of ${p.pages} · ${p.total} experiments`;
+    const prev = $("prev-page");
+    const next = $("next-page");
+    if (prev) prev.hidden = p.page <= 1;
+    if (next) next.hidden = p.page >= p.pages;
+  }
+
+  // -- charts -------------------------------------------------------------------------------
+  function goToExperiment(chart, elements) {
+    if (!elements.length) return;
+    const { datasetIndex, index } = elements[0];
+    const point = chart.data.datasets[datasetIndex].data[index];
+    if (point && point.id) window.location.href = `/experiments/${point.id}`;
+  }
+
+  function tooltipLabel(ctx) {
+    const d = ctx.raw || {};
+    const parts = [d.seq !== undefined ? `#${d.seq}` : ctx.dataset.label];
+    if (Array.isArray(d.x)) parts.push(`${d.gpu || ""} ${fmt(d.x[0], 1)}–${fmt(d.x[1], 1)} s ${d.state || ""}`);
+    else parts.push(`${typeof d.x === "number" ? g4(d.x) : d.x}, ${g4(d.y)}`);
+    if (d.state && !Array.isArray(d.x)) parts.push(d.state);
+    return parts.join(" ");
+  }
+
+  function baseOptions(xTitle, yTitle, extra) {
+    return Object.assign({
+      animation: false,
+      maintainAspectRatio: false,
+      parsing: true,
+      onClick: (evt, els, chart) => goToExperiment(chart, els),
+      plugins: { tooltip: { callbacks: { label: tooltipLabel } }, legend: { labels: { boxWidth: 10 } } },
+      scales: {
+        x: { type: "linear", title: { display: true, text: xTitle } },
+        y: { type: "linear", title: { display: true, text: yTitle } },
+      },
+    }, extra || {});
+  }
+
+  function upsert(key, canvas, config) {
+    const existing = charts[key];
+    if (existing && existing.config.type === config.type) {
+      existing.data.datasets = config.data.datasets;
+      if (config.data.labels) existing.data.labels = config.data.labels;
+      existing.options = config.options;
+      existing.update("none");
+      return existing;
+    }
+    if (existing) existing.destroy();
+    charts[key] = new Chart(canvas, config);
+    return charts[key];
+  }
+
+  function drawObjective(c) {
+    const o = c.objective;
+    const asXY = (p) => ({ x: p.t, y: p.y, seq: p.seq, id: p.id });
+    const sloFailed = o.marks.filter((m) => m.y !== null).map((m) => ({ x: m.t, y: m.y, seq: m.seq, id: m.id, state: "SLO not met" }));
+    const failed = o.marks.filter((m) => m.y === null).map((m) => ({ x: m.t, y: 0.04, seq: m.seq, id: m.id, state: m.state }));
+    upsert("objective", $("chart-objective"), {
+      type: "scatter",
+      data: {
+        datasets: [
+          { label: `${c.objective_name} (${o.direction})`, data: o.points.map(asXY), backgroundColor: "#1f5fbf", pointRadius: 3 },
+          { label: "running best", data: o.best.map(asXY), type: "line", stepped: "after", borderColor: "#18794e",
+            backgroundColor: "#18794e", pointRadius: 0, borderWidth: 2 },
+          { label: "SLO not met", data: sloFailed, backgroundColor: "#e0a100", pointStyle: "triangle", pointRadius: 4 },
+          { label: "failed / timed out / cancelled", data: failed, yAxisID: "marks", backgroundColor: "#c0292b",
+            borderColor: "#c0292b", pointStyle: "crossRot", pointRadius: 5 },
+        ],
+      },
+      options: baseOptions("seconds since the task started (finish time)", c.objective_name, {
+        scales: {
+          x: { type: "linear", title: { display: true, text: "seconds since the task started (finish time)" } },
+          y: { type: "linear", title: { display: true, text: c.objective_name } },
+          marks: { type: "linear", display: false, min: 0, max: 1 },
+        },
+      }),
+    });
+  }
+
+  const PALETTE = ["#1f5fbf", "#7a3fb8", "#0f8a8a", "#b85c1f", "#5b6475"];
+
+  function drawPareto(c) {
+    const datasets = [];
+    c.pareto.scenarios.forEach((s, i) => {
+      const color = PALETTE[i % PALETTE.length];
+      const label = c.pareto.scenarios.length > 1 ? `${s.scenario} ` : "";
+      datasets.push({ label: `${label}experiments`, data: s.points,
+        backgroundColor: s.points.map((p) => (p.slo_ok ? color : "#e0a100")), pointRadius: 3 });
+      datasets.push({ label: `${label}Pareto front`, data: s.front, type: "line", showLine: true,
+        borderColor: "#c0292b", backgroundColor: "#c0292b", pointRadius: 4, borderWidth: 1.5 });
+    });
+    const level = c.pareto.level !== null ? ` (at load ${c.pareto.level})` : " (at the highest load)";
+    upsert("pareto", $("chart-pareto"), {
+      type: "scatter",
+      data: { datasets },
+      options: baseOptions(`output tokens/s per GPU${level}`, "p99 TTFT (ms)"),
+    });
+  }
+
+  function drawParams(c) {
+    const box = $("param-charts");
+    const names = new Set(c.params.params.map((p) => p.name));
+    for (const name of Object.keys(paramCharts)) {
+      if (!names.has(name)) { paramCharts[name].chart.destroy(); paramCharts[name].node.remove(); delete paramCharts[name]; }
+    }
+    for (const p of c.params.params) {
+      let entry = paramCharts[p.name];
+      if (!entry) {
+        const canvas = el("canvas", {});
+        const node = el("div", {}, el("div", { class: "hint", text: p.name }), el("div", { class: "canvas-box" }, canvas));
+        box.append(node);
+        entry = paramCharts[p.name] = { node, canvas, chart: null };
+      }
+      const data = p.points.map((pt) => ({ x: p.numeric ? pt.x : String(pt.x), y: pt.y, seq: pt.seq, id: pt.id }));
+      const colors = p.points.map((pt) => (pt.slo_ok ? "#1f5fbf" : "#e0a100"));
+      const options = baseOptions(p.name, c.objective_name, {
+        plugins: { legend: { display: false }, tooltip: { callbacks: { label: tooltipLabel } } },
+      });
+      if (!p.numeric) options.scales.x = { type: "category", labels: p.values.map(String), offset: true, title: { display: true, text: p.name } };
+      const config = { type: "scatter", data: { datasets: [{ label: p.name, data, backgroundColor: colors, pointRadius: 3 }] }, options };
+      if (entry.chart) {
+        entry.chart.data = config.data;
+        entry.chart.options = options;
+        entry.chart.update("none");
+      } else {
+        entry.chart = new Chart(entry.canvas, config);
+      }
+    }
+    if (!c.params.params.length && !box.firstChild) box.append(el("p", { class: "hint", text: "No objective yet." }));
+    else if (c.params.params.length) box.querySelectorAll(":scope > p.hint").forEach((n) => n.remove());
+  }
+
+  function drawTimeline(c) {
+    const tl = c.timeline;
+    const data = tl.bars.map((b) => ({ x: [b.start, b.end], y: b.gpu, gpu: b.gpu, seq: b.seq, id: b.id, state: b.open ? "holding" : b.state }));
+    $("chart-timeline-box").style.height = `${Math.max(160, 40 + 26 * tl.gpus.length)}px`;
+    upsert("timeline", $("chart-timeline"), {
+      type: "bar",
+      data: {
+        labels: tl.gpus,
+        datasets: [{ label: "experiment on GPU", data, borderSkipped: false, barPercentage: 0.9, categoryPercentage: 0.9, grouped: false,
+          backgroundColor: tl.bars.map((b) => (b.open ? "#1f5fbf" : STATE_COLORS[b.state] || "#8a93a3")),
+          borderColor: "#ffffff", borderWidth: 1 }],
+      },
+      options: baseOptions("seconds since the task started", "GPU", {
+        indexAxis: "y",
+        scales: {
+          x: { type: "linear", min: 0, title: { display: true, text: "seconds since the task started" } },
+          y: { type: "category", labels: tl.gpus },
+        },
+        plugins: { legend: { display: false }, tooltip: { callbacks: { label: tooltipLabel } } },
+      }),
+    });
+  }
+
+  function renderCharts(c) {
+    if (typeof Chart === "undefined") return;  // the vendored script did not load: tables still work
+    const text = JSON.stringify(c);
+    if (text === lastCharts) return;
+    lastCharts = text;
+    for (const draw of [drawObjective, drawPareto, drawParams, drawTimeline]) {
+      try { draw(c); } catch (e) { console.error(e); }  // one broken chart must not stop the others
+    }
+  }
+
+  // -- polling ------------------------------------------------------------------------------
+  function indicator(ok) {
+    const node = $("live-indicator");
+    if (!node) return;
+    node.textContent = terminal ? "" : ok ? "live" : "reconnecting...";
+    node.classList.toggle("offline", !ok);
+  }
+
+  async function refreshTable() {
+    try {
+      const data = await getJSON(liveQuery());
+      renderTable(data.experiments);
+      renderTask(data.task);
+    } catch (e) { indicator(false); }
+  }
+
+  async function tick() {
+    timer = null;
+    try {
+      const [live, chartData] = await Promise.all([getJSON(liveQuery()), getJSON(chartsUrl)]);
+      terminal = !!live.task.terminal;
+      renderTask(live.task);
+      renderTable(live.experiments);
+      renderCharts(chartData);
+      indicator(true);
+    } catch (e) {
+      indicator(false);  // e.g. the web process restarting: try again at the next tick
+    }
+    if (!terminal) timer = setTimeout(tick, POLL_MS);
+  }
+
+  // -- controls (the links and the form still work without JS) ------------------------------
+  root.addEventListener("click", (evt) => {
+    const target = evt.target.closest("#prev-page, #next-page, #copy-command");
+    if (!target) return;
+    evt.preventDefault();
+    if (target.id === "copy-command") { copyCommand(); return; }
+    view.page = Math.max(1, view.page + (target.id === "next-page" ? 1 : -1));
+    history.replaceState(null, "", `?${new URLSearchParams(liveQuery().split("?")[1])}`);
+    refreshTable();
+  });
+  if (stateSel) {
+    stateSel.addEventListener("change", () => {
+      view.state = stateSel.value;
+      view.page = 1;
+      refreshTable();
+    });
+  }
+
+  tick();  // draws the charts once even for a finished task, then polls while it runs
+})();
