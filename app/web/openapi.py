@@ -22,6 +22,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def errors(description: str) -> dict[str, Any]:
+    return _json({"$ref": "#/components/schemas/Errors"}, description)
+
+
 def openapi_document() -> dict[str, Any]:
     obj = {"type": "object"}
     task_id = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
@@ -41,8 +45,8 @@ def openapi_document() -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {"application/json": {"schema": obj}}},
                     "responses": {
                         "201": _json(obj, "The stored task"),
-                        "401": _json({"$ref": "#/components/schemas/Errors"}, "Token required"),
-                        "422": _json({"$ref": "#/components/schemas/Errors"}, "Every problem of the task file"),
+                        "401": errors("Token required"),
+                        "422": errors("Every problem of the task file"),
                     },
                 },
             },
@@ -50,14 +54,21 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "A task: status, counts by state, best experiment",
                     "parameters": task_id,
-                    "responses": {"200": _json(obj, "The task"), "404": _json({"$ref": "#/components/schemas/Errors"}, "No such task")},
-                }
+                    "responses": {"200": _json(obj, "The task"), "404": errors("No such task")},
+                },
+                "delete": {
+                    "summary": "Delete a finished task and all its results",
+                    "security": [{"bearer": []}],
+                    "parameters": task_id,
+                    "responses": {"200": _json(obj, "Deleted"), "404": errors("No such task"),
+                                  "409": errors("The task has not finished")},
+                },
             },
             "/api/tasks/{task_id}/experiments": {
                 "get": {
                     "summary": "A task's experiments with every attempt",
                     "parameters": task_id + [{"name": "metrics", "in": "query", "schema": {"type": "boolean"}}],
-                    "responses": {"200": _json(obj, "Experiments"), "404": _json({"$ref": "#/components/schemas/Errors"}, "No such task")},
+                    "responses": {"200": _json(obj, "Experiments"), "404": errors("No such task")},
                 }
             },
             "/api/tasks/{task_id}/cancel": {
@@ -67,9 +78,9 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": task_id,
                     "responses": {
                         "200": _json(obj, "Cancelling"),
-                        "401": _json({"$ref": "#/components/schemas/Errors"}, "Token required"),
-                        "404": _json({"$ref": "#/components/schemas/Errors"}, "No such task"),
-                        "409": _json({"$ref": "#/components/schemas/Errors"}, "Already finished"),
+                        "401": errors("Token required"),
+                        "404": errors("No such task"),
+                        "409": errors("Already finished"),
                     },
                 }
             },
@@ -77,9 +88,45 @@ def openapi_document() -> dict[str, Any]:
                 "get": {
                     "summary": "One experiment with its metrics and engine log",
                     "parameters": [{"name": "experiment_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                    "responses": {"200": _json(obj, "The experiment"), "404": _json({"$ref": "#/components/schemas/Errors"}, "Not found")},
+                    "responses": {"200": _json(obj, "The experiment"), "404": errors("Not found")},
                 }
             },
             "/api/pool": {"get": {"summary": "Workers, GPUs and who holds each", "responses": {"200": _json(obj, "The pool")}}},
+            "/api/tasks/{task_id}/retry": {
+                "post": {
+                    "summary": "Run the failed and timed-out experiments again (new attempts)",
+                    "security": [{"bearer": []}],
+                    "parameters": task_id,
+                    "responses": {"200": _json(obj, "How many were retried"), "404": errors("No such task"),
+                                  "409": errors("Nothing to retry, or the task is cancelled")},
+                }
+            },
+            "/api/tasks/{task_id}/export": {
+                "get": {"summary": "The task, its spec and every experiment with metrics", "parameters": task_id,
+                        "responses": {"200": _json(obj, "Export"), "404": errors("No such task")}}
+            },
+            "/api/tasks/{task_id}/live": {
+                "get": {
+                    "summary": "Task summary and one page of experiments (what the live page polls)",
+                    "parameters": task_id + [
+                        {"name": "page", "in": "query", "schema": {"type": "integer"}},
+                        {"name": "per_page", "in": "query", "schema": {"type": "integer", "maximum": 200}},
+                        {"name": "state", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": _json(obj, "Summary and page"), "404": errors("No such task")},
+                }
+            },
+            "/api/tasks/{task_id}/charts": {
+                "get": {"summary": "Chart series aggregated on the server", "parameters": task_id,
+                        "responses": {"200": _json(obj, "Series"), "404": errors("No such task")}}
+            },
+            "/api/tasks/parse": {
+                "post": {"summary": "Normalise a JSON or YAML task file (nothing is stored)",
+                         "responses": {"200": _json(obj, "The normalised task"), "422": errors("Every problem")}}
+            },
+            "/api/tasks/preview": {
+                "post": {"summary": "How many experiments a task would run and the GPUs each needs",
+                         "responses": {"200": _json(obj, "Preview")}}
+            },
         },
     }
