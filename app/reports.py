@@ -122,13 +122,14 @@ def pool_dict(session: Session) -> dict[str, Any]:
         ).scalars()
     }
     workers = session.execute(select(Worker).order_by(Worker.host, Worker.group)).scalars().all()
+    now = utcnow()
     gpus = session.execute(select(Gpu).order_by(Gpu.host, Gpu.index)).scalars().all()
     return {
         "workers": [
             {
                 "name": w.name, "group": w.group, "host": w.host, "queue": w.queue, "slots": w.slots,
                 "simulated": w.simulated, "online": w.online, "started_at": iso(w.started_at),
-                "last_heartbeat": iso(w.last_heartbeat),
+                "last_heartbeat": iso(w.last_heartbeat), "heartbeat_age_s": (now - w.last_heartbeat).total_seconds(),
             }
             for w in workers
         ],

@@ -124,3 +124,20 @@ def test_pages_render_and_cancel_form_needs_csrf(db, broker_url):
     resp = c.post(f"/tasks/{task_id}/cancel", data={"csrf_token": token})
     assert resp.status_code == 302
     assert c.get(f"/api/tasks/{task_id}").json["status"] == "cancelling"
+
+
+def test_pool_page_shows_utilisation_and_silent_workers(client):
+    from datetime import timedelta
+
+    from app.db import session_scope
+    from app.models import Worker, utcnow
+    from app.pool import GpuSpec, register_worker
+
+    register_worker("gpu-a@h", "a", "h", "gpu.a", 1, [GpuSpec(0, "NVIDIA H100", 81920, "u0", False, 37.0)], "i", 1)
+    register_worker("gpu-b@h", "b", "h", "gpu.b", 1, [GpuSpec(1, "NVIDIA H100", 81920, "u1", False)], "j", 1)
+    with session_scope() as s:
+        w = s.get(Worker, "gpu-b@h")
+        w.online, w.last_heartbeat = False, utcnow() - timedelta(seconds=90)
+    html = client.get("/pool").data.decode()
+    assert "37 %" in html and "offline: stopped heartbeating" in html
+    assert "1 of 2 worker(s) online" in html
