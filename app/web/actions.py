@@ -13,10 +13,11 @@ from typing import Any
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, url_for
 
 from app.db import session_scope
+from app.web.errors import json_error as _error
 from app.models import Task, utcnow
 from app.objectives import scored_level
 from app.reports import experiment_dict, iso, task_dict
-from app.task_service import Conflict, NotFound, delete_task, retry_failed
+from app.task_service import Conflict, NotFound, cancel_task, delete_task, retry_failed
 from app.web import auth
 from app.web.auth import api_write, may_write
 
@@ -132,33 +133,34 @@ def _download(body: str, mimetype: str, filename: str) -> Response:
 # ---- pages -------------------------------------------------------------------------------
 
 
-@bp.post("/tasks/<int:task_id>/retry")
-def retry(task_id: int):
+def _page_action(task_id: int, action, done: str, after=None):
+    """Run a task action for a page form: 403 without write permission, 404 for an
+    unknown task, a flash message either way, then back to the task (or `after`)."""
     if not may_write():
         abort(403)
     try:
-        n = retry_failed(task_id)
-        flash(f"Task {task_id}: {n} experiment(s) will run again.")
+        flash(done.format(task_id=task_id, result=action(task_id)))
     except NotFound:
         abort(404)
     except Conflict as exc:
         flash(str(exc))
-    return redirect(url_for("live.task_page", task_id=task_id))
+        after = None
+    return redirect(after or url_for("live.task_page", task_id=task_id))
+
+
+@bp.post("/tasks/<int:task_id>/cancel")
+def cancel(task_id: int):
+    return _page_action(task_id, cancel_task, "Task {task_id} is being cancelled.")
+
+
+@bp.post("/tasks/<int:task_id>/retry")
+def retry(task_id: int):
+    return _page_action(task_id, retry_failed, "Task {task_id}: {result} experiment(s) will run again.")
 
 
 @bp.post("/tasks/<int:task_id>/delete")
 def delete(task_id: int):
-    if not may_write():
-        abort(403)
-    try:
-        delete_task(task_id)
-        flash(f"Task {task_id} deleted.")
-    except NotFound:
-        abort(404)
-    except Conflict as exc:
-        flash(str(exc))
-        return redirect(url_for("live.task_page", task_id=task_id))
-    return redirect(url_for("pages.index"))
+    return _page_action(task_id, delete_task, "Task {task_id} deleted.", after=url_for("pages.index"))
 
 
 @bp.get("/tasks/<int:task_id>/export.json")
@@ -182,10 +184,6 @@ def logout():
 
 
 # ---- API ---------------------------------------------------------------------------------
-
-
-def _error(status: int, msg: str, loc: list | None = None):
-    return jsonify({"errors": [{"loc": loc or [], "msg": msg}]}), status
 
 
 @api_bp.post("/tasks/<int:task_id>/retry")

@@ -9,13 +9,10 @@ from app.reports import experiment_dict, list_tasks, pool_dict, task_dict
 from app.task_service import Conflict, NotFound, cancel_task, create_task
 from app.taskspec import TaskSpecError, parse_task
 from app.web.auth import api_write
+from app.web.errors import json_error as error
 from app.web.openapi import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-
-def error(status: int, msg: str, loc: list | None = None):
-    return jsonify({"errors": [{"loc": loc or [], "msg": msg}]}), status
 
 
 @bp.post("/tasks")

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from app.db import session_scope
+from app.web.errors import json_error as _error
 from app.models import EXP_STATES, TASK_TERMINAL, Experiment, Task
 from app.objectives import OBJECTIVES, level_value, score_level, scored_level
 from app.reports import experiment_dict, task_dict
@@ -27,10 +28,6 @@ bp = Blueprint("live", __name__)
 
 PER_PAGE_DEFAULT = 50
 PER_PAGE_MAX = 200
-
-
-def _error(status: int, msg: str, loc: list | None = None):
-    return jsonify({"errors": [{"loc": loc or [], "msg": msg}]}), status
 
 
 def _int_arg(name: str, default: int, low: int, high: int | None = None) -> int:

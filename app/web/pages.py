@@ -1,15 +1,14 @@
-"""Server-rendered pages: task list, cancel, GPU pool, login (the live task and
-experiment pages are in `live`)."""
+"""Server-rendered pages: task list, GPU pool, login (the live task and experiment pages
+are in `live`, the task actions in `actions`)."""
 from __future__ import annotations
 
 import shlex
 
-from flask import Blueprint, abort, flash, redirect, render_template, url_for
+from flask import Blueprint, render_template
 
 from app.db import session_scope
 from app.models import TASK_TERMINAL
 from app.reports import list_tasks, pool_dict
-from app.task_service import Conflict, NotFound, cancel_task
 from app.web.auth import login_view, may_write
 
 bp = Blueprint("pages", __name__)
@@ -29,20 +28,6 @@ def _globals():
 def index():
     with session_scope(readonly=True) as s:
         return render_template("tasks.html", tasks=list_tasks(s))
-
-
-@bp.post("/tasks/<int:task_id>/cancel")
-def cancel(task_id: int):
-    if not may_write():
-        abort(403)
-    try:
-        cancel_task(task_id)
-        flash(f"Task {task_id} is being cancelled.")
-    except NotFound:
-        abort(404)
-    except Conflict as exc:
-        flash(str(exc))
-    return redirect(url_for("live.task_page", task_id=task_id))
 
 
 @bp.get("/pool")
