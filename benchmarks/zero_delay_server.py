@@ -5,22 +5,26 @@ by writing ``max_tokens`` SSE chunks of one token each at once (no model, no sle
 the usage chunk when ``stream_options.include_usage`` is set, then ``data: [DONE]``. Each
 chunk is its own ``write`` (one HTTP chunk, as an engine that flushes every token), from
 bytes built once per model name, so the server spends as little CPU per token as aiohttp
-allows. A non-streaming request gets one JSON body with the same text and usage.
+allows. ``stream_options.continuous_usage_stats`` (guidellm sends it) is ignored: usage comes
+once, at the end. A non-streaming request gets one JSON body with the same text and usage.
 ``GET /v1/models`` lists the one model, ``GET /health`` answers 200.
 
 Because nothing waits, any time-to-first-token a client measures against it is overhead:
 the client's own, the loopback's and this server's. To separate the last, every generation
 request is recorded as ``(wall time at handler entry, this process's CPU seconds so far,
-seconds from handler entry to the first chunk handed to the transport)``, and
-``GET /stats?since=T0&until=T1`` (wall-clock seconds, ``time.time()``) summarises the requests
-that entered in that window: ``requests``, ``median_server_ttft_ms`` (handler entry to first
-chunk written) and ``server_cpu_util`` (CPU seconds / wall seconds between the first and
-last request of the window; near 1.0 means this server, not the client, was the limit).
+seconds from handler entry until the request body was read, seconds from then to the first
+chunk handed to the transport)``, and ``GET /stats?since=T0&until=T1`` (wall-clock seconds,
+``time.time()``) summarises the requests that entered in that window: ``requests``,
+``median_body_wait_ms`` (headers parsed -> body read: time the *client* took to finish
+sending), ``median_server_ttft_ms`` (body read -> first chunk written: this server's own
+work) and ``server_cpu_util`` (CPU seconds / wall seconds between the first and last request
+of the window; near 1.0 would mean this server, not the client, was the limit).
 
     python benchmarks/zero_delay_server.py [--host 127.0.0.1] [--port 0] [--model NAME] [--cpu N]
 
-It prints ``PORT <n>`` on stdout once it listens (port 0 = a free one). ``--cpu N`` pins
-the process to CPU core N with ``os.sched_setaffinity`` where the OS has it.
+It prints ``AFFINITY <what was done>`` and then, once it listens, ``PORT <n>`` on stdout
+(port 0 = a free one). ``--cpu N`` pins the process to CPU core N with
+``os.sched_setaffinity`` where the OS has it.
 """
 from __future__ import annotations
 
@@ -31,7 +35,6 @@ import math
 import os
 import socket
 import statistics
-import sys
 import time
 
 from aiohttp import web
@@ -48,8 +51,9 @@ class ZeroDelayServer:
     def __init__(self, model: str) -> None:
         self.model = model
         self._cache: dict[tuple[str, str], tuple[bytes, bytes]] = {}
-        # (wall entry, process CPU s at entry, entry -> first write s), append-only
-        self.records: list[tuple[float, float, float]] = []
+        # (wall entry, process CPU s at entry, entry -> body read s, body read -> first
+        # write s), append-only
+        self.records: list[tuple[float, float, float, float]] = []
 
     def _chunks(self, api: str, model: str) -> tuple[bytes, bytes]:
         """(a content chunk, the last content chunk with finish_reason) for api/model."""
@@ -79,6 +83,7 @@ class ZeroDelayServer:
             body = await request.json()
         except ValueError:
             return web.json_response({"error": {"message": "body is not JSON"}}, status=400)
+        got_body = time.perf_counter()
         model = str(body.get("model") or self.model)
         n_out = body.get("max_tokens") or body.get("max_completion_tokens") or 16
         try:
@@ -94,8 +99,8 @@ class ZeroDelayServer:
                  "total_tokens": math.ceil(len(text) / 4) + n_out}
 
         if not body.get("stream"):
-            first = time.perf_counter() - entry
-            self.records.append((entry_wall, entry_cpu, first))
+            self.records.append((entry_wall, entry_cpu, got_body - entry,
+                                 time.perf_counter() - got_body))
             if api == "chat":
                 choice = {"index": 0, "message": {"role": "assistant", "content": TOKEN * n_out},
                           "finish_reason": "length"}
@@ -112,7 +117,8 @@ class ZeroDelayServer:
         for i in range(n_out):
             await resp.write(last if i == n_out - 1 else chunk)
             if i == 0:
-                self.records.append((entry_wall, entry_cpu, time.perf_counter() - entry))
+                self.records.append((entry_wall, entry_cpu, got_body - entry,
+                                     time.perf_counter() - got_body))
         if (body.get("stream_options") or {}).get("include_usage"):
             await resp.write(_sse({"id": "cmpl-zd", "object": "text_completion", "created": 0,
                                    "model": model, "choices": [], "usage": usage}))
@@ -132,10 +138,11 @@ class ZeroDelayServer:
         since = float(request.query.get("since", "0"))
         until = float(request.query.get("until", "inf"))
         window = [r for r in self.records if since <= r[0] <= until]
-        out: dict = {"requests": len(window), "median_server_ttft_ms": None,
-                     "server_cpu_util": None}
+        out: dict = {"requests": len(window), "median_body_wait_ms": None,
+                     "median_server_ttft_ms": None, "server_cpu_util": None}
         if window:
-            out["median_server_ttft_ms"] = statistics.median(r[2] for r in window) * 1000.0
+            out["median_body_wait_ms"] = statistics.median(r[2] for r in window) * 1000.0
+            out["median_server_ttft_ms"] = statistics.median(r[3] for r in window) * 1000.0
             wall = window[-1][0] - window[0][0]
             if wall > 0:
                 out["server_cpu_util"] = (window[-1][1] - window[0][1]) / wall
@@ -187,7 +194,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU core")
     args = parser.parse_args()
-    print(f"AFFINITY {pin_to_cpu(args.cpu)}", file=sys.stderr, flush=True)
+    print(f"AFFINITY {pin_to_cpu(args.cpu)}", flush=True)
     try:
         asyncio.run(serve(args.host, args.port, args.model))
     except KeyboardInterrupt:
