@@ -16,6 +16,7 @@ from app.db import session_scope
 from app.models import Attempt, Experiment, Gpu, GpuAllocation, Task
 from app.pool import GpuSpec, register_worker
 from app.task_service import Conflict, NotFound, delete_task, retry_failed
+from tests.test_coordinator import experiments, submit
 from tests.test_integration_parallel import mixed_task
 
 USER, VIEWER = "user-s3cret", "viewer-s3cret"
@@ -35,18 +36,6 @@ def build_app(config: dict | None = None):
 def pool(db, broker_url, monkeypatch):
     monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
     register_worker("gpu-g@h", "g", "h", "gpu.g", 8, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(8)], "inc1", 1)
-
-
-def submit(data: dict) -> int:
-    from app.task_service import create_task
-    from app.taskspec import parse_task
-
-    return create_task(parse_task(data), enqueue=False)
-
-
-def experiments(task_id: int) -> list[Experiment]:
-    with session_scope() as s:
-        return list(s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars())
 
 
 def task_status(task_id: int) -> str:

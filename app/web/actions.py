@@ -14,6 +14,7 @@ from flask import Blueprint, Response, abort, flash, jsonify, redirect, url_for
 
 from app.db import session_scope
 from app.web.errors import json_error as _error
+from app.web.errors import task_errors
 from app.models import Task, utcnow
 from app.objectives import scored_level
 from app.reports import experiment_dict, iso, task_dict
@@ -188,13 +189,9 @@ def logout():
 
 @api_bp.post("/tasks/<int:task_id>/retry")
 @api_write
+@task_errors
 def api_retry(task_id: int):
-    try:
-        n = retry_failed(task_id)
-    except NotFound as exc:
-        return _error(404, str(exc), ["task_id"])
-    except Conflict as exc:
-        return _error(409, str(exc), ["task_id"])
+    n = retry_failed(task_id)
     with session_scope(readonly=True) as s:
         status = s.get(Task, task_id).status
     return jsonify({"id": task_id, "status": status, "retried": n})
@@ -202,13 +199,9 @@ def api_retry(task_id: int):
 
 @api_bp.delete("/tasks/<int:task_id>")
 @api_write
+@task_errors
 def api_delete(task_id: int):
-    try:
-        delete_task(task_id)
-    except NotFound as exc:
-        return _error(404, str(exc), ["task_id"])
-    except Conflict as exc:
-        return _error(409, str(exc), ["task_id"])
+    delete_task(task_id)
     return jsonify({"id": task_id, "deleted": True})
 
 

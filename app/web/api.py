@@ -6,10 +6,11 @@ from flask import Blueprint, jsonify, request
 from app.db import session_scope
 from app.models import Experiment, Task
 from app.reports import experiment_dict, list_tasks, pool_dict, task_dict
-from app.task_service import Conflict, NotFound, cancel_task, create_task
+from app.task_service import cancel_task, create_task
 from app.taskspec import TaskSpecError, parse_task
 from app.web.auth import api_write
 from app.web.errors import json_error as error
+from app.web.errors import task_errors
 from app.web.openapi import openapi_document
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -65,14 +66,9 @@ def experiment(experiment_id: int):
 
 @bp.post("/tasks/<int:task_id>/cancel")
 @api_write
+@task_errors
 def cancel(task_id: int):
-    try:
-        status = cancel_task(task_id)
-    except NotFound as exc:
-        return error(404, str(exc), ["task_id"])
-    except Conflict as exc:
-        return error(409, str(exc), ["task_id"])
-    return jsonify({"id": task_id, "status": status})
+    return jsonify({"id": task_id, "status": cancel_task(task_id)})
 
 
 @bp.get("/pool")
