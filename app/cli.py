@@ -49,13 +49,16 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def load_spec(path: str, deployment_mode: str | None):
+def load_spec(path: str, deployment_mode: str | None, engine: str | None = None):
     from app.taskspec import load_task_file, parse_task
 
     spec = load_task_file(path)
-    if deployment_mode:
+    overrides = {k: v for k, v in (("deployment_mode", deployment_mode), ("engine", engine)) if v}
+    if overrides:
         data = spec.to_dict()
-        data["deployment_mode"] = deployment_mode
+        data.update(overrides)
+        if engine and data.get("base_runtime") in ("sglang", "vllm") and data["base_runtime"] != engine:
+            data["base_runtime"] = engine  # --engine vllm on a file written for sglang
         spec = parse_task(data)
     return spec
 
@@ -78,6 +81,15 @@ mode_option = click.option(
     type=click.Choice(["docker", "process", "sim"]),
     help="Override the file's deployment mode (e.g. try an original task file on the simulated engine).",
 )
+engine_option = click.option(
+    "--engine",
+    help="The engine whose flags the parameters are (sglang, vllm, or one of AUTOTUNER_ENGINES_FILE), "
+         "e.g. for an OME file whose base_runtime names a ClusterServingRuntime.",
+)
+
+
+def with_overrides(fn: Callable) -> Callable:
+    return mode_option(engine_option(fn))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -88,10 +100,11 @@ def main() -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the normalised task as JSON.")
+@with_overrides
 @friendly_errors
-def validate(file: str, as_json: bool) -> None:
+def validate(file: str, as_json: bool, deployment_mode: str | None, engine: str | None) -> None:
     """Check a task file; print every problem with its field path."""
-    spec = load_spec(file, None)
+    spec = load_spec(file, deployment_mode, engine)
     if as_json:
         click.echo(json.dumps(spec.to_dict(), indent=2))
         return
@@ -109,15 +122,15 @@ def validate(file: str, as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--wait", is_flag=True, help="Follow the task until it ends; exit 0 only if it completed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
-@mode_option
+@with_overrides
 @friendly_errors
-def submit(file: str, wait: bool, as_json: bool, deployment_mode: str | None) -> None:
+def submit(file: str, wait: bool, as_json: bool, deployment_mode: str | None, engine: str | None) -> None:
     """Store a task and start it on the running stack."""
     from app.console import watch
     from app.migrate import upgrade
     from app.task_service import create_task
 
-    spec = load_spec(file, deployment_mode)
+    spec = load_spec(file, deployment_mode, engine)
     upgrade()
     task_id = create_task(spec)
     if not wait:
@@ -172,16 +185,17 @@ def cancel(task_id: int) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--simulated-gpus", default=4, show_default=True, help="Size of the simulated GPU pool.")
-@mode_option
+@with_overrides
 @friendly_errors
-def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | None) -> None:
+def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | None, engine: str | None) -> None:
     """Run one task start to finish on an embedded stack (bundled Redis, simulated GPUs)."""
     from app.console import err, watch
     from app.migrate import upgrade
     from app.stack import Stack, running_stack_pid
-    from app.task_service import create_task
+    from app.task_service import check_runnable, create_task
 
-    spec = load_spec(file, deployment_mode)
+    spec = load_spec(file, deployment_mode, engine)
+    check_runnable(spec)
     if (pid := running_stack_pid()) is not None:
         raise click.ClickException(
             f"`autotuner up` (pid {pid}) is running on {home_dir()}; use `autotuner submit {file} --wait` instead"

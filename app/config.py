@@ -33,6 +33,8 @@ class Settings:
     requeue_after: float
     visibility_timeout: int
     time_limit_grace: float
+    engine_reap_timeout: float
+    gpu_min_free_fraction: float
     auth_token: str | None
     secret_key: str | None
     flower_url: str | None
@@ -73,6 +75,13 @@ def get_settings() -> Settings:
         # handed to a second worker while the first still runs it.
         visibility_timeout=int(_float("AUTOTUNER_VISIBILITY_TIMEOUT", 24 * 3600)),
         time_limit_grace=_float("AUTOTUNER_TIME_LIMIT_GRACE", 60.0),
+        # GPUs of an attempt whose engine may still run are handed on once the reaper on its
+        # host confirms the engine gone, or after this many seconds (logged) when that host
+        # is unreachable.
+        engine_reap_timeout=_float("AUTOTUNER_ENGINE_REAP_TIMEOUT", 300.0),
+        # Before a launch, each allocated GPU must have this fraction of its memory free and
+        # no compute process, else it is quarantined and the experiment placed again.
+        gpu_min_free_fraction=_float("AUTOTUNER_GPU_MIN_FREE_FRACTION", 0.9),
         auth_token=os.environ.get("AUTOTUNER_AUTH_TOKEN") or None,
         secret_key=os.environ.get("AUTOTUNER_SECRET_KEY") or None,
         flower_url=os.environ.get("AUTOTUNER_FLOWER_URL") or None,

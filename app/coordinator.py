@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from app import ledger
 from app.config import get_settings
+from app.engines.failures import is_infeasible
 from app.db import session_scope
 from app.lifecycle import end_attempt, mark_lost
 from app.models import (
@@ -79,7 +80,8 @@ def _dispatch(exp: Experiment) -> Dispatch:
 def _trial(exp: Experiment) -> Trial:
     # An experiment that broke a hard SLO counts as failed for the strategy: it must steer away.
     objective = exp.objective if exp.state == EXP_SUCCEEDED and exp.slo_ok is not False else None
-    return Trial(params=dict(exp.params), state=exp.state, objective=objective)
+    return Trial(params=dict(exp.params), state=exp.state, objective=objective,
+                 infeasible=exp.state == EXP_FAILED and is_infeasible(exp.failure_kind))
 
 
 def advance(session: Session, task: Task) -> None:
@@ -114,7 +116,7 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int) -> Exper
         params=params,
         gpus_needed=spec.gpus_needed(params),
         state=EXP_PENDING,
-        simulated=spec.deployment_mode == "sim",
+        simulated=spec.launcher.simulated,
     )
 
 
@@ -195,6 +197,10 @@ def reap(session: Session) -> None:
         log.warning("worker %s stopped heartbeating; marking it offline", worker.name)
         worker.online = False
     session.flush()
+    for label, attempt_id in ledger.expire_fences(session, now - timedelta(seconds=settings.engine_reap_timeout)):
+        log.warning("handing on GPU %s: the engine of attempt %s was not confirmed stopped within %.0fs "
+                    "(AUTOTUNER_ENGINE_REAP_TIMEOUT); its host's worker is unreachable", label, attempt_id,
+                    settings.engine_reap_timeout)
     online_groups = set(session.execute(select(Worker.group).where(Worker.online.is_(True))).scalars())
     session.execute(update(Gpu).values(online=Gpu.group.in_(sorted(online_groups))))
     orphans = session.execute(

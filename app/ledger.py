@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -163,7 +164,7 @@ def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
             gpu.group, GroupState(gpu.group, 0, slots[gpu.group], busy[gpu.group])
         )
         state.total_gpus += 1
-        if gpu.held_by is None:
+        if gpu.held_by is None and gpu.fenced_by is None and gpu.quarantined_at is None:
             state.free.append(FreeGpu(gpu.id, gpu.index, gpu.utilization or 0.0))
     return list(online.values()), dict(capacity)
 
@@ -172,7 +173,7 @@ def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int,
     """Give all of `gpu_ids` to the experiment or raise LedgerConflict (nothing taken)."""
     result = session.execute(
         update(Gpu)
-        .where(Gpu.id.in_(gpu_ids), Gpu.held_by.is_(None))
+        .where(Gpu.id.in_(gpu_ids), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None))
         .values(held_by=experiment_id)
         .execution_options(synchronize_session=False)
     )
@@ -186,17 +187,46 @@ def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int,
     return list(session.execute(select(Gpu).where(Gpu.id.in_(gpu_ids)).order_by(Gpu.index)).scalars())
 
 
-def release(session: Session, experiment_id: int) -> None:
-    """Free every GPU the experiment holds and close its allocation intervals."""
+def release(session: Session, experiment_id: int, fence: int | None = None) -> None:
+    """Free every GPU the experiment holds and close its allocation intervals.
+
+    `fence` is the id of an attempt whose engine may still be running on these GPUs: they
+    leave the experiment but are not allocatable until `unfence` (the reaper confirmed the
+    engine gone) or `expire_fences` (a bounded timeout) runs."""
+    now = utcnow()
+    values: dict = {"held_by": None}
+    if fence is not None:
+        values.update(fenced_by=fence, fenced_at=now)
     session.execute(
         update(Gpu)
         .where(Gpu.held_by == experiment_id)
-        .values(held_by=None)
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     session.execute(
         update(GpuAllocation)
         .where(GpuAllocation.experiment_id == experiment_id, GpuAllocation.released_at.is_(None))
-        .values(released_at=utcnow())
+        .values(released_at=now)
         .execution_options(synchronize_session=False)
     )
+
+
+def unfence(session: Session, attempt_id: int) -> None:
+    """The attempt's engine is gone: its GPUs may be handed on."""
+    session.execute(
+        update(Gpu).where(Gpu.fenced_by == attempt_id).values(fenced_by=None, fenced_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def expire_fences(session: Session, older_than: datetime) -> list[tuple[str, int]]:
+    """Hand on GPUs whose engine nobody could confirm stopped within the timeout (its host
+    is unreachable, so no reaper runs there); returns (GPU label, attempt id) pairs so the
+    caller can log each one."""
+    expired = []
+    for gpu in session.execute(
+        select(Gpu).where(Gpu.fenced_by.is_not(None), Gpu.fenced_at < older_than).order_by(Gpu.id)
+    ).scalars():
+        expired.append((gpu.label, gpu.fenced_by))
+        gpu.fenced_by, gpu.fenced_at = None, None
+    return expired

@@ -17,6 +17,7 @@ from app import ledger
 from app.db import session_scope
 from app.models import (
     ATTEMPT_LOST,
+    ATTEMPT_REPLANNED,
     EXP_CANCELLED,
     EXP_FAILED,
     EXP_PENDING,
@@ -43,6 +44,7 @@ class Claim:
     spec: dict[str, Any]
     gpu_indices: list[int]
     gpu_labels: list[str]
+    gpus_simulated: bool = True
 
 
 def _attempt(session: Session, exp: Experiment) -> Attempt | None:
@@ -106,6 +108,7 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
             spec=dict(task.spec),
             gpu_indices=[g.index for g in gpus],
             gpu_labels=[g.label for g in gpus],
+            gpus_simulated=all(g.simulated for g in gpus),
         )
 
 
@@ -125,6 +128,23 @@ def should_stop(experiment_id: int) -> bool:
     return row is None or row[0] == EXP_CANCELLED or row[1] in (TASK_CANCELLING, TASK_CANCELLED)
 
 
+def record_engine(experiment_id: int, attempt: int, identity: dict[str, Any]) -> bool:
+    """Store the identity of the engine an attempt has just started, before it is waited
+    for, so a reaper can stop it if this job dies. Recorded whatever the attempt's state (an
+    engine exists either way); returns False when the attempt no longer owns the experiment
+    (lost or cancelled meanwhile) and the job should stop the engine at once."""
+    with session_scope() as session:
+        exp = _lock_experiment(session, experiment_id)
+        if exp is None:
+            return False
+        att = session.execute(
+            select(Attempt).where(Attempt.experiment_id == experiment_id, Attempt.number == attempt)
+        ).scalar_one_or_none()
+        if att is not None:
+            att.engine = identity
+        return exp.state == EXP_RUNNING and exp.attempt == attempt
+
+
 def finish(
     experiment_id: int,
     attempt: int,
@@ -134,46 +154,103 @@ def finish(
     objective: float | None = None,
     slo_ok: bool | None = None,
     error: str | None = None,
+    failure_kind: str | None = None,
     engine_log: str | None = None,
+    engine_gone: bool = True,
 ) -> int | None:
     """Record the end of a running attempt and free its GPUs in the same transaction.
 
-    Returns the task id, or None when this attempt no longer owns the experiment (the
-    reaper declared it lost meanwhile): a late result must not overwrite a newer attempt.
+    `engine_gone` says the job has stopped its engine (or never started one); if it could not,
+    the GPUs stay fenced until the reaper has stopped it. Returns the task id, or None when
+    this attempt no longer owns the experiment (the reaper declared it lost meanwhile): a
+    late result must not overwrite a newer attempt.
     """
     with session_scope() as session:
         exp = _lock_experiment(session, experiment_id)
         if exp is None or exp.state != EXP_RUNNING or exp.attempt != attempt:
+            if engine_gone:
+                _confirm_gone(session, session.execute(select(Attempt).where(
+                    Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
             return None
         exp.metrics, exp.objective, exp.slo_ok = metrics, objective, slo_ok
         if engine_log is not None:
             exp.engine_log = engine_log[-20000:]
-        end_attempt(session, exp, state, error=error)
+        att = _attempt(session, exp)
+        if att is not None and engine_gone:
+            att.engine_gone_at = utcnow()
+        end_attempt(session, exp, state, error=error, failure_kind=failure_kind)
         return exp.task_id
 
 
-def end_attempt(session: Session, exp: Experiment, state: str, error: str | None = None) -> None:
-    """Final state for the experiment and its current attempt; GPUs go back to the pool."""
+def _engine_may_run(att: Attempt | None) -> bool:
+    """An attempt that was claimed may have started an engine; until one is confirmed
+    stopped, its GPUs must not be handed on."""
+    return att is not None and att.started_at is not None and att.engine_gone_at is None
+
+
+def end_attempt(session: Session, exp: Experiment, state: str, error: str | None = None,
+                failure_kind: str | None = None) -> None:
+    """Final state for the experiment and its current attempt; GPUs go back to the pool
+    (fenced while the attempt's engine may still run)."""
     now = utcnow()
     exp.state, exp.phase, exp.finished_at, exp.error = state, None, now, error
+    exp.failure_kind = failure_kind
     att = _attempt(session, exp)
     if att is not None:
-        att.state, att.finished_at, att.error = state, now, error
-    ledger.release(session, exp.id)
+        att.state, att.finished_at, att.error, att.failure_kind = state, now, error, failure_kind
+    ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
 
 
 def mark_lost(session: Session, exp: Experiment, reason: str) -> None:
-    """The attempt's worker vanished: keep the attempt as `lost`, free the GPUs, and
-    put the experiment back in line unless it has used up its attempts."""
+    """The attempt's worker vanished: keep the attempt as `lost`, fence its GPUs until the
+    reaper has stopped its engine, and put the experiment back in line unless it has used
+    up its attempts (replanned attempts, which never started an engine, do not count)."""
     att = _attempt(session, exp)
     now = utcnow()
     if att is not None:
-        att.state, att.finished_at, att.error = ATTEMPT_LOST, now, reason
-    ledger.release(session, exp.id)
+        att.state, att.finished_at, att.error, att.failure_kind = ATTEMPT_LOST, now, reason, "worker_lost"
+    ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
     max_attempts = int(exp.task.spec.get("optimization", {}).get("max_attempts") or 3)
-    if exp.attempt >= max_attempts:
+    lost = sum(1 for a in exp.attempts if a.state == ATTEMPT_LOST)
+    if lost >= max_attempts:
         exp.state, exp.phase, exp.finished_at = EXP_FAILED, None, now
-        exp.error = f"lost {exp.attempt} time(s), giving up: {reason}"
+        exp.error, exp.failure_kind = f"lost {lost} time(s), giving up: {reason}", "worker_lost"
     else:
         exp.state, exp.phase, exp.gpus, exp.group = EXP_PENDING, None, [], None
         exp.error = f"attempt {exp.attempt} lost: {reason}; retrying"
+
+
+def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None:
+    """Before its engine started, the attempt found some of its GPUs busy (`busy`: GPU
+    index -> why): quarantine those GPUs, give the others back, and put the experiment back
+    in line to be placed elsewhere instead of failing it. Returns the task id."""
+    with session_scope() as session:
+        exp = _lock_experiment(session, experiment_id)
+        if exp is None or exp.state != EXP_RUNNING or exp.attempt != attempt:
+            return None
+        now = utcnow()
+        labels = []
+        for gpu in session.execute(select(Gpu).where(Gpu.held_by == exp.id)).scalars():
+            if gpu.index in busy:
+                gpu.quarantined_at, gpu.quarantine_reason = now, busy[gpu.index][:300]
+                labels.append(gpu.label)
+        reason = f"GPU {', '.join(labels)} busy before launch: {'; '.join(busy.values())}"
+        att = _attempt(session, exp)
+        if att is not None:
+            att.state, att.finished_at, att.error, att.engine_gone_at = ATTEMPT_REPLANNED, now, reason, now
+        ledger.release(session, exp.id)
+        exp.state, exp.phase, exp.gpus, exp.group = EXP_PENDING, None, [], None
+        exp.wait_reason = f"{reason}; placing it again"[:300]
+        return exp.task_id
+
+
+def _confirm_gone(session: Session, att: Attempt | None) -> None:
+    if att is not None and att.engine_gone_at is None:
+        att.engine_gone_at = utcnow()
+        ledger.unfence(session, att.id)
+
+
+def engine_stopped(attempt_id: int) -> None:
+    """The reaper has confirmed the attempt's engine gone: its fenced GPUs may be handed on."""
+    with session_scope() as session:
+        _confirm_gone(session, session.get(Attempt, attempt_id))

@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -42,6 +43,9 @@ EXP_SUCCEEDED, EXP_FAILED, EXP_TIMED_OUT, EXP_CANCELLED = "succeeded", "failed",
 EXP_ACTIVE = (EXP_PENDING, EXP_QUEUED, EXP_RUNNING)
 EXP_STATES = (EXP_PENDING, EXP_QUEUED, EXP_RUNNING, EXP_SUCCEEDED, EXP_FAILED, EXP_TIMED_OUT, EXP_CANCELLED)
 ATTEMPT_LOST = "lost"
+# The attempt gave its GPUs back before starting an engine (a GPU was found busy): it is
+# placed again and does not count against max_attempts.
+ATTEMPT_REPLANNED = "replanned"
 
 
 class Task(Base):
@@ -93,6 +97,7 @@ class Experiment(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    failure_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
     engine_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
 
@@ -103,10 +108,15 @@ class Experiment(Base):
 
 
 class Attempt(Base):
-    """One dispatch of an experiment to a worker; lost and retried attempts stay visible."""
+    """One dispatch of an experiment to a worker; lost and retried attempts stay visible.
+
+    `engine` is the identity of the engine the attempt started (process group and start
+    time, or container id), recorded before the engine is waited for; `engine_gone_at` is
+    set once that engine is known to be stopped, by the job or by the reaper. Until then
+    the attempt's GPUs stay fenced (see Gpu.fenced_by)."""
 
     __tablename__ = "attempts"
-    __table_args__ = (UniqueConstraint("experiment_id", "number"),)
+    __table_args__ = (UniqueConstraint("experiment_id", "number"), Index("ix_attempts_host_engine_gone", "host", "engine_gone_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
@@ -120,6 +130,9 @@ class Attempt(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    failure_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    engine: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    engine_gone_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     experiment: Mapped[Experiment] = relationship(back_populates="attempts")
 
@@ -162,6 +175,14 @@ class Gpu(Base):
     held_by: Mapped[int | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="SET NULL"), nullable=True, index=True
     )
+    # An attempt whose engine may still run here: the GPU is not handed on until the reaper
+    # confirms that engine gone (or a bounded, logged timeout passes).
+    fenced_by: Mapped[int | None] = mapped_column(ForeignKey("attempts.id", ondelete="SET NULL"), nullable=True)
+    fenced_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # Found busy before a launch (memory in use, a foreign process): not allocated until the
+    # operator clears it or its worker sees it free again.
+    quarantined_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    quarantine_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
 
     @property
     def label(self) -> str:

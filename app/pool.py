@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from app import ledger
 from app.db import session_scope
 from app.lifecycle import mark_lost, pid_alive
-from app.models import EXP_RUNNING, Attempt, Experiment, Gpu, Worker, utcnow
+from app.models import EXP_RUNNING, Attempt, Experiment, Gpu, Task, Worker, utcnow
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,61 @@ def unregister(name: str, incarnation: str) -> None:
         ).first()
         if others is None:
             session.execute(update(Gpu).where(Gpu.group == worker.group).values(online=False))
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """An attempt on this host that may still have an engine, as the reaper sees it."""
+
+    attempt_id: int
+    experiment_id: int
+    attempt: int
+    state: str
+    pid: int | None
+    runtime: str
+    identity: dict | None
+
+
+def engines_to_check(host: str) -> list[EngineRecord]:
+    """Attempts claimed on `host` whose engine is not yet known to be stopped."""
+    with session_scope(readonly=True) as session:
+        rows = session.execute(
+            select(Attempt, Task.deployment_mode)
+            .join(Experiment, Experiment.id == Attempt.experiment_id)
+            .join(Task, Task.id == Experiment.task_id)
+            .where(Attempt.host == host, Attempt.started_at.is_not(None), Attempt.engine_gone_at.is_(None))
+        ).all()
+        return [
+            EngineRecord(att.id, att.experiment_id, att.number, att.state, att.pid,
+                         (att.engine or {}).get("runtime") or mode, att.engine)
+            for att, mode in rows
+        ]
+
+
+def attempt_owner(experiment_id: int, attempt: int) -> tuple[str, str | None, int | None] | None:
+    """(state, host, pid) of one attempt, or None if there is no such attempt."""
+    with session_scope(readonly=True) as session:
+        row = session.execute(
+            select(Attempt.state, Attempt.host, Attempt.pid)
+            .where(Attempt.experiment_id == experiment_id, Attempt.number == attempt)
+        ).one_or_none()
+        return None if row is None else (row[0], row[1], row[2])
+
+
+def quarantined_gpus(host: str, indices: list[int]) -> list[int]:
+    """Indices among `indices` of this host that are quarantined."""
+    with session_scope(readonly=True) as session:
+        return list(session.execute(
+            select(Gpu.index).where(Gpu.host == host, Gpu.index.in_(indices), Gpu.quarantined_at.is_not(None))
+        ).scalars())
+
+
+def clear_quarantine(host: str, index: int) -> bool:
+    """Make a quarantined GPU allocatable again (the operator checked it, or its worker saw it
+    free). Returns False when the GPU is not known."""
+    with session_scope() as session:
+        gpu = session.execute(select(Gpu).where(Gpu.host == host, Gpu.index == index)).scalar_one_or_none()
+        if gpu is None:
+            return False
+        gpu.quarantined_at, gpu.quarantine_reason = None, None
+        return True

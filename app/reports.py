@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from app.engines.failures import is_infeasible, label as failure_label
 from app.models import EXP_STATES, EXP_SUCCEEDED, Experiment, Gpu, Task, Worker, utcnow
 from app.objectives import direction
 from app.taskspec import parse_task
@@ -32,6 +33,8 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
                 "number": a.number, "state": a.state, "worker": a.worker, "host": a.host, "gpus": a.gpus,
                 "queued_at": iso(a.queued_at), "started_at": iso(a.started_at),
                 "finished_at": iso(a.finished_at), "error": a.error,
+                "failure_kind": a.failure_kind, "failure": failure_label(a.failure_kind) or None,
+                "engine": a.engine, "engine_gone_at": iso(a.engine_gone_at),
             }
             for a in exp.attempts
         ],
@@ -45,6 +48,9 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
         "objective": exp.objective,
         "slo_ok": exp.slo_ok,
         "error": exp.error,
+        "failure_kind": exp.failure_kind,
+        "failure": failure_label(exp.failure_kind) or None,
+        "infeasible": is_infeasible(exp.failure_kind),
         "wait_reason": exp.wait_reason,
         "simulated": exp.simulated,
     }
@@ -94,7 +100,7 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
         "status": task.status,
         "engine": task.engine,
         "deployment_mode": task.deployment_mode,
-        "simulated": task.deployment_mode == "sim",
+        "simulated": task.deployment_mode == "sim" or task.spec.get("base_runtime") == "sim",
         "strategy": task.strategy,
         "objective": task.objective,
         "objective_direction": direction(task.objective),
@@ -138,6 +144,8 @@ def pool_dict(session: Session) -> dict[str, Any]:
                 "id": g.id, "label": g.label, "host": g.host, "index": g.index, "group": g.group, "worker": g.worker,
                 "name": g.name, "memory_mb": g.memory_mb, "simulated": g.simulated, "online": g.online,
                 "utilization": g.utilization,
+                "fenced_by_attempt": g.fenced_by, "fenced_at": iso(g.fenced_at),
+                "quarantined_at": iso(g.quarantined_at), "quarantine_reason": g.quarantine_reason,
                 "held_by": (
                     {"experiment_id": g.held_by, "task_id": holders[g.held_by].task_id, "seq": holders[g.held_by].seq}
                     if g.held_by in holders else None

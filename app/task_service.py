@@ -42,6 +42,7 @@ def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
     The row is committed before the coordinator job is sent, so the job always finds it;
     if sending fails the periodic tick still starts the task.
     """
+    check_runnable(spec)
     check_time_limits(spec)
     max_iterations = spec.optimization.max_iterations
     with session_scope() as session:
@@ -76,6 +77,22 @@ def _nudge(task_id: int) -> None:
         request_coordination(task_id)
     except OperationalError:
         log.warning("broker unreachable; task %s starts at the coordinator's next tick", task_id)
+
+
+def check_runnable(spec: TaskSpec) -> None:
+    """Refuse at submission what validation only notes: a task this system cannot run would
+    otherwise fail every one of its experiments."""
+    from app.taskspec import TaskSpecError
+
+    if spec.deployment_mode == "ome":
+        raise TaskSpecError([{"loc": ["deployment_mode"], "msg": (
+            "'ome' deploys on Kubernetes (OME InferenceServices), which this system does not run; "
+            "use docker, process or sim (e.g. --deployment-mode docker)")}])
+    launcher = spec.launcher
+    if spec.deployment_mode == "docker" and (launcher.docker_command is None or not launcher.image):
+        raise TaskSpecError([{"loc": ["deployment_mode"], "msg": (
+            f"engine {launcher.name!r} has no container image (AUTOTUNER_ENGINES_FILE); use deployment_mode "
+            "'process'")}])
 
 
 def check_time_limits(spec: TaskSpec) -> None:

@@ -1,8 +1,11 @@
-"""One experiment on a GPU worker: claim, deploy, benchmark, score, tear down, record.
+"""One experiment on a GPU worker: claim, check the GPUs, deploy, benchmark, score, tear
+down, record.
 
-The order matters: the engine is stopped *before* the result is recorded, because
-recording frees the GPUs in the same transaction and a GPU must never be handed to the
-next experiment while the previous engine still runs on it.
+The order matters: the engine's identity is recorded as soon as it is started (so a reaper
+can stop it if this job dies), and the engine is stopped *before* the result is recorded,
+because recording frees the GPUs in the same transaction and a GPU must never be handed to
+the next experiment while the previous engine still runs on it. If the engine cannot be
+confirmed stopped, the result says so and the GPUs stay fenced until the reaper has.
 """
 from __future__ import annotations
 
@@ -16,20 +19,46 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from app import lifecycle
 from app.benchmark import run_benchmark
+from app.config import get_settings
 from app.dispatch import request_coordination
 from app.models import EXP_CANCELLED, EXP_FAILED, EXP_SUCCEEDED, EXP_TIMED_OUT
 from app.objectives import score
 from app.taskspec import TaskSpec, parse_task
+from workers.gpu_discovery import busy_gpus
 from workers.runtimes import get_runtime
 from workers.runtimes.base import Deployment, DeploymentCancelled, EngineError, EngineRequest, Runtime
 
 log = logging.getLogger(__name__)
-
-DEFAULT_IMAGES = {"sglang": "lmsysorg/sglang", "vllm": "vllm/vllm-openai"}
+ENGINE_CHECK_EVERY_S = 0.5
 
 
 class Cancelled(Exception):
     pass
+
+
+class EngineWatch:
+    """`should_stop()` for the benchmark: true when the experiment is cancelled or when the
+    engine has exited (checked at most every ENGINE_CHECK_EVERY_S), so a dead engine ends
+    the level at once instead of the client firing at a closed port until time runs out."""
+
+    def __init__(self, stop: "StopPoller", runtime: Runtime, deployment: Deployment) -> None:
+        self.stop, self.runtime, self.deployment = stop, runtime, deployment
+        self.died = False
+        self._last = 0.0
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.died and now - self._last >= ENGINE_CHECK_EVERY_S:
+            self._last = now
+            self.died = not self.runtime.is_alive(self.deployment)
+        return self.died or self.stop()
+
+    def check(self) -> None:
+        """Raise EngineError if the engine died during the benchmark."""
+        if self.died or not self.runtime.is_alive(self.deployment):
+            code = self.runtime.exit_code(self.deployment)
+            raise EngineError(f"engine died during benchmark (exit status {code}):\n"
+                              + self.runtime.logs(self.deployment, tail=30), kind="engine_died")
 
 
 class StopPoller:
@@ -47,27 +76,29 @@ class StopPoller:
         return self._stop
 
 
-def engine_request(spec: TaskSpec, experiment_id: int, params: dict[str, Any], gpu_indices: list[int]) -> EngineRequest:
-    raw = spec.to_dict()
+def engine_request(spec: TaskSpec, experiment_id: int, attempt: int, params: dict[str, Any],
+                   gpu_indices: list[int]) -> EngineRequest:
+    launcher = spec.launcher
     image = None
-    if spec.deployment_mode == "docker":
-        tag = raw.get("runtime_image_tag") or "latest"
-        image = f"{DEFAULT_IMAGES[spec.engine]}:{tag}"
+    if spec.deployment_mode == "docker" and launcher.image:
+        image = f"{launcher.image}:{spec.runtime_image_tag or 'latest'}"
     return EngineRequest(
         experiment_id=experiment_id,
-        engine=spec.engine,
+        attempt=attempt,
+        launcher=launcher,
+        flavour=spec.engine or "",
         model=spec.model.id_or_path,
         flags=spec.launch_flags(params),
         gpu_indices=gpu_indices,
         image=image,
-        sim=dict(raw.get("sim") or {}),
+        sim=spec.sim.model_dump() if spec.sim is not None and launcher.simulated else {},
     )
 
 
 def sim_time_scale(spec: TaskSpec) -> float:
-    if spec.deployment_mode != "sim":
+    if not spec.launcher.simulated or spec.sim is None:
         return 1.0
-    return float((spec.to_dict().get("sim") or {}).get("time_scale") or 1.0)
+    return float(spec.sim.time_scale or 1.0)
 
 
 def to_simulated_time(level: dict[str, Any], scale: float) -> dict[str, Any]:
@@ -130,24 +161,37 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
             max_concurrency=bench.max_concurrency,
             goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
         )
-        if should_stop():
-            raise Cancelled()
         results.append({"scenario": scenario, "levels": [to_simulated_time(lv, scale) for lv in levels]})
+        if should_stop():
+            break
     return results
 
 
-def _stop_engine(runtime: Runtime, deployment: Deployment) -> str:
-    """Collect the engine's log and stop it; a soft time limit landing here must not leave
-    the engine running, so stopping is retried once."""
+def _stop_engine(runtime: Runtime, deployment: Deployment) -> tuple[str, bool]:
+    """Collect the engine's log and stop it; returns (log, stopped). A soft time limit
+    landing here must not leave the engine running, so stopping is retried once; if it
+    still fails the GPUs stay fenced and the reaper finishes the job."""
     log_text = ""
     try:
         log_text = runtime.logs(deployment)
     finally:
-        try:
-            runtime.stop(deployment)
-        except SoftTimeLimitExceeded:
-            runtime.stop(deployment)
-    return log_text
+        for _ in range(2):
+            try:
+                runtime.stop(deployment)
+                return log_text, True
+            except SoftTimeLimitExceeded:
+                continue
+            except Exception:  # noqa: BLE001 - recorded; the reaper will stop it by identity
+                log.exception("could not stop engine %s", deployment.identity)
+                break
+    return log_text, False
+
+
+def _gpus_busy(claim: lifecycle.Claim) -> dict[int, str]:
+    """Real GPUs must be free before a launch; simulated ones are never checked."""
+    if claim.gpus_simulated or not claim.gpu_indices:
+        return {}
+    return busy_gpus(claim.gpu_indices, get_settings().gpu_min_free_fraction)
 
 
 def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
@@ -155,20 +199,33 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     if claim is None:
         log.info("experiment %s attempt %s: nothing to claim (duplicate or stale)", experiment_id, attempt)
         return "skipped"
+    busy = _gpus_busy(claim)
+    if busy:
+        log.warning("experiment %s: GPU(s) busy before launch, quarantining and placing it again: %s",
+                    experiment_id, "; ".join(busy.values()))
+        request_coordination(lifecycle.replan(experiment_id, attempt, busy) or claim.task_id)
+        return "replanned"
     spec = parse_task(claim.spec)
     stop = StopPoller(experiment_id)
     outcome: dict[str, Any] = {"state": EXP_FAILED}
     runtime: Runtime | None = None
     deployment: Deployment | None = None
     engine_log: str | None = None
+    engine_gone = True
     try:
         try:
             runtime = get_runtime(spec.deployment_mode)
-            deployment = runtime.start(engine_request(spec, experiment_id, claim.params, claim.gpu_indices))
+            deployment = runtime.start(engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices))
+            if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
+                raise Cancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
             timeout = float(spec.optimization.timeout_per_iteration)
             runtime.wait_ready(deployment, timeout=timeout, should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
-            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), stop)
+            watch = EngineWatch(stop, runtime, deployment)
+            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch)
+            watch.check()
+            if stop():
+                raise Cancelled()
             result = score([s["levels"] for s in scenarios], spec.optimization.objective, spec.to_dict().get("slo"),
                            at=spec.optimization.objective_level)
             ok = result.objective is not None
@@ -178,20 +235,22 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 "objective": result.objective,
                 "slo_ok": result.slo_ok,
                 "error": None if ok else "no request completed at the scored load level",
+                "failure_kind": None if ok else "bad_measurement",
             }
         finally:
             if runtime is not None and deployment is not None:
-                engine_log = _stop_engine(runtime, deployment)
+                engine_log, engine_gone = _stop_engine(runtime, deployment)
     except SoftTimeLimitExceeded:
         outcome = {"state": EXP_TIMED_OUT, "error": f"exceeded timeout_per_iteration ({spec.optimization.timeout_per_iteration}s)"}
     except (DeploymentCancelled, Cancelled):
         outcome = {"state": EXP_CANCELLED, "error": "cancelled"}
     except EngineError as exc:
-        outcome = {"state": EXP_FAILED, "error": str(exc)}
+        outcome = {"state": EXP_FAILED, "error": str(exc), "failure_kind": exc.kind}
     except Exception as exc:  # an experiment's failure must never take the worker down
         log.exception("experiment %s failed", experiment_id)
-        outcome = {"state": EXP_FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"}
+        outcome = {"state": EXP_FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
+                   "failure_kind": "internal"}
     state = outcome.pop("state")
-    task_id = lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log, **outcome)
+    task_id = lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log, engine_gone=engine_gone, **outcome)
     request_coordination(task_id if task_id is not None else claim.task_id)
     return state

@@ -191,3 +191,28 @@ def live_utilization(indices: list[int]) -> dict[int, float]:
             return result
     except (GpuDiscoveryError, *_nvml_errors()):
         return {}
+
+
+def busy_gpus(indices: list[int], min_free_fraction: float) -> dict[int, str]:
+    """GPUs among `indices` that an engine must not be launched on, with the reason: less
+    than `min_free_fraction` of their memory free, or compute processes already running
+    (at this point none of ours should be). {} when NVML cannot tell (nothing to check)."""
+    busy: dict[int, str] = {}
+    try:
+        with _nvml() as nv:
+            for i in indices:
+                handle = nv.nvmlDeviceGetHandleByIndex(i)
+                memory = nv.nvmlDeviceGetMemoryInfo(handle)
+                processes = _optional(nv.nvmlDeviceGetComputeRunningProcesses, handle) or []
+                reasons = []
+                if processes:
+                    pids = ", ".join(str(p.pid) for p in processes[:5])
+                    reasons.append(f"{len(processes)} compute process(es) running (pid {pids})")
+                if memory.total and memory.free < min_free_fraction * memory.total:
+                    reasons.append(f"{(memory.total - memory.free) // 2**20} MiB of "
+                                   f"{memory.total // 2**20} MiB in use")
+                if reasons:
+                    busy[i] = f"GPU {i}: " + ", ".join(reasons)
+    except (GpuDiscoveryError, *_nvml_errors()):
+        return {}
+    return busy

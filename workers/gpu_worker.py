@@ -1,8 +1,10 @@
 """Start a GPU worker: a Celery worker pinned to one GPU group.
 
 It consumes only `gpu.<group>`, runs at most `slots` experiments at once (Celery
-concurrency), registers its GPUs in the ledger when ready, heartbeats from a thread of the
-main process, and marks itself offline on a clean shutdown.
+concurrency), registers its GPUs in the ledger when ready, reaps engines that no live job
+of this host owns (before taking work, then on every tick), heartbeats from a thread of the
+main process, clears the quarantine of its GPUs once they are free again, and marks itself
+offline on a clean shutdown.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 
 from celery.signals import worker_ready, worker_shutdown
@@ -18,8 +21,10 @@ from app.config import get_settings
 from app.coordinator import queue_for
 from app.dispatch import request_coordination
 from app.migrate import upgrade
-from app.pool import GpuSpec, PoolConflict, heartbeat, register_worker, unregister
+from app.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
 from workers.celery_app import app as celery
+from workers.gpu_discovery import busy_gpus
+from workers.reaper import reap_engines
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +56,36 @@ class _Membership:
         request_coordination(None)  # a new worker means free GPUs: let waiting work start
 
     def _beat(self) -> None:
-        interval = get_settings().heartbeat_interval
-        while not self._stop.wait(interval):
+        settings = get_settings()
+        last_reap = time.monotonic()
+        while not self._stop.wait(settings.heartbeat_interval):
             try:
                 if not heartbeat(self.name, self.incarnation, self.utilization()):
                     log.error("worker %s was replaced by another process of the same name", self.name)
             except Exception:  # the database may be briefly unreachable; keep beating
                 log.exception("heartbeat failed")
+            if time.monotonic() - last_reap >= settings.tick_interval:
+                last_reap = time.monotonic()
+                self.housekeeping()
+
+    def housekeeping(self) -> None:
+        """Reap this host's orphaned engines and release GPUs that are free again."""
+        try:
+            reap_engines(self.host)
+            self.release_quarantine()
+        except Exception:  # the database or the Docker daemon may be briefly unreachable
+            log.exception("engine reaper failed")
+
+    def release_quarantine(self) -> None:
+        real = [g.index for g in self.gpus if not g.simulated]
+        held = quarantined_gpus(self.host, real) if real else []
+        if not held:
+            return
+        still_busy = busy_gpus(held, get_settings().gpu_min_free_fraction)
+        for index in held:
+            if index not in still_busy:
+                clear_quarantine(self.host, index)
+                log.info("GPU %s:%s is free again; quarantine cleared", self.host, index)
 
     def on_shutdown(self, **_kwargs) -> None:
         self._stop.set()
@@ -85,6 +113,9 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
         member.register()  # before consuming: a conflict stops us with one line, not a half-started worker
     except PoolConflict as exc:
         raise SystemExit(f"error: {exc}")
+    # Engines a previous process of this host left behind are stopped before any work is
+    # taken (registering has just fenced the GPUs of its experiments).
+    member.housekeeping()
     worker_ready.connect(member.on_ready, weak=False)
     worker_shutdown.connect(member.on_shutdown, weak=False)
     celery.worker_main([

@@ -24,11 +24,14 @@ FAILED_STATES = ("failed", "timed_out")
 
 @dataclass
 class Trial:
-    """One experiment as a strategy sees it. `objective` is set for succeeded ones."""
+    """One experiment as a strategy sees it. `objective` is set for succeeded ones;
+    `infeasible` for failed ones whose parameter set cannot run at all (out of memory, KV
+    cache too small, an invalid value: see app.engines.failures)."""
 
     params: dict[str, Any]
     state: str
     objective: float | None = None
+    infeasible: bool = False
 
     def __post_init__(self) -> None:
         if self.state not in TRIAL_STATES:

@@ -2,7 +2,10 @@
 
 No Optuna storage outlives a call: an in-memory study is filled from the history
 (succeeded -> COMPLETE with its objective, failed/timed out -> FAIL, pending/queued/running
--> RUNNING) and asked `n` times. `constant_liar=True` makes TPE treat RUNNING trials as
+-> RUNNING) and asked `n` times. A failure that shows the parameter set cannot run (out of
+memory, KV cache too small, ...) is a COMPLETE trial with a violated constraint instead:
+TPE ignores FAIL trials, but ranks infeasible ones below every feasible one, so it steers
+away from that region instead of trying its neighbours. `constant_liar=True` makes TPE treat RUNNING trials as
 bad results, so parallel suggestions spread out instead of piling onto one spot; the
 trials asked during this call are RUNNING too, so the n suggestions spread among
 themselves. The sampler seed mixes `optimization.seed` with the history length, which
@@ -69,6 +72,8 @@ def _frozen(trial: Trial, dists: dict[str, Any]) -> Any | None:
         kwargs: dict[str, Any] = {"state": TrialState.RUNNING}
     elif trial.state == "succeeded" and trial.objective is not None and not math.isnan(trial.objective):
         kwargs = {"state": TrialState.COMPLETE, "value": float(trial.objective)}
+    elif trial.infeasible:
+        kwargs = {"state": TrialState.COMPLETE, "value": 0.0, "constraints": {"runs": 1.0}}
     elif trial.state in FAILED_STATES or trial.state == "succeeded":
         kwargs = {"state": TrialState.FAIL}
     else:

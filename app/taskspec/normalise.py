@@ -7,9 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from app.engines import SIMULATOR, EngineSpec, engines, get_engine
+from app.engines.registry import SIM_MODELLED_FLAGS
+
 from .domains import Choice, Domain, FloatRange, IntRange
-from .errors import Loc, _Collector, pydantic_errors
-from .names import _GEMM_OFF, _KV_OFF, _PARALLEL_FLAGS, _VLLM_SPELLING, AXIS_NAMES, engine_of, normalise_name
+from .errors import Loc, _Collector, format_loc, pydantic_errors
+from .names import _GEMM_OFF, _KV_OFF, DEFAULT_ENGINE, engine_of, infer_engine, normalise_name
 from .sections import _STRICT, Benchmark, ModelRef, Optimization, QuantConfig, SimConfig
 from .values import Float, Int, PosInt, name_problem, value_problem
 
@@ -95,7 +98,8 @@ def _domain(raw: Any, loc: Loc, out: _Collector) -> Domain | None:
 
 @dataclass
 class _Derived:
-    engine: str = "sglang"
+    engine: str = DEFAULT_ENGINE
+    launcher: str = DEFAULT_ENGINE
     deployment_mode: str = "docker"
     search_space: dict[str, Domain] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
@@ -104,9 +108,15 @@ class _Derived:
     errors: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def spec(self) -> EngineSpec:
+        return get_engine(self.engine)
 
-def _axis(flag: str) -> str | None:
-    return next((a for a, names in AXIS_NAMES.items() if flag in names), None)
+    @property
+    def reserved(self) -> frozenset[str]:
+        """Flags the runtime sets: the engine's own, plus the simulator's when it launches."""
+        extra = SIMULATOR.reserved if self.launcher == SIMULATOR.name else frozenset()
+        return self.spec.reserved | extra
 
 
 def _degree_ok(value: Any) -> bool:
@@ -121,50 +131,107 @@ def _degrees_ok(domain: Domain) -> bool:
 
 
 def _add_param(space: dict[str, Domain], origin: dict[str, str], flag: str, domain: Domain,
-               where: str, loc: Loc, out: _Collector) -> None:
-    """Insert one domain, refusing a second definition of the same flag or parallel axis."""
-    axis = _axis(flag)
-    if axis and not _degrees_ok(domain):
+               where: str, loc: Loc, d: _Derived, out: _Collector) -> None:
+    """Insert one domain after checking it against the flag's type, refusing a second
+    definition of the same flag."""
+    if flag in d.spec.gpu_flags and not _degrees_ok(domain):
         out.error(loc, f"--{flag} is a parallelism degree: its values must be positive integers")
         return
-    clash = [n for n in (AXIS_NAMES[axis] if axis else (flag,)) if n in space]
-    if clash:
-        out.error(loc, f"conflicts with {origin[clash[0]]} (both set --{clash[0]}"
-                  + ("" if clash[0] == flag else f" / --{flag}") + "); define it in one place")
+    if not _values_fit(flag, domain, loc, d, out):
+        return
+    if flag in space:
+        out.error(loc, f"conflicts with {origin[flag]} (both set --{flag}); define it in one place")
         return
     space[flag] = domain
     origin[flag] = where
 
 
+def _values_fit(flag: str, domain: Domain, loc: Loc, d: _Derived, out: _Collector) -> bool:
+    """Values must be what the engine accepts for this flag (type and choices)."""
+    spec = d.spec.flag(flag)
+    if spec is None:
+        return True
+    if isinstance(domain, Choice):
+        ok = True
+        for i, value in enumerate(domain.values):
+            problem = spec.value_problem(value)
+            if problem:
+                out.error(loc + [i] if domain.size() > 1 else loc, problem)
+                ok = False
+        return ok
+    if spec.is_switch or spec.choices is not None:
+        out.error(loc, f"--{flag} takes {'true/false' if spec.is_switch else 'one of ' + ', '.join(spec.choices or ())}"
+                  "; list the values instead of a range")
+        return False
+    if isinstance(domain, FloatRange) and spec.type == "int":
+        out.error(loc, f"--{flag} takes integers: use an integer range")
+        return False
+    return True
+
+
+def _flag(raw: Any, d: _Derived, loc: Loc, out: _Collector, mapped: str | None = None) -> str | None:
+    """A parameter name -> the engine flag it sets, or None after saying why it cannot be one:
+    malformed, reserved for the runtime, or not a flag of this engine (with the closest one)."""
+    engine = d.spec
+    flag = mapped or (normalise_name(raw, engine) if isinstance(raw, str) else raw)
+    problem = name_problem(flag)
+    if problem:
+        out.error(loc, problem)
+        return None
+    canonical = engine.canonical(flag)
+    if flag in d.reserved or canonical in d.reserved:
+        out.error(loc, f"--{flag} is set by the runtime, not by a task (reserved for {engine.label}"
+                  + (" and the simulated engine" if d.launcher == SIMULATOR.name else "") + ")")
+        return None
+    if engine.vocabulary is not None and engine.vocabulary.canonical(flag) is None:
+        out.error(loc, engine.unknown_flag_message(flag))
+        return None
+    if canonical != raw:
+        out.note(f"{format_loc(loc)} is applied as engine flag --{canonical}")
+    if d.launcher == SIMULATOR.name and canonical not in SIM_MODELLED_FLAGS.get(d.engine, ()):
+        out.note(f"--{canonical} is accepted by the simulated engine but not modelled: it has no effect there")
+    return canonical
+
+
 def _runtime(sections: dict[str, Any], failed: set[str], d: _Derived, out: _Collector) -> None:
-    base = sections.get("base_runtime") or "sglang"
+    base = sections.get("base_runtime") or DEFAULT_ENGINE
     sim: SimConfig | None = sections.get("sim")
-    engine = engine_of(base, sim.engine if sim else None)
-    if engine is None:
-        if "base_runtime" not in failed:
-            out.error(["base_runtime"], f"unknown runtime {base!r}: expected sglang, vllm, sim or an "
-                      "OME runtime preset named sglang-... / vllm-...")
-        engine = "sglang"
-    d.engine = engine
     mode = sections.get("deployment_mode") or ("sim" if base == "sim" else "docker")
     d.deployment_mode = mode
-    if base == "sim" and mode != "sim" and "deployment_mode" not in failed:
-        out.error(["deployment_mode"], f"base_runtime 'sim' can only run with deployment_mode 'sim', not {mode!r}")
-    if base not in ("sglang", "vllm", "sim") and engine_of(base):
-        out.note(f"base_runtime {base!r} is an OME ClusterServingRuntime preset; this system runs "
-                 f"its engine ({engine}) directly with deployment_mode {mode!r}")
+    try:
+        known = engines()
+    except ValueError as exc:  # the operator's engines file is broken: say so on every task
+        out.error(["engine"], str(exc))
+        known = {}
+    explicit = sections.get("engine")
+    if explicit is not None and explicit not in known:
+        if "engine" not in failed and known:
+            out.error(["engine"], f"unknown engine {explicit!r}; known engines: {', '.join(sorted(known))}")
+        explicit = None
+    if explicit:
+        engine = explicit
+    elif base == "sim":
+        engine = sim.engine if sim is not None else DEFAULT_ENGINE
+    elif engine_of(base):
+        engine = engine_of(base)
+        if base != engine:
+            out.note(f"base_runtime {base!r} is an OME ClusterServingRuntime preset; this system runs "
+                     f"its engine ({engine}) directly with deployment_mode {mode!r}")
+    else:
+        engine, why = infer_engine(sections.get("parameters") or {})
+        if "base_runtime" not in failed:
+            out.note(f"base_runtime {base!r} is not an engine this system knows (an OME ClusterServingRuntime "
+                     f"name?); it runs {engine}, inferred because {why}. Set \"engine\" (or --engine) to choose")
+    d.engine = engine if engine in known else DEFAULT_ENGINE
+    d.launcher = SIMULATOR.name if base == "sim" or mode == "sim" else d.engine
+    if base == "sim" and mode not in ("sim", "docker") and "deployment_mode" not in failed:
+        out.error(["deployment_mode"], f"base_runtime 'sim' runs with deployment_mode 'sim' or 'docker', not {mode!r}")
+    if d.launcher == SIMULATOR.name and d.engine not in SIM_MODELLED_FLAGS:
+        out.error(["engine"], f"the simulated engine speaks SGLang's or vLLM's flags, not {d.engine!r}")
     if mode == "ome":
         out.note("deployment_mode 'ome' (Kubernetes InferenceService) is read but not run by this "
                  "system; use docker, process or sim to run experiments")
-    if mode == "sim":
-        d.sim = sim or SimConfig(engine=engine)
-        if sim is not None and base != "sim" and "engine" in sim.model_fields_set and sim.engine != engine:
-            out.error(["sim", "engine"], f"sim.engine {sim.engine!r} contradicts base_runtime {base!r}")
-        elif sim is not None and base != "sim" and sim.engine != engine:
-            d.sim = sim.model_copy(update={"engine": engine})
-    elif sim is not None:
-        d.sim = sim
-        out.note(f"the sim section is ignored: deployment_mode is {mode!r}")
+    _sim_section(sections, sim, base, mode, d, out)
     model: ModelRef | None = sections.get("model")
     if model is not None and model.namespace is not None:
         out.note(f"model.namespace {model.namespace!r} is only used by OME (Kubernetes) deployments; kept, not used")
@@ -174,47 +241,51 @@ def _runtime(sections: dict[str, Any], failed: set[str], d: _Derived, out: _Coll
             out.note(f"{key} describes an OME/Kubernetes {kind}; kept for reference, not used here")
 
 
+def _sim_section(sections: dict[str, Any], sim: SimConfig | None, base: str, mode: str, d: _Derived,
+                 out: _Collector) -> None:
+    """The simulator's settings follow the engine whose flags it speaks."""
+    if d.launcher != SIMULATOR.name:
+        if sim is not None:
+            d.sim = sim
+            out.note(f"the sim section is ignored: deployment_mode is {mode!r}")
+        return
+    d.sim = sim or SimConfig(engine=d.engine if d.engine in SIM_MODELLED_FLAGS else DEFAULT_ENGINE)
+    explicit_engine = sections.get("engine") is not None or base != "sim"
+    if sim is not None and explicit_engine and sim.engine != d.engine:
+        if "engine" in sim.model_fields_set:
+            out.error(["sim", "engine"], f"sim.engine {sim.engine!r} contradicts the task's engine {d.engine!r}")
+        elif d.engine in SIM_MODELLED_FLAGS:
+            d.sim = sim.model_copy(update={"engine": d.engine})
+
+
 def _parameters(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _Collector) -> None:
     for raw_name, raw in (sections.get("parameters") or {}).items():
         loc: Loc = ["parameters", raw_name]
-        flag = normalise_name(raw_name, d.engine) if isinstance(raw_name, str) else raw_name
-        problem = name_problem(flag)
-        if problem:
-            out.error(loc, problem)
+        flag = _flag(raw_name, d, loc, out)
+        if flag is None:
             continue
-        if flag != raw_name:
-            out.note(f"parameters.{raw_name} is applied as engine flag --{flag}")
-        if d.engine == "vllm" and flag in _VLLM_SPELLING:
-            out.note(f"parameters.{raw_name}: --{flag} is an SGLang flag; vLLM calls it --{_VLLM_SPELLING[flag]}")
         domain = _domain(raw, loc, out)
         if domain is not None:
-            _add_param(d.search_space, origin, flag, domain, f"parameters.{raw_name}", loc, out)
+            _add_param(d.search_space, origin, flag, domain, f"parameters.{raw_name}", loc, d, out)
 
 
 def _parallel(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _Collector) -> None:
-    table = _PARALLEL_FLAGS[d.engine]
+    table = d.spec.parallel_keys
     for key, raw in (sections.get("parallel_config") or {}).items():
         loc: Loc = ["parallel_config", key]
         if key in ("presets", "preset"):
             out.error(loc, "parallel presets are not supported; list the tp/pp/dp values instead")
             continue
-        flag = table.get(key) or normalise_name(key, d.engine)
-        problem = name_problem(flag)
-        if problem:
-            out.error(loc, problem)
-            continue
         values = raw if isinstance(raw, list) else [raw]
-        if key in ("tp", "pp", "dp"):
-            bad = [i for i, v in enumerate(values) if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-            if bad:
-                out.error(loc, f"{key} must be a positive integer or a list of them")
-                continue
-        elif key not in table:
-            out.note(f"parallel_config.{key} is not a known parallelism setting for {d.engine}; passed as --{flag}")
+        if key in ("tp", "pp", "dp") and not all(_degree_ok(v) for v in values):
+            out.error(loc, f"{key} must be a positive integer or a list of them")
+            continue
+        flag = _flag(key, d, loc, out, mapped=table.get(key))
+        if flag is None:
+            continue
         domain = _choice(values, loc, out)
         if domain is not None:
-            out.note(f"parallel_config.{key} expands to engine flag --{flag}")
-            _add_param(d.search_space, origin, flag, domain, f"parallel_config.{key}", loc, out)
+            _add_param(d.search_space, origin, flag, domain, f"parallel_config.{key}", loc, d, out)
 
 
 def _quant(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _Collector) -> None:
@@ -229,10 +300,12 @@ def _quant(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out: _
         if mapped == [None]:
             out.note(f"quant_config.{key} {_show(values)} is the engine default; no flag is passed")
             continue
+        loc: Loc = ["quant_config", key]
+        if _flag(flag, d, loc, out, mapped=flag) is None:
+            continue
         shown = ", ".join("(no flag)" if v is None else v for v in mapped)
         out.note(f"quant_config.{key} is applied as engine flag --{flag} ({shown})")
-        _add_param(d.search_space, origin, flag, Choice(tuple(mapped)), f"quant_config.{key}",
-                   ["quant_config", key], out)
+        _add_param(d.search_space, origin, flag, Choice(tuple(mapped)), f"quant_config.{key}", loc, d, out)
     for key in ("attention_dtype", "moe_dtype"):
         values = getattr(quant, key)
         if values and all(v.lower() == "auto" for v in values):
@@ -279,10 +352,10 @@ def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
         config, ok = dict(fixed), True
         for name, value in raw.items():
             loc: Loc = ["optimization", "configs", i, name]
-            flag = normalise_name(name, d.engine)
-            problem = name_problem(flag) or value_problem(value)
-            if not problem and _axis(flag) and not _degree_ok(value):
-                problem = f"--{flag} is a parallelism degree: it must be a positive integer"
+            probe = _Collector()  # per-config notes ("applied as ...") would repeat the parameters' ones
+            flag = _flag(name, d, loc, probe)
+            problem = (probe.errors[0]["msg"] if flag is None else
+                       value_problem(value) or _config_value_problem(flag, value, d))
             if problem:
                 out.error(loc, problem)
                 ok = False
@@ -290,6 +363,13 @@ def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
             config[flag] = value
         if ok:  # repeats are allowed: re-measuring a config is a reason to use this strategy
             d.configs.append(config)
+
+
+def _config_value_problem(flag: str, value: Any, d: _Derived) -> str | None:
+    if flag in d.spec.gpu_flags and not _degree_ok(value):
+        return f"--{flag} is a parallelism degree: it must be a positive integer"
+    spec = d.spec.flag(flag)
+    return spec.value_problem(value) if spec is not None else None
 
 
 _SECTIONS_NEEDED = ("parameters", "parallel_config", "quant_config", "optimization", "base_runtime")

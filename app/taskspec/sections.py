@@ -120,5 +120,6 @@ def _task_name(value: str) -> str:
 
 TaskName = Annotated[str, AfterValidator(_task_name)]
 RuntimeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[a-z0-9][a-z0-9._-]*$")]
+EngineName = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 ImageTag = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
 DeploymentMode = Literal["docker", "process", "sim", "ome"]

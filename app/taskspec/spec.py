@@ -6,14 +6,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from app.engines import SIMULATOR, EngineSpec, Launch, get_engine
+
 from .domains import Domain
 from .errors import format_loc
-from .names import AXIS_NAMES
 from .normalise import _derive
 from .sections import (
     SLO,
     Benchmark,
     DeploymentMode,
+    EngineName,
     ImageTag,
     ModelRef,
     Optimization,
@@ -35,6 +37,10 @@ class TaskSpec(BaseModel):
     deployment_mode: DeploymentMode | None = None  # resolved: "sim" if base_runtime is sim, else docker
     model: ModelRef
     base_runtime: RuntimeName = "sglang"
+    # The engine whose flags the parameters are (sglang, vllm or an operator's own); resolved
+    # from base_runtime, or inferred from the parameter names when base_runtime names an OME
+    # ClusterServingRuntime. An extension of the original format.
+    engine: EngineName | None = None
     runtime_image_tag: ImageTag | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     parallel_config: dict[str, Any] | None = None
@@ -49,7 +55,7 @@ class TaskSpec(BaseModel):
     _search_space: dict[str, Domain] = PrivateAttr(default_factory=dict)
     _notes: list[str] = PrivateAttr(default_factory=list)
     _configs: list[dict[str, Any]] = PrivateAttr(default_factory=list)
-    _engine: str = PrivateAttr(default="sglang")
+    _launcher: str = PrivateAttr(default="sglang")
 
     @model_validator(mode="after")
     def _resolve(self) -> "TaskSpec":
@@ -57,9 +63,10 @@ class TaskSpec(BaseModel):
         if d.errors:
             raise ValueError("; ".join(f"{format_loc(e['loc'])}: {e['msg']}" for e in d.errors))
         self.deployment_mode = d.deployment_mode  # type: ignore[assignment]
+        self.engine = d.engine
         self.optimization.max_iterations = d.max_iterations
         self.sim = d.sim
-        self._search_space, self._notes, self._configs, self._engine = d.search_space, d.notes, d.configs, d.engine
+        self._search_space, self._notes, self._configs, self._launcher = d.search_space, d.notes, d.configs, d.launcher
         return self
 
     # -- derived views ------------------------------------------------------------------
@@ -80,8 +87,14 @@ class TaskSpec(BaseModel):
         return self._configs
 
     @property
-    def engine(self) -> str:
-        return self._engine
+    def engine_spec(self) -> EngineSpec:
+        """The registry entry of the engine whose flags this task tunes."""
+        return get_engine(self.engine or "sglang")
+
+    @property
+    def launcher(self) -> EngineSpec:
+        """What starts the engine: the engine itself, or the simulator speaking its flags."""
+        return SIMULATOR if self._launcher == SIMULATOR.name else self.engine_spec
 
     @property
     def objective_direction(self) -> Literal["minimize", "maximize"]:
@@ -96,41 +109,27 @@ class TaskSpec(BaseModel):
     # -- launching ----------------------------------------------------------------------
 
     def gpus_needed(self, params: dict[str, Any]) -> int:
-        """tp * pp * dp read from `params` under either engine's naming (default 1 each).
-
-        SGLang with --enable-dp-attention runs the dp replicas inside the tp group, so
-        there the count is tp * pp.
-        """
-        def degree(axis: str) -> int:
-            for name in AXIS_NAMES[axis]:
-                if params.get(name) is not None:
-                    return max(1, int(params[name]))
-            return 1
-
-        dp = 1 if (self.engine == "sglang" and params.get("enable-dp-attention") is True) else degree("dp")
-        return degree("tp") * degree("pp") * dp
+        """GPUs one engine with `params` occupies (tp × pp × dp for SGLang and vLLM; SGLang
+        with --enable-dp-attention runs the dp replicas inside the tp group)."""
+        return self.engine_spec.gpus_needed(params)
 
     def launch_flags(self, params: dict[str, Any]) -> list[str]:
         """argv fragment for one parameter set; re-checks names and values (they may come
         from a database, not from this file)."""
         argv: list[str] = []
+        engine = self.engine_spec
         for name, value in params.items():
             problem = name_problem(name) or (None if value is None else value_problem(value))
             if problem:
                 raise ValueError(f"refusing to build flag --{name}: {problem}")
-            if value is None or value is False:
-                continue
-            argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+            argv += engine.flag_argv(name, value)
         return argv
 
     def launch_command(self, params: dict[str, Any], port: int = 30000) -> list[str]:
         """The full command a user would run to start this engine with `params`."""
-        model = self.model.id_or_path
-        if self.engine == "vllm":
-            head = ["vllm", "serve", model]
-        else:
-            head = ["python", "-m", "sglang.launch_server", "--model-path", model]
-        return head + ["--host", "0.0.0.0", "--port", str(port)] + self.launch_flags(params)
+        launch = Launch(model=self.model.id_or_path, host="0.0.0.0", port=port, num_gpus=self.gpus_needed(params),
+                        flags=tuple(self.launch_flags(params)))
+        return self.engine_spec.command(launch, python="python")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able task with defaults resolved; `parse_task(spec.to_dict())` gives it back."""

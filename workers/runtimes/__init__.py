@@ -1,18 +1,18 @@
-"""How engines are started: `docker`, `process` (a local subprocess) and `sim`."""
+"""How engines are started: `docker` (a container) and `process` (a local subprocess).
+
+`deployment_mode: sim` is the process runtime with the simulated engine as the launcher;
+what starts (argv, image, health path) comes from the engine registry (app.engines).
+"""
 from __future__ import annotations
 
 from workers.runtimes.base import Runtime
 
 
 def get_runtime(mode: str) -> Runtime:
-    if mode == "sim":
-        from workers.runtimes.sim import SimRuntime
-
-        return SimRuntime()
-    if mode == "process":
+    if mode in ("process", "sim"):
         from workers.runtimes.process import ProcessRuntime
 
-        return ProcessRuntime()
+        return ProcessRuntime(name=mode)
     if mode == "docker":
         from workers.runtimes.docker_runtime import DockerRuntime
 

@@ -14,9 +14,16 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from app.engines import EngineSpec, Launch
+
 
 class EngineError(Exception):
-    """An engine could not be started or died; the message is shown to the user."""
+    """An engine could not be started or died; the message is shown to the user and `kind`
+    (one of app.engines.FAILURE_KINDS) says why, for the UI and the strategies."""
+
+    def __init__(self, message: str, kind: str = "engine_exited") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class DeploymentCancelled(Exception):
@@ -27,27 +34,45 @@ class DeploymentCancelled(Exception):
 class EngineRequest:
     """Everything a runtime needs to start one engine.
 
-    `flags` is already an argv fragment (["--tp-size", "2", ...]); runtimes never build
-    shell strings. `gpu_indices` are the device indices on this host allocated by the ledger.
+    `launcher` is the registry entry that starts it (the engine itself, or the simulator
+    speaking the engine's flags, `flavour`); `flags` is already an argv fragment
+    (["--tp-size", "2", ...]), runtimes never build shell strings. `gpu_indices` are the
+    device indices on this host allocated by the ledger.
     """
 
     experiment_id: int
-    engine: str  # "sglang" | "vllm"
+    attempt: int
+    launcher: EngineSpec
+    flavour: str
     model: str
     flags: list[str]
     gpu_indices: list[int]
     image: str | None = None  # docker only: repository:tag
-    sim: dict[str, Any] = field(default_factory=dict)  # sim only: performance-model settings
-    env: dict[str, str] = field(default_factory=dict)
+    sim: dict[str, Any] = field(default_factory=dict)  # simulator only: performance-model settings
+
+    def launch(self, host: str, port: int, extra: list[str] | None = None) -> Launch:
+        """The argv template's values; the simulator also gets its task settings."""
+        sim_extra: list[str] = []
+        if self.launcher.simulated:
+            for key, flag in (("gpu", "--sim-gpu"), ("model_preset", "--sim-model-preset"),
+                              ("time_scale", "--sim-time-scale"), ("startup_seconds", "--sim-startup-seconds")):
+                if self.sim.get(key) is not None:
+                    sim_extra += [flag, str(self.sim[key])]
+            sim_extra += ["--sim-launched-at", repr(time.time()), *(extra or [])]
+        return Launch(model=self.model, host=host, port=port, num_gpus=len(self.gpu_indices),
+                      flags=tuple(self.flags), flavour=self.flavour, extra=tuple(sim_extra))
 
 
 @dataclass
 class Deployment:
-    """A started engine: where to reach it and what the runtime needs to stop it."""
+    """A started engine: where to reach it, what the runtime needs to stop it, and its
+    `identity` (recorded on the attempt so a reaper can stop it if we cannot)."""
 
     base_url: str
     handle: Any
     runtime: str
+    identity: dict[str, Any]
+    health_path: str = "/health"
     simulated: bool = False
 
 
@@ -71,6 +96,19 @@ class Runtime(abc.ABC):
         """False once the engine process or container has exited."""
         return True
 
+    def exit_code(self, deployment: Deployment) -> int | None:
+        """The engine's exit status once it has exited (None while it runs or if unknown)."""
+        return None
+
+    def startup_failure(self, deployment: Deployment) -> EngineError:
+        """The engine exited before it was ready: say why, with its last log lines."""
+        from app.engines import classify_failure
+
+        tail = self.logs(deployment, tail=30)
+        code = self.exit_code(deployment)
+        return EngineError(f"engine exited during start-up (exit status {code}):\n{tail}",
+                           kind=classify_failure(tail, code))
+
     def wait_ready(
         self,
         deployment: Deployment,
@@ -91,11 +129,11 @@ class Runtime(abc.ABC):
                 if should_stop():
                     raise DeploymentCancelled("cancelled while the engine was starting")
                 if not self.is_alive(deployment):
-                    raise EngineError("engine exited during start-up:\n" + self.logs(deployment, tail=30))
+                    raise self.startup_failure(deployment)
                 try:
                     # One kept-alive connection: polling costs the engine (and us) little CPU.
                     conn = conn or http.client.HTTPConnection(parts.hostname, parts.port, timeout=2)
-                    conn.request("GET", "/health")
+                    conn.request("GET", deployment.health_path)
                     resp = conn.getresponse()
                     resp.read()
                     if resp.status == 200:
@@ -105,7 +143,8 @@ class Runtime(abc.ABC):
                         conn.close()
                     conn = None
                 if time.monotonic() > deadline:
-                    raise EngineError(f"engine not ready after {timeout:.0f}s:\n" + self.logs(deployment, tail=30))
+                    raise EngineError(f"engine not ready after {timeout:.0f}s:\n" + self.logs(deployment, tail=30),
+                                      kind="startup_timeout")
                 time.sleep(poll_interval)
         finally:
             if conn is not None:

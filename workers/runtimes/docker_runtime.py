@@ -2,11 +2,14 @@
 
 Containers give every experiment a clean, reproducible environment (the engine's
 published image) and a single handle to tear down, so a crashed or cancelled experiment
-never leaves a stray server holding GPU memory. Every container is labelled with its
-experiment id so a restarted worker can find and remove what it left behind.
+never leaves a stray server holding GPU memory. A container outlives a killed worker (the
+daemon owns it), so its id is recorded on the attempt and every container is labelled with
+its experiment, attempt and store: the reaper (workers.reaper) removes what no live job
+owns, by id, never by name.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -18,28 +21,17 @@ import docker
 import docker.errors
 import docker.types
 
+from app.engines import allowed_images
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
+from workers.runtimes.environment import engine_environment
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ALLOWED_IMAGES = "lmsysorg/sglang,vllm/vllm-openai"
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
 LABEL_EXPERIMENT = "autotuner.experiment"
+LABEL_ATTEMPT = "autotuner.attempt"
 LABEL_MANAGED = "autotuner.managed"
-
-
-@dataclass(frozen=True)
-class _EngineImage:
-    """How one engine flavour is launched inside its image."""
-
-    default_image: str
-    container_port: int
-
-
-ENGINES: dict[str, _EngineImage] = {
-    "sglang": _EngineImage("lmsysorg/sglang:latest", 30000),
-    "vllm": _EngineImage("vllm/vllm-openai:latest", 8000),
-}
+LABEL_STORE = "autotuner.store"
 
 
 @dataclass
@@ -70,8 +62,20 @@ def image_repository(image: str) -> str:
 
 
 def _allowed_from_env() -> list[str]:
-    raw = os.environ.get("AUTOTUNER_ALLOWED_IMAGES", DEFAULT_ALLOWED_IMAGES)
+    raw = os.environ.get("AUTOTUNER_ALLOWED_IMAGES")
+    if raw is None:
+        return allowed_images()
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def store_label() -> str:
+    """Which store's experiments a container belongs to: two installations sharing one
+    Docker daemon must never reap each other's engines."""
+    from app.config import get_settings
+    from sqlalchemy.engine import make_url
+
+    url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
 def _free_host_port() -> int:
@@ -112,7 +116,7 @@ class DockerRuntime(Runtime):
             try:
                 self._client = docker.from_env()
             except docker.errors.DockerException as exc:
-                raise EngineError(f"cannot reach the Docker daemon: {exc}") from exc
+                raise EngineError(f"cannot reach the Docker daemon: {exc}", kind="internal") from exc
         return self._client
 
     # -- building the container -------------------------------------------------
@@ -122,36 +126,20 @@ class DockerRuntime(Runtime):
         run arbitrary code with GPU access and host IPC."""
         if image_repository(image) not in self.allowed_images:
             raise EngineError(
-                f"image {image} is not allowed; allowed: {', '.join(self.allowed_images)}"
+                f"image {image} is not allowed; allowed: {', '.join(self.allowed_images)}", kind="image_pull"
             )
 
     @staticmethod
     def command(request: EngineRequest) -> list[str]:
         """The container command as an argv list (flag values with spaces stay whole)."""
-        if request.engine == "sglang":
-            return [
-                "python3", "-m", "sglang.launch_server",
-                "--model-path", request.model,
-                "--host", "0.0.0.0",
-                "--port", str(ENGINES["sglang"].container_port),
-                *request.flags,
-            ]
-        if request.engine == "vllm":
-            # The vllm/vllm-openai entrypoint already is the OpenAI API server.
-            return [
-                "--model", request.model,
-                "--host", "0.0.0.0",
-                "--port", str(ENGINES["vllm"].container_port),
-                *request.flags,
-            ]
-        raise EngineError(f"unknown engine {request.engine!r}; expected one of {sorted(ENGINES)}")
+        launcher = request.launcher
+        return launcher.command(request.launch("0.0.0.0", launcher.container_port), in_container=True)
 
-    def _environment(self, request: EngineRequest) -> dict[str, str]:
-        env = dict(request.env)
-        token = os.environ.get("HF_TOKEN")
-        if token and "HF_TOKEN" not in env:
-            env["HF_TOKEN"] = token  # gated models; never logged
-        return env
+    @staticmethod
+    def _environment(request: EngineRequest) -> dict[str, str]:
+        """The allow-listed variables only (HF_TOKEN for gated models, NCCL/CUDA tuning);
+        never the worker's secrets. Values are never logged."""
+        return engine_environment(local=False)
 
     def _volumes(self) -> dict[str, dict[str, str]]:
         """Share the host's HF cache so every experiment does not re-download weights."""
@@ -166,27 +154,26 @@ class DockerRuntime(Runtime):
         except docker.errors.ImageNotFound:
             pass
         except docker.errors.APIError as exc:
-            raise EngineError(f"cannot inspect image {image}: {exc}") from exc
+            raise EngineError(f"cannot inspect image {image}: {exc}", kind="image_pull") from exc
         log.info("pulling image %s", image)
         try:
             self.client.images.pull(image)
         except docker.errors.DockerException as exc:
             raise EngineError(
-                f"image {image} is not present and could not be pulled: {exc}"
+                f"image {image} is not present and could not be pulled: {exc}", kind="image_pull"
             ) from exc
 
     # -- Runtime interface ------------------------------------------------------
 
     def start(self, request: EngineRequest) -> Deployment:
-        if request.engine not in ENGINES:
-            raise EngineError(
-                f"unknown engine {request.engine!r}; expected one of {sorted(ENGINES)}"
-            )
-        spec = ENGINES[request.engine]
-        image = request.image or spec.default_image
+        launcher = request.launcher
+        if launcher.docker_command is None or not launcher.image:
+            raise EngineError(f"engine {launcher.name!r} has no container image; run it with deployment_mode "
+                              "'process'", kind="invalid_argument")
+        image = request.image or f"{launcher.image}:latest"
         self.check_image(image)  # before any Docker call
         if not request.gpu_indices:
-            raise EngineError("no GPUs were allocated to this experiment")
+            raise EngineError("no GPUs were allocated to this experiment", kind="internal")
         argv = self.command(request)
         host_port = _free_host_port()
         name = f"autotuner-exp{request.experiment_id}-{secrets.token_hex(4)}"
@@ -196,14 +183,10 @@ class DockerRuntime(Runtime):
             "starting %s for experiment %s on GPUs %s (port %s): %s",
             name, request.experiment_id, request.gpu_indices, host_port, argv,
         )
-        try:
-            container = self.client.containers.run(
-                image,
-                command=argv,
-                detach=True,
-                name=name,
-                labels={LABEL_EXPERIMENT: str(request.experiment_id), LABEL_MANAGED: "true"},
-                ports={f"{spec.container_port}/tcp": ("127.0.0.1", host_port)},
+        options: dict[str, Any] = {}
+        if launcher.needs_gpu_devices:
+            # Host IPC and a large /dev/shm are what multi-GPU engines need for NCCL.
+            options = dict(
                 device_requests=[
                     docker.types.DeviceRequest(
                         device_ids=[str(i) for i in request.gpu_indices],
@@ -212,15 +195,33 @@ class DockerRuntime(Runtime):
                 ],
                 shm_size="16g",
                 ipc_mode="host",
+            )
+        try:
+            container = self.client.containers.run(
+                image,
+                command=argv,
+                detach=True,
+                name=name,
+                labels={
+                    LABEL_EXPERIMENT: str(request.experiment_id),
+                    LABEL_ATTEMPT: str(request.attempt),
+                    LABEL_MANAGED: "true",
+                    LABEL_STORE: store_label(),
+                },
+                ports={f"{launcher.container_port}/tcp": ("127.0.0.1", host_port)},
                 environment=self._environment(request),
                 volumes=self._volumes(),
+                **options,
             )
         except docker.errors.DockerException as exc:
-            raise EngineError(f"could not start container {name} from {image}: {exc}") from exc
+            raise EngineError(f"could not start container {name} from {image}: {exc}", kind="engine_exited") from exc
         return Deployment(
             base_url=f"http://127.0.0.1:{host_port}",
             handle=DockerHandle(container=container, name=name),
             runtime=self.name,
+            identity={"runtime": self.name, "container": container.id},
+            health_path=launcher.health_path,
+            simulated=launcher.simulated,
         )
 
     def is_alive(self, deployment: Deployment) -> bool:
@@ -232,6 +233,15 @@ class DockerRuntime(Runtime):
         except docker.errors.NotFound:
             return False
         return handle.container.status in ("created", "running")
+
+    def exit_code(self, deployment: Deployment) -> int | None:
+        handle: DockerHandle = deployment.handle
+        try:
+            handle.container.reload()
+        except docker.errors.NotFound:
+            return None
+        state = handle.container.attrs.get("State") or {}
+        return None if state.get("Running") else state.get("ExitCode")
 
     def logs(self, deployment: Deployment, tail: int = 200) -> str:
         handle: DockerHandle = deployment.handle
@@ -260,31 +270,33 @@ class DockerRuntime(Runtime):
             pass
         handle.removed = True
 
-    # -- housekeeping -----------------------------------------------------------
+    # -- housekeeping (the reaper) --------------------------------------------------
 
-    def cleanup_orphans(self, keep_experiment_ids: set[int]) -> list[str]:
-        """Remove managed containers of experiments not in `keep_experiment_ids`.
+    def remove_container(self, container_id: str) -> bool:
+        """Remove one container by id; True once it is gone (also if it never existed)."""
+        try:
+            self.client.containers.get(container_id).remove(force=True)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError as exc:
+            log.warning("could not remove container %s: %s", container_id[:12], exc)
+            return False
+        return True
 
-        Called when a worker restarts: containers of experiments it no longer runs would
-        otherwise hold GPUs forever. A managed container with an unreadable experiment
-        label is treated as an orphan too.
-        """
-        removed: list[str] = []
-        containers = self.client.containers.list(
-            all=True, filters={"label": f"{LABEL_MANAGED}=true"}
-        )
-        for container in containers:
+    def managed_containers(self) -> list[tuple[str, int | None, int | None]]:
+        """(id, experiment, attempt) of every container of this store on the daemon, so the
+        reaper also finds one whose id was never recorded (a crash right after start)."""
+        out = []
+        for container in self.client.containers.list(
+            all=True, filters={"label": [f"{LABEL_MANAGED}=true", f"{LABEL_STORE}={store_label()}"]}
+        ):
             labels = container.labels or {}
-            try:
-                exp_id: int | None = int(labels.get(LABEL_EXPERIMENT, ""))
-            except ValueError:
-                exp_id = None
-            if exp_id is not None and exp_id in keep_experiment_ids:
-                continue
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                continue
-            log.info("removed orphan container %s (experiment %s)", container.name, exp_id)
-            removed.append(container.name)
-        return removed
+            out.append((container.id, _int(labels.get(LABEL_EXPERIMENT)), _int(labels.get(LABEL_ATTEMPT))))
+        return out
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None

@@ -1,8 +1,10 @@
 """The engine as a local subprocess, in its own process group, on exactly its GPUs.
 
-The command is an argv list (no shell); `CUDA_VISIBLE_DEVICES` pins the GPUs; stopping
-signals the whole process group so engine helpers (tokenizer, detokenizer, TP ranks)
-go with it.
+The command is an argv list (no shell); `CUDA_VISIBLE_DEVICES` pins the GPUs; the
+environment is an allow-list (workers.runtimes.environment). The engine runs under a small
+supervisor (workers.runtimes.supervisor) that leads its process group and takes the whole
+group down when this worker process dies, so an engine never outlives its experiment even
+when the worker is killed; the group's identity is recorded for the reaper as well.
 """
 from __future__ import annotations
 
@@ -16,6 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
+from workers.runtimes.environment import engine_environment
+from workers.runtimes.procs import process_identity, stop_group
+
+STOP_GRACE_S = 10.0
+SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")
 
 
 def free_port() -> int:
@@ -28,29 +35,39 @@ def free_port() -> int:
 class ProcessHandle:
     proc: subprocess.Popen
     log_path: Path
+    identity: dict
 
 
 class ProcessRuntime(Runtime):
+    """Runs the launcher's process command (a real engine, an operator's server, or the
+    simulator: `deployment_mode: sim` is this runtime with the simulator as launcher)."""
+
     name = "process"
 
+    def __init__(self, name: str = "process") -> None:
+        self.name = name
+
     def command(self, request: EngineRequest, port: int) -> list[str]:
-        if request.engine == "sglang":
-            head = [sys.executable, "-m", "sglang.launch_server", "--model-path", request.model]
-        elif request.engine == "vllm":
-            head = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", request.model]
-        else:
-            raise EngineError(f"unknown engine {request.engine!r}")
-        return [*head, "--host", "127.0.0.1", "--port", str(port), *request.flags]
+        # The simulator also watches this process directly (a second line of defence, and
+        # the only one when it is started without the supervisor, e.g. by `autotuner sim`).
+        extra = ["--parent-pid", str(os.getpid())] if request.launcher.simulated else None
+        return request.launcher.command(request.launch("127.0.0.1", port, extra))
 
     def environment(self, request: EngineRequest) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(request.env)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in request.gpu_indices)
+        env = engine_environment(local=True, extra={"CUDA_VISIBLE_DEVICES": ",".join(map(str, request.gpu_indices))})
+        if request.launcher.simulated:
+            # Our own package must be importable by the simulator wherever the worker runs from.
+            root = str(Path(__file__).resolve().parents[2])
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         return env
 
     def start(self, request: EngineRequest) -> Deployment:
         port = free_port()
-        argv = self.command(request, port)
+        engine_argv = self.command(request, port)
+        # Run by path in isolated mode: it needs only the standard library, whatever the
+        # engine's PYTHONPATH says.
+        argv = [sys.executable, "-I", str(SUPERVISOR), "--parent", str(os.getpid()),
+                "--grace", str(STOP_GRACE_S), "--", *engine_argv]
         log_fd, log_name = tempfile.mkstemp(prefix=f"autotuner-exp{request.experiment_id}-", suffix=".log")
         try:
             proc = subprocess.Popen(
@@ -59,21 +76,28 @@ class ProcessRuntime(Runtime):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.environment(request),
-                start_new_session=True,
+                start_new_session=True,  # the supervisor leads the engine's process group
+                close_fds=True,
             )
         except OSError as exc:
-            raise EngineError(f"cannot start {argv[0]}: {exc}") from exc
+            raise EngineError(f"cannot start {engine_argv[0]}: {exc}", kind="engine_exited") from exc
         finally:
             os.close(log_fd)
+        identity = {"runtime": "process", **process_identity(proc.pid)}
         return Deployment(
             base_url=f"http://127.0.0.1:{port}",
-            handle=ProcessHandle(proc, Path(log_name)),
+            handle=ProcessHandle(proc, Path(log_name), identity),
             runtime=self.name,
-            simulated=self.simulated,
+            identity=identity,
+            health_path=request.launcher.health_path,
+            simulated=request.launcher.simulated,
         )
 
     def is_alive(self, deployment: Deployment) -> bool:
         return deployment.handle.proc.poll() is None
+
+    def exit_code(self, deployment: Deployment) -> int | None:
+        return deployment.handle.proc.poll()
 
     def logs(self, deployment: Deployment, tail: int = 200) -> str:
         try:
@@ -83,22 +107,17 @@ class ProcessRuntime(Runtime):
         return "\n".join(lines[-tail:])
 
     def stop(self, deployment: Deployment) -> None:
+        """SIGTERM to the supervisor, which stops the engine and its helpers; SIGKILL to the
+        whole group if that takes longer than the grace period. Returns once none is left."""
         handle: ProcessHandle = deployment.handle
         proc = handle.proc
         if proc.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=wait)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        # Whatever the engine left in its group (helpers) goes too.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=STOP_GRACE_S + 5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        if not stop_group(handle.identity, grace=0):
+            raise EngineError(f"engine process group {handle.identity['pgid']} did not stop", kind="internal")
+        proc.poll()
         handle.log_path.unlink(missing_ok=True)

@@ -1,9 +1,11 @@
 """Command-line parsing for the simulated engine.
 
 Why: the autotuner hands the sim the very argv it would give a real SGLang or vLLM server,
-so each engine's flag names are accepted (and anything else is refused with argparse's
-"unrecognized arguments" error, exit code 2, as the real launchers do). The simulator's own
-options (``--sim-*``, ``--parent-pid``, ``--num-gpus``) are accepted for both engines.
+so every flag of that engine's vocabulary (app.engines) is accepted — the ones the
+performance model reads are defined here, the others are parsed with their type and
+ignored — and anything else is refused with argparse's "unrecognized arguments" error,
+exit code 2, as the real launchers do. The simulator's own options (``--sim-*``,
+``--parent-pid``, ``--num-gpus``) are accepted for both engines.
 """
 from __future__ import annotations
 
@@ -89,7 +91,48 @@ def build_parser(engine: str) -> argparse.ArgumentParser:
     sim.add_argument("--sim-launched-at", type=float, default=None,
                      help="epoch seconds when the launcher started this process; start-up is counted from it")
     sim.add_argument("--num-gpus", type=int, default=None)
+    _accept_vocabulary(p, engine)
     return p
+
+
+def modelled_flags(engine: str) -> set[str]:
+    """The engine flags the performance model reads (defined above, not from the vocabulary)."""
+    parser = build_parser(engine)
+    return {opt[2:] for action in parser._actions if not action.dest.startswith(_IGNORED)
+            for opt in action.option_strings if opt.startswith("--") and action.container is parser}
+
+
+_IGNORED = "ignored:"
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _accept_vocabulary(parser: argparse.ArgumentParser, engine: str) -> None:
+    """Every other flag of the real engine's vocabulary: parsed (type and choices checked as
+    the real engine would), then ignored by the model."""
+    from app.engines.flags import load_vocabulary
+
+    vocab = load_vocabulary(engine)
+    taken = set(parser._option_string_actions)
+    for name, spec in vocab.flags.items():
+        names = [f"--{name}"] + [("-" if len(a) <= 2 else "--") + a for a, target in vocab.aliases.items()
+                                 if target == name]
+        names = [n for n in names if n not in taken]
+        if f"--{name}" not in names:
+            continue
+        kwargs: dict = {"dest": _IGNORED + name, "default": None}
+        if spec.type == "bool":
+            kwargs["action"] = "store_true"
+        elif spec.type == "bool_optional":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs.update(type=_TYPES[spec.type], nargs=spec.nargs, choices=spec.choices)
+            if spec.choices is not None:
+                kwargs["type"] = str
+        try:
+            parser.add_argument(*names, **kwargs)
+        except argparse.ArgumentError:  # e.g. a --no-x spelled both ways: the first one wins
+            continue
+        taken.update(names)
 
 
 def _settings(engine: str, a: argparse.Namespace) -> EngineSettings:

@@ -136,7 +136,8 @@
         el("td", { class: "num", text: fmt(km.p99_ttft_ms, 1) }),
         el("td", { class: "num", text: fmt(km.mean_tpot_ms, 2) }),
         objective,
-        el("td", { title: why, text: why.length > 120 ? `${why.slice(0, 117)}...` : why }),
+        el("td", { title: why }, ...(e.failure ? [el("strong", { class: "failure", text: e.failure }), " "] : []),
+          why.length > 120 ? `${why.slice(0, 117)}...` : why),
       );
     });
     if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "13", text: "No experiment yet." })));

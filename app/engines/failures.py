@@ -1,0 +1,66 @@
+"""Why an experiment failed, as one of a few kinds a person and a strategy can act on.
+
+An engine that cannot start with a parameter set (out of memory, KV cache too small, a flag
+value it rejects) says nothing about the objective, but a lot about the search space: that
+region is infeasible, and the Bayesian strategy should steer away from it instead of trying
+its neighbours. A crash mid-benchmark or an image that cannot be pulled is not the
+configuration's fault and must not teach the strategy anything. The kind is read from the
+engine's exit status and the tail of its log, with the messages SGLang, vLLM, PyTorch and
+NCCL print (our simulated engine prints the same ones).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FailureKind:
+    name: str
+    label: str
+    infeasible: bool  # the parameter set cannot run: strategies treat it as infeasible
+
+
+FAILURE_KINDS: dict[str, FailureKind] = {k.name: k for k in (
+    FailureKind("oom", "out of memory at start-up", True),
+    FailureKind("kv_cache", "KV cache too small", True),
+    FailureKind("invalid_argument", "invalid argument", True),
+    FailureKind("nccl", "NCCL / communication error", True),
+    FailureKind("startup_timeout", "start-up timeout", True),
+    FailureKind("image_pull", "image not available", False),
+    FailureKind("engine_exited", "engine exited during start-up", False),
+    FailureKind("engine_died", "engine died during benchmark", False),
+    FailureKind("bad_measurement", "benchmark errors above threshold", False),
+    FailureKind("worker_lost", "worker lost", False),
+    FailureKind("internal", "internal error", False),
+)}
+
+# Checked in order: the KV-cache messages mention memory too, so they come before OOM.
+_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("kv_cache", re.compile(
+        r"No available memory for the cache blocks|stored in KV cache|KV cache is too small|"
+        r"Insufficient memory for KV cache|Not enough memory\. Please try to increase --mem-fraction-static")),
+    ("oom", re.compile(r"OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|\bout of memory\b", re.I)),
+    ("nccl", re.compile(r"NCCL error|nccl(Internal|System|UnhandledCuda|Invalid)\w*|NCCL WARN|ProcessGroupNCCL|"
+                        r"DistBackendError")),
+    ("invalid_argument", re.compile(r"unrecognized arguments|invalid choice|error: argument|"
+                                    r"^\w*(ValueError|TypeError)\b|must be divisible by", re.M)),
+]
+
+
+def classify_failure(log: str, exit_code: int | None = None) -> str:
+    """The kind of a start-up failure from the engine's log tail and exit status."""
+    for kind, pattern in _PATTERNS:
+        if pattern.search(log or ""):
+            return kind
+    if exit_code == 2:  # argparse's exit status for a bad command line
+        return "invalid_argument"
+    return "engine_exited"
+
+
+def is_infeasible(kind: str | None) -> bool:
+    return kind in FAILURE_KINDS and FAILURE_KINDS[kind].infeasible
+
+
+def label(kind: str | None) -> str:
+    return FAILURE_KINDS[kind].label if kind in FAILURE_KINDS else (kind or "")
