@@ -181,6 +181,52 @@ def cancel(task_id: int) -> None:
         raise click.ClickException(str(exc))
 
 
+@main.group()
+def gpus() -> None:
+    """The GPU pool: list GPUs, clear a quarantine."""
+
+
+@gpus.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def gpus_list(as_json: bool) -> None:
+    """Every registered GPU with its state (held, fenced, quarantined)."""
+    from app.db import session_scope
+    from app.reports import pool_dict
+
+    with session_scope(readonly=True) as session:
+        rows = pool_dict(session)["gpus"]
+    if as_json:
+        click.echo(json.dumps({"gpus": rows}, indent=2))
+        return
+    for g in rows:
+        state = "online" if g["online"] else "offline"
+        if g["held_by"]:
+            state += f", held by task {g['held_by']['task_id']} exp #{g['held_by']['seq']}"
+        if g["fenced_by_attempt"]:
+            state += ", fenced until a lost attempt's engine is stopped"
+        if g["quarantined_at"]:
+            state += f", QUARANTINED: {g['quarantine_reason']}"
+        sim = " (simulated)" if g["simulated"] else ""
+        click.echo(f"{g['label']:<24} {g['name']}{sim}: {state}")
+
+
+@gpus.command("clear")
+@click.argument("label")
+@friendly_errors
+def gpus_clear(label: str) -> None:
+    """Clear the quarantine of GPU LABEL (HOST:INDEX) once you have checked it is free."""
+    from app.pool import clear_quarantine, parse_gpu_label
+
+    try:
+        host, index = parse_gpu_label(label)
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    if not clear_quarantine(host, index):
+        raise click.ClickException(f"GPU {label} is not registered (see `autotuner gpus list`)")
+    click.echo(f"GPU {label}: quarantine cleared")
+
+
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
@@ -192,10 +238,10 @@ def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | No
     from app.console import err, watch
     from app.migrate import upgrade
     from app.stack import Stack, running_stack_pid
-    from app.task_service import check_runnable, create_task
+    from app.task_service import check_submittable, create_task
 
     spec = load_spec(file, deployment_mode, engine)
-    check_runnable(spec)
+    check_submittable(spec)
     if (pid := running_stack_pid()) is not None:
         raise click.ClickException(
             f"`autotuner up` (pid {pid}) is running on {home_dir()}; use `autotuner submit {file} --wait` instead"

@@ -159,6 +159,14 @@ def quarantined_gpus(host: str, indices: list[int]) -> list[int]:
         ).scalars())
 
 
+def parse_gpu_label(label: str) -> tuple[str, int]:
+    """`host:index` (a GPU's label on the pool page) -> (host, index); ValueError if malformed."""
+    host, sep, index = label.rpartition(":")
+    if not sep or not host or not index.isdigit() or len(index) > 6:
+        raise ValueError(f"{label!r} is not a GPU label (HOST:INDEX, as the pool page shows it)")
+    return host, int(index)
+
+
 def clear_quarantine(host: str, index: int) -> bool:
     """Make a quarantined GPU allocatable again (the operator checked it, or its worker saw it
     free). Returns False when the GPU is not known."""

@@ -42,8 +42,7 @@ def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
     The row is committed before the coordinator job is sent, so the job always finds it;
     if sending fails the periodic tick still starts the task.
     """
-    check_runnable(spec)
-    check_time_limits(spec)
+    check_submittable(spec)
     max_iterations = spec.optimization.max_iterations
     with session_scope() as session:
         task = Task(
@@ -79,7 +78,14 @@ def _nudge(task_id: int) -> None:
         log.warning("broker unreachable; task %s starts at the coordinator's next tick", task_id)
 
 
-def check_runnable(spec: TaskSpec) -> None:
+def check_submittable(spec: TaskSpec) -> None:
+    """Everything a valid task must still pass to be accepted here: submission, preview and
+    `autotuner run` all ask this one question, so they never disagree."""
+    _check_runnable(spec)
+    _check_time_limits(spec)
+
+
+def _check_runnable(spec: TaskSpec) -> None:
     """Refuse at submission what validation only notes: a task this system cannot run would
     otherwise fail every one of its experiments."""
     from app.taskspec import TaskSpecError
@@ -95,7 +101,7 @@ def check_runnable(spec: TaskSpec) -> None:
             "'process'")}])
 
 
-def check_time_limits(spec: TaskSpec) -> None:
+def _check_time_limits(spec: TaskSpec) -> None:
     """An experiment's hard time limit must end before Redis re-delivers its job, or a
     long experiment would be handed to a second worker while the first still runs it."""
     from app.config import get_settings

@@ -3,22 +3,26 @@ from __future__ import annotations
 
 from unittest import mock
 
+import os
+
 import docker.errors
 import docker.types
 import pytest
 
+from app.engines import get_engine
 from workers.runtimes.base import EngineError, EngineRequest
-from workers.runtimes.docker_runtime import DockerRuntime, image_repository
+from workers.runtimes.docker_runtime import DockerRuntime, image_repository, store_label
 
 
-def _request(**kw) -> EngineRequest:
+def _request(engine: str = "sglang", **kw) -> EngineRequest:
     base = dict(
         experiment_id=7,
-        engine="sglang",
+        attempt=1,
+        launcher=get_engine(engine),
+        flavour=engine,
         model="Qwen/Qwen2.5-0.5B-Instruct",
         flags=["--tp-size", "2"],
         gpu_indices=[2, 3],
-        env={"FOO": "bar"},
     )
     base.update(kw)
     return EngineRequest(**base)
@@ -31,7 +35,12 @@ def client() -> mock.MagicMock:
 
 @pytest.fixture
 def runtime(client, tmp_path, monkeypatch) -> DockerRuntime:
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    for name in list(os.environ):
+        if name.startswith(("HF_", "NCCL_", "CUDA_", "VLLM_", "SGLANG_", "LC_")) or name in ("LANG", "TZ"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("NCCL_DEBUG", "INFO")
+    monkeypatch.setenv("AUTOTUNER_AUTH_TOKEN", "tuner-secret")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@db/x")
     monkeypatch.delenv("AUTOTUNER_ALLOWED_IMAGES", raising=False)
     monkeypatch.setattr(
         "workers.runtimes.docker_runtime._free_host_port", lambda: 41234
@@ -55,7 +64,8 @@ def test_sglang_run_call_is_exact(runtime, client, tmp_path):
     assert kwargs["detach"] is True
     assert kwargs["name"].startswith("autotuner-exp7-")
     assert len(kwargs["name"]) > len("autotuner-exp7-")
-    assert kwargs["labels"] == {"autotuner.experiment": "7", "autotuner.managed": "true"}
+    assert kwargs["labels"] == {"autotuner.experiment": "7", "autotuner.attempt": "1", "autotuner.managed": "true",
+                                "autotuner.store": store_label()}
     assert kwargs["ports"] == {"30000/tcp": ("127.0.0.1", 41234)}
     assert kwargs["device_requests"] == [
         docker.types.DeviceRequest(device_ids=["2", "3"], capabilities=[["gpu"]])
@@ -64,17 +74,19 @@ def test_sglang_run_call_is_exact(runtime, client, tmp_path):
     assert dr["DeviceIDs"] == ["2", "3"] and dr["Capabilities"] == [["gpu"]]
     assert kwargs["shm_size"] == "16g"
     assert kwargs["ipc_mode"] == "host"
-    assert kwargs["environment"] == {"FOO": "bar"}
+    # The allow-list only: never the tuner's token or database URL, nor host PATH/HOME.
+    assert kwargs["environment"] == {"NCCL_DEBUG": "INFO"}
     assert kwargs["volumes"] == {
         str(tmp_path): {"bind": "/root/.cache/huggingface", "mode": "rw"}
     }
     assert dep.base_url == "http://127.0.0.1:41234"
     assert dep.runtime == "docker"
     assert dep.handle.container is client.containers.run.return_value
+    assert dep.identity == {"runtime": "docker", "container": client.containers.run.return_value.id}
 
 
 def test_vllm_command_and_port(runtime, client):
-    dep = runtime.start(_request(engine="vllm", flags=["--max-num-seqs", "64"]))
+    dep = runtime.start(_request("vllm", flags=["--max-num-seqs", "64"]))
     args, kwargs = client.containers.run.call_args
     assert args == ("vllm/vllm-openai:latest",)
     assert kwargs["command"] == [
@@ -122,7 +134,7 @@ def test_hf_token_passed_through_and_no_cache_volume(client, monkeypatch):
     rt = DockerRuntime(client=client, hf_cache="/nonexistent-autotuner-test")
     rt.start(_request())
     kwargs = client.containers.run.call_args.kwargs
-    assert kwargs["environment"] == {"FOO": "bar", "HF_TOKEN": "hf_secret"}
+    assert kwargs["environment"]["HF_TOKEN"] == "hf_secret"
     assert kwargs["volumes"] == {}
 
 
@@ -187,27 +199,39 @@ def test_is_alive_reloads_status(runtime, client):
     assert runtime.is_alive(dep) is False
 
 
-def test_cleanup_orphans_removes_only_foreign_experiments(runtime, client):
-    def fake(name: str, exp: str) -> mock.MagicMock:
+def test_simulated_engine_gets_no_gpu_devices_and_its_own_image(runtime, client):
+    req = _request("sim", flavour="sglang", flags=["--tp-size", "2"], sim={"time_scale": 0.1})
+    runtime.start(req)
+    args, kwargs = client.containers.run.call_args
+    assert args == ("autotuner-sim:latest",)
+    assert "device_requests" not in kwargs and "ipc_mode" not in kwargs
+    argv = kwargs["command"]
+    assert argv[:4] == ["python3", "-m", "workers.simengine", "--engine"] and "--sim-time-scale" in argv
+    assert argv[-2:] == ["--tp-size", "2"]
+
+
+def test_managed_containers_lists_only_this_stores_labelled_containers(runtime, client):
+    def fake(cid: str, exp: str, attempt: str) -> mock.MagicMock:
         c = mock.MagicMock()
-        c.name = name
-        c.labels = {"autotuner.experiment": exp, "autotuner.managed": "true"}
+        c.id = cid
+        c.labels = {"autotuner.experiment": exp, "autotuner.attempt": attempt, "autotuner.managed": "true"}
         return c
 
-    mine = fake("autotuner-exp1-aa", "1")
-    foreign = fake("autotuner-exp2-bb", "2")
-    broken = fake("autotuner-expX-cc", "not-a-number")
-    client.containers.list.return_value = [mine, foreign, broken]
-
-    removed = runtime.cleanup_orphans({1})
-
+    client.containers.list.return_value = [fake("aa", "1", "2"), fake("bb", "x", "1")]
+    assert runtime.managed_containers() == [("aa", 1, 2), ("bb", None, 1)]
     client.containers.list.assert_called_once_with(
-        all=True, filters={"label": "autotuner.managed=true"}
+        all=True, filters={"label": ["autotuner.managed=true", f"autotuner.store={store_label()}"]}
     )
-    assert removed == ["autotuner-exp2-bb", "autotuner-expX-cc"]
-    mine.remove.assert_not_called()
-    foreign.remove.assert_called_once_with(force=True)
-    broken.remove.assert_called_once_with(force=True)
+
+
+def test_remove_container_by_id(runtime, client):
+    assert runtime.remove_container("abc") is True
+    client.containers.get.assert_called_once_with("abc")
+    client.containers.get.return_value.remove.assert_called_once_with(force=True)
+    client.containers.get.side_effect = docker.errors.NotFound("gone")
+    assert runtime.remove_container("abc") is True
+    client.containers.get.side_effect = docker.errors.APIError("daemon busy")
+    assert runtime.remove_container("abc") is False
 
 
 def test_client_created_lazily(monkeypatch):

@@ -22,16 +22,17 @@ def test_engine_request_for_docker_uses_the_tagged_image_and_exact_gpus():
     data.update(base_runtime="sglang", deployment_mode="docker", runtime_image_tag="v0.5.2-cu126")
     data.pop("sim")
     spec = parse_task(data)
-    req = engine_request(spec, 7, {"tp-size": 2, "schedule-policy": "lpm"}, [2, 3])
-    assert req.image == "lmsysorg/sglang:v0.5.2-cu126"
-    assert req.gpu_indices == [2, 3] and req.experiment_id == 7
+    req = engine_request(spec, 7, 2, {"tp-size": 2, "schedule-policy": "lpm"}, [2, 3])
+    assert req.image == "lmsysorg/sglang:v0.5.2-cu126" and req.launcher.name == "sglang"
+    assert req.gpu_indices == [2, 3] and req.experiment_id == 7 and req.attempt == 2
     assert req.flags == ["--tp-size", "2", "--schedule-policy", "lpm"]
 
 
 def test_engine_request_for_sim_carries_the_sim_settings():
     spec = parse_task(mixed_task([{"tp-size": 1}]))
-    req = engine_request(spec, 1, {"tp-size": 1}, [0])
+    req = engine_request(spec, 1, 1, {"tp-size": 1}, [0])
     assert req.image is None and req.sim["time_scale"] == 0.02
+    assert req.launcher.simulated and req.flavour == "sglang"
 
 
 def test_goodput_limits_come_from_the_slo_in_milliseconds():
@@ -46,7 +47,7 @@ def test_open_loop_task_runs_rates_on_the_sim_engine_in_modelled_time():
     """The job's benchmark step against a real sim engine: request rates are given in
     modelled time, sent faster by the time scale, and reported back in modelled time."""
     from workers.experiment_job import benchmark
-    from workers.runtimes.sim import SimRuntime
+    from workers.runtimes.process import ProcessRuntime
 
     data = mixed_task([{"tp-size": 1}])
     data["sim"] = {"time_scale": 0.1, "startup_seconds": 0}
@@ -54,8 +55,8 @@ def test_open_loop_task_runs_rates_on_the_sim_engine_in_modelled_time():
     data["optimization"]["objective_level"] = 4.0
     data["slo"] = {"ttft": {"threshold": 5.0}}
     spec = parse_task(data)
-    runtime = SimRuntime()
-    deployment = runtime.start(engine_request(spec, 1, {"tp-size": 1}, [0]))
+    runtime = ProcessRuntime(name="sim")
+    deployment = runtime.start(engine_request(spec, 1, 1, {"tp-size": 1}, [0]))
     try:
         runtime.wait_ready(deployment, timeout=60)
         (scenario,) = benchmark(spec, deployment, 1, lambda: False)

@@ -195,14 +195,28 @@ def test_a_failing_engine_fails_only_its_experiment(stack):
     from app.models import Experiment, Gpu, Task
 
     start_stack(stack, gpus=2)
-    task_id = run_to_end(stack, mixed_task([{"mem-fraction-static": 0.1}, {"tp-size": 1}, {"tp-size": 2}], parallel=2))
+    configs = [{"mem-fraction-static": 0.1}, {"mem-fraction-static": 0.99}, {"tp-size": 1}, {"tp-size": 2}]
+    task_id = run_to_end(stack, mixed_task(configs, parallel=2))
     with session_scope() as s:
         assert s.get(Task, task_id).status == "completed"
-        bad, *good = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars()
-        assert bad.state == "failed" and "memory" in bad.error.lower(), bad.error
-        assert bad.engine_log and "simulated" in bad.engine_log
+        small, big, *good = s.execute(
+            select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars()
+        for bad in (small, big):
+            assert bad.state == "failed" and "memory" in bad.error.lower(), bad.error
+            assert bad.engine_log and "simulated" in bad.engine_log
+        # Classified from the engine's log: what the UI shows and the strategies avoid.
+        assert (small.failure_kind, big.failure_kind) == ("kv_cache", "oom"), (small.error, big.error)
+        assert [a.failure_kind for a in big.attempts] == ["oom"]
         assert [e.state for e in good] == ["succeeded", "succeeded"]
+        assert all(e.failure_kind is None for e in good)
+        big_id = big.id
         assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+    from app import create_app
+
+    client = create_app({"TESTING": True}).test_client()
+    assert client.get(f"/api/experiments/{big_id}").json["failure"] == "out of memory at start-up"
+    page = client.get(f"/experiments/{big_id}").get_data(as_text=True)
+    assert "out of memory at start-up" in page and "cannot run" in page
 
 
 def test_cancel_stops_running_experiments_and_frees_gpus(stack):

@@ -18,9 +18,18 @@ from app.taskspec import load_task_file, parse_task
 DATA = Path(__file__).resolve().parent / "data" / "examples-original"
 
 
+@pytest.fixture(autouse=True)
+def generic_engine(tmp_path, monkeypatch):
+    """Strategies do not care which flags they tune: an operator engine with an open
+    vocabulary lets these tests name parameters a, b, c."""
+    path = tmp_path / "engines.json"
+    path.write_text(json.dumps({"generic": {"command": ["server", "--port", "{port}"]}}))
+    monkeypatch.setenv("AUTOTUNER_ENGINES_FILE", str(path))
+
+
 def task(parameters: dict, strategy: str = "grid_search", **optimization) -> "object":
     return parse_task({
-        "task_name": "t", "model": {"id_or_path": "m"}, "base_runtime": "sglang",
+        "task_name": "t", "model": {"id_or_path": "m"}, "base_runtime": "generic", "deployment_mode": "process",
         "parameters": parameters, "optimization": {"strategy": strategy, **optimization},
     })
 
@@ -271,3 +280,39 @@ def test_suggestions_are_json_able():
         spec.optimization.strategy = name
         out = make_strategy(spec).suggest([], 2)
         assert json.loads(json.dumps(out)) == out
+
+
+def test_infeasible_failures_steer_bayesian_away_from_their_region():
+    """Parameter sets that cannot run (out of memory at start-up, ...) are infeasible trials
+    for TPE, not ignored failures: fewer suggestions land where the engine cannot start."""
+    from app.strategies.bayesian import _frozen, distributions
+
+    spec = task({"mem-fraction-static": {"type": "float", "low": 0.5, "high": 1.0}}, "bayesian", seed=3,
+                objective="maximize_throughput")
+    dists = distributions(spec.search_space)
+    frozen = _frozen(Trial({"mem-fraction-static": 0.99}, "failed", infeasible=True), dists)
+    assert frozen.state.name == "COMPLETE" and frozen.constraints == {"runs": 1.0}
+    assert _frozen(Trial({"mem-fraction-static": 0.99}, "failed"), dists).state.name == "FAIL"
+
+    start = make_strategy(task({"mem-fraction-static": {"type": "float", "low": 0.5, "high": 1.0}}, "random",
+                               seed=7)).suggest([], 30)
+
+    def in_bad_region(infeasible: bool) -> int:
+        history = [Trial(p, "failed", infeasible=infeasible) if p["mem-fraction-static"] > 0.85
+                   else Trial(p, "succeeded", p["mem-fraction-static"]) for p in start]
+        return sum(1 for s in make_strategy(spec).suggest(history, 20) if s["mem-fraction-static"] > 0.85)
+
+    assert in_bad_region(infeasible=True) < in_bad_region(infeasible=False)
+
+
+def test_the_coordinator_marks_configuration_failures_infeasible():
+    from types import SimpleNamespace
+
+    from app.coordinator import _trial
+
+    def exp(state, kind):
+        return SimpleNamespace(params={"tp-size": 1}, state=state, objective=None, failure_kind=kind)
+
+    assert _trial(exp("failed", "oom")).infeasible and _trial(exp("failed", "kv_cache")).infeasible
+    assert not _trial(exp("failed", "engine_died")).infeasible
+    assert not _trial(exp("failed", "worker_lost")).infeasible

@@ -231,7 +231,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             ok = result.objective is not None
             outcome = {
                 "state": EXP_SUCCEEDED if ok else EXP_FAILED,
-                "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": runtime.simulated},
+                "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated},
                 "objective": result.objective,
                 "slo_ok": result.slo_ok,
                 "error": None if ok else "no request completed at the scored load level",

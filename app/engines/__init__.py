@@ -6,7 +6,8 @@ the web app and the workers all read the same facts from one place.
 """
 from .failures import FAILURE_KINDS, FailureKind, classify_failure
 from .flags import FlagSpec, Vocabulary
-from .registry import SIMULATOR, EngineSpec, Launch, UnknownEngine, allowed_images, engines, get_engine
+from .registry import (SIMULATOR, EngineSpec, Launch, UnknownEngine, allowed_images, builtin_engines, engines,
+                       get_engine)
 
 __all__ = [
     "FAILURE_KINDS",
@@ -18,6 +19,7 @@ __all__ = [
     "UnknownEngine",
     "Vocabulary",
     "allowed_images",
+    "builtin_engines",
     "classify_failure",
     "engines",
     "get_engine",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,10 @@ SIM_MODELLED_FLAGS: dict[str, frozenset[str]] = {
                        "enable-prefix-caching", "max-model-len", "enforce-eager", "max-cudagraph-capture-size",
                        "kv-cache-dtype", "quantization"}),
 }
+
+
+# The argv templates' placeholders; any other braces (e.g. in a `python -c` script) stay as written.
+_PLACEHOLDER = re.compile(r"\{(python|model|host|port|num_gpus|flavour)\}")
 
 
 class UnknownEngine(LookupError):
@@ -104,7 +109,9 @@ class EngineSpec:
         return spec.argv(value)
 
     def gpus_needed(self, params: Mapping[str, Any]) -> int:
-        """How many GPUs one engine with `params` occupies (each GPU flag defaults to 1)."""
+        """How many GPUs one engine with `params` occupies (each GPU flag defaults to 1);
+        aliases count as their flag (`tp` is `tp-size`)."""
+        params = {self.canonical(k): v for k, v in params.items()}
         def degree(flag: str) -> int:
             value = params.get(flag)
             return max(1, int(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1
@@ -122,10 +129,15 @@ class EngineSpec:
             raise UnknownEngine(f"engine {self.name!r} has no container command; run it with the process runtime")
         values = {"python": python or sys.executable, "model": launch.model, "host": launch.host, "port": str(launch.port),
                   "num_gpus": str(launch.num_gpus), "flavour": launch.flavour}
-        return [part.format_map(values) for part in template] + list(launch.extra) + list(launch.flags)
+        def fill(part: str) -> str:
+            return _PLACEHOLDER.sub(lambda m: values[m.group(1)], part)
+
+        return [fill(part) for part in template] + list(launch.extra) + list(launch.flags)
 
 
-def _builtin() -> dict[str, EngineSpec]:
+def builtin_engines() -> dict[str, EngineSpec]:
+    """The engines this package defines, whatever the operator's file says (validation falls
+    back to them to keep checking a task when that file is broken)."""
     sglang = EngineSpec(
         name="sglang", label="SGLang", vocabulary=load_vocabulary("sglang"),
         process_command=("{python}", "-m", "sglang.launch_server", "--model-path", "{model}",
@@ -256,7 +268,7 @@ def engines() -> dict[str, EngineSpec]:
     cached = _cache.get(state)
     if cached is not None:
         return cached
-    table = _builtin()
+    table = builtin_engines()
     if state is not None:
         try:
             for name, raw in _load_operator_file(state.path).items():

@@ -1,9 +1,9 @@
 """Engine naming: which engine a task runs, and original-format names -> engine flags."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
-from app.engines import EngineSpec, engines
+from app.engines import EngineSpec
 
 # quant_config dtypes that mean "the engine's default": no flag is passed for them.
 _GEMM_OFF = {"auto", "bf16", "bfloat16", "none"}
@@ -12,11 +12,10 @@ _KV_OFF = {"auto"}
 DEFAULT_ENGINE = "sglang"
 
 
-def engine_of(base_runtime: str) -> str | None:
+def engine_of(base_runtime: str, table: Mapping[str, EngineSpec]) -> str | None:
     """The engine a `base_runtime` names: a registered engine ("sglang", "vllm", an operator's
     own), or an OME runtime preset spelled after its engine ("sglang-llama-small"); None for
     anything else (e.g. a ClusterServingRuntime called "llama-3-2-1b-instruct-rt")."""
-    table = engines()
     if base_runtime in table:
         return base_runtime
     head = base_runtime.split("-", 1)[0]
@@ -31,12 +30,12 @@ def normalise_name(raw: str, engine: EngineSpec) -> str:
     return name.replace("_", "-")
 
 
-def infer_engine(names: Iterable[str]) -> tuple[str, str]:
+def infer_engine(names: Iterable[str], table: Mapping[str, EngineSpec]) -> tuple[str, str]:
     """The built-in engine whose vocabulary knows the most of `names` (ties go to SGLang,
     the original project's engine), with the reason in words for the task's notes."""
     names = [n for n in names if isinstance(n, str)]
     scores = {}
-    for name, spec in engines().items():
+    for name, spec in table.items():
         if spec.vocabulary is None or name not in ("sglang", "vllm"):
             continue
         known = sum(1 for n in names if spec.vocabulary.canonical(normalise_name(n, spec)) is not None)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from app.engines import SIMULATOR, EngineSpec, engines, get_engine
+from app.engines import SIMULATOR, EngineSpec, builtin_engines, engines, get_engine
 from app.engines.registry import SIM_MODELLED_FLAGS
 
 from .domains import Choice, Domain, FloatRange, IntRange
@@ -105,12 +105,13 @@ class _Derived:
     configs: list[dict[str, Any]] = field(default_factory=list)
     max_iterations: int | None = None
     sim: SimConfig | None = None
+    known: dict[str, EngineSpec] = field(default_factory=dict)  # the engines this task was checked against
     errors: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def spec(self) -> EngineSpec:
-        return get_engine(self.engine)
+        return self.known[self.engine] if self.engine in self.known else get_engine(self.engine)
 
     @property
     def reserved(self) -> frozenset[str]:
@@ -202,23 +203,24 @@ def _runtime(sections: dict[str, Any], failed: set[str], d: _Derived, out: _Coll
         known = engines()
     except ValueError as exc:  # the operator's engines file is broken: say so on every task
         out.error(["engine"], str(exc))
-        known = {}
+        known = builtin_engines()
+    d.known = known
     explicit = sections.get("engine")
     if explicit is not None and explicit not in known:
-        if "engine" not in failed and known:
+        if "engine" not in failed:
             out.error(["engine"], f"unknown engine {explicit!r}; known engines: {', '.join(sorted(known))}")
         explicit = None
     if explicit:
         engine = explicit
     elif base == "sim":
         engine = sim.engine if sim is not None else DEFAULT_ENGINE
-    elif engine_of(base):
-        engine = engine_of(base)
+    elif engine_of(base, known):
+        engine = engine_of(base, known)
         if base != engine:
             out.note(f"base_runtime {base!r} is an OME ClusterServingRuntime preset; this system runs "
                      f"its engine ({engine}) directly with deployment_mode {mode!r}")
     else:
-        engine, why = infer_engine(sections.get("parameters") or {})
+        engine, why = infer_engine(sections.get("parameters") or {}, known)
         if "base_runtime" not in failed:
             out.note(f"base_runtime {base!r} is not an engine this system knows (an OME ClusterServingRuntime "
                      f"name?); it runs {engine}, inferred because {why}. Set \"engine\" (or --engine) to choose")

@@ -5,6 +5,7 @@ from flask import Blueprint, jsonify, request
 
 from app.db import session_scope
 from app.models import Experiment, Task
+from app.pool import clear_quarantine, parse_gpu_label
 from app.reports import experiment_dict, list_tasks, pool_dict, task_dict
 from app.task_service import cancel_task, create_task
 from app.taskspec import TaskSpecError, parse_task
@@ -75,6 +76,19 @@ def cancel(task_id: int):
 def pool():
     with session_scope(readonly=True) as session:
         return jsonify(pool_dict(session))
+
+
+@bp.post("/gpus/<label>/clear-quarantine")
+@api_write
+def clear_gpu_quarantine(label: str):
+    """The operator has checked a quarantined GPU: make it allocatable again."""
+    try:
+        host, index = parse_gpu_label(label)
+    except ValueError as exc:
+        return error(422, str(exc), ["label"])
+    if not clear_quarantine(host, index):
+        return error(404, f"GPU {label} not found", ["label"])
+    return jsonify({"gpu": label, "quarantined": False})
 
 
 @bp.get("/openapi.json")

@@ -92,6 +92,15 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/api/pool": {"get": {"summary": "Workers, GPUs and who holds each", "responses": {"200": _json(obj, "The pool")}}},
+            "/api/gpus/{label}/clear-quarantine": {
+                "post": {
+                    "summary": "Make a quarantined GPU allocatable again (label HOST:INDEX)",
+                    "security": [{"bearer": []}],
+                    "parameters": [{"name": "label", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": _json(obj, "Cleared"), "401": errors("Token required"),
+                                  "404": errors("No such GPU"), "422": errors("Not a HOST:INDEX label")},
+                }
+            },
             "/api/tasks/{task_id}/retry": {
                 "post": {
                     "summary": "Run the failed and timed-out experiments again (new attempts)",

@@ -78,7 +78,6 @@ class Deployment:
 
 class Runtime(abc.ABC):
     name: str = "base"
-    simulated: bool = False
 
     @abc.abstractmethod
     def start(self, request: EngineRequest) -> Deployment:

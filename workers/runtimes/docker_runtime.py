@@ -93,7 +93,6 @@ class DockerRuntime(Runtime):
     """Starts SGLang / vLLM in containers pinned to the experiment's GPUs."""
 
     name = "docker"
-    simulated = False
 
     def __init__(
         self,

@@ -69,17 +69,18 @@ def is_running(identity: dict[str, Any]) -> bool:
 
 
 def stop_group(identity: dict[str, Any], grace: float = 10.0) -> bool:
-    """SIGTERM the group's leader (the supervisor tears the engine down), then SIGKILL the
-    whole group after `grace` seconds. Returns True once no process of it is left."""
+    """SIGTERM the group's leader (the supervisor tears the engine down; without it, the
+    whole group), then SIGKILL the whole group after `grace` seconds. Returns True once no
+    process of it is left."""
     if not is_running(identity):
         return True
     pgid = int(identity["pgid"])
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
-            if sig == signal.SIGTERM and start_ticks(pgid) is not None:
+            if sig == signal.SIGTERM and pgid in group_members(pgid):
                 os.kill(pgid, sig)
             else:
-                os.killpg(pgid, signal.SIGKILL)
+                os.killpg(pgid, sig)
         except ProcessLookupError:
             return not is_running(identity)
         deadline = time.monotonic() + wait
