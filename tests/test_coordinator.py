@@ -201,3 +201,44 @@ def test_a_worker_name_runs_once_per_host(db):
     register_worker("gpu-g@me", "g", host, "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "one", os.getpid())
     with pytest.raises(PoolConflict, match="already running"):
         register_worker("gpu-g@me", "g", host, "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "two", os.getpid() + 100000)
+
+
+def test_gpus_of_a_lost_attempt_stay_fenced_until_its_engine_is_gone(pool, caplog):
+    """A lost attempt may have left its engine running: its GPUs are not handed on until a
+    reaper confirms the engine stopped, or, when none can (the host is unreachable), after
+    AUTOTUNER_ENGINE_REAP_TIMEOUT with a warning."""
+    task_id = submit(mixed_task([{"tp-size": 2}, {"tp-size": 2}], parallel=1))
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    lifecycle.record_engine(d.experiment_id, d.attempt, {"runtime": "process", "pid": 10, "pgid": 10})
+    with session_scope() as s:
+        s.get(Worker, "gpu-g@h").last_heartbeat = utcnow() - timedelta(seconds=120)
+    tick()
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc2", 2)
+    (again,) = coordinate(task_id)
+    with session_scope() as s:
+        lost = s.execute(select(Attempt).where(Attempt.number == 1)).scalar_one()
+        fenced = s.execute(select(Gpu).where(Gpu.fenced_by == lost.id)).scalars().all()
+        assert len(fenced) == 2 and all(g.held_by is None for g in fenced)
+        # The retry was placed on the two other GPUs, never on the fenced ones.
+        assert set(s.get(Experiment, again.experiment_id).gpus).isdisjoint({g.label for g in fenced})
+        for g in fenced:
+            g.fenced_at = utcnow() - timedelta(seconds=301)
+    with caplog.at_level("WARNING", logger="app.coordinator"):
+        tick()
+    with session_scope() as s:
+        assert s.execute(select(Gpu).where(Gpu.fenced_by.is_not(None))).first() is None
+    assert "AUTOTUNER_ENGINE_REAP_TIMEOUT" in caplog.text
+
+
+def test_a_confirmed_stop_unfences_at_once(pool):
+    task_id = submit(mixed_task([{"tp-size": 4}]))
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc2", 2)
+    assert coordinate(task_id) == []  # all four GPUs fenced: the retry waits
+    with session_scope() as s:
+        lost_id = s.execute(select(Attempt.id).where(Attempt.number == 1)).scalar_one()
+    lifecycle.engine_stopped(lost_id)
+    (again,) = coordinate(task_id)
+    assert again.attempt == 2

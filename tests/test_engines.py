@@ -48,6 +48,8 @@ def test_misspelt_flag_gets_the_closest_known_name():
     assert err["msg"] == "unknown flag --schedule-polcy for SGLang 0.5.3; did you mean --schedule-policy?"
     (err,) = errors(task(base_runtime="vllm", parameters={"tp-size": [1]}))
     assert "did you mean --tensor-parallel-size?" in err["msg"]
+    (err,) = errors(task(parameters={"max-num-seqs": [8]}))
+    assert "did you mean --max-running-requests?" in err["msg"]
 
 
 def test_values_are_checked_against_the_flags_type_and_choices():

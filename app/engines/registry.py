@@ -172,6 +172,8 @@ def builtin_engines() -> dict[str, EngineSpec]:
                      "dp-size": "data-parallel-size", "mem-fraction-static": "gpu-memory-utilization",
                      "max-running-requests": "max-num-seqs"},
     )
+    # The same names the other way round: a vLLM spelling in an SGLang task gets a hint too.
+    sglang = replace(sglang, equivalents={v: k for k, v in vllm.equivalents.items()})
     return {e.name: e for e in (sglang, vllm)}
 
 

@@ -31,7 +31,6 @@ except ImportError:  # pragma: no cover - older WTForms
 def _choices(pairs: list[tuple[str, str]]) -> list[Any]:
     return [SelectChoice(v, label) for v, label in pairs] if SelectChoice is not None else list(pairs)
 
-RUNTIMES = [("sglang", "SGLang"), ("vllm", "vLLM"), ("sim", "simulated engine")]
 DEPLOYMENT_MODES = [("docker", "docker"), ("process", "process (local subprocess)"), ("sim", "sim (simulated)")]
 STRATEGIES = [("grid_search", "grid search"), ("random", "random"), ("bayesian", "Bayesian (Optuna TPE)"),
               ("list", "list of configurations")]
@@ -81,7 +80,7 @@ class NewTaskForm(FlaskForm):
     task_name = StringField("Task name")
     description = StringField("Description")
     model = StringField("Model (Hugging Face id or path)")
-    base_runtime = SelectField("Engine", choices=_choices(RUNTIMES), default="sglang")
+    base_runtime = SelectField("Engine", default="sglang")
     runtime_image_tag = StringField("Image tag (docker)")
     deployment_mode = SelectField("Deployment mode", choices=_choices(DEPLOYMENT_MODES), default="docker")
     sim_time_scale = StringField("Simulated time scale")
@@ -106,6 +105,28 @@ class NewTaskForm(FlaskForm):
     slo_p99 = StringField("p99 latency (s)")
     slo_p99_hard_fail = BooleanField("hard fail")
     extra_json = TextAreaField("Other settings (JSON merged into the task)")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.base_runtime.choices = _choices(runtime_choices(self.base_runtime.data))
+
+
+def runtime_choices(current: str | None = None) -> list[tuple[str, str]]:
+    """The registry's engines (an operator's engines file included), the simulated engine, and
+    the value a loaded file names if it is none of those (an OME runtime name), so the form
+    shows what the file says."""
+    from app.engines import SIMULATOR, engines
+
+    try:
+        known = engines()
+    except ValueError:  # a broken engines file: submission reports it, the page still renders
+        from app.engines import builtin_engines
+
+        known = builtin_engines()
+    pairs = [(name, spec.label) for name, spec in known.items()] + [(SIMULATOR.name, SIMULATOR.label)]
+    if current and current not in {name for name, _ in pairs}:
+        pairs.append((current, f"{current} (engine inferred from the parameters)"))
+    return pairs
 
 
 # -- reading the submitted form --------------------------------------------------------------
