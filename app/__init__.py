@@ -15,7 +15,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from flask_wtf.csrf import CSRFProtect
 
     from app.config import get_settings
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
     from app.web import actions, api, live, pages, submit
     from app.web.auth import init_auth
 

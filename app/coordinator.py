@@ -16,12 +16,13 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from app import ledger
+from app.store import ledger
+from app.celery_app import queue_for
 from app.config import get_settings
-from app.engines.failures import is_infeasible
-from app.db import session_scope
-from app.lifecycle import end_attempt, mark_lost
-from app.models import (
+from app.domain.engines.failures import is_infeasible
+from app.store.db import session_scope
+from app.store.lifecycle import end_attempt, mark_lost
+from app.store.models import (
     EXP_ACTIVE,
     EXP_CANCELLED,
     EXP_FAILED,
@@ -44,9 +45,9 @@ from app.models import (
     Worker,
     utcnow,
 )
-from app.strategies import make_strategy
-from app.strategies.base import Trial
-from app.taskspec import TaskSpec, parse_task
+from app.domain.strategies import make_strategy
+from app.domain.strategies.base import Trial
+from app.domain.taskspec import TaskSpec, parse_task
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,6 @@ class Dispatch:
     queue: str
     soft_time_limit: float
     time_limit: float
-
-
-def queue_for(group: str) -> str:
-    return f"gpu.{group}"
 
 
 def _timeout(exp: Experiment) -> float:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.engines import EngineSpec
+from app.domain.engines import EngineSpec
 
 FAMILY_SCRIPT = r"""
 import json, os, subprocess, sys, time

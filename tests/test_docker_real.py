@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from sqlalchemy import select
 
-from app.engines import SIMULATOR
+from app.domain.engines import SIMULATOR
 from tests.conftest import ROOT, wait_for
 from tests.test_engine_integration import _attempt
 from tests.test_integration_parallel import mixed_task, start_stack
@@ -79,10 +79,10 @@ def test_a_real_container_is_local_only_labelled_allow_listed_and_removed(daemon
 def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(daemon, stack):
     """The daemon keeps a container whatever happens to the worker that started it: after
     SIGKILL the GPU stays fenced until the restarted worker has removed the container."""
-    from app.db import session_scope
-    from app.models import ATTEMPT_LOST, Gpu
+    from app.store.db import session_scope
+    from app.store.models import ATTEMPT_LOST, Gpu
     from app.task_service import cancel_task, create_task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     start_stack(stack, gpus=1)
     data = mixed_task([{"tp-size": 1}], parallel=1, startup=0)
@@ -135,8 +135,8 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
 
 
 def _status(task_id: int) -> str:
-    from app.db import session_scope
-    from app.models import Task
+    from app.store.db import session_scope
+    from app.store.models import Task
 
     with session_scope() as s:
         return s.get(Task, task_id).status

@@ -9,7 +9,7 @@ import docker.errors
 import docker.types
 import pytest
 
-from app.engines import get_engine
+from app.domain.engines import get_engine
 from workers.runtimes.base import EngineError, EngineRequest
 from workers.runtimes.docker_runtime import DockerRuntime, image_repository, store_label
 
@@ -206,7 +206,7 @@ def test_simulated_engine_gets_no_gpu_devices_and_its_own_image(runtime, client)
     assert args == ("autotuner-sim:latest",)
     assert "device_requests" not in kwargs and "ipc_mode" not in kwargs
     argv = kwargs["command"]
-    assert argv[:4] == ["python3", "-m", "workers.simengine", "--engine"] and "--sim-time-scale" in argv
+    assert argv[:4] == ["python3", "-m", "app.tools.simengine", "--engine"] and "--sim-time-scale" in argv
     assert argv[-2:] == ["--tp-size", "2"]
 
 

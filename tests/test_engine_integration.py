@@ -48,8 +48,8 @@ def xpyd_task(parameters: dict, requests: int, max_time: float = 60) -> dict:
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_third_party_server_is_tuned_end_to_end(stack, tmp_path, monkeypatch):
     """xpyd-sim batches at most --max-num-seqs requests: at concurrency 8, 8 beats 1."""
-    from app.db import session_scope
-    from app.models import Experiment, Task
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Task
 
     xpyd_engine(tmp_path, monkeypatch, stack, decode_ms=5)
     start_stack(stack, gpus=1)
@@ -67,7 +67,7 @@ def test_a_third_party_server_is_tuned_end_to_end(stack, tmp_path, monkeypatch):
 
 
 def _attempt(session, task_id: int, number: int):
-    from app.models import Attempt, Experiment
+    from app.store.models import Attempt, Experiment
 
     return session.execute(
         select(Attempt).join(Experiment).where(Experiment.task_id == task_id, Attempt.number == number)
@@ -81,10 +81,10 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
     `worker`: the supervisor takes the engine's group down at once. `worker_and_supervisor`:
     the engine survives as an orphan; its GPU stays fenced, and the next worker on the host
     reaps it by its recorded identity before the retry may start there."""
-    from app.db import session_scope
-    from app.models import ATTEMPT_LOST, Gpu, Task
+    from app.store.db import session_scope
+    from app.store.models import ATTEMPT_LOST, Gpu, Task
     from app.task_service import cancel_task, create_task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
     from workers.runtimes import procs
 
     xpyd_engine(tmp_path, monkeypatch, stack, decode_ms=50)

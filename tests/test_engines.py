@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from app.engines import classify_failure, engines, get_engine
-from app.engines.failures import is_infeasible
-from app.engines.registry import Launch
-from app.taskspec import TaskSpecError, parse_task
+from app.domain.engines import classify_failure, engines, get_engine
+from app.domain.engines.failures import is_infeasible
+from app.domain.engines.registry import Launch
+from app.domain.taskspec import TaskSpecError, parse_task
 
 
 def task(**kw) -> dict:

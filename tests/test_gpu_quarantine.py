@@ -12,11 +12,11 @@ from sqlalchemy import select
 
 from app.cli import main as cli
 from app.coordinator import coordinate
-from app.db import session_scope
-from app.models import Attempt, Experiment, Gpu, utcnow
-from app.pool import GpuSpec, register_worker
+from app.store.db import session_scope
+from app.store.models import Attempt, Experiment, Gpu, utcnow
+from app.store.pool import GpuSpec, register_worker
 from app.task_service import create_task
-from app.taskspec import parse_task
+from app.domain.taskspec import parse_task
 from tests.test_integration_parallel import mixed_task
 from workers import gpu_discovery
 from workers.gpu_discovery import busy_gpus

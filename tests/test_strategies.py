@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.strategies import STRATEGIES, make_strategy
-from app.strategies.base import Trial, canonical
-from app.strategies.grid import GridSearch
-from app.taskspec import load_task_file, parse_task
+from app.domain.strategies import STRATEGIES, make_strategy
+from app.domain.strategies.base import Trial, canonical
+from app.domain.strategies.grid import GridSearch
+from app.domain.taskspec import load_task_file, parse_task
 
 DATA = Path(__file__).resolve().parent / "data" / "examples-original"
 
@@ -285,7 +285,7 @@ def test_suggestions_are_json_able():
 def test_infeasible_failures_steer_bayesian_away_from_their_region():
     """Parameter sets that cannot run (out of memory at start-up, ...) are infeasible trials
     for TPE, not ignored failures: fewer suggestions land where the engine cannot start."""
-    from app.strategies.bayesian import _frozen, distributions
+    from app.domain.strategies.bayesian import _frozen, distributions
 
     spec = task({"mem-fraction-static": {"type": "float", "low": 0.5, "high": 1.0}}, "bayesian", seed=3,
                 objective="maximize_throughput")

@@ -18,11 +18,10 @@ import uuid
 from celery.signals import worker_ready, worker_shutdown
 
 from app.config import get_settings
-from app.coordinator import queue_for
-from app.dispatch import request_coordination
-from app.migrate import upgrade
-from app.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
-from workers.celery_app import app as celery
+from app.celery_app import app as celery
+from app.celery_app import queue_for, request_coordination
+from app.store.migrate import upgrade
+from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
 from workers.gpu_discovery import busy_gpus
 from workers.reaper import reap_engines
 
@@ -100,8 +99,9 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     if not gpus:
         raise SystemExit("a GPU worker needs at least one GPU")
     # Import the experiment code once here, before Celery forks its pool, so no child pays
-    # for it while an experiment's GPUs are already allocated.
+    # for it while an experiment's GPUs are already allocated; it registers the job's task.
     import workers.experiment_job  # noqa: F401
+    import workers.tasks  # noqa: F401
 
     upgrade()
     host = socket.gethostname()
@@ -121,18 +121,4 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     celery.worker_main([
         "worker", "-Q", queue_for(group), "-c", str(slots), "-n", name,
         "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle",
-    ])
-
-
-def run_coordinator(concurrency: int = 2, loglevel: str = "INFO") -> None:
-    """The control worker: coordinator and tick jobs, with the periodic tick (beat) in-process."""
-    settings = get_settings()
-    upgrade()
-    settings.home.mkdir(parents=True, exist_ok=True)
-    host = socket.gethostname()
-    worker_ready.connect(lambda **_: request_coordination(None), weak=False)
-    celery.worker_main([
-        "worker", "-Q", "control", "-c", str(concurrency), "-n", f"coordinator-{os.getpid()}@{host}",
-        "--loglevel", loglevel, "-E", "-B", "--without-gossip", "--without-mingle",
-        "--schedule", str(settings.home / f"celerybeat-schedule-{os.getpid()}"),
     ])

@@ -115,12 +115,12 @@ def runtime_choices(current: str | None = None) -> list[tuple[str, str]]:
     """The registry's engines (an operator's engines file included), the simulated engine, and
     the value a loaded file names if it is none of those (an OME runtime name), so the form
     shows what the file says."""
-    from app.engines import SIMULATOR, engines
+    from app.domain.engines import SIMULATOR, engines
 
     try:
         known = engines()
     except ValueError:  # a broken engines file: submission reports it, the page still renders
-        from app.engines import builtin_engines
+        from app.domain.engines import builtin_engines
 
         known = builtin_engines()
     pairs = [(name, spec.label) for name, spec in known.items()] + [(SIMULATOR.name, SIMULATOR.label)]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from app.engines import SIMULATOR, EngineSpec, Launch, get_engine
+from app.domain.engines import SIMULATOR, EngineSpec, Launch, get_engine
 
 from .domains import Domain
 from .errors import format_loc

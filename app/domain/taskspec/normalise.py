@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from app.engines import SIMULATOR, EngineSpec, builtin_engines, engines, get_engine
-from app.engines.registry import SIM_MODELLED_FLAGS
+from app.domain.engines import SIMULATOR, EngineSpec, builtin_engines, engines, get_engine
+from app.domain.engines.registry import SIM_MODELLED_FLAGS
 
 from .domains import Choice, Domain, FloatRange, IntRange
 from .errors import Loc, _Collector, format_loc, pydantic_errors

@@ -1,0 +1,146 @@
+"""Everything Celery: the app object, queue and task names, the send helpers, the control
+worker's tasks and its start-up. The web app (to enqueue), the coordinator, the GPU workers
+(`workers.tasks` registers the experiment job on this app) and Flower
+(`celery -A app.celery_app flower`) all use this one module.
+
+Settings suit long GPU jobs: late acks and prefetch 1, so a job leaves the queue only when it
+is done and a busy worker never hoards jobs; a worker lost mid-job puts the message back (the
+database caps the attempts); the Redis visibility timeout outlives every hard time limit;
+events on for Flower; results are rows in our database, so no result backend. The broker URL
+is read when Celery first needs its configuration, not at import, so importing this module
+(or anything that sends) never fixes the settings too early.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import Any, Iterable
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from app.config import get_settings
+
+log = logging.getLogger(__name__)
+
+CONTROL_QUEUE = "control"
+COORDINATE = "autotuner.coordinate"
+TICK = "autotuner.tick"
+RUN_EXPERIMENT = "autotuner.run_experiment"
+
+
+def queue_for(group: str) -> str:
+    """The queue a GPU group's worker consumes."""
+    return f"gpu.{group}"
+
+
+def _configuration() -> dict[str, Any]:
+    settings = get_settings()
+    return dict(
+        broker_url=settings.broker_url or "redis://127.0.0.1:6379/0",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+    )
+
+
+app = Celery("autotuner", set_as_current=False)
+app.add_defaults(_configuration)  # a promise: evaluated on first use of the configuration
+
+
+# -- sending (only after the transaction that decided the work has committed) -----------
+
+
+def send_experiments(dispatches: Iterable[Any]) -> None:
+    """One job per `app.coordinator.Dispatch`, on its group's queue with its time limits."""
+    for d in dispatches:
+        app.send_task(RUN_EXPERIMENT, args=[d.experiment_id, d.attempt], queue=d.queue,
+                      soft_time_limit=d.soft_time_limit, time_limit=d.time_limit)
+
+
+def request_coordination(task_id: int | None = None) -> None:
+    """Ask the coordinator to look at a task (or all of them) soon."""
+    app.send_task(COORDINATE, args=[task_id], queue=CONTROL_QUEUE)
+
+
+# -- the control worker's tasks ----------------------------------------------------------
+
+
+@worker_process_init.connect
+def _fresh_connections(**_kwargs: Any) -> None:
+    """A forked pool child must not reuse the parent's database sockets; it opens its own
+    now, so its first job does not pay for connecting."""
+    from app.store.db import dispose_engines, ping
+
+    dispose_engines()
+    try:
+        ping()
+    except Exception:  # noqa: BLE001 - the database may come later; the first job connects or fails clearly
+        pass
+
+
+@app.task(name=COORDINATE)
+def coordinate(task_id: int | None = None) -> int:
+    from app.coordinator import coordinate as decide
+
+    dispatches = decide(task_id)
+    send_experiments(dispatches)
+    return len(dispatches)
+
+
+@app.task(name=TICK)
+def tick() -> int:
+    from app.coordinator import tick as decide
+
+    dispatches = decide()
+    send_experiments(dispatches)
+    return len(dispatches)
+
+
+def _tick_every(interval: float, stop: threading.Event) -> None:
+    """Send the periodic tick from a thread of the coordinator's main process: it dies with the
+    process, so a killed coordinator leaves no scheduler behind (Celery's embedded beat is a
+    separate process that a SIGKILL orphans). Ticks are idempotent, so several coordinators
+    ticking is harmless; `expires` drops ticks nobody took in time."""
+    while not stop.wait(interval):
+        try:
+            app.send_task(TICK, queue=CONTROL_QUEUE, expires=interval)
+        except Exception:  # noqa: BLE001 - the broker may be away; try again next interval
+            log.warning("could not send the periodic tick; retrying in %.0fs", interval)
+
+
+def run_coordinator(concurrency: int = 2, loglevel: str = "INFO") -> None:
+    """The control worker: coordinator and tick jobs, with the periodic tick in-process."""
+    from app.store.migrate import upgrade
+
+    settings = get_settings()
+    upgrade()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def ready(**_kwargs: Any) -> None:
+        threading.Thread(target=_tick_every, args=(settings.tick_interval, stop), name="autotuner-tick",
+                         daemon=True).start()
+        request_coordination(None)
+
+    worker_ready.connect(ready, weak=False)
+    try:
+        app.worker_main([
+            "worker", "-Q", CONTROL_QUEUE, "-c", str(concurrency), "-n",
+            f"coordinator-{os.getpid()}@{socket.gethostname()}",
+            "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle",
+        ])
+    finally:
+        stop.set()
