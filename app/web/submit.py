@@ -21,7 +21,6 @@ from app.db import session_scope
 from app.models import Task
 from app.taskspec import TaskSpecError, format_loc, parse_task
 from app.taskspec.domains import Choice, IntRange
-from app.taskspec.names import AXIS_NAMES
 from app.web.auth import may_write
 from app.web.forms import (
     FIELD_PATHS,
@@ -222,7 +221,8 @@ def _gpu_range(spec) -> tuple[list[int], list[str]]:
     if spec.optimization.strategy == "list":
         configs = spec.list_configs[:MAX_ENUMERATED]
         return sorted({spec.gpus_needed(c) for c in configs}) or [1], notes
-    relevant = {n for names in AXIS_NAMES.values() for n in names} | {"enable-dp-attention"}
+    engine = spec.engine_spec
+    relevant = set(engine.gpu_flags) | ({engine.dp_inside_tp} if engine.dp_inside_tp else set())
     axes: list[tuple[str, list[Any]]] = []
     for name, dom in spec.search_space.items():
         if name not in relevant:
