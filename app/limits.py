@@ -18,6 +18,7 @@ and processes started with a different environment see their own values.
 | AUTOTUNER_MAX_ATTEMPTS | 100 | optimization.max_attempts |
 | AUTOTUNER_MAX_PARALLEL_DEGREE | 1024 | each tp / pp / dp value: GPUs of one engine |
 | AUTOTUNER_MAX_NEW_PER_PASS | 64 | experiments one coordinator pass creates for one task |
+| AUTOTUNER_LOGIN_ATTEMPTS | 10 | failed logins per client per five minutes (per web process) |
 
 Fixed (not configurable, they protect the process itself): integers in the signed 64-bit
 range, floats finite, documents at most `MAX_DEPTH` deep and `MAX_NODES` values, strings at
@@ -50,6 +51,7 @@ _DEFAULTS = {
     "max_attempts": ("AUTOTUNER_MAX_ATTEMPTS", 100),
     "max_parallel_degree": ("AUTOTUNER_MAX_PARALLEL_DEGREE", 1_024),
     "max_new_per_pass": ("AUTOTUNER_MAX_NEW_PER_PASS", 64),
+    "login_attempts": ("AUTOTUNER_LOGIN_ATTEMPTS", 10),
 }
 # Counts stored in 32-bit INTEGER columns (PostgreSQL) may not be raised past this.
 _INT32_MAX = 2**31 - 1
@@ -67,6 +69,7 @@ class Limits:
     max_attempts: int
     max_parallel_degree: int
     max_new_per_pass: int
+    login_attempts: int
 
 
 def _read(env: str, default: int) -> int:

@@ -23,6 +23,7 @@ from app.taskspec import TaskSpecError, format_loc, parse_task
 from app.taskspec.documents import DocumentError, document_problems, load_text
 from app.taskspec.domains import Choice, IntRange
 from app.web.auth import may_write
+from app.web.inputs import MAX_ID
 from app.web.forms import (
     FIELD_PATHS,
     SLO_KEYS,
@@ -116,7 +117,7 @@ def _render(form: NewTaskForm, rows: list[dict[str, str]], *, field_errors=None,
 @bp.get("/tasks/new")
 def new_task():
     clone = request.args.get("clone", type=int)
-    if request.args.get("clone") is not None and clone is None:
+    if request.args.get("clone") is not None and (clone is None or not 0 < clone <= MAX_ID):
         abort(404)
     if clone is None:
         return _render(NewTaskForm(formdata=None), [])
