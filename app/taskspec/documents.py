@@ -58,8 +58,9 @@ def load_text(text: str, as_json: bool = False) -> Any:
             raise DocumentError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         except RecursionError:
             raise DocumentError(f"nested deeper than {MAX_DEPTH} levels") from None
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # the reader refuses control characters already here
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -67,7 +68,8 @@ def load_text(text: str, as_json: bool = False) -> Any:
         problem = getattr(exc, "problem", None) or str(exc)
         raise DocumentError(f"invalid YAML{where}: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _text_problem(text: str) -> str | None:
