@@ -34,6 +34,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         FLOWER_URL=settings.flower_url,
         MAX_CONTENT_LENGTH=MAX_BODY,
         MAX_FORM_MEMORY_SIZE=MAX_BODY,
+        SESSION_COOKIE_SAMESITE="Lax",  # Secure is added per request over TLS (web/csrf.py)
         JSON_SORT_KEYS=False,
     )
     if config:

@@ -221,6 +221,9 @@ def test_row07_hostile_shapes_get_json_4xx_never_html_500(pool):
         assert_json_refusal(raw(c, path, deep))
     assert_json_refusal(raw(c, "/api/tasks/parse", json.dumps({"text": deep})))
     assert_json_refusal(raw(c, "/api/tasks", json.dumps(sim_task(sim={"x": json.loads("[" * 50 + "]" * 50)}))), 422)
+    for field in ("extra_json", "list_configs"):  # the New task form's JSON boxes
+        form = c.post("/api/tasks/preview", data={field: "[" * 900 + "]" * 900})
+        assert form.status_code == 200 and "nested deeper" in form.json["errors"][0]["msg"]
     # A lone surrogate (valid JSON escape, not valid Unicode) in a stored field.
     text = json.dumps(sim_task(description="PLACEHOLDER")).replace("PLACEHOLDER", "\\ud800")
     errors = assert_json_refusal(raw(c, "/api/tasks", text), 422)

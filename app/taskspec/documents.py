@@ -53,11 +53,14 @@ def load_text(text: str, as_json: bool = False) -> Any:
         raise DocumentError(f"the text is longer than {MAX_BODY:,} characters")
     if as_json:
         try:
-            return json.loads(text)
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DocumentError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
         except RecursionError:
             raise DocumentError(f"nested deeper than {MAX_DEPTH} levels") from None
+        if _deeper_than(data, MAX_DEPTH):  # callers copy and merge it recursively
+            raise DocumentError(f"nested deeper than {MAX_DEPTH} levels")
+        return data
     loader = None
     try:
         loader = _BoundedLoader(text)  # the reader refuses control characters already here
@@ -70,6 +73,18 @@ def load_text(text: str, as_json: bool = False) -> Any:
     finally:
         if loader is not None:
             loader.dispose()
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether containers nest more than `limit` deep (iterative: any depth is safe to ask)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+    return False
 
 
 def _text_problem(text: str) -> str | None:

@@ -45,6 +45,5 @@ def api_write_refusal(authenticated_by_bearer: bool):
 
 
 def init_session(app: Flask) -> None:
+    """Install the session interface; `create_app` sets SESSION_COOKIE_SAMESITE=Lax."""
     app.session_interface = SessionInterface()
-    app.config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")
-    app.config.setdefault("SESSION_COOKIE_HTTPONLY", True)
