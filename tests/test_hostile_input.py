@@ -315,3 +315,12 @@ def test_row11_failed_logins_are_limited_per_client(pool, monkeypatch):
     resp = other.post("/login", data={"token": USER, "csrf_token": csrf_from(other)},
                       environ_base={"REMOTE_ADDR": "10.0.0.9"})
     assert resp.status_code == 302
+
+
+def test_row11_wrong_bearer_tokens_count_as_failed_logins(pool, monkeypatch):
+    monkeypatch.setenv("AUTOTUNER_LOGIN_ATTEMPTS", "3")
+    c = build_app({"AUTH_TOKEN": USER}).test_client()
+    for _ in range(3):
+        assert_json_refusal(c.post("/api/tasks/1/cancel", headers=bearer("guess")), 401)
+    assert_json_refusal(c.get("/api/tasks", headers=bearer(USER)), 429)
+    assert login(c, USER).status_code == 429  # one allowance for the page and the API

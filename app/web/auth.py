@@ -16,8 +16,8 @@ separate the roles.
 
 Sessions keep a keyed fingerprint of the token, never the token itself, so changing a
 token logs out every session that used it. Tokens are compared with
-`hmac.compare_digest` and never logged. Failed logins are limited per client
-(`AUTOTUNER_LOGIN_ATTEMPTS` per five minutes); logging out is a CSRF-protected POST, so
+`hmac.compare_digest` and never logged. Failed logins, and wrong bearer tokens, are
+limited per client (`AUTOTUNER_LOGIN_ATTEMPTS` per five minutes); logging out is a CSRF-protected POST, so
 no other site can log a user out; API writes by session need the CSRF header (`csrf`).
 """
 from __future__ import annotations
@@ -161,6 +161,27 @@ def require_reader():
     return redirect(url_for("pages.login", next=target) if target else url_for("pages.login"))
 
 
+def _client() -> str:
+    return request.remote_addr or "unknown"
+
+
+def guard_bearer():
+    """`before_request` hook: a wrong bearer token is a failed login too, so the API is no
+    faster a way to guess a token than the login page."""
+    given = bearer()
+    if not given or not (_configured("AUTH_TOKEN") or _configured("VIEWER_TOKEN")):
+        return None
+    limiter: FailureLimiter = current_app.extensions["login_limiter"]
+    wait = limiter.retry_after(_client())
+    if wait is not None:
+        resp = _unauthorized(f"too many failed logins; try again in {wait:.0f} s", 429)
+        resp.headers["Retry-After"] = str(max(1, round(wait)))
+        return resp
+    if role_of_token(given) is None:
+        limiter.failed(_client())
+    return None
+
+
 def login_view():
     """Log in with either token (the page stores a fingerprint of it in the session)."""
     if request.method == "POST":
@@ -168,7 +189,7 @@ def login_view():
         if csrf is not None:
             csrf.protect()  # also when this runs from a hook ahead of CSRFProtect's own check
         limiter: FailureLimiter = current_app.extensions["login_limiter"]
-        client = request.remote_addr or "unknown"
+        client = _client()
         wait = limiter.retry_after(client)
         if wait is not None:
             flash(f"Too many failed logins; try again in {wait:.0f} s.")
@@ -200,6 +221,7 @@ def init_auth(app: Flask) -> None:
         return
     app.extensions["autotuner_auth"] = True
     app.extensions["login_limiter"] = FailureLimiter(get_limits().login_attempts, LOGIN_WINDOW)
+    app.before_request(guard_bearer)
     app.before_request(require_reader)
 
     @app.context_processor
