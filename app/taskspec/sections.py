@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.limits import MAX_DESCRIPTION, MAX_FACTOR, MAX_SLO_SECONDS
+from app.limits import MAX_FACTOR, MAX_SLO_SECONDS
 
 from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic, at_most
 
