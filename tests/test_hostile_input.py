@@ -104,6 +104,17 @@ def test_row02_yaml_alias_bomb_is_refused_quickly(tmp_path):
     assert out.count("aliases (*name) are not allowed") == 4
 
 
+def test_row02_task_files_get_the_same_limits(tmp_path):
+    from app.taskspec import TaskSpecError, load_task_file
+
+    for name, text, why in (("bomb.yaml", BOMB, "aliases"), ("deep.yaml", "[" * 100 + "]" * 100, "nested deeper"),
+                            ("deep.json", "[" * 100_000 + "]" * 100_000, "nested deeper")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(TaskSpecError) as info:
+            load_task_file(tmp_path / name)
+        assert why in info.value.errors[0]["msg"], info.value.errors
+
+
 # -- row 3: cross-site writes riding on the session cookie ---------------------------------------
 
 
