@@ -16,7 +16,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     from app.config import get_settings
     from app.limits import MAX_BODY
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
     from app.web import actions, api, live, pages, submit
     from app.web.auth import init_auth
     from app.web.csrf import init_session

@@ -27,7 +27,7 @@ def friendly_errors(fn: Callable) -> Callable:
         from kombu.exceptions import OperationalError as BrokerError
         from sqlalchemy.exc import OperationalError as DbError
 
-        from app.taskspec import TaskSpecError
+        from app.domain.taskspec import TaskSpecError
 
         try:
             return fn(*args, **kwargs)
@@ -50,7 +50,7 @@ def friendly_errors(fn: Callable) -> Callable:
 
 
 def load_spec(path: str, deployment_mode: str | None, engine: str | None = None):
-    from app.taskspec import load_task_file, parse_task
+    from app.domain.taskspec import load_task_file, parse_task
 
     spec = load_task_file(path)
     overrides = {k: v for k, v in (("deployment_mode", deployment_mode), ("engine", engine)) if v}
@@ -127,7 +127,7 @@ def validate(file: str, as_json: bool, deployment_mode: str | None, engine: str 
 def submit(file: str, wait: bool, as_json: bool, deployment_mode: str | None, engine: str | None) -> None:
     """Store a task and start it on the running stack."""
     from app.console import watch
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
     from app.task_service import create_task
 
     spec = load_spec(file, deployment_mode, engine)
@@ -148,8 +148,8 @@ def submit(file: str, wait: bool, as_json: bool, deployment_mode: str | None, en
 def status(task_id: int | None, as_json: bool) -> None:
     """One task in detail, or the list of tasks."""
     from app.console import load_report
-    from app.db import session_scope
-    from app.reports import list_tasks
+    from app.store.db import session_scope
+    from app.serializers import list_tasks
 
     if task_id is not None:
         emit(load_report(task_id), as_json)
@@ -190,7 +190,7 @@ def cancel(task_id: int) -> None:
 def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | None, engine: str | None) -> None:
     """Run one task start to finish on an embedded stack (bundled Redis, simulated GPUs)."""
     from app.console import err, watch
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
     from app.stack import Stack, running_stack_pid
     from app.task_service import check_runnable, create_task
 
@@ -229,7 +229,7 @@ def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | No
 def up(simulated_gpus: int, host: str, port: int) -> None:
     """Run the whole stack until Ctrl-C: web, coordinator, a simulated GPU worker."""
     from app.console import err
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
     from app.stack import Stack, running_stack_pid
 
     if (pid := running_stack_pid()) is not None:
@@ -309,7 +309,7 @@ def coordinator(concurrency: int, loglevel: str) -> None:
 def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_gpu_index: int, group: str | None,
            slots: int | None, loglevel: str) -> None:
     """Start a GPU worker pinned to one group of GPUs."""
-    from app.pool import GpuSpec
+    from app.store.pool import GpuSpec
     from workers.gpu_discovery import GpuDiscoveryError, discover_gpus, live_utilization, simulated_gpus as sim_gpus
     from workers.gpu_worker import run_worker
 
@@ -372,8 +372,8 @@ def _goodput(text: str | None) -> dict[str, float] | None:
 def bench(url, model, scenario, concurrency, request_rate, burstiness, max_concurrency, max_requests, max_time,
           warmup, api, num_gpus, goodput, seed, as_json) -> None:
     """Benchmark any running server, with the tuner's own client and metrics."""
-    from app.benchmark import parse_scenario, run_benchmark
-    from app.benchmark.client import first_model
+    from app.tools.loadgen import parse_scenario, run_benchmark
+    from app.tools.loadgen.client import first_model
     from app.console import print_levels
 
     try:
@@ -413,7 +413,7 @@ def sim() -> None:
 def sim_serve(ctx: click.Context, port: int, host: str, engine: str, model: str) -> None:
     """Serve the simulated engine; other options are the engine's own flags
     (e.g. --tp-size 2 --mem-fraction-static 0.85) and --sim-* settings."""
-    from workers.simengine.__main__ import main as sim_main
+    from app.tools.simengine.__main__ import main as sim_main
 
     sys.exit(sim_main(["--host", host, "--port", str(port), "--engine", engine, "--model", model, *ctx.args]))
 

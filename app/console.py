@@ -11,9 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.db import session_scope
-from app.models import TASK_TERMINAL, Task
-from app.reports import task_dict
+from app.store.db import session_scope
+from app.store.models import TASK_TERMINAL, Task
+from app.serializers import task_dict
 
 err = Console(stderr=True)
 

@@ -16,13 +16,13 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app import ledger
+from app.store import ledger
 from app.config import get_settings
-from app.engines.failures import is_infeasible
-from app.db import session_scope
-from app.lifecycle import end_attempt, mark_lost
+from app.domain.engines.failures import is_infeasible
+from app.store.db import session_scope
+from app.store.lifecycle import end_attempt, mark_lost
 from app.limits import get_limits
-from app.models import (
+from app.store.models import (
     EXP_ACTIVE,
     EXP_CANCELLED,
     EXP_FAILED,
@@ -45,9 +45,9 @@ from app.models import (
     Worker,
     utcnow,
 )
-from app.strategies import make_strategy
-from app.strategies.base import Trial
-from app.taskspec import TaskSpec, parse_task
+from app.domain.strategies import make_strategy
+from app.domain.strategies.base import Trial
+from app.domain.taskspec import TaskSpec, parse_task
 
 log = logging.getLogger(__name__)
 

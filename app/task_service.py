@@ -5,9 +5,9 @@ import logging
 
 from sqlalchemy import delete, select, update
 
-from app import ledger
-from app.db import session_scope
-from app.models import (
+from app.store import ledger
+from app.store.db import session_scope
+from app.store.models import (
     EXP_FAILED,
     EXP_PENDING,
     EXP_TIMED_OUT,
@@ -23,7 +23,7 @@ from app.models import (
     Task,
     utcnow,
 )
-from app.taskspec import TaskSpec
+from app.domain.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _nudge(task_id: int) -> None:
 def check_runnable(spec: TaskSpec) -> None:
     """Refuse at submission what validation only notes: a task this system cannot run would
     otherwise fail every one of its experiments."""
-    from app.taskspec import TaskSpecError
+    from app.domain.taskspec import TaskSpecError
 
     if spec.deployment_mode == "ome":
         raise TaskSpecError([{"loc": ["deployment_mode"], "msg": (
@@ -99,7 +99,7 @@ def check_time_limits(spec: TaskSpec) -> None:
     """An experiment's hard time limit must end before Redis re-delivers its job, or a
     long experiment would be handed to a second worker while the first still runs it."""
     from app.config import get_settings
-    from app.taskspec import TaskSpecError
+    from app.domain.taskspec import TaskSpecError
 
     settings = get_settings()
     hard = float(spec.optimization.timeout_per_iteration) + settings.time_limit_grace

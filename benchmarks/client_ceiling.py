@@ -29,7 +29,7 @@ Method
 * The ceiling of a client for a shape = the highest request rate and the highest tokens per
   second among the levels whose median TTFT is under ``--ttft-limit-ms`` (1 ms). The peak
   (any TTFT) is shown beside it.
-* Our client is ``app.benchmark.run_benchmark`` (one call per level, so its CPU time per
+* Our client is ``app.tools.loadgen.run_benchmark`` (one call per level, so its CPU time per
   level is measured too). The established client is guidellm (the first of guidellm,
   genai-bench, aiperf that installs and runs offline here): run as a CLI with
   ``--profile kind=concurrent`` over the same levels, ``--constraint max_requests``, a local
@@ -79,8 +79,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.benchmark import run_benchmark  # noqa: E402
-from app.benchmark.scenarios import make_prompt, parse_scenario  # noqa: E402
+from app.tools.loadgen import run_benchmark  # noqa: E402
+from app.tools.loadgen.scenarios import make_prompt, parse_scenario  # noqa: E402
 
 MODEL = "zero-delay"
 SHAPES = ("D(128,128)", "D(128,1)")
@@ -282,7 +282,7 @@ def write_dataset(path: Path, shape: str, n: int, seed: int = 0) -> None:
     sc = parse_scenario(shape)
     with path.open("w") as f:
         for i in range(n):
-            rng = random.Random(seed * 1_000_003 + i)  # as app.benchmark does for request i
+            rng = random.Random(seed * 1_000_003 + i)  # as app.tools.loadgen does for request i
             n_in, n_out = sc.sample(rng)
             f.write(json.dumps({"prompt": make_prompt(n_in, rng), "prompt_tokens_count": n_in,
                                 "output_tokens_count": n_out}) + "\n")

@@ -48,10 +48,10 @@ def task(n: int, parallel: int, startup: float) -> dict:
 
 def run_one(data: dict) -> tuple[float, dict]:
     from app.console import load_report, watch
-    from app.db import session_scope
-    from app.models import Task
+    from app.store.db import session_scope
+    from app.store.models import Task
     from app.task_service import create_task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     task_id = create_task(parse_task(data))
     report = watch(task_id, interval=1.0)  # timing comes from the store, not from polling
@@ -83,14 +83,14 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="autotuner-bench-"))
     os.environ["AUTOTUNER_HOME"] = str(home)
     os.environ.pop("DATABASE_URL", None)
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
     from app.stack import Stack
 
     upgrade()
     stack = Stack(home=home, simulated_gpus=args.gpus).start()
     try:
-        from app.db import session_scope
-        from app.models import Worker
+        from app.store.db import session_scope
+        from app.store.models import Worker
 
         deadline = time.monotonic() + 60
         while True:  # the pool must be registered before timing starts

@@ -103,7 +103,7 @@ def postgres_url():
     admin.cursor().execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     yield url
-    from app.db import dispose_engines
+    from app.store.db import dispose_engines
 
     dispose_engines()
     admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -115,7 +115,7 @@ def database_url(request, monkeypatch) -> str:
     """A fresh, migrated database of each kind; DATABASE_URL points at it."""
     url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
     monkeypatch.setenv("DATABASE_URL", url)
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
 
     upgrade(url)
     return url
@@ -125,7 +125,7 @@ def database_url(request, monkeypatch) -> str:
 def db(sqlite_url, monkeypatch) -> str:
     """A fresh migrated SQLite database for unit tests of the store."""
     monkeypatch.setenv("DATABASE_URL", sqlite_url)
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
 
     upgrade(sqlite_url)
     return sqlite_url

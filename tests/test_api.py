@@ -63,8 +63,8 @@ def test_unknown_ids_are_404_with_error_shape(client):
 
 
 def test_cancel_then_cancel_again_conflicts(client):
-    from app.db import session_scope
-    from app.models import Task
+    from app.store.db import session_scope
+    from app.store.models import Task
 
     task_id = client.post("/api/tasks", json=mixed_task([{"tp-size": 1}])).json["id"]
     assert client.post(f"/api/tasks/{task_id}/cancel").json["status"] == "cancelling"
@@ -74,7 +74,7 @@ def test_cancel_then_cancel_again_conflicts(client):
 
 
 def test_pool_lists_workers_and_who_holds_each_gpu(client):
-    from app.pool import GpuSpec, register_worker
+    from app.store.pool import GpuSpec, register_worker
 
     register_worker("gpu-g@h", "g", "h", "gpu.g", 2, [GpuSpec(0, "Simulated H100", 81920, "u0", True),
                                                     GpuSpec(1, "Simulated H100", 81920, "u1", True)], "inc", 1)
@@ -129,9 +129,9 @@ def test_pages_render_and_cancel_form_needs_csrf(db, broker_url):
 def test_pool_page_shows_utilisation_and_silent_workers(client):
     from datetime import timedelta
 
-    from app.db import session_scope
-    from app.models import Worker, utcnow
-    from app.pool import GpuSpec, register_worker
+    from app.store.db import session_scope
+    from app.store.models import Worker, utcnow
+    from app.store.pool import GpuSpec, register_worker
 
     register_worker("gpu-a@h", "a", "h", "gpu.a", 1, [GpuSpec(0, "NVIDIA H100", 81920, "u0", False, 37.0)], "i", 1)
     register_worker("gpu-b@h", "b", "h", "gpu.b", 1, [GpuSpec(1, "NVIDIA H100", 81920, "u1", False)], "j", 1)

@@ -31,7 +31,7 @@ def api_schema(tmp_path_factory, broker_url):
         os.environ.pop("DATABASE_URL", None)
     else:
         os.environ["DATABASE_URL"] = old
-    from app.db import dispose_engines
+    from app.store.db import dispose_engines
 
     dispose_engines()
 

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from app.benchmark.metrics import RequestRecord, error_kind, percentile, summarize
+from app.tools.loadgen.metrics import RequestRecord, error_kind, percentile, summarize
 
 
 def rec(start: float, chunks: list[float], end: float, out: int | None = None, inp: int = 10,
@@ -108,7 +108,7 @@ import socket  # noqa: E402
 
 from aiohttp import web  # noqa: E402
 
-from app.benchmark.client import run_level  # noqa: E402
+from app.tools.loadgen.client import run_level  # noqa: E402
 
 CHUNK = b'data: {"choices": [{"index": 0, "text": " x"}]}\n\n'
 
@@ -173,7 +173,7 @@ def test_client_records_error_kinds_and_never_raises() -> None:
 
 
 # ---- goodput (vllm bench serve --goodput) on hand-made timelines --------------------------
-from app.benchmark.metrics import check_slo, meets_slo  # noqa: E402
+from app.tools.loadgen.metrics import check_slo, meets_slo  # noqa: E402
 
 
 def _goodput_records() -> list[RequestRecord]:

@@ -22,7 +22,7 @@ import pytest
 
 from tests.conftest import stop_process
 
-from app.benchmark import run_benchmark
+from app.tools.loadgen import run_benchmark
 
 pytest.importorskip("xpyd_sim")
 

@@ -7,13 +7,13 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from app import lifecycle
+from app.store import lifecycle
 from app.coordinator import coordinate, tick
-from app.db import session_scope
-from app.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
-from app.pool import GpuSpec, register_worker
+from app.store.db import session_scope
+from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
+from app.store.pool import GpuSpec, register_worker
 from app.task_service import cancel_task, create_task
-from app.taskspec import parse_task
+from app.domain.taskspec import parse_task
 from tests.test_integration_parallel import mixed_task
 
 
@@ -167,7 +167,7 @@ def test_running_experiment_sees_cancellation(pool):
 
 
 def test_timeout_beyond_the_visibility_timeout_is_refused_and_nothing_stored(db, monkeypatch):
-    from app.taskspec import TaskSpecError
+    from app.domain.taskspec import TaskSpecError
 
     monkeypatch.setenv("AUTOTUNER_VISIBILITY_TIMEOUT", "600")
     data = mixed_task([{"tp-size": 1}])
@@ -180,7 +180,7 @@ def test_timeout_beyond_the_visibility_timeout_is_refused_and_nothing_stored(db,
 
 
 def test_two_live_workers_cannot_register_the_same_gpu(pool):
-    from app.pool import PoolConflict
+    from app.store.pool import PoolConflict
 
     with pytest.raises(PoolConflict, match="already belongs to online worker gpu-g@h"):
         register_worker("gpu-other@h", "other", "h", "gpu.other", 1, [GpuSpec(3, "sim", 1, "u3", True)], "x", 5)
@@ -195,7 +195,7 @@ def test_a_worker_name_runs_once_per_host(db):
     import os
     import socket
 
-    from app.pool import PoolConflict
+    from app.store.pool import PoolConflict
 
     host = socket.gethostname()
     register_worker("gpu-g@me", "g", host, "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "one", os.getpid())

@@ -2,7 +2,7 @@
 figures are reported in the modelled hardware's time."""
 from __future__ import annotations
 
-from app.taskspec import parse_task
+from app.domain.taskspec import parse_task
 from tests.test_integration_parallel import mixed_task
 from workers.experiment_job import engine_request, to_simulated_time
 

@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 
 from app.coordinator import coordinate
-from app.db import session_scope
-from app.models import Experiment, Task
+from app.store.db import session_scope
+from app.store.models import Experiment, Task
 from tests.conftest import ROOT
 from tests.test_coordinator import experiments, submit
 from tests.test_integration_parallel import mixed_task
@@ -105,7 +105,7 @@ def test_row02_yaml_alias_bomb_is_refused_quickly(tmp_path):
 
 
 def test_row02_task_files_get_the_same_limits(tmp_path):
-    from app.taskspec import TaskSpecError, load_task_file
+    from app.domain.taskspec import TaskSpecError, load_task_file
 
     for name, text, why in (("bomb.yaml", BOMB, "aliases"), ("deep.yaml", "[" * 100 + "]" * 100, "nested deeper"),
                             ("deep.json", "[" * 100_000 + "]" * 100_000, "nested deeper")):

@@ -40,8 +40,8 @@ def mixed_task(configs: list[dict], parallel: int = 4, startup: float = 0.3) -> 
 
 def start_stack(stack, gpus: int = 4, workers: list[list[str]] | None = None):
     """Coordinator plus simulated GPU workers (one of `gpus` GPUs, or one per arg list)."""
-    from app.db import session_scope
-    from app.models import Worker
+    from app.store.db import session_scope
+    from app.store.models import Worker
 
     stack.start("coordinator", "coordinator", "--concurrency", "2")
     worker_args = workers or [["--simulated-gpus", str(gpus)]]
@@ -56,10 +56,10 @@ def start_stack(stack, gpus: int = 4, workers: list[list[str]] | None = None):
 
 
 def run_to_end(stack, data: dict, timeout: float = 240) -> int:
-    from app.db import session_scope
-    from app.models import TASK_TERMINAL, Task
+    from app.store.db import session_scope
+    from app.store.models import TASK_TERMINAL, Task
     from app.task_service import create_task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     task_id = create_task(parse_task(data))
 
@@ -76,8 +76,8 @@ def overlaps(a: tuple, b: tuple) -> bool:
 
 
 def test_mixed_gpu_needs_complete_without_sharing_a_gpu(stack):
-    from app.db import session_scope
-    from app.models import Attempt, Experiment, Gpu, GpuAllocation, Task
+    from app.store.db import session_scope
+    from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task
 
     start_stack(stack)
     task_id = run_to_end(stack, mixed_task([{"tp-size": tp} for tp in MIXED_TP]))
@@ -120,10 +120,10 @@ def test_mixed_gpu_needs_complete_without_sharing_a_gpu(stack):
 def test_duplicate_delivery_runs_an_experiment_once(stack):
     """After a task ends, every experiment's job is delivered twice more: each experiment
     keeps exactly one attempt and its result, and the duplicates' claims find nothing."""
-    from app.db import session_scope
+    from app.store.db import session_scope
     from app.dispatch import send_experiments
     from app.coordinator import Dispatch
-    from app.models import Attempt, Experiment
+    from app.store.models import Attempt, Experiment
 
     start_stack(stack)
     task_id = run_to_end(stack, mixed_task([{"tp-size": 1}, {"tp-size": 2}, {"tp-size": 1}], parallel=3))
@@ -150,11 +150,11 @@ def test_duplicate_delivery_runs_an_experiment_once(stack):
 
 def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
     """The claim is a compare-and-set: of many simultaneous deliveries exactly one runs."""
-    from app import ledger, lifecycle
-    from app.db import session_scope
-    from app.models import EXP_QUEUED, Attempt, Experiment, Task
-    from app.pool import GpuSpec, register_worker
-    from app.taskspec import parse_task
+    from app.store import ledger, lifecycle
+    from app.store.db import session_scope
+    from app.store.models import EXP_QUEUED, Attempt, Experiment, Task
+    from app.store.pool import GpuSpec, register_worker
+    from app.domain.taskspec import parse_task
 
     register_worker("w@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc", 1)
     spec = parse_task(mixed_task([{"tp-size": 1}]))
@@ -191,8 +191,8 @@ def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
 def test_a_failing_engine_fails_only_its_experiment(stack):
     """Error isolation: an engine that cannot start (memory fraction too low for the
     weights) fails its experiment with the engine's message; the others run, GPUs are freed."""
-    from app.db import session_scope
-    from app.models import Experiment, Gpu, Task
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, Task
 
     start_stack(stack, gpus=2)
     task_id = run_to_end(stack, mixed_task([{"mem-fraction-static": 0.1}, {"tp-size": 1}, {"tp-size": 2}], parallel=2))
@@ -208,10 +208,10 @@ def test_a_failing_engine_fails_only_its_experiment(stack):
 def test_cancel_stops_running_experiments_and_frees_gpus(stack):
     """Cooperative cancellation: engines still starting (a 10-minute start-up) are
     stopped at the job's next check, the task ends `cancelled`, every GPU is free."""
-    from app.db import session_scope
-    from app.models import TASK_TERMINAL, Experiment, Gpu, Task
+    from app.store.db import session_scope
+    from app.store.models import TASK_TERMINAL, Experiment, Gpu, Task
     from app.task_service import cancel_task, create_task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     start_stack(stack, gpus=2)
     task_id = create_task(parse_task(mixed_task([{"tp-size": 1}, {"tp-size": 1}, {"tp-size": 1}], parallel=2, startup=600)))
@@ -239,8 +239,8 @@ def test_cancel_stops_running_experiments_and_frees_gpus(stack):
 def test_two_worker_groups_share_the_work(stack):
     """Capacity grows by starting workers: two groups of 2 GPUs (as two hosts would be)
     both run experiments; an experiment's GPUs always come from one group."""
-    from app.db import session_scope
-    from app.models import Experiment, Gpu, Task
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, Task
 
     start_stack(stack, workers=[
         ["--simulated-gpus", "2", "--group", "left"],

@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from app import ledger
-from app.ledger import FreeGpu, GroupState, LedgerConflict, plan
+from app.store import ledger
+from app.store.ledger import FreeGpu, GroupState, LedgerConflict, plan
 
 
 def make_groups(sizes: list[int], used: list[set[int]] | None = None) -> list[GroupState]:
@@ -84,9 +84,9 @@ def test_prefers_neighbouring_gpus():
 
 def _pool(n_gpus: int = 4) -> list[int]:
     """GPU ids of a pool of n GPUs and 8 experiments, created on first use."""
-    from app.db import session_scope
-    from app.models import Experiment, Gpu, Task
-    from app.pool import GpuSpec, register_worker
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, Task
+    from app.store.pool import GpuSpec, register_worker
 
     with session_scope() as s:
         existing = list(s.execute(select(Gpu.id).order_by(Gpu.index)).scalars())
@@ -114,8 +114,8 @@ ops = st.lists(
 def test_store_take_release_sequences(db, sequence):
     """Random take/release sequences against the real tables never leave a GPU with two
     holders, and a take that cannot have all its GPUs changes nothing."""
-    from app.db import session_scope
-    from app.models import Gpu, GpuAllocation
+    from app.store.db import session_scope
+    from app.store.models import Gpu, GpuAllocation
 
     with session_scope() as s:
         s.query(GpuAllocation).delete()

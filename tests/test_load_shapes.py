@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from app.benchmark import arrival_offsets, arrival_times, run_benchmark, run_level, run_rate_level
+from app.tools.loadgen import arrival_offsets, arrival_times, run_benchmark, run_level, run_rate_level
 from tests.conftest import stop_process
 from tests.test_simengine_server import FAST, MODEL, free_port, sim_cmd, wait_healthy
 

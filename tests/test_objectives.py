@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from app.objectives import is_better, score, score_level
+from app.domain.objectives import is_better, score, score_level
 
 
 def level(**kw):

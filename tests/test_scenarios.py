@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from app.benchmark.scenarios import Scenario, make_prompt, parse_scenario
+from app.tools.loadgen.scenarios import Scenario, make_prompt, parse_scenario
 
 
 def test_deterministic() -> None:

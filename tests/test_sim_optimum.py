@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from app.objectives import is_better, score
-from app.taskspec import load_task_file
-from workers.simengine.virtual import replay
+from app.domain.objectives import is_better, score
+from app.domain.taskspec import load_task_file
+from app.tools.simengine.virtual import replay
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.json"
 

@@ -1,8 +1,8 @@
 """Properties of the simulated engine's performance model (pure functions, no server)."""
 import pytest
 
-from workers.simengine.flags import parse_args
-from workers.simengine.model import (GPU_PRESETS, MODEL_PRESETS, EngineSettings, StartupError,
+from app.tools.simengine.flags import parse_args
+from app.tools.simengine.model import (GPU_PRESETS, MODEL_PRESETS, EngineSettings, StartupError,
                                      decode_time_per_token, iteration_time, plan, prefill_time,
                                      resolve_model)
 

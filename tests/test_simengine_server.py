@@ -14,7 +14,7 @@ from typing import Iterator
 import aiohttp
 import pytest
 
-from app.benchmark import run_benchmark, run_level
+from app.tools.loadgen import run_benchmark, run_level
 from tests.conftest import stop_process as stop
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 def sim_cmd(port: int, *extra: str, engine: str = "sglang") -> list[str]:
-    return [sys.executable, "-m", "workers.simengine", "--host", "127.0.0.1", "--port", str(port),
+    return [sys.executable, "-m", "app.tools.simengine", "--host", "127.0.0.1", "--port", str(port),
             "--engine", engine, "--model", MODEL, *extra]
 
 
@@ -195,8 +195,8 @@ def test_server_exits_when_parent_pid_is_gone() -> None:
 # ---- the scheduler in-process: limits, preemption, determinism ---------------------------
 from dataclasses import replace  # noqa: E402
 
-from workers.simengine.model import GPU_PRESETS, MODEL_PRESETS, EngineSettings, plan  # noqa: E402
-from workers.simengine.server import ReplicaScheduler, SimRequest, Stats  # noqa: E402
+from app.tools.simengine.model import GPU_PRESETS, MODEL_PRESETS, EngineSettings, plan  # noqa: E402
+from app.tools.simengine.server import ReplicaScheduler, SimRequest, Stats  # noqa: E402
 
 
 async def _drive(settings: EngineSettings, kv_tokens: int, n: int = 10, prompt: int = 100, out: int = 50):

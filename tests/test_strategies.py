@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.strategies import STRATEGIES, make_strategy
-from app.strategies.base import Trial, canonical
-from app.strategies.grid import GridSearch
-from app.taskspec import load_task_file, parse_task
+from app.domain.strategies import STRATEGIES, make_strategy
+from app.domain.strategies.base import Trial, canonical
+from app.domain.strategies.grid import GridSearch
+from app.domain.taskspec import load_task_file, parse_task
 
 DATA = Path(__file__).resolve().parent / "data" / "examples-original"
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.taskspec import (
+from app.domain.taskspec import (
     Choice,
     FloatRange,
     IntRange,

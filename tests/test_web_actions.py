@@ -10,11 +10,11 @@ import json
 import pytest
 from sqlalchemy import select
 
-from app import lifecycle
+from app.store import lifecycle
 from app.coordinator import coordinate
-from app.db import session_scope
-from app.models import Attempt, Experiment, Gpu, GpuAllocation, Task
-from app.pool import GpuSpec, register_worker
+from app.store.db import session_scope
+from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task
+from app.store.pool import GpuSpec, register_worker
 from app.task_service import Conflict, NotFound, delete_task, retry_failed
 from tests.test_coordinator import experiments, submit
 from tests.test_integration_parallel import mixed_task

@@ -75,8 +75,8 @@ def form_data(**overrides) -> MultiDict:
 
 
 def stored_tasks() -> list:
-    from app.db import session_scope
-    from app.models import Task
+    from app.store.db import session_scope
+    from app.store.models import Task
 
     with session_scope(readonly=True) as s:
         return [(t.id, t.name, t.spec) for t in s.query(Task).order_by(Task.id)]
@@ -123,7 +123,7 @@ def test_form_to_task_builds_values_int_and_float_rows_and_slos():
                            "tpot": {"threshold": 0.03, "hard_fail": False},
                            "latency": {"p99": {"threshold": 4, "hard_fail": False}}}
     assert "runtime_image_tag" not in task and "description" in task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     spec = parse_task(task)
     assert spec.optimization.max_iterations == 12 and spec.slo.latency.p99.threshold == 4
@@ -234,7 +234,7 @@ def test_post_needs_write_permission(db, broker_url):
 
 
 def test_clone_prefills_the_form(client):
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     client.post("/tasks/new", data=form_data(csrf_token=csrf_token(client), extra_json='{"optimization": {"seed": 3}}'))
     [(task_id, _, _)] = stored_tasks()

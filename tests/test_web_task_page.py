@@ -60,10 +60,10 @@ def metrics_for(tput: float, p99: float, **kw) -> dict:
 
 
 def make_task(spec: dict | None = None, status: str = "running") -> int:
-    from app.db import session_scope
-    from app.models import Task
+    from app.store.db import session_scope
+    from app.store.models import Task
     from app.task_service import create_task
-    from app.taskspec import parse_task
+    from app.domain.taskspec import parse_task
 
     task_id = create_task(parse_task(spec or spec_dict()), enqueue=False)
     with session_scope() as s:
@@ -74,8 +74,8 @@ def make_task(spec: dict | None = None, status: str = "running") -> int:
 
 def add_experiments(task_id: int, rows: list[dict]) -> list[int]:
     """rows: dicts of Experiment columns; seq, times and simulated filled in."""
-    from app.db import session_scope
-    from app.models import Experiment
+    from app.store.db import session_scope
+    from app.store.models import Experiment
 
     with session_scope() as s:
         objs = []
@@ -96,8 +96,8 @@ def add_experiments(task_id: int, rows: list[dict]) -> list[int]:
 
 
 def add_gpus(n: int = 4) -> list[int]:
-    from app.db import session_scope
-    from app.models import Gpu
+    from app.store.db import session_scope
+    from app.store.models import Gpu
 
     with session_scope() as s:
         gpus = [Gpu(host="vm", index=i, group="sim", worker="gpu-sim@vm", name="Simulated H100-80GB", simulated=True)
@@ -121,8 +121,8 @@ def client(flask_app):
 
 
 def charts_of(task_id: int) -> dict:
-    from app.db import session_scope
-    from app.models import Task
+    from app.store.db import session_scope
+    from app.store.models import Task
     from app.web.charts import task_charts
 
     with session_scope(readonly=True) as s:
@@ -173,9 +173,9 @@ def test_objective_series_has_a_running_best_in_the_task_direction(db, objective
     assert best[: len(running)] == running
 
     # and its last value is the best experiment the reports name
-    from app.db import session_scope
-    from app.models import Task
-    from app.reports import best_experiment
+    from app.store.db import session_scope
+    from app.store.models import Task
+    from app.serializers import best_experiment
 
     with session_scope(readonly=True) as s:
         assert best_experiment(s, s.get(Task, task_id)).objective == expect
@@ -243,8 +243,8 @@ def test_parameter_series_pair_values_with_objectives(db):
 
 
 def test_gpu_timeline_shows_who_held_which_gpu_when(db):
-    from app.db import session_scope
-    from app.models import GpuAllocation
+    from app.store.db import session_scope
+    from app.store.models import GpuAllocation
 
     task_id = make_task()
     other = make_task()
@@ -323,8 +323,8 @@ def test_charts_feed_carries_all_four_series(client):
 
 
 def test_a_5000_experiment_task_gets_bounded_responses(client):
-    from app.db import session_scope
-    from app.models import GpuAllocation
+    from app.store.db import session_scope
+    from app.store.models import GpuAllocation
     from app.web.charts import MAX_POINTS
 
     n = 5000
@@ -474,8 +474,8 @@ def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
     from playwright.sync_api import expect, sync_playwright
     from werkzeug.serving import make_server
 
-    from app.db import session_scope
-    from app.models import GpuAllocation
+    from app.store.db import session_scope
+    from app.store.models import GpuAllocation
 
     task_id = make_task()
     (g0,) = add_gpus(1)

@@ -17,13 +17,13 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from app import lifecycle
-from app.benchmark import run_benchmark
+from app.store import lifecycle
+from app.tools.loadgen import run_benchmark
 from app.config import get_settings
 from app.dispatch import request_coordination
-from app.models import EXP_CANCELLED, EXP_FAILED, EXP_SUCCEEDED, EXP_TIMED_OUT
-from app.objectives import score
-from app.taskspec import TaskSpec, parse_task
+from app.store.models import EXP_CANCELLED, EXP_FAILED, EXP_SUCCEEDED, EXP_TIMED_OUT
+from app.domain.objectives import score
+from app.domain.taskspec import TaskSpec, parse_task
 from workers.gpu_discovery import busy_gpus
 from workers.runtimes import get_runtime
 from workers.runtimes.base import Deployment, DeploymentCancelled, EngineError, EngineRequest, Runtime

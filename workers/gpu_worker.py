@@ -20,8 +20,8 @@ from celery.signals import worker_ready, worker_shutdown
 from app.config import get_settings
 from app.coordinator import queue_for
 from app.dispatch import request_coordination
-from app.migrate import upgrade
-from app.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
+from app.store.migrate import upgrade
+from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
 from workers.celery_app import app as celery
 from workers.gpu_discovery import busy_gpus
 from workers.reaper import reap_engines

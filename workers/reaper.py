@@ -15,8 +15,8 @@ import logging
 import os
 from typing import Any
 
-from app import lifecycle, pool
-from app.models import EXP_RUNNING
+from app.store import lifecycle, pool
+from app.store.models import EXP_RUNNING
 from workers.runtimes import procs
 
 log = logging.getLogger(__name__)

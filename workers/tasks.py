@@ -11,7 +11,7 @@ from celery.signals import worker_process_init
 
 from app.coordinator import coordinate as _coordinate
 from app.coordinator import tick as _tick
-from app.db import dispose_engines, ping
+from app.store.db import dispose_engines, ping
 from app.dispatch import send_experiments
 from workers.celery_app import app
 

@@ -12,12 +12,12 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, flash, jsonify, redirect, url_for
 
-from app.db import session_scope
+from app.store.db import session_scope
 from app.web.errors import json_error as _error
 from app.web.errors import task_errors
-from app.models import Task, utcnow
-from app.objectives import scored_level
-from app.reports import experiment_dict, iso, task_dict
+from app.store.models import Task, utcnow
+from app.domain.objectives import scored_level
+from app.serializers import experiment_dict, iso, task_dict
 from app.task_service import Conflict, NotFound, cancel_task, delete_task, retry_failed
 from app.web import auth
 from app.web.auth import api_write, may_write

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from app.db import session_scope
-from app.models import Experiment, Task
-from app.reports import experiment_dict, list_tasks, pool_dict, task_dict
+from app.store.db import session_scope
+from app.store.models import Experiment, Task
+from app.serializers import experiment_dict, list_tasks, pool_dict, task_dict
 from app.task_service import cancel_task, create_task
-from app.taskspec import TaskSpecError, parse_task
+from app.domain.taskspec import TaskSpecError, parse_task
 from app.web.auth import api_write
 from app.web.errors import json_error as error
 from app.web.errors import task_errors

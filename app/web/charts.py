@@ -26,8 +26,8 @@ from typing import Any, Iterable, Sequence, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import EXP_SUCCEEDED, Experiment, Gpu, GpuAllocation, Task, utcnow
-from app.objectives import direction, scored_level
+from app.store.models import EXP_SUCCEEDED, Experiment, Gpu, GpuAllocation, Task, utcnow
+from app.domain.objectives import direction, scored_level
 
 MAX_POINTS = 2000  # per series
 

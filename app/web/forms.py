@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 
-from app.taskspec.documents import DocumentError, load_text
+from app.domain.taskspec.documents import DocumentError, load_text
 
 try:  # WTForms >= 3.3 deprecates (value, label) tuples
     from wtforms.fields.choices import SelectChoice

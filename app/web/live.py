@@ -16,12 +16,12 @@ from flask import Blueprint, abort, jsonify, render_template, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
 
-from app.db import session_scope
+from app.store.db import session_scope
 from app.web.errors import json_error as _error
-from app.models import EXP_STATES, TASK_TERMINAL, Experiment, Task
-from app.objectives import OBJECTIVES, level_value, score_level, scored_level
-from app.reports import experiment_dict, task_dict
-from app.taskspec import parse_task
+from app.store.models import EXP_STATES, TASK_TERMINAL, Experiment, Task
+from app.domain.objectives import OBJECTIVES, level_value, score_level, scored_level
+from app.serializers import experiment_dict, task_dict
+from app.domain.taskspec import parse_task
 from app.web.charts import task_charts
 
 bp = Blueprint("live", __name__)

@@ -6,9 +6,9 @@ import shlex
 
 from flask import Blueprint, render_template
 
-from app.db import session_scope
-from app.models import TASK_TERMINAL
-from app.reports import list_tasks, pool_dict
+from app.store.db import session_scope
+from app.store.models import TASK_TERMINAL
+from app.serializers import list_tasks, pool_dict
 from app.web.auth import login_view, may_write
 
 bp = Blueprint("pages", __name__)

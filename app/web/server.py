@@ -65,7 +65,7 @@ class _Gunicorn(BaseApplication):
 
 def serve(options: ServerOptions) -> None:
     """Run until SIGTERM/SIGINT (graceful: in-flight requests finish)."""
-    from app.migrate import upgrade
+    from app.store.migrate import upgrade
 
     upgrade()
     os.environ.setdefault("AUTOTUNER_SECRET_KEY", secrets.token_hex(32))

@@ -17,11 +17,11 @@ from typing import Any
 
 from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
 
-from app.db import session_scope
-from app.models import Task
-from app.taskspec import TaskSpecError, format_loc, parse_task
-from app.taskspec.documents import DocumentError, document_problems, load_text
-from app.taskspec.domains import Choice, IntRange
+from app.store.db import session_scope
+from app.store.models import Task
+from app.domain.taskspec import TaskSpecError, format_loc, parse_task
+from app.domain.taskspec.documents import DocumentError, document_problems, load_text
+from app.domain.taskspec.domains import Choice, IntRange
 from app.web.auth import may_write
 from app.web.inputs import MAX_ID
 from app.web.forms import (

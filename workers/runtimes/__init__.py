@@ -1,7 +1,7 @@
 """How engines are started: `docker` (a container) and `process` (a local subprocess).
 
 `deployment_mode: sim` is the process runtime with the simulated engine as the launcher;
-what starts (argv, image, health path) comes from the engine registry (app.engines).
+what starts (argv, image, health path) comes from the engine registry (app.domain.engines).
 """
 from __future__ import annotations
 

@@ -14,12 +14,12 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from app.engines import EngineSpec, Launch
+from app.domain.engines import EngineSpec, Launch
 
 
 class EngineError(Exception):
     """An engine could not be started or died; the message is shown to the user and `kind`
-    (one of app.engines.FAILURE_KINDS) says why, for the UI and the strategies."""
+    (one of app.domain.engines.FAILURE_KINDS) says why, for the UI and the strategies."""
 
     def __init__(self, message: str, kind: str = "engine_exited") -> None:
         super().__init__(message)
@@ -102,7 +102,7 @@ class Runtime(abc.ABC):
 
     def startup_failure(self, deployment: Deployment) -> EngineError:
         """The engine exited before it was ready: say why, with its last log lines."""
-        from app.engines import classify_failure
+        from app.domain.engines import classify_failure
 
         tail = self.logs(deployment, tail=30)
         code = self.exit_code(deployment)

@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import docker.types
 
-from app.engines import allowed_images
+from app.domain.engines import allowed_images
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
 from workers.runtimes.environment import engine_environment
 

@@ -19,8 +19,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from app.strategies.base import Strategy, Trial, canonical, fingerprint, grid_sizes, point_at, seen_keys, total_size
-from app.taskspec import Domain
+from app.domain.strategies.base import Strategy, Trial, canonical, fingerprint, grid_sizes, point_at, seen_keys, total_size
+from app.domain.taskspec import Domain
 
 SAMPLE_LIMIT = 20_000
 _CACHE_SIZE = 16

@@ -1,8 +1,8 @@
-"""Alembic environment: runs on the connection handed over by app.migrate."""
+"""Alembic environment: runs on the connection handed over by app.store.migrate."""
 from alembic import context
 from sqlalchemy import create_engine
 
-from app.models import Base
+from app.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

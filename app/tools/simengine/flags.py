@@ -1,7 +1,7 @@
 """Command-line parsing for the simulated engine.
 
 Why: the autotuner hands the sim the very argv it would give a real SGLang or vLLM server,
-so every flag of that engine's vocabulary (app.engines) is accepted — the ones the
+so every flag of that engine's vocabulary (app.domain.engines) is accepted — the ones the
 performance model reads are defined here, the others are parsed with their type and
 ignored — and anything else is refused with argparse's "unrecognized arguments" error,
 exit code 2, as the real launchers do. The simulator's own options (``--sim-*``,
@@ -109,7 +109,7 @@ _TYPES = {"int": int, "float": float, "str": str}
 def _accept_vocabulary(parser: argparse.ArgumentParser, engine: str) -> None:
     """Every other flag of the real engine's vocabulary: parsed (type and choices checked as
     the real engine would), then ignored by the model."""
-    from app.engines.flags import load_vocabulary
+    from app.domain.engines.flags import load_vocabulary
 
     vocab = load_vocabulary(engine)
     taken = set(parser._option_string_actions)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
 if TYPE_CHECKING:
-    from app.taskspec import Domain, TaskSpec
+    from app.domain.taskspec import Domain, TaskSpec
 
 TRIAL_STATES = ("pending", "queued", "running", "succeeded", "failed", "timed_out", "cancelled")
 ACTIVE_STATES = ("pending", "queued", "running")
@@ -26,7 +26,7 @@ FAILED_STATES = ("failed", "timed_out")
 class Trial:
     """One experiment as a strategy sees it. `objective` is set for succeeded ones;
     `infeasible` for failed ones whose parameter set cannot run at all (out of memory, KV
-    cache too small, an invalid value: see app.engines.failures)."""
+    cache too small, an invalid value: see app.domain.engines.failures)."""
 
     params: dict[str, Any]
     state: str

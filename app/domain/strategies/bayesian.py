@@ -23,9 +23,9 @@ import math
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from app.strategies.base import ACTIVE_STATES, FAILED_STATES, Strategy, Trial, canonical, seen_keys, total_size
-from app.strategies.grid import unused_points
-from app.taskspec import Choice, Domain, FloatRange, IntRange
+from app.domain.strategies.base import ACTIVE_STATES, FAILED_STATES, Strategy, Trial, canonical, seen_keys, total_size
+from app.domain.strategies.grid import unused_points
+from app.domain.taskspec import Choice, Domain, FloatRange, IntRange
 
 RETRIES_PER_SLOT = 20
 

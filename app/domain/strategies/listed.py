@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from app.strategies.base import Strategy, Trial
+from app.domain.strategies.base import Strategy, Trial
 
 
 class ListedStrategy(Strategy):

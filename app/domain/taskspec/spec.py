@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from app.limits import MAX_DESCRIPTION
-from app.engines import SIMULATOR, EngineSpec, Launch, get_engine
+from app.domain.engines import SIMULATOR, EngineSpec, Launch, get_engine
 
 from .domains import Domain
 from .errors import format_loc

@@ -17,8 +17,8 @@ import random
 from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
-from app.strategies.base import Strategy, Trial, canonical, fingerprint, point_at, seen_keys, total_size
-from app.taskspec import Choice, Domain, FloatRange, IntRange
+from app.domain.strategies.base import Strategy, Trial, canonical, fingerprint, point_at, seen_keys, total_size
+from app.domain.taskspec import Choice, Domain, FloatRange, IntRange
 
 PERMUTATION_LIMIT = 200_000  # above this, draw indices with rejection instead of shuffling
 _CACHE_SIZE = 8

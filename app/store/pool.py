@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-from app import ledger
-from app.db import session_scope
-from app.lifecycle import mark_lost, pid_alive
-from app.models import EXP_RUNNING, Attempt, Experiment, Gpu, Task, Worker, utcnow
+from app.store import ledger
+from app.store.db import session_scope
+from app.store.lifecycle import mark_lost, pid_alive
+from app.store.models import EXP_RUNNING, Attempt, Experiment, Gpu, Task, Worker, utcnow
 
 
 @dataclass(frozen=True)

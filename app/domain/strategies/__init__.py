@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.strategies.base import Strategy, Trial
-from app.strategies.bayesian import BayesianStrategy
-from app.strategies.grid import GridSearch
-from app.strategies.listed import ListedStrategy
-from app.strategies.random_search import RandomSearch
+from app.domain.strategies.base import Strategy, Trial
+from app.domain.strategies.bayesian import BayesianStrategy
+from app.domain.strategies.grid import GridSearch
+from app.domain.strategies.listed import ListedStrategy
+from app.domain.strategies.random_search import RandomSearch
 
 if TYPE_CHECKING:
-    from app.taskspec import TaskSpec
+    from app.domain.taskspec import TaskSpec
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "grid_search": GridSearch,

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.engines.failures import is_infeasible, label as failure_label
-from app.models import EXP_STATES, EXP_SUCCEEDED, Experiment, Gpu, Task, Worker, utcnow
-from app.objectives import direction
-from app.taskspec import parse_task
+from app.domain.engines.failures import is_infeasible, label as failure_label
+from app.store.models import EXP_STATES, EXP_SUCCEEDED, Experiment, Gpu, Task, Worker, utcnow
+from app.domain.objectives import direction
+from app.domain.taskspec import parse_task
 
 
 def iso(value: datetime | None) -> str | None:

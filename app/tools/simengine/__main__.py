@@ -1,4 +1,4 @@
-"""Entry point: ``python -m workers.simengine [engine flags] [sim options]``.
+"""Entry point: ``python -m app.tools.simengine [engine flags] [sim options]``.
 
 Why the order: flags are parsed and the engine's start-up checks (memory, tp vs. heads)
 are run before aiohttp is imported, so a bad configuration fails within a fraction of a

@@ -13,9 +13,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import ledger
-from app.db import session_scope
-from app.models import (
+from app.store import ledger
+from app.store.db import session_scope
+from app.store.models import (
     ATTEMPT_LOST,
     ATTEMPT_REPLANNED,
     EXP_CANCELLED,

@@ -14,8 +14,8 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from app.benchmark.metrics import RequestRecord, summarize
-from app.benchmark.scenarios import parse_scenario
+from app.tools.loadgen.metrics import RequestRecord, summarize
+from app.tools.loadgen.scenarios import parse_scenario
 
 from .flags import parse_args
 from .model import GPU_PRESETS, iteration_time, plan, resolve_model

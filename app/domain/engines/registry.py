@@ -167,9 +167,9 @@ def _builtin() -> dict[str, EngineSpec]:
 # (its `flavour`) and adds its own control options, which tasks may not set.
 SIMULATOR = EngineSpec(
     name="sim", label="simulated engine", vocabulary=None,
-    process_command=("{python}", "-m", "workers.simengine", "--engine", "{flavour}", "--model", "{model}",
+    process_command=("{python}", "-m", "app.tools.simengine", "--engine", "{flavour}", "--model", "{model}",
                      "--host", "{host}", "--port", "{port}", "--num-gpus", "{num_gpus}"),
-    docker_command=("python3", "-m", "workers.simengine", "--engine", "{flavour}", "--model", "{model}",
+    docker_command=("python3", "-m", "app.tools.simengine", "--engine", "{flavour}", "--model", "{model}",
                     "--host", "{host}", "--port", "{port}", "--num-gpus", "{num_gpus}"),
     image="autotuner-sim", container_port=30000,
     reserved=_RUNTIME_OWNED | SIM_CONTROL_FLAGS | {"model", "model-path"},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from app.engines import EngineSpec, engines
+from app.domain.engines import EngineSpec, engines
 
 # quant_config dtypes that mean "the engine's default": no flag is passed for them.
 _GEMM_OFF = {"auto", "bf16", "bfloat16", "none"}

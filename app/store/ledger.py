@@ -22,7 +22,7 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.models import (
+from app.store.models import (
     EXP_QUEUED,
     EXP_RUNNING,
     Gpu,
@@ -147,7 +147,7 @@ def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
         select(Worker.group, func.sum(Worker.slots)).where(Worker.online.is_(True)).group_by(Worker.group)
     ):
         slots[group] = int(total or 0)
-    from app.models import Experiment  # local: the model module imports nothing from here
+    from app.store.models import Experiment  # local: the model module imports nothing from here
 
     busy: dict[str, int] = defaultdict(int)
     for group, count in session.execute(

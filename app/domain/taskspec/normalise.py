@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from app.engines import SIMULATOR, EngineSpec, engines, get_engine
-from app.engines.registry import SIM_MODELLED_FLAGS
+from app.domain.engines import SIMULATOR, EngineSpec, engines, get_engine
+from app.domain.engines.registry import SIM_MODELLED_FLAGS
 from app.limits import env_name, get_limits
 
 from .domains import Choice, Domain, FloatRange, IntRange
