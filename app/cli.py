@@ -311,14 +311,24 @@ def up(simulated_gpus: int, host: str, port: int) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
+@click.option("--workers", default=2, show_default=True, envvar="AUTOTUNER_WEB_WORKERS",
+              type=click.IntRange(1, 64), help="gunicorn worker processes.")
+@click.option("--threads", default=8, show_default=True, envvar="AUTOTUNER_WEB_THREADS",
+              type=click.IntRange(1, 256), help="Threads per worker (requests served at once by each).")
+@click.option("--timeout", default=60, show_default=True, envvar="AUTOTUNER_WEB_TIMEOUT",
+              type=click.IntRange(1, 3600), help="Seconds before a worker stuck on a request is restarted.")
+@click.option("--keep-alive", "keepalive", default=5, show_default=True, envvar="AUTOTUNER_WEB_KEEPALIVE",
+              type=click.IntRange(0, 300), help="Seconds an idle keep-alive connection stays open.")
+@click.option("--graceful-timeout", default=30, show_default=True, envvar="AUTOTUNER_WEB_GRACEFUL_TIMEOUT",
+              type=click.IntRange(1, 3600), help="Seconds in-flight requests get to finish on shutdown.")
 @friendly_errors
-def web(host: str, port: int) -> None:
-    """Serve the web pages and the JSON API."""
-    from werkzeug.serving import run_simple
+def web(host: str, port: int, workers: int, threads: int, timeout: int, keepalive: int,
+        graceful_timeout: int) -> None:
+    """Serve the web pages and the JSON API (gunicorn, threaded workers)."""
+    from app.web.server import ServerOptions, serve
 
-    from app import create_app
-
-    run_simple(host, port, create_app(), threaded=True, use_reloader=False)
+    serve(ServerOptions(host=host, port=port, workers=workers, threads=threads, timeout=timeout,
+                        keepalive=keepalive, graceful_timeout=graceful_timeout))
 
 
 @main.command()

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.store import ledger
@@ -22,6 +22,7 @@ from app.config import get_settings
 from app.domain.engines.failures import is_infeasible
 from app.store.db import session_scope
 from app.store.lifecycle import end_attempt, mark_lost
+from app.limits import get_limits
 from app.store.models import (
     EXP_ACTIVE,
     EXP_CANCELLED,
@@ -81,8 +82,18 @@ def _trial(exp: Experiment) -> Trial:
                  infeasible=exp.state == EXP_FAILED and is_infeasible(exp.failure_kind))
 
 
+def pool_capacity(session: Session) -> int:
+    """How many experiments the pool could run at once: one per online GPU at best (at
+    least 1, so a task submitted before any worker joined still shows what it waits for)."""
+    return max(1, session.execute(select(func.count()).select_from(Gpu).where(Gpu.online.is_(True))).scalar_one())
+
+
 def advance(session: Session, task: Task) -> None:
-    """One step of one task, inside the caller's transaction holding the task's lock."""
+    """One step of one task, inside the caller's transaction holding the task's lock.
+
+    New experiments are bounded three ways: the task's `max_parallel_experiments`, what the
+    pool can run at once (more waiting rows would only queue), and AUTOTUNER_MAX_NEW_PER_PASS
+    per pass (a short write transaction; the next pass creates the rest)."""
     exps = list(task.experiments)
     if task.status == TASK_CANCELLING:
         for exp in exps:
@@ -95,7 +106,8 @@ def advance(session: Session, task: Task) -> None:
         task.status, task.started_at = TASK_RUNNING, utcnow()
     spec = parse_task(task.spec)
     active = [e for e in exps if e.state in EXP_ACTIVE]
-    free = min(task.max_parallel - len(active), task.max_iterations - len(exps))
+    parallel = min(task.max_parallel, pool_capacity(session))
+    free = min(parallel - len(active), task.max_iterations - len(exps), get_limits().max_new_per_pass)
     created = 0
     if free > 0:
         suggestions = make_strategy(spec).suggest([_trial(e) for e in exps], free)
@@ -175,12 +187,33 @@ def coordinate(task_id: int | None = None) -> list[Dispatch]:
         with session_scope(readonly=True) as session:
             ids = list(session.execute(select(Task.id).where(Task.status.not_in(TASK_TERMINAL))).scalars())
     for tid in ids:
-        with session_scope() as session:
-            task = session.execute(select(Task).where(Task.id == tid).with_for_update()).scalar_one_or_none()
-            if task is not None and task.status not in TASK_TERMINAL:
-                advance(session, task)
+        try:
+            with session_scope() as session:
+                task = session.execute(select(Task).where(Task.id == tid).with_for_update()).scalar_one_or_none()
+                if task is not None and task.status not in TASK_TERMINAL:
+                    advance(session, task)
+        except Exception as exc:  # noqa: BLE001 - one task's fault must not stop the others
+            _fail_task(tid, exc)
     with session_scope() as session:
         return schedule(session)
+
+
+def _fail_task(task_id: int, exc: Exception) -> None:
+    """Isolate a task whose pass raised: it fails with the reason (logged once, here: a
+    failed task is not advanced again) and gives up what it had not started yet."""
+    log.exception("task %s: the coordinator's pass raised; the task is marked failed", task_id)
+    reason = f"coordinator error: {type(exc).__name__}: {exc}"[:1000]
+    try:
+        with session_scope() as session:
+            task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
+            if task is None or task.status in TASK_TERMINAL:
+                return
+            for exp in task.experiments:
+                if exp.state in (EXP_PENDING, EXP_QUEUED):
+                    end_attempt(session, exp, EXP_CANCELLED, error="task failed: " + reason)
+            task.status, task.finished_at, task.error = TASK_FAILED, utcnow(), reason
+    except Exception:  # noqa: BLE001 - e.g. the database is down: the next pass tries again
+        log.exception("task %s: could not be marked failed", task_id)
 
 
 def reap(session: Session) -> None:

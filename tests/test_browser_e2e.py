@@ -78,18 +78,24 @@ def test_submit_in_the_form_watch_it_complete_open_the_best(browser, web_stack):
     url, stack = web_stack
     task = mixed_task([{"tp-size": 1}, {"tp-size": 2}, {"tp-size": 1}, {"tp-size": 2}], parallel=2)
     task["task_name"] = "browser-e2e"
+    from playwright.sync_api import expect
+
     page = browser.new_page(viewport={"width": 1360, "height": 900})
+    # Every page runs under the app's self-only CSP: a blocked script or style is a failure.
+    csp_violations: list[str] = []
+    page.on("console", lambda msg: csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None)
     page.goto(url + "/tasks/new")
     page.fill("#task-json", json.dumps(task, indent=2))
     page.click("#fill-from-json")
-    page.wait_for_function("document.querySelector('#task_name').value === 'browser-e2e'")
+    # Locator assertions, not wait_for_function: the CSP forbids the eval that needs.
+    expect(page.locator("#task_name")).to_have_value("browser-e2e")
     assert page.input_value("#strategy") == "list"
-    page.wait_for_function("document.querySelector('#preview').textContent.includes('4')")
+    expect(page.locator("#preview")).to_contain_text("4")
     shot(page, "new-task")
     page.click("#submit-task")
     page.wait_for_url("**/tasks/*")
     assert page.locator("#task-status").count() == 1
-    page.wait_for_function("document.querySelector('#task-status').textContent.trim() === 'completed'", timeout=180_000)
+    expect(page.locator("#task-status")).to_have_text("completed", timeout=180_000)
     page.wait_for_selector("#best")
     shot(page, "task")
     page.locator("#best a").first.click()
@@ -102,3 +108,4 @@ def test_submit_in_the_form_watch_it_complete_open_the_best(browser, web_stack):
     page.goto(url + "/pool")
     assert "simulated" in page.content()
     shot(page, "pool")
+    assert not csp_violations, csp_violations

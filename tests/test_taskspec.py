@@ -183,7 +183,7 @@ def test_parameter_forms_normalise_into_domains():
     assert space["chunked-prefill-size"] == Choice((512, 1024))
     assert space["mem-fraction-static"] == FloatRange(0.7, 0.9, False)
     assert space["max-running-requests"] == IntRange(8, 64, 8, False)
-    assert space["max-running-requests"].grid_values() == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert list(space["max-running-requests"].grid_values()) == [8, 16, 24, 32, 40, 48, 56, 64]
     assert space["cuda-graph-max-bs"] == IntRange(1, 256, 1, True)
     assert space["stream-interval"] == Choice((4,))
     assert space["mem-fraction-static"].is_finite is False
@@ -431,7 +431,7 @@ def test_grid_size_and_domain_helpers():
     spec = parse_task(minimal(parameters={"max-running-requests": [1, 2, 3],
                                           "chunked-prefill-size": {"type": "int", "low": 0, "high": 10, "step": 5}}))
     assert spec.grid_size() == 9
-    assert spec.search_space["chunked-prefill-size"].grid_values() == [0, 5, 10]
+    assert list(spec.search_space["chunked-prefill-size"].grid_values()) == [0, 5, 10]
     assert parse_task(minimal()).grid_size() == 1
     with pytest.raises(ValueError):
         FloatRange(0.0, 1.0).grid_values()

@@ -253,7 +253,7 @@ def test_task_list_shows_progress_and_actions_and_forms_need_csrf(pool):
     assert f'href="/tasks/{task_id}"' in html and "simulated" in html and 'class="progress"' in html
     assert "2 done · 0 running · 0 queued · 2 failed" in html
     for needle in (f"/tasks/{task_id}/retry", f"/tasks/{task_id}/delete", f"/tasks/new?clone={task_id}",
-                   f"/tasks/{task_id}/export.json", f"/tasks/{task_id}/export.csv", "confirm("):
+                   f"/tasks/{task_id}/export.json", f"/tasks/{task_id}/export.csv", "data-confirm="):
         assert needle in html, needle
     assert "103" in html  # best objective so far
 
@@ -321,8 +321,8 @@ def test_viewer_reads_but_cannot_change_anything(secured):
     assert c.post(f"/tasks/{task_id}/retry", data={"csrf_token": token}).status_code == 403
     assert c.post(f"/tasks/{task_id}/delete", data={"csrf_token": token}).status_code == 403
     assert task_status(task_id) == "completed"
-    # Logging out ends reading too.
-    assert c.get("/logout").status_code == 302
+    # Logging out (a POST with the CSRF token) ends reading too.
+    assert c.post("/logout", data={"csrf_token": csrf_from(c)}).status_code == 302
     assert c.get("/").status_code == 302
 
 
@@ -335,7 +335,7 @@ def test_user_may_change_things_by_bearer_and_by_session(secured):
         s.get(Task, task_id).status = "failed"
     assert login(c, USER).status_code == 302
     page = c.get("/")
-    assert b"/delete" in page.data and b"confirm(" in page.data
+    assert b"/delete" in page.data and b"data-confirm=" in page.data
     token = csrf_from(c)
     assert c.post(f"/tasks/{task_id}/delete", data={"csrf_token": token}).status_code == 302
     assert c.get(f"/api/tasks/{task_id}", headers=bearer(VIEWER)).status_code == 404

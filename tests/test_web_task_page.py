@@ -471,7 +471,7 @@ def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
     """The page in headless Chromium: task.js polls, draws the four charts, pages the table."""
     import threading
 
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
     from werkzeug.serving import make_server
 
     from app.store.db import session_scope
@@ -497,14 +497,14 @@ def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
             page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
                     if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
             page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
-            page.wait_for_function("document.querySelectorAll('#param-charts canvas').length === 2", timeout=15000)
+            expect(page.locator("#param-charts canvas")).to_have_count(2, timeout=15000)  # no eval under the CSP
             drawn = page.evaluate("""() => ['chart-objective', 'chart-pareto', 'chart-timeline']
                 .map(id => { const c = Chart.getChart(id); return c ? c.data.datasets.reduce((n, d) => n + d.data.length, 0) : -1; })""")
             assert drawn[0] >= 60 and drawn[1] > 0 and drawn[2] == 1, drawn
             assert page.text_content("#task-status") == "running"
             assert page.text_content("#live-indicator") == "live"
             page.click("#next-page")
-            page.wait_for_function("document.querySelector('#experiments-body tr').dataset.seq === '51'", timeout=10000)
+            expect(page.locator("#experiments-body tr").first).to_have_attribute("data-seq", "51", timeout=10000)
             assert page.text_content("#page-info").startswith("page 2 of 2")
             browser.close()
     finally:

@@ -179,8 +179,9 @@ def export_csv_page(task_id: int):
     return _download(body, "text/csv", f"task-{task_id}-experiments.csv")
 
 
-@bp.route("/logout", methods=["GET", "POST"])
+@bp.post("/logout")
 def logout():
+    """POST only (with the form's CSRF token): a link or image elsewhere cannot log a user out."""
     return auth.logout()
 
 

@@ -16,22 +16,35 @@ separate the roles.
 
 Sessions keep a keyed fingerprint of the token, never the token itself, so changing a
 token logs out every session that used it. Tokens are compared with
-`hmac.compare_digest` and never logged.
+`hmac.compare_digest` and never logged. Failed logins, and wrong bearer tokens, are
+limited per client (`AUTOTUNER_LOGIN_ATTEMPTS` per five minutes); logging out is a CSRF-protected POST, so
+no other site can log a user out; API writes by session need the CSRF header (`csrf`).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import os
+import re
 from functools import wraps
 from typing import Callable
+from urllib.parse import urlsplit
 
 from flask import Flask, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+
+from app.limits import get_limits
+from app.web.csrf import api_write_refusal
+from app.web.errors import is_api_request
+from app.web.ratelimit import FailureLimiter
 
 USER, VIEWER = "user", "viewer"
 # Endpoints anyone may reach even when reading needs a token.
 OPEN_ENDPOINTS = {"static", "pages.login", "actions.logout"}
 _FP_KEY = "token_fp"
+LOGIN_WINDOW = 300.0  # seconds over which failed logins are counted
+# Browsers drop tabs and newlines from URLs and read "\\" as "/": "/\t/evil.example" is
+# "//evil.example" to them. Any such character (or non-ASCII) makes a `next` unusable.
+_UNSAFE_NEXT = re.compile(r"[\x00-\x20\x7f\\]")
 
 
 def _configured(name: str) -> str | None:
@@ -106,25 +119,30 @@ def _unauthorized(msg: str, status: int = 401):
 
 
 def api_write(fn: Callable) -> Callable:
-    """API routes that change things: 401 without a user token, 403 for a viewer's token."""
+    """API routes that change things: 401 without a user token, 403 for a viewer's token,
+    and without a valid bearer token the CSRF checks of `csrf.api_write_refusal`."""
     @wraps(fn)
     def wrapper(*args, **kwargs):
         if not may_write():
             if current_role() == VIEWER:
                 return _unauthorized("the viewer token may only read; this needs the user token", 403)
             return _unauthorized("a valid bearer token is required")
+        refusal = api_write_refusal(role_of_token(bearer()) is not None)
+        if refusal is not None:
+            return refusal
         return fn(*args, **kwargs)
 
     return wrapper
 
 
-def _is_api() -> bool:
-    return request.path == "/api" or request.path.startswith("/api/")
-
-
 def _safe_next(target: str | None) -> str | None:
-    """Only paths on this site (no scheme, no `//host`) are followed after logging in."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+    """Only paths on this site are followed after logging in: printable ASCII without
+    spaces or backslashes (what a browser would strip or rewrite), then no scheme, no host,
+    and one leading slash."""
+    if not target or not target.isascii() or _UNSAFE_NEXT.search(target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return None
     return target
 
@@ -133,14 +151,35 @@ def require_reader():
     """`before_request` hook: with a viewer token configured, reading needs a token too."""
     if not _configured("VIEWER_TOKEN") or request.endpoint in OPEN_ENDPOINTS:
         return None
-    if request.endpoint is None and not _is_api():
+    if request.endpoint is None and not is_api_request():
         return None  # an unknown page: let it be a 404
     if may_read():
         return None
-    if _is_api():
+    if is_api_request():
         return _unauthorized("a valid bearer token (viewer or user) is required")
     target = request.full_path.rstrip("?") if request.method == "GET" else None
     return redirect(url_for("pages.login", next=target) if target else url_for("pages.login"))
+
+
+def _client() -> str:
+    return request.remote_addr or "unknown"
+
+
+def guard_bearer():
+    """`before_request` hook: a wrong bearer token is a failed login too, so the API is no
+    faster a way to guess a token than the login page."""
+    given = bearer()
+    if not given or not (_configured("AUTH_TOKEN") or _configured("VIEWER_TOKEN")):
+        return None
+    limiter: FailureLimiter = current_app.extensions["login_limiter"]
+    wait = limiter.retry_after(_client())
+    if wait is not None:
+        resp = _unauthorized(f"too many failed logins; try again in {wait:.0f} s", 429)
+        resp.headers["Retry-After"] = str(max(1, round(wait)))
+        return resp
+    if role_of_token(given) is None:
+        limiter.failed(_client())
+    return None
 
 
 def login_view():
@@ -149,6 +188,12 @@ def login_view():
         csrf = current_app.extensions.get("csrf")
         if csrf is not None:
             csrf.protect()  # also when this runs from a hook ahead of CSRFProtect's own check
+        limiter: FailureLimiter = current_app.extensions["login_limiter"]
+        client = _client()
+        wait = limiter.retry_after(client)
+        if wait is not None:
+            flash(f"Too many failed logins; try again in {wait:.0f} s.")
+            return render_template("login.html"), 429, {"Retry-After": str(max(1, round(wait)))}
         token = request.form.get("token", "")
         role = role_of_token(token)
         if role is not None:
@@ -157,6 +202,7 @@ def login_view():
             return redirect(_safe_next(request.args.get("next")) or url_for("pages.index"))
         if token_ok(token):  # nothing configured: there is nothing to log in to
             return redirect(_safe_next(request.args.get("next")) or url_for("pages.index"))
+        limiter.failed(client)
         flash("Wrong token.")
     return render_template("login.html")
 
@@ -174,6 +220,8 @@ def init_auth(app: Flask) -> None:
     if app.extensions.get("autotuner_auth"):
         return
     app.extensions["autotuner_auth"] = True
+    app.extensions["login_limiter"] = FailureLimiter(get_limits().login_attempts, LOGIN_WINDOW)
+    app.before_request(guard_bearer)
     app.before_request(require_reader)
 
     @app.context_processor

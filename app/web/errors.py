@@ -1,12 +1,18 @@
-"""The API's one error shape: `{"errors": [{"loc": [...], "msg": "..."}]}`."""
+"""The API's one error shape, `{"errors": [{"loc": [...], "msg": "..."}]}`, for every
+refusal under /api: the views' own, routing (404, 405), body limits (413), CSRF (400) and
+any unexpected exception (500, logged here; the client sees no traceback or path)."""
 from __future__ import annotations
 
+import logging
 from functools import wraps
 from typing import Callable
 
-from flask import jsonify
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.task_service import Conflict, NotFound
+
+log = logging.getLogger(__name__)
 
 
 def json_error(status: int, msg: str, loc: list | None = None):
@@ -26,3 +32,27 @@ def task_errors(view: Callable) -> Callable:
             return json_error(409, str(exc), ["task_id"])
 
     return wrapper
+
+
+def is_api_request() -> bool:
+    return request.path == "/api" or request.path.startswith("/api/")
+
+
+def _http_error(exc: HTTPException):
+    if not is_api_request():
+        return exc  # pages keep Werkzeug's short HTML error pages
+    resp, status = json_error(exc.code or 500, exc.description or exc.name)
+    resp.headers.update({k: v for k, v in exc.get_headers() if k in ("Allow", "WWW-Authenticate", "Retry-After")})
+    return resp, status
+
+
+def _unexpected(exc: Exception):
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    if is_api_request():
+        return json_error(500, "internal error; the server log has the details")
+    return InternalServerError()
+
+
+def init_errors(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

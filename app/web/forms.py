@@ -22,6 +22,8 @@ from typing import Any, Mapping
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 
+from app.domain.taskspec.documents import DocumentError, load_text
+
 try:  # WTForms >= 3.3 deprecates (value, label) tuples
     from wtforms.fields.choices import SelectChoice
 except ImportError:  # pragma: no cover - older WTForms
@@ -248,9 +250,9 @@ def form_to_task(form_data: Mapping[str, Any], problems: list[dict[str, Any]] | 
     extra: dict[str, Any] = {}
     if extra_text:
         try:
-            extra = json.loads(extra_text)
-        except json.JSONDecodeError as exc:
-            problems.append({"loc": ["form", "extra_json"], "msg": f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"})
+            extra = load_text(extra_text, as_json=True)
+        except DocumentError as exc:
+            problems.append({"loc": ["form", "extra_json"], "msg": str(exc)})
             extra = {}
         if not isinstance(extra, dict):
             problems.append({"loc": ["form", "extra_json"], "msg": "must be a JSON object"})
@@ -261,9 +263,9 @@ def form_to_task(form_data: Mapping[str, Any], problems: list[dict[str, Any]] | 
             continue
         if field == "list_configs":
             try:
-                value: Any = json.loads(text)
-            except json.JSONDecodeError as exc:
-                problems.append({"loc": ["form", "list_configs"], "msg": f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"})
+                value: Any = load_text(text, as_json=True)
+            except DocumentError as exc:
+                problems.append({"loc": ["form", "list_configs"], "msg": str(exc)})
                 continue
         elif field in LIST_FIELDS:
             items = split_list(text)

@@ -28,6 +28,7 @@ bp = Blueprint("live", __name__)
 
 PER_PAGE_DEFAULT = 50
 PER_PAGE_MAX = 200
+PAGE_MAX = 10**9  # any larger page is past the end of any task anyway
 
 
 def _int_arg(name: str, default: int, low: int, high: int | None = None) -> int:
@@ -77,6 +78,7 @@ def experiments_page(session: Session, task: Task, page: int = 1, per_page: int 
         where.append(Experiment.state.in_(states))
     total = session.execute(select(func.count()).select_from(Experiment).where(*where)).scalar_one()
     pages = max(1, math.ceil(total / per_page))
+    page = min(page, pages)  # past the end: the last page (and an OFFSET the database accepts)
     order = Experiment.seq.desc() if newest_first else Experiment.seq.asc()
     rows = session.execute(
         select(Experiment).where(*where).options(selectinload(Experiment.attempts), defer(Experiment.engine_log))
@@ -104,7 +106,7 @@ def live_dict(session: Session, task: Task, page: int, per_page: int, states: li
 
 def _page_args() -> tuple[int, int, list[str], bool]:
     return (
-        _int_arg("page", 1, 1),
+        _int_arg("page", 1, 1, PAGE_MAX),
         _int_arg("per_page", PER_PAGE_DEFAULT, 1, PER_PAGE_MAX),
         _states_arg(),
         request.args.get("order") == "desc",

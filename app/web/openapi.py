@@ -1,10 +1,17 @@
-"""The OpenAPI description of the JSON API, served at /api/openapi.json."""
+"""The OpenAPI description of the JSON API, served at /api/openapi.json.
+
+It is also what CI fuzzes (tests/test_api_fuzz.py, schemathesis): request schemas say what
+a client may send, and every operation lists the refusals it can give, all in the one
+error shape. Path ids are plain integers on purpose: the fuzzer then also tries ids no
+column can hold, which must be a JSON 404 like any unknown id.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 ERRORS = {
     "type": "object",
+    "required": ["errors"],
     "properties": {
         "errors": {
             "type": "array",
@@ -16,6 +23,46 @@ ERRORS = {
         }
     },
 }
+_SCALAR = {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
+# The task file (the README's "Task files"); validation reports what this schema cannot say.
+TASK = {
+    "type": "object",
+    "required": ["task_name", "model"],
+    "properties": {
+        "task_name": {"type": "string"},
+        "description": {"type": "string"},
+        "model": {"type": "object", "required": ["id_or_path"], "properties": {"id_or_path": {"type": "string"}}},
+        "base_runtime": {"type": "string", "enum": ["sglang", "vllm", "sim"]},
+        "deployment_mode": {"type": "string", "enum": ["docker", "process", "sim", "ome"]},
+        "runtime_image_tag": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "additionalProperties": {"oneOf": [
+                {"type": "array", "items": _SCALAR},
+                {"type": "object", "properties": {"type": {"type": "string"}, "low": {"type": "number"},
+                                                  "high": {"type": "number"}, "step": {"type": "integer"}}},
+            ]},
+        },
+        "optimization": {"type": "object", "properties": {
+            "strategy": {"type": "string", "enum": ["grid_search", "random", "bayesian", "list"]},
+            "objective": {"type": "string"},
+            "max_iterations": {"type": "integer"},
+            "max_parallel_experiments": {"type": "integer"},
+            "timeout_per_iteration": {"type": "number"},
+        }},
+        "benchmark": {"type": "object", "properties": {
+            "traffic_scenarios": {"type": "array", "items": {"type": "string"}},
+            "num_concurrency": {"type": "array", "items": {"type": "integer"}},
+            "request_rate": {"type": "array", "items": {"type": "number"}},
+            "max_time_per_iteration": {"type": "number"},
+            "max_requests_per_iteration": {"type": "integer"},
+            "warmup_requests": {"type": "integer"},
+        }},
+        "slo": {"type": "object"},
+        "sim": {"type": "object"},
+    },
+}
+OBJ = {"type": "object"}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -26,116 +73,117 @@ def errors(description: str) -> dict[str, Any]:
     return _json({"$ref": "#/components/schemas/Errors"}, description)
 
 
+def _path_id(name: str) -> list[dict[str, Any]]:
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "integer"}}]
+
+
+def _read(summary: str, ok: str, params: list[dict[str, Any]] | None = None, *, found: bool = True) -> dict[str, Any]:
+    responses = {"200": _json(OBJ, ok), "401": errors("A token is required to read")}
+    if found:
+        responses["404"] = errors("Not found")
+    return {"summary": summary, "parameters": params or [], "responses": responses}
+
+
+def _write(summary: str, ok: str, params: list[dict[str, Any]] | None = None, *, status: str = "200",
+           body: dict[str, Any] | None = None, **more: dict[str, Any]) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "description": "Needs the user token as a bearer token, or a logged-in session with the "
+                       "CSRF token in the X-CSRFToken header.",
+        "security": [{"bearer": []}, {}],
+        "parameters": params or [],
+        "responses": {status: _json(OBJ, ok), "400": errors("Malformed body, or CSRF token missing"),
+                      "401": errors("Token required"), "403": errors("Viewer token, or a cross-origin request"),
+                      **more},
+    }
+    if body is not None:
+        op["requestBody"] = body
+    return op
+
+
 def openapi_document() -> dict[str, Any]:
-    obj = {"type": "object"}
-    task_id = [{"name": "task_id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+    task_id = _path_id("task_id")
+    page = [
+        {"name": "page", "in": "query", "schema": {"type": "integer"}},
+        {"name": "per_page", "in": "query", "schema": {"type": "integer"}},
+        {"name": "state", "in": "query", "schema": {"type": "string"}},
+        {"name": "order", "in": "query", "schema": {"type": "string", "enum": ["asc", "desc"]}},
+    ]
+    task_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}}}
+    conflict = {"404": errors("No such task"), "409": errors("Not possible in the task's state")}
     return {
         "openapi": "3.0.3",
         "info": {"title": "LLM inference autotuner API", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Errors": ERRORS},
+            "schemas": {"Errors": ERRORS, "Task": TASK},
         },
         "paths": {
             "/api/tasks": {
-                "get": {"summary": "List tasks", "responses": {"200": _json(obj, "Tasks, newest first")}},
-                "post": {
-                    "summary": "Submit a task (the task file as JSON)",
-                    "security": [{"bearer": []}],
-                    "requestBody": {"required": True, "content": {"application/json": {"schema": obj}}},
-                    "responses": {
-                        "201": _json(obj, "The stored task"),
-                        "401": errors("Token required"),
-                        "422": errors("Every problem of the task file"),
-                    },
-                },
+                "get": _read("List tasks, newest first", "Tasks", found=False),
+                "post": _write("Submit a task (the task file as JSON)", "The stored task", status="201",
+                               body=task_body, **{"413": errors("Body too large"),
+                                                  "422": errors("Every problem of the task file")}),
             },
             "/api/tasks/{task_id}": {
-                "get": {
-                    "summary": "A task: status, counts by state, best experiment",
-                    "parameters": task_id,
-                    "responses": {"200": _json(obj, "The task"), "404": errors("No such task")},
-                },
-                "delete": {
-                    "summary": "Delete a finished task and all its results",
-                    "security": [{"bearer": []}],
-                    "parameters": task_id,
-                    "responses": {"200": _json(obj, "Deleted"), "404": errors("No such task"),
-                                  "409": errors("The task has not finished")},
-                },
+                "get": _read("A task: status, counts by state, best experiment", "The task", task_id),
+                "delete": _write("Delete a finished task and all its results", "Deleted", task_id, **conflict),
             },
             "/api/tasks/{task_id}/experiments": {
-                "get": {
-                    "summary": "A task's experiments with every attempt",
-                    "parameters": task_id + [{"name": "metrics", "in": "query", "schema": {"type": "boolean"}}],
-                    "responses": {"200": _json(obj, "Experiments"), "404": errors("No such task")},
-                }
+                "get": _read("A task's experiments with every attempt", "Experiments",
+                             task_id + [{"name": "metrics", "in": "query", "schema": {"type": "boolean"}}]),
             },
-            "/api/tasks/{task_id}/cancel": {
-                "post": {
-                    "summary": "Cancel a task",
-                    "security": [{"bearer": []}],
-                    "parameters": task_id,
-                    "responses": {
-                        "200": _json(obj, "Cancelling"),
-                        "401": errors("Token required"),
-                        "404": errors("No such task"),
-                        "409": errors("Already finished"),
-                    },
-                }
+            "/api/tasks/{task_id}/cancel": {"post": _write("Cancel a task", "Cancelling", task_id, **conflict)},
+            "/api/tasks/{task_id}/retry": {
+                "post": _write("Run the failed and timed-out experiments again (new attempts)",
+                               "How many were retried", task_id, **conflict),
             },
             "/api/experiments/{experiment_id}": {
-                "get": {
-                    "summary": "One experiment with its metrics and engine log",
-                    "parameters": [{"name": "experiment_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-                    "responses": {"200": _json(obj, "The experiment"), "404": errors("Not found")},
-                }
+                "get": _read("One experiment with its metrics and engine log", "The experiment",
+                             _path_id("experiment_id")),
             },
-            "/api/pool": {"get": {"summary": "Workers, GPUs and who holds each", "responses": {"200": _json(obj, "The pool")}}},
+            "/api/pool": {"get": _read("Workers, GPUs and who holds each", "The pool", found=False)},
             "/api/gpus/{label}/clear-quarantine": {
-                "post": {
-                    "summary": "Make a quarantined GPU allocatable again (label HOST:INDEX)",
-                    "security": [{"bearer": []}],
-                    "parameters": [{"name": "label", "in": "path", "required": True, "schema": {"type": "string"}}],
-                    "responses": {"200": _json(obj, "Cleared"), "401": errors("Token required"),
-                                  "404": errors("No such GPU"), "422": errors("Not a HOST:INDEX label")},
-                }
-            },
-            "/api/tasks/{task_id}/retry": {
-                "post": {
-                    "summary": "Run the failed and timed-out experiments again (new attempts)",
-                    "security": [{"bearer": []}],
-                    "parameters": task_id,
-                    "responses": {"200": _json(obj, "How many were retried"), "404": errors("No such task"),
-                                  "409": errors("Nothing to retry, or the task is cancelled")},
-                }
+                "post": _write("Make a quarantined GPU allocatable again (label HOST:INDEX)", "Cleared",
+                               [{"name": "label", "in": "path", "required": True, "schema": {"type": "string"}}],
+                               **{"404": errors("No such GPU"), "422": errors("Not a HOST:INDEX label")}),
             },
             "/api/tasks/{task_id}/export": {
-                "get": {"summary": "The task, its spec and every experiment with metrics", "parameters": task_id,
-                        "responses": {"200": _json(obj, "Export"), "404": errors("No such task")}}
+                "get": _read("The task, its spec and every experiment with metrics", "Export", task_id),
             },
             "/api/tasks/{task_id}/live": {
-                "get": {
-                    "summary": "Task summary and one page of experiments (what the live page polls)",
-                    "parameters": task_id + [
-                        {"name": "page", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "per_page", "in": "query", "schema": {"type": "integer", "maximum": 200}},
-                        {"name": "state", "in": "query", "schema": {"type": "string"}},
-                    ],
-                    "responses": {"200": _json(obj, "Summary and page"), "404": errors("No such task")},
-                }
+                "get": _read("Task summary and one page of experiments (what the live page polls)",
+                             "Summary and page", task_id + page),
             },
             "/api/tasks/{task_id}/charts": {
-                "get": {"summary": "Chart series aggregated on the server", "parameters": task_id,
-                        "responses": {"200": _json(obj, "Series"), "404": errors("No such task")}}
+                "get": _read("Chart series aggregated on the server", "Series", task_id),
             },
             "/api/tasks/parse": {
-                "post": {"summary": "Normalise a JSON or YAML task file (nothing is stored)",
-                         "responses": {"200": _json(obj, "The normalised task"), "422": errors("Every problem")}}
+                "post": {
+                    "summary": "Normalise a JSON or YAML task file (nothing is stored)",
+                    "parameters": [{"name": "form", "in": "query", "schema": {"type": "string", "enum": ["1"]}}],
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": {"oneOf": [
+                            {"$ref": "#/components/schemas/Task"},
+                            {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+                        ]}},
+                        "text/plain": {"schema": {"type": "string"}},
+                    }},
+                    "responses": {"200": _json(OBJ, "The normalised task (or its form layout)"),
+                                  "413": errors("Body too large"),
+                                  "422": errors("Every problem (YAML aliases and over-deep nesting included)")},
+                }
             },
             "/api/tasks/preview": {
-                "post": {"summary": "How many experiments a task would run and the GPUs each needs",
-                         "responses": {"200": _json(obj, "Preview")}}
+                "post": {
+                    "summary": "How many experiments a task would run and the GPUs each needs",
+                    "requestBody": {"required": True, "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Task"}},
+                        "application/x-www-form-urlencoded": {"schema": OBJ},
+                    }},
+                    "responses": {"200": _json(OBJ, "Preview (errors listed inside)"),
+                                  "413": errors("Body too large"), "422": errors("Not a JSON object")},
+                }
             },
         },
     }

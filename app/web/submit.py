@@ -20,8 +20,10 @@ from flask import Blueprint, abort, jsonify, redirect, render_template, request,
 from app.store.db import session_scope
 from app.store.models import Task
 from app.domain.taskspec import TaskSpecError, format_loc, parse_task
+from app.domain.taskspec.documents import DocumentError, document_problems, load_text
 from app.domain.taskspec.domains import Choice, IntRange
 from app.web.auth import may_write
+from app.web.inputs import MAX_ID
 from app.web.forms import (
     FIELD_PATHS,
     SLO_KEYS,
@@ -115,7 +117,7 @@ def _render(form: NewTaskForm, rows: list[dict[str, str]], *, field_errors=None,
 @bp.get("/tasks/new")
 def new_task():
     clone = request.args.get("clone", type=int)
-    if request.args.get("clone") is not None and clone is None:
+    if request.args.get("clone") is not None and (clone is None or not 0 < clone <= MAX_ID):
         abort(404)
     if clone is None:
         return _render(NewTaskForm(formdata=None), [])
@@ -188,15 +190,13 @@ def parse():
     if text is not None:
         if not text.strip():
             return _parse_error("the task text is empty")
-        import yaml
-
         try:
-            data = yaml.safe_load(text)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            return _parse_error(f"invalid YAML{where}: {problem}")
+            data = load_text(text)  # YAML (a superset of JSON), without aliases, depth-limited
+        except DocumentError as exc:
+            return _parse_error(str(exc))
+    problems = document_problems(data)
+    if problems:  # before task_to_form copies it: nothing of an oversized document is processed
+        return jsonify({"errors": problems}), 422
     errors: list[dict[str, Any]] = []
     notes: list[str] = []
     spec = None
@@ -216,7 +216,8 @@ def parse():
 
 
 def _gpu_range(spec) -> tuple[list[int], list[str]]:
-    """Distinct GPU counts over the parameter sets the task can run (capped)."""
+    """Distinct GPU counts over the parameter sets the task can run. Bounded work: at most
+    MAX_ENUMERATED values per axis and MAX_ENUMERATED combinations are looked at."""
     notes: list[str] = []
     if spec.optimization.strategy == "list":
         configs = spec.list_configs[:MAX_ENUMERATED]
@@ -227,9 +228,7 @@ def _gpu_range(spec) -> tuple[list[int], list[str]]:
     for name, dom in spec.search_space.items():
         if name not in relevant:
             continue
-        if isinstance(dom, Choice):
-            axes.append((name, dom.grid_values()))
-        elif isinstance(dom, IntRange):
+        if isinstance(dom, (Choice, IntRange)):  # IntRange's values are a lazy range: slicing is free
             axes.append((name, dom.grid_values()[:MAX_ENUMERATED]))
     counts: set[int] = set()
     for i, combo in enumerate(itertools.product(*(values for _, values in axes))):

@@ -75,8 +75,9 @@ class IntRange:
     def value_at(self, index: int) -> int:
         return self.low + index * self.step
 
-    def grid_values(self) -> list[int]:
-        return list(range(self.low, self.high + 1, self.step))
+    def grid_values(self) -> range:
+        """Lazy: a range of 10^12 integers costs no more than one of ten (slice it to use it)."""
+        return range(self.low, self.high + 1, self.step)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "int", "low": self.low, "high": self.high, "step": self.step, "log": self.log}

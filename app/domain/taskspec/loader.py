@@ -1,12 +1,12 @@
 """Entry points: parse and validate a task given as a dict or as a JSON/YAML file."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from .documents import DocumentError, document_problems, load_text
 from .errors import TaskSpecError, pydantic_errors
 from .normalise import _derive
 from .spec import TaskSpec
@@ -29,6 +29,9 @@ def parse_task(data: Any) -> TaskSpec:
     """Validate a task given as a dict; raise TaskSpecError listing every problem."""
     if not isinstance(data, dict):
         raise TaskSpecError([{"loc": [], "msg": f"a task must be a mapping, not {type(data).__name__}"}])
+    problems = document_problems(data)
+    if problems:  # nothing else is looked at: validating an oversized document is work too
+        raise TaskSpecError(problems)
     errors: list[dict[str, Any]] = []
     sections: dict[str, Any] = {}
     failed: set[str] = set()
@@ -75,18 +78,7 @@ def _parse_text(text: str, path: Path) -> Any:
     as_json = suffix == ".json" or (suffix not in (".yaml", ".yml") and text.lstrip().startswith(("{", "[")))
     if not text.strip():
         raise TaskSpecError([{"loc": [], "msg": f"{path} is empty"}])
-    if as_json:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TaskSpecError([{"loc": [], "msg": f"invalid JSON in {path} at line {exc.lineno} "
-                                  f"column {exc.colno}: {exc.msg}"}]) from None
-    import yaml  # only needed for YAML files
-
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise TaskSpecError([{"loc": [], "msg": f"invalid YAML in {path}{where}: {problem}"}]) from None
+        return load_text(text, as_json=as_json)
+    except DocumentError as exc:
+        raise TaskSpecError([{"loc": [], "msg": f"{path}: {exc}"}]) from None

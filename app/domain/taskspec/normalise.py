@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from app.domain.engines import SIMULATOR, EngineSpec, builtin_engines, engines, get_engine
 from app.domain.engines.registry import SIM_MODELLED_FLAGS
+from app.limits import env_name, get_limits
 
 from .domains import Choice, Domain, FloatRange, IntRange
 from .errors import Loc, _Collector, format_loc, pydantic_errors
@@ -121,14 +122,20 @@ class _Derived:
 
 
 def _degree_ok(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return (isinstance(value, int) and not isinstance(value, bool)
+            and 1 <= value <= get_limits().max_parallel_degree)
 
 
 def _degrees_ok(domain: Domain) -> bool:
-    """Parallelism degrees decide how many GPUs an experiment takes: positive ints only."""
+    """Parallelism degrees decide how many GPUs an experiment takes: positive ints, each at
+    most AUTOTUNER_MAX_PARALLEL_DEGREE (so tp × pp × dp stays a countable number of GPUs)."""
     if isinstance(domain, Choice):
         return all(_degree_ok(v) for v in domain.values)
-    return isinstance(domain, IntRange) and domain.low >= 1
+    return isinstance(domain, IntRange) and _degree_ok(domain.low) and _degree_ok(domain.high)
+
+
+def _degree_rule() -> str:
+    return f"from 1 to {get_limits().max_parallel_degree:,} ({env_name('max_parallel_degree')} raises this limit)"
 
 
 def _add_param(space: dict[str, Domain], origin: dict[str, str], flag: str, domain: Domain,
@@ -136,7 +143,7 @@ def _add_param(space: dict[str, Domain], origin: dict[str, str], flag: str, doma
     """Insert one domain after checking it against the flag's type, refusing a second
     definition of the same flag."""
     if flag in d.spec.gpu_flags and not _degrees_ok(domain):
-        out.error(loc, f"--{flag} is a parallelism degree: its values must be positive integers")
+        out.error(loc, f"--{flag} is a parallelism degree: its values must be integers {_degree_rule()}")
         return
     if not _values_fit(flag, domain, loc, d, out):
         return
@@ -280,7 +287,7 @@ def _parallel(sections: dict[str, Any], d: _Derived, origin: dict[str, str], out
             continue
         values = raw if isinstance(raw, list) else [raw]
         if key in ("tp", "pp", "dp") and not all(_degree_ok(v) for v in values):
-            out.error(loc, f"{key} must be a positive integer or a list of them")
+            out.error(loc, f"{key} must be an integer or a list of integers {_degree_rule()}")
             continue
         flag = _flag(key, d, loc, out, mapped=table.get(key))
         if flag is None:
@@ -334,7 +341,11 @@ def _optimization(sections: dict[str, Any], failed: set[str], d: _Derived, out: 
         out.note(f"optimization.configs is only used by strategy 'list'; ignored by {opt.strategy!r}")
     # Only grid and list have a natural end; the others default to 20 experiments.
     limit = {"grid_search": size, "list": len(d.configs) or None}.get(opt.strategy, None)
-    d.max_iterations = opt.max_iterations or limit or 20
+    cap = get_limits().max_iterations
+    d.max_iterations = opt.max_iterations or min(limit or 20, cap)
+    if not opt.max_iterations and limit is not None and limit > cap:
+        out.note(f"the search space has {limit:,} parameter sets; at most {cap:,} run "
+                 f"({env_name('max_iterations')} raises this limit)")
     if opt.max_iterations and limit is not None and opt.max_iterations > limit:
         out.note(f"max_iterations is {opt.max_iterations} but only {limit} parameter set(s) "
                  "exist; the task stops after those")
@@ -369,7 +380,7 @@ def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
 
 def _config_value_problem(flag: str, value: Any, d: _Derived) -> str | None:
     if flag in d.spec.gpu_flags and not _degree_ok(value):
-        return f"--{flag} is a parallelism degree: it must be a positive integer"
+        return f"--{flag} is a parallelism degree: it must be an integer {_degree_rule()}"
     spec = d.spec.flag(flag)
     return spec.value_problem(value) if spec is not None else None
 

@@ -6,7 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic
+from app.limits import MAX_FACTOR, MAX_SLO_SECONDS
+
+from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic, at_most
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -21,8 +23,8 @@ class SLOTarget(BaseModel):
     """One SLO bound; thresholds are seconds, as in the original format."""
 
     model_config = _STRICT
-    threshold: Annotated[Float, Field(gt=0)]
-    weight: Annotated[Float, Field(ge=0)] = 1.0
+    threshold: Annotated[Float, Field(gt=0, le=MAX_SLO_SECONDS)]
+    weight: Annotated[Float, Field(ge=0, le=MAX_FACTOR)] = 1.0
     hard_fail: bool = False
     fail_ratio: Annotated[Float, Field(ge=0, le=1)] = 0.0
 
@@ -40,9 +42,12 @@ class SLO(BaseModel):
     latency: LatencySLO | None = None
     ttft: SLOTarget | None = None
     tpot: SLOTarget | None = None
-    steepness: Annotated[Float, Field(gt=0)] = 0.1
+    steepness: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] = 0.1
 
 
+Concurrency = Annotated[PosInt, at_most("max_concurrency")]
+RequestRate = Annotated[Float, Field(gt=0), at_most("max_request_rate")]
+Seconds = Annotated[Float, Field(gt=0), at_most("max_seconds")]
 TrafficScenario = Annotated[str, Field(max_length=100), AfterValidator(_traffic)]
 
 
@@ -54,16 +59,16 @@ class Benchmark(BaseModel):
     model_tokenizer: ArgText | None = None
     traffic_scenarios: Annotated[list[TrafficScenario], Field(min_length=1)] = Field(
         default_factory=lambda: ["D(100,100)"])
-    num_concurrency: Annotated[list[PosInt], Field(min_length=1)] = Field(default_factory=lambda: [1])
+    num_concurrency: Annotated[list[Concurrency], Field(min_length=1)] = Field(default_factory=lambda: [1])
     # Open loop: requests per second per level (Poisson, or gamma with `burstiness`); when
     # given, these are the load levels and num_concurrency is not used.
-    request_rate: Annotated[list[Annotated[Float, Field(gt=0)]], Field(min_length=1)] | None = None
-    burstiness: Annotated[Float, Field(gt=0)] = 1.0
-    max_concurrency: PosInt | None = None
-    warmup_requests: Annotated[Int, Field(ge=0)] = 0
+    request_rate: Annotated[list[RequestRate], Field(min_length=1)] | None = None
+    burstiness: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] = 1.0
+    max_concurrency: Concurrency | None = None
+    warmup_requests: Annotated[Int, Field(ge=0), at_most("max_warmup")] = 0
     api: Literal["completions", "chat"] = "completions"
-    max_time_per_iteration: Annotated[Float, Field(gt=0)] = 60.0
-    max_requests_per_iteration: PosInt = 100
+    max_time_per_iteration: Seconds = 60.0
+    max_requests_per_iteration: Annotated[PosInt, at_most("max_requests")] = 100
     additional_params: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -80,12 +85,13 @@ class Optimization(BaseModel):
     model_config = _STRICT
     strategy: Strategy = "grid_search"
     objective: Objective = "minimize_latency"
-    max_iterations: PosInt | None = None  # resolved: grid size for grid/list, else 20
-    timeout_per_iteration: Annotated[Float, Field(gt=0, le=86400)] = 600.0
-    max_parallel_experiments: PosInt = 1
+    # resolved: grid size for grid/list (at most AUTOTUNER_MAX_ITERATIONS), else 20
+    max_iterations: Annotated[PosInt, at_most("max_iterations")] | None = None
+    timeout_per_iteration: Seconds = 600.0
+    max_parallel_experiments: Annotated[PosInt, at_most("max_parallel")] = 1
     seed: Int = 0
     configs: list[dict[str, Any]] | None = None
-    max_attempts: PosInt = 3
+    max_attempts: Annotated[PosInt, at_most("max_attempts")] = 3
     # Which load level the objective reads (a value of num_concurrency or request_rate);
     # default: the highest level.
     objective_level: Annotated[Float, Field(gt=0)] | None = None
@@ -108,8 +114,8 @@ class SimConfig(BaseModel):
     engine: Literal["sglang", "vllm"] = "sglang"
     gpu: ArgText = "H100-80GB"
     model_preset: ArgText | None = None
-    time_scale: Annotated[Float, Field(gt=0)] = 1.0
-    startup_seconds: Annotated[Float, Field(ge=0)] | None = None
+    time_scale: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] = 1.0
+    startup_seconds: Annotated[Float, Field(ge=0), at_most("max_seconds")] | None = None
 
 
 def _task_name(value: str) -> str:

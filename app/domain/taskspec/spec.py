@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from app.limits import MAX_DESCRIPTION
 from app.domain.engines import SIMULATOR, EngineSpec, Launch, get_engine
 
 from .domains import Domain
@@ -33,7 +34,7 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_name: TaskName
-    description: str | None = None
+    description: Annotated[str, Field(max_length=MAX_DESCRIPTION)] | None = None
     deployment_mode: DeploymentMode | None = None  # resolved: "sim" if base_runtime is sim, else docker
     model: ModelRef
     base_runtime: RuntimeName = "sglang"

@@ -8,7 +8,9 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
+
+from app.limits import INT64_MAX, INT64_MIN, MAX_ARG, env_name, get_limits
 
 PARAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _TRAFFIC_RE = re.compile(r"^(D\(\d+,\d+\)|[NU]\(\d+,\d+\)/\(\d+,\d+\))$")
@@ -26,6 +28,8 @@ def value_problem(value: Any) -> str | None:
             return "must not be an empty string"
         if value.startswith("-"):
             return f"{value!r} must not start with '-' (it would be read as a flag)"
+        if len(value) > MAX_ARG:
+            return f"must be at most {MAX_ARG:,} characters (it becomes an engine argument), not {len(value):,}"
         if _UNSAFE_CHARS_RE.search(value):
             return f"{value!r} must not contain whitespace, newlines or control characters"
         return None
@@ -61,8 +65,22 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
-Float = Annotated[float, BeforeValidator(_no_bool)]
+def at_most(limit: str) -> AfterValidator:
+    """An upper bound from `app.limits`, read at validation time so operators can raise it."""
+
+    def check(value: Any) -> Any:
+        high = getattr(get_limits(), limit)
+        if value > high:
+            raise ValueError(f"must be at most {high:,} ({env_name(limit)} raises this limit)")
+        return value
+
+    return AfterValidator(check)
+
+
+# Stored integers fit a signed 64-bit column; floats are finite (an export with a bare
+# Infinity is not JSON, and no count or duration is infinite).
+Int = Annotated[int, BeforeValidator(_no_bool), Field(ge=INT64_MIN, le=INT64_MAX)]
+Float = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
 PosInt = Annotated[Int, Field(gt=0)]
 
 
