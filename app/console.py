@@ -12,12 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.store.db import session_scope
-from app.store.models import TASK_TERMINAL, Task
+from app.domain.objectives import OBJECTIVES
+from app.domain.states import TASK_TERMINAL, ExperimentState
+from app.store.models import Task
 from app.serializers import task_dict
 
 err = Console(stderr=True)
 
-DONE_STATES = ("succeeded", "failed", "timed_out", "cancelled")
+DONE_STATES = tuple(s for s in ExperimentState if not s.is_active())
 
 
 def load_report(task_id: int, experiments: bool = True) -> dict[str, Any]:
@@ -93,8 +95,9 @@ def print_summary(report: dict[str, Any]) -> None:
     table.add_column("value")
     for name, value in best["params"].items():
         table.add_row(name, fmt(value))
-    unit = {"minimize_latency": "s", "maximize_throughput": "tok/s/GPU", "minimize_ttft": "s", "minimize_tpot": "s"}
-    table.add_row(f"[bold]{report['objective']}[/bold]", f"[bold]{fmt(best['objective'])} {unit.get(report['objective'], '')}[/bold]")
+    objective = OBJECTIVES.get(report["objective"])
+    unit = objective.unit if objective else ""
+    table.add_row(f"[bold]{report['objective']}[/bold]", f"[bold]{fmt(best['objective'])} {unit}[/bold]")
     table.add_row("GPUs", ", ".join(best["gpus"]) or "-")
     err.print(table)
     err.print("Launch command:")

@@ -23,29 +23,8 @@ from app.domain.engines.failures import is_infeasible
 from app.store.db import session_scope
 from app.store.lifecycle import end_attempt, mark_lost
 from app.limits import get_limits
-from app.store.models import (
-    EXP_ACTIVE,
-    EXP_CANCELLED,
-    EXP_FAILED,
-    EXP_PENDING,
-    EXP_QUEUED,
-    EXP_RUNNING,
-    EXP_SUCCEEDED,
-    EXP_TIMED_OUT,
-    TASK_CANCELLED,
-    TASK_CANCELLING,
-    TASK_COMPLETED,
-    TASK_FAILED,
-    TASK_PENDING,
-    TASK_RUNNING,
-    TASK_TERMINAL,
-    Attempt,
-    Experiment,
-    Gpu,
-    Task,
-    Worker,
-    utcnow,
-)
+from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
+from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.domain.strategies import make_strategy
 from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec, parse_task
@@ -77,9 +56,9 @@ def _dispatch(exp: Experiment) -> Dispatch:
 
 def _trial(exp: Experiment) -> Trial:
     # An experiment that broke a hard SLO counts as failed for the strategy: it must steer away.
-    objective = exp.objective if exp.state == EXP_SUCCEEDED and exp.slo_ok is not False else None
+    objective = exp.objective if exp.eligible else None
     return Trial(params=dict(exp.params), state=exp.state, objective=objective,
-                 infeasible=exp.state == EXP_FAILED and is_infeasible(exp.failure_kind))
+                 infeasible=exp.state == ExperimentState.FAILED and is_infeasible(exp.failure_kind))
 
 
 def pool_capacity(session: Session) -> int:
@@ -95,15 +74,15 @@ def advance(session: Session, task: Task) -> None:
     pool can run at once (more waiting rows would only queue), and AUTOTUNER_MAX_NEW_PER_PASS
     per pass (a short write transaction; the next pass creates the rest)."""
     exps = list(task.experiments)
-    if task.status == TASK_CANCELLING:
+    if task.status == TaskStatus.CANCELLING:
         for exp in exps:
-            if exp.state in (EXP_PENDING, EXP_QUEUED):
-                end_attempt(session, exp, EXP_CANCELLED, error="task cancelled")
-        if not any(e.state == EXP_RUNNING for e in exps):
-            task.status, task.finished_at = TASK_CANCELLED, utcnow()
+            if exp.state in (ExperimentState.PENDING, ExperimentState.QUEUED):
+                end_attempt(session, exp, ExperimentState.CANCELLED, error="task cancelled")
+        if not any(e.state == ExperimentState.RUNNING for e in exps):
+            task.status, task.finished_at = TaskStatus.CANCELLED, utcnow()
         return
-    if task.status == TASK_PENDING:
-        task.status, task.started_at = TASK_RUNNING, utcnow()
+    if task.status == TaskStatus.PENDING:
+        task.status, task.started_at = TaskStatus.RUNNING, utcnow()
     spec = parse_task(task.spec)
     active = [e for e in exps if e.state in EXP_ACTIVE]
     parallel = min(task.max_parallel, pool_capacity(session))
@@ -124,17 +103,17 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int) -> Exper
         seq=seq,
         params=params,
         gpus_needed=spec.gpus_needed(params),
-        state=EXP_PENDING,
+        state=ExperimentState.PENDING,
         simulated=spec.launcher.simulated,
     )
 
 
 def _finish_task(task: Task, exps: list[Experiment]) -> None:
     task.finished_at = utcnow()
-    if any(e.state == EXP_SUCCEEDED for e in exps):
-        task.status = TASK_COMPLETED
+    if any(e.state == ExperimentState.SUCCEEDED for e in exps):
+        task.status = TaskStatus.COMPLETED
         return
-    task.status = TASK_FAILED
+    task.status = TaskStatus.FAILED
     if not exps:
         task.error = "the strategy suggested no experiment"
     else:
@@ -150,7 +129,7 @@ def schedule(session: Session) -> list[Dispatch]:
         session.execute(
             select(Experiment)
             .join(Task)
-            .where(Experiment.state == EXP_PENDING, Task.status == TASK_RUNNING)
+            .where(Experiment.state == ExperimentState.PENDING, Task.status == TaskStatus.RUNNING)
             .order_by(Experiment.id)
         )
         .scalars()
@@ -164,7 +143,7 @@ def schedule(session: Session) -> list[Dispatch]:
     for exp_id, reason in plan.waiting.items():
         by_id[exp_id].wait_reason = reason
     for exp_id, reason in plan.impossible.items():
-        end_attempt(session, by_id[exp_id], EXP_FAILED, error=reason)
+        end_attempt(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
     dispatches = []
     now = utcnow()
     for placement in plan.placements:
@@ -173,9 +152,9 @@ def schedule(session: Session) -> list[Dispatch]:
         gpus = ledger.take(session, exp.id, exp.attempt, placement.gpu_ids)
         labels = [g.label for g in gpus]
         exp.state, exp.group, exp.gpus, exp.queued_at, exp.wait_reason = (
-            EXP_QUEUED, placement.group, labels, now, None,
+            ExperimentState.QUEUED, placement.group, labels, now, None,
         )
-        session.add(Attempt(experiment_id=exp.id, number=exp.attempt, state=EXP_QUEUED, gpus=labels, queued_at=now))
+        session.add(Attempt(experiment_id=exp.id, number=exp.attempt, state=ExperimentState.QUEUED, gpus=labels, queued_at=now))
         dispatches.append(_dispatch(exp))
     return dispatches
 
@@ -209,9 +188,9 @@ def _fail_task(task_id: int, exc: Exception) -> None:
             if task is None or task.status in TASK_TERMINAL:
                 return
             for exp in task.experiments:
-                if exp.state in (EXP_PENDING, EXP_QUEUED):
-                    end_attempt(session, exp, EXP_CANCELLED, error="task failed: " + reason)
-            task.status, task.finished_at, task.error = TASK_FAILED, utcnow(), reason
+                if exp.state in (ExperimentState.PENDING, ExperimentState.QUEUED):
+                    end_attempt(session, exp, ExperimentState.CANCELLED, error="task failed: " + reason)
+            task.status, task.finished_at, task.error = TaskStatus.FAILED, utcnow(), reason
     except Exception:  # noqa: BLE001 - e.g. the database is down: the next pass tries again
         log.exception("task %s: could not be marked failed", task_id)
 
@@ -234,15 +213,15 @@ def reap(session: Session) -> None:
     online_groups = set(session.execute(select(Worker.group).where(Worker.online.is_(True))).scalars())
     session.execute(update(Gpu).values(online=Gpu.group.in_(sorted(online_groups))))
     orphans = session.execute(
-        select(Experiment).where(Experiment.state.in_((EXP_QUEUED, EXP_RUNNING)))
+        select(Experiment).where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
     ).scalars()
     for exp in orphans:
         if exp.group not in online_groups:
             mark_lost(session, exp, f"no live worker left in group {exp.group}")
             continue
         hard_deadline = _timeout(exp) + 2 * settings.time_limit_grace
-        if exp.state == EXP_RUNNING and exp.started_at and exp.started_at + timedelta(seconds=hard_deadline) < now:
-            end_attempt(session, exp, EXP_TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
+        if exp.state == ExperimentState.RUNNING and exp.started_at and exp.started_at + timedelta(seconds=hard_deadline) < now:
+            end_attempt(session, exp, ExperimentState.TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
 
 
 def stale_dispatches(session: Session) -> list[Dispatch]:
@@ -252,7 +231,7 @@ def stale_dispatches(session: Session) -> list[Dispatch]:
     cutoff = now - timedelta(seconds=get_settings().requeue_after)
     out = []
     for exp in session.execute(
-        select(Experiment).where(Experiment.state == EXP_QUEUED, Experiment.queued_at < cutoff)
+        select(Experiment).where(Experiment.state == ExperimentState.QUEUED, Experiment.queued_at < cutoff)
     ).scalars():
         exp.queued_at = now
         out.append(_dispatch(exp))

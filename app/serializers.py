@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.domain.engines.failures import is_infeasible, label as failure_label
-from app.store.models import EXP_STATES, EXP_SUCCEEDED, Experiment, Gpu, Task, Worker, utcnow
+from app.domain.states import EXP_STATES
+from app.store.models import Experiment, Gpu, Task, Worker, utcnow
 from app.domain.objectives import direction
 from app.domain.taskspec import parse_task
 
@@ -67,9 +68,7 @@ def best_experiment(session: Session, task: Task) -> Experiment | None:
         select(Experiment)
         .where(
             Experiment.task_id == task.id,
-            Experiment.state == EXP_SUCCEEDED,
-            Experiment.objective.is_not(None),
-            Experiment.slo_ok.is_not(False),
+            Experiment.eligible,
         )
         .order_by(order, Experiment.seq)
         .limit(1)

@@ -7,22 +7,8 @@ from sqlalchemy import delete, select, update
 
 from app.store import ledger
 from app.store.db import session_scope
-from app.store.models import (
-    EXP_FAILED,
-    EXP_PENDING,
-    EXP_TIMED_OUT,
-    TASK_CANCELLED,
-    TASK_CANCELLING,
-    TASK_PENDING,
-    TASK_RUNNING,
-    TASK_TERMINAL,
-    Attempt,
-    Experiment,
-    Gpu,
-    GpuAllocation,
-    Task,
-    utcnow,
-)
+from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL
+from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task, utcnow
 from app.domain.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -47,7 +33,7 @@ def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
     with session_scope() as session:
         task = Task(
             name=spec.task_name,
-            status=TASK_PENDING,
+            status=TaskStatus.PENDING,
             spec=spec.to_dict(),
             engine=spec.engine,
             deployment_mode=spec.deployment_mode,
@@ -123,11 +109,11 @@ def cancel_task(task_id: int) -> str:
         task = session.get(Task, task_id, with_for_update=True)
         if task is None:
             raise NotFound(f"task {task_id} not found")
-        if task.status not in (TASK_PENDING, TASK_RUNNING, TASK_CANCELLING):
+        if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.CANCELLING):
             raise Conflict(f"task {task_id} is already {task.status}")
-        task.status = TASK_CANCELLING
+        task.status = TaskStatus.CANCELLING
     _nudge(task_id)
-    return TASK_CANCELLING
+    return TaskStatus.CANCELLING
 
 
 
@@ -143,11 +129,11 @@ def retry_failed(task_id: int) -> int:
         task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
         if task is None:
             raise NotFound(f"task {task_id} not found")
-        if task.status in (TASK_CANCELLING, TASK_CANCELLED):
+        if task.status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED):
             raise Conflict(f"task {task_id} is {task.status}; a cancelled task is not retried")
         failed = session.execute(
             select(Experiment)
-            .where(Experiment.task_id == task_id, Experiment.state.in_((EXP_FAILED, EXP_TIMED_OUT)))
+            .where(Experiment.task_id == task_id, Experiment.state.in_((ExperimentState.FAILED, ExperimentState.TIMED_OUT)))
             .order_by(Experiment.seq)
             .with_for_update()
         ).scalars().all()
@@ -155,12 +141,12 @@ def retry_failed(task_id: int) -> int:
             raise Conflict(f"task {task_id} has no failed or timed-out experiment to retry")
         for exp in failed:
             ledger.release(session, exp.id)  # normally already free; never leave a GPU held
-            exp.state, exp.phase, exp.error, exp.wait_reason = EXP_PENDING, None, None, None
+            exp.state, exp.phase, exp.error, exp.wait_reason = ExperimentState.PENDING, None, None, None
             exp.objective, exp.slo_ok, exp.metrics = None, None, None
             exp.finished_at, exp.started_at, exp.queued_at = None, None, None
             exp.gpus, exp.group, exp.worker, exp.host = [], None, None, None
-        if task.status not in (TASK_PENDING, TASK_RUNNING):  # completed or failed: it runs again
-            task.status, task.finished_at, task.error = TASK_RUNNING, None, None
+        if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING):  # completed or failed: it runs again
+            task.status, task.finished_at, task.error = TaskStatus.RUNNING, None, None
             if task.started_at is None:
                 task.started_at = utcnow()
         count = len(failed)

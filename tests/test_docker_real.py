@@ -80,7 +80,8 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
     """The daemon keeps a container whatever happens to the worker that started it: after
     SIGKILL the GPU stays fenced until the restarted worker has removed the container."""
     from app.store.db import session_scope
-    from app.store.models import ATTEMPT_LOST, Gpu
+    from app.domain.states import AttemptState
+    from app.store.models import Gpu
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
 
@@ -107,7 +108,7 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
             with session_scope() as s:
                 att = _attempt(s, task_id, 1)
                 gpu = s.execute(select(Gpu)).scalar_one()
-                return att.state == ATTEMPT_LOST and (att.id, gpu.fenced_by)
+                return att.state == AttemptState.LOST and (att.id, gpu.fenced_by)
 
         attempt_id, fenced_by = wait_for(lost, 60, "the attempt to be declared lost", stack)
         assert fenced_by == attempt_id

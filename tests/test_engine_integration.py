@@ -82,7 +82,8 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
     the engine survives as an orphan; its GPU stays fenced, and the next worker on the host
     reaps it by its recorded identity before the retry may start there."""
     from app.store.db import session_scope
-    from app.store.models import ATTEMPT_LOST, Gpu, Task
+    from app.domain.states import AttemptState
+    from app.store.models import Gpu, Task
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
     from workers.runtimes import procs
@@ -111,7 +112,7 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
             with session_scope() as s:
                 att = _attempt(s, task_id, 1)
                 gpu = s.execute(select(Gpu)).scalar_one()
-                return att.state == ATTEMPT_LOST and (att, gpu.fenced_by, gpu.held_by)
+                return att.state == AttemptState.LOST and (att, gpu.fenced_by, gpu.held_by)
 
         att, fenced_by, held_by = wait_for(lost, 60, "the coordinator to declare the attempt lost", stack)
         assert fenced_by == att.id and held_by is None  # not handed on: nobody has seen the engine stop

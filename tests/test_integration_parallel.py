@@ -57,7 +57,8 @@ def start_stack(stack, gpus: int = 4, workers: list[list[str]] | None = None):
 
 def run_to_end(stack, data: dict, timeout: float = 240) -> int:
     from app.store.db import session_scope
-    from app.store.models import TASK_TERMINAL, Task
+    from app.domain.states import TASK_TERMINAL
+    from app.store.models import Task
     from app.task_service import create_task
     from app.domain.taskspec import parse_task
 
@@ -152,7 +153,8 @@ def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
     """The claim is a compare-and-set: of many simultaneous deliveries exactly one runs."""
     from app.store import ledger, lifecycle
     from app.store.db import session_scope
-    from app.store.models import EXP_QUEUED, Attempt, Experiment, Task
+    from app.domain.states import ExperimentState
+    from app.store.models import Attempt, Experiment, Task
     from app.store.pool import GpuSpec, register_worker
     from app.domain.taskspec import parse_task
 
@@ -161,12 +163,12 @@ def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
     with session_scope() as s:
         task = Task(name="t", status="running", spec=spec.to_dict(), engine="sglang", deployment_mode="sim",
                     strategy="list", objective="maximize_throughput", max_parallel=1, max_iterations=1, notes=[])
-        exp = Experiment(task=task, seq=1, params={"tp-size": 1}, gpus_needed=1, state=EXP_QUEUED, attempt=1, group="g")
+        exp = Experiment(task=task, seq=1, params={"tp-size": 1}, gpus_needed=1, state=ExperimentState.QUEUED, attempt=1, group="g")
         s.add_all([task, exp])
         s.flush()
         gpu_id = s.execute(select(ledger.Gpu.id)).scalar_one()
         ledger.take(s, exp.id, 1, (gpu_id,))
-        s.add(Attempt(experiment_id=exp.id, number=1, state=EXP_QUEUED))
+        s.add(Attempt(experiment_id=exp.id, number=1, state=ExperimentState.QUEUED))
         exp_id = exp.id
 
     results = []
@@ -223,7 +225,8 @@ def test_cancel_stops_running_experiments_and_frees_gpus(stack):
     """Cooperative cancellation: engines still starting (a 10-minute start-up) are
     stopped at the job's next check, the task ends `cancelled`, every GPU is free."""
     from app.store.db import session_scope
-    from app.store.models import TASK_TERMINAL, Experiment, Gpu, Task
+    from app.domain.states import TASK_TERMINAL
+    from app.store.models import Experiment, Gpu, Task
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.strategies.base import Trial, canonical
-from app.domain.strategies.grid import GridSearch
+from app.domain.strategies.grid import GridStrategy
 from app.domain.taskspec import load_task_file, parse_task
 
 DATA = Path(__file__).resolve().parent / "data" / "examples-original"
@@ -58,7 +58,7 @@ def run_to_end(spec, k: int, state: str = "succeeded", limit: int = 10_000) -> l
 
 def test_registry_and_factory():
     assert set(STRATEGIES) == {"grid_search", "random", "list", "bayesian"}
-    assert isinstance(make_strategy(task({"a": [1]})), GridSearch)
+    assert isinstance(make_strategy(task({"a": [1]})), GridStrategy)
 
 
 def test_trial_state_is_checked():
@@ -306,12 +306,11 @@ def test_infeasible_failures_steer_bayesian_away_from_their_region():
 
 
 def test_the_coordinator_marks_configuration_failures_infeasible():
-    from types import SimpleNamespace
-
     from app.coordinator import _trial
+    from app.store.models import Experiment
 
     def exp(state, kind):
-        return SimpleNamespace(params={"tp-size": 1}, state=state, objective=None, failure_kind=kind)
+        return Experiment(params={"tp-size": 1}, state=state, objective=None, slo_ok=None, failure_kind=kind)
 
     assert _trial(exp("failed", "oom")).infeasible and _trial(exp("failed", "kv_cache")).infeasible
     assert not _trial(exp("failed", "engine_died")).infeasible

@@ -21,7 +21,7 @@ from app.store import lifecycle
 from app.tools.loadgen import run_benchmark
 from app.config import get_settings
 from app.celery_app import request_coordination
-from app.store.models import EXP_CANCELLED, EXP_FAILED, EXP_SUCCEEDED, EXP_TIMED_OUT
+from app.domain.states import ExperimentState
 from app.domain.objectives import score
 from app.domain.taskspec import TaskSpec, parse_task
 from workers.gpu_discovery import busy_gpus
@@ -207,7 +207,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
         return "replanned"
     spec = parse_task(claim.spec)
     stop = StopPoller(experiment_id)
-    outcome: dict[str, Any] = {"state": EXP_FAILED}
+    outcome: dict[str, Any] = {"state": ExperimentState.FAILED}
     runtime: Runtime | None = None
     deployment: Deployment | None = None
     engine_log: str | None = None
@@ -230,7 +230,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                            at=spec.optimization.objective_level)
             ok = result.objective is not None
             outcome = {
-                "state": EXP_SUCCEEDED if ok else EXP_FAILED,
+                "state": ExperimentState.SUCCEEDED if ok else ExperimentState.FAILED,
                 "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated},
                 "objective": result.objective,
                 "slo_ok": result.slo_ok,
@@ -241,14 +241,14 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             if runtime is not None and deployment is not None:
                 engine_log, engine_gone = _stop_engine(runtime, deployment)
     except SoftTimeLimitExceeded:
-        outcome = {"state": EXP_TIMED_OUT, "error": f"exceeded timeout_per_iteration ({spec.optimization.timeout_per_iteration}s)"}
+        outcome = {"state": ExperimentState.TIMED_OUT, "error": f"exceeded timeout_per_iteration ({spec.optimization.timeout_per_iteration}s)"}
     except (DeploymentCancelled, Cancelled):
-        outcome = {"state": EXP_CANCELLED, "error": "cancelled"}
+        outcome = {"state": ExperimentState.CANCELLED, "error": "cancelled"}
     except EngineError as exc:
-        outcome = {"state": EXP_FAILED, "error": str(exc), "failure_kind": exc.kind}
+        outcome = {"state": ExperimentState.FAILED, "error": str(exc), "failure_kind": exc.kind}
     except Exception as exc:  # an experiment's failure must never take the worker down
         log.exception("experiment %s failed", experiment_id)
-        outcome = {"state": EXP_FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
+        outcome = {"state": ExperimentState.FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
                    "failure_kind": "internal"}
     state = outcome.pop("state")
     task_id = lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log, engine_gone=engine_gone, **outcome)

@@ -17,13 +17,35 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-# objective name -> (metric key in a level summary, direction, factor to the reported unit)
-OBJECTIVES: dict[str, tuple[str, str, float]] = {
-    "minimize_latency": ("mean_e2el_ms", "minimize", 1e-3),  # seconds
-    "maximize_throughput": ("output_throughput_per_gpu", "maximize", 1.0),  # tokens/s per GPU
-    "minimize_ttft": ("mean_ttft_ms", "minimize", 1e-3),  # seconds
-    "minimize_tpot": ("mean_tpot_ms", "minimize", 1e-3),  # seconds
-}
+from app.domain.states import ExperimentState
+
+@dataclass(frozen=True)
+class Objective:
+    """One thing a task can optimise: the level-summary figure it reads, which way is
+    better, and how to show it (the summary is in ms; objectives are reported in `unit`)."""
+
+    name: str
+    metric: str
+    direction: str  # "minimize" | "maximize"
+    factor: float  # summary figure -> reported unit
+    unit: str
+    label: str
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("minimize_latency", "mean_e2el_ms", "minimize", 1e-3, "s", "minimize latency (mean E2E)"),
+    Objective("maximize_throughput", "output_throughput_per_gpu", "maximize", 1.0, "tok/s/GPU",
+              "maximize throughput per GPU"),
+    Objective("minimize_ttft", "mean_ttft_ms", "minimize", 1e-3, "s", "minimize TTFT"),
+    Objective("minimize_tpot", "mean_tpot_ms", "minimize", 1e-3, "s", "minimize TPOT"),
+)}
+
+
+def eligible(state: str, objective: float | None, slo_ok: bool | None) -> bool:
+    """The one rule for "may be the best": succeeded, measured, and no hard SLO broken.
+    The store's `Experiment.eligible` is this rule as SQL."""
+    return state == ExperimentState.SUCCEEDED and objective is not None and slo_ok is not False
+
 
 # SLO name -> metric key (milliseconds in the summary, seconds in the task file)
 SLO_METRICS = {
@@ -48,7 +70,7 @@ class Score:
 
 
 def direction(objective: str) -> str:
-    return OBJECTIVES[objective][1]
+    return OBJECTIVES[objective].direction
 
 
 def _slo_items(slo: dict[str, Any] | None):
@@ -64,7 +86,8 @@ def _slo_items(slo: dict[str, Any] | None):
 
 def score_level(level: dict[str, Any], objective: str, slo: dict[str, Any] | None = None) -> Score:
     """Score one load level's summary; None when the level produced no usable figure."""
-    key, sense, factor = OBJECTIVES[objective]
+    o = OBJECTIVES[objective]
+    key, sense, factor = o.metric, o.direction, o.factor
     raw = level.get(key)
     if raw is None or not level.get("completed"):
         return Score(objective=None, slo_ok=False)

@@ -22,15 +22,8 @@ from datetime import datetime
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from app.store.models import (
-    EXP_QUEUED,
-    EXP_RUNNING,
-    Gpu,
-    GpuAllocation,
-    Lock,
-    Worker,
-    utcnow,
-)
+from app.domain.states import ExperimentState
+from app.store.models import Gpu, GpuAllocation, Lock, Worker, utcnow
 
 
 class LedgerConflict(Exception):
@@ -152,7 +145,7 @@ def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
     busy: dict[str, int] = defaultdict(int)
     for group, count in session.execute(
         select(Experiment.group, func.count())
-        .where(Experiment.state.in_((EXP_QUEUED, EXP_RUNNING)))
+        .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
         .group_by(Experiment.group)
     ):
         busy[group] = count

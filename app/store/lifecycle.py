@@ -15,22 +15,8 @@ from sqlalchemy.orm import Session
 
 from app.store import ledger
 from app.store.db import session_scope
-from app.store.models import (
-    ATTEMPT_LOST,
-    ATTEMPT_REPLANNED,
-    EXP_CANCELLED,
-    EXP_FAILED,
-    EXP_PENDING,
-    EXP_QUEUED,
-    EXP_RUNNING,
-    TASK_CANCELLED,
-    TASK_CANCELLING,
-    Attempt,
-    Experiment,
-    Gpu,
-    Task,
-    utcnow,
-)
+from app.domain.states import AttemptState, ExperimentState, TaskStatus
+from app.store.models import Attempt, Experiment, Gpu, Task, utcnow
 
 
 @dataclass(frozen=True)
@@ -84,21 +70,21 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
         if exp is None or exp.attempt != attempt:
             return None
         task = session.get(Task, exp.task_id)
-        if exp.state == EXP_RUNNING:
+        if exp.state == ExperimentState.RUNNING:
             att = _attempt(session, exp)
             if att is not None and att.worker == worker and not pid_alive(att.pid):
                 mark_lost(session, exp, "the worker process running it died")
             return None
-        if exp.state != EXP_QUEUED:
+        if exp.state != ExperimentState.QUEUED:
             return None
-        if task.status in (TASK_CANCELLING, TASK_CANCELLED):
-            end_attempt(session, exp, EXP_CANCELLED, error="task cancelled before it started")
+        if task.status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED):
+            end_attempt(session, exp, ExperimentState.CANCELLED, error="task cancelled before it started")
             return None
         now = utcnow()
-        exp.state, exp.phase, exp.started_at = EXP_RUNNING, "deploying", now
+        exp.state, exp.phase, exp.started_at = ExperimentState.RUNNING, "deploying", now
         exp.worker, exp.host = worker, host
         att = _attempt(session, exp)
-        att.state, att.started_at, att.worker, att.host, att.pid = EXP_RUNNING, now, worker, host, pid
+        att.state, att.started_at, att.worker, att.host, att.pid = ExperimentState.RUNNING, now, worker, host, pid
         gpus = session.execute(select(Gpu).where(Gpu.held_by == exp.id).order_by(Gpu.index)).scalars().all()
         return Claim(
             experiment_id=exp.id,
@@ -115,7 +101,7 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
 def set_phase(experiment_id: int, attempt: int, phase: str) -> None:
     with session_scope() as session:
         exp = _lock_experiment(session, experiment_id)
-        if exp is not None and exp.state == EXP_RUNNING and exp.attempt == attempt:
+        if exp is not None and exp.state == ExperimentState.RUNNING and exp.attempt == attempt:
             exp.phase = phase
 
 
@@ -125,7 +111,7 @@ def should_stop(experiment_id: int) -> bool:
         row = session.execute(
             select(Experiment.state, Task.status).join(Task).where(Experiment.id == experiment_id)
         ).one_or_none()
-    return row is None or row[0] == EXP_CANCELLED or row[1] in (TASK_CANCELLING, TASK_CANCELLED)
+    return row is None or row[0] == ExperimentState.CANCELLED or row[1] in (TaskStatus.CANCELLING, TaskStatus.CANCELLED)
 
 
 def record_engine(experiment_id: int, attempt: int, identity: dict[str, Any]) -> bool:
@@ -142,7 +128,7 @@ def record_engine(experiment_id: int, attempt: int, identity: dict[str, Any]) ->
         ).scalar_one_or_none()
         if att is not None:
             att.engine = identity
-        return exp.state == EXP_RUNNING and exp.attempt == attempt
+        return exp.state == ExperimentState.RUNNING and exp.attempt == attempt
 
 
 def finish(
@@ -167,7 +153,7 @@ def finish(
     """
     with session_scope() as session:
         exp = _lock_experiment(session, experiment_id)
-        if exp is None or exp.state != EXP_RUNNING or exp.attempt != attempt:
+        if exp is None or exp.state != ExperimentState.RUNNING or exp.attempt != attempt:
             if engine_gone:
                 _confirm_gone(session, session.execute(select(Attempt).where(
                     Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
@@ -208,15 +194,15 @@ def mark_lost(session: Session, exp: Experiment, reason: str) -> None:
     att = _attempt(session, exp)
     now = utcnow()
     if att is not None:
-        att.state, att.finished_at, att.error, att.failure_kind = ATTEMPT_LOST, now, reason, "worker_lost"
+        att.state, att.finished_at, att.error, att.failure_kind = AttemptState.LOST, now, reason, "worker_lost"
     ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
     max_attempts = int(exp.task.spec.get("optimization", {}).get("max_attempts") or 3)
-    lost = sum(1 for a in exp.attempts if a.state == ATTEMPT_LOST)
+    lost = sum(1 for a in exp.attempts if a.state == AttemptState.LOST)
     if lost >= max_attempts:
-        exp.state, exp.phase, exp.finished_at = EXP_FAILED, None, now
+        exp.state, exp.phase, exp.finished_at = ExperimentState.FAILED, None, now
         exp.error, exp.failure_kind = f"lost {lost} time(s), giving up: {reason}", "worker_lost"
     else:
-        exp.state, exp.phase, exp.gpus, exp.group = EXP_PENDING, None, [], None
+        exp.state, exp.phase, exp.gpus, exp.group = ExperimentState.PENDING, None, [], None
         exp.error = f"attempt {exp.attempt} lost: {reason}; retrying"
 
 
@@ -226,7 +212,7 @@ def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None
     in line to be placed elsewhere instead of failing it. Returns the task id."""
     with session_scope() as session:
         exp = _lock_experiment(session, experiment_id)
-        if exp is None or exp.state != EXP_RUNNING or exp.attempt != attempt:
+        if exp is None or exp.state != ExperimentState.RUNNING or exp.attempt != attempt:
             return None
         now = utcnow()
         labels = []
@@ -237,9 +223,9 @@ def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None
         reason = f"GPU {', '.join(labels)} busy before launch: {'; '.join(busy.values())}"
         att = _attempt(session, exp)
         if att is not None:
-            att.state, att.finished_at, att.error, att.engine_gone_at = ATTEMPT_REPLANNED, now, reason, now
+            att.state, att.finished_at, att.error, att.engine_gone_at = AttemptState.REPLANNED, now, reason, now
         ledger.release(session, exp.id)
-        exp.state, exp.phase, exp.gpus, exp.group = EXP_PENDING, None, [], None
+        exp.state, exp.phase, exp.gpus, exp.group = ExperimentState.PENDING, None, [], None
         exp.wait_reason = f"{reason}; placing it again"[:300]
         return exp.task_id
 

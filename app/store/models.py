@@ -20,7 +20,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import ColumnElement, and_
+from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from app.domain.objectives import eligible
+
+from app.domain.states import AttemptState, ExperimentState, TaskStatus
 
 
 def utcnow() -> datetime:
@@ -32,28 +38,12 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
-# Task states
-TASK_PENDING, TASK_RUNNING, TASK_COMPLETED, TASK_FAILED = "pending", "running", "completed", "failed"
-TASK_CANCELLING, TASK_CANCELLED = "cancelling", "cancelled"
-TASK_TERMINAL = (TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED)
-
-# Experiment states
-EXP_PENDING, EXP_QUEUED, EXP_RUNNING = "pending", "queued", "running"
-EXP_SUCCEEDED, EXP_FAILED, EXP_TIMED_OUT, EXP_CANCELLED = "succeeded", "failed", "timed_out", "cancelled"
-EXP_ACTIVE = (EXP_PENDING, EXP_QUEUED, EXP_RUNNING)
-EXP_STATES = (EXP_PENDING, EXP_QUEUED, EXP_RUNNING, EXP_SUCCEEDED, EXP_FAILED, EXP_TIMED_OUT, EXP_CANCELLED)
-ATTEMPT_LOST = "lost"
-# The attempt gave its GPUs back before starting an engine (a GPU was found busy): it is
-# placed again and does not count against max_attempts.
-ATTEMPT_REPLANNED = "replanned"
-
-
 class Task(Base):
     __tablename__ = "tasks"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(20), default=TASK_PENDING, index=True)
+    status: Mapped[str] = mapped_column(String(20), default=TaskStatus.PENDING, index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     engine: Mapped[str] = mapped_column(String(20))
     deployment_mode: Mapped[str] = mapped_column(String(20))
@@ -81,7 +71,7 @@ class Experiment(Base):
     seq: Mapped[int] = mapped_column(Integer)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     gpus_needed: Mapped[int] = mapped_column(Integer, default=1)
-    state: Mapped[str] = mapped_column(String(20), default=EXP_PENDING, index=True)
+    state: Mapped[str] = mapped_column(String(20), default=ExperimentState.PENDING, index=True)
     phase: Mapped[str | None] = mapped_column(String(20), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     group: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -106,6 +96,16 @@ class Experiment(Base):
         back_populates="experiment", order_by="Attempt.number", cascade="all, delete-orphan"
     )
 
+    @hybrid_property
+    def eligible(self) -> bool:
+        """May be the task's best (app.domain.objectives.eligible), in Python and in SQL."""
+        return eligible(self.state, self.objective, self.slo_ok)
+
+    @eligible.inplace.expression
+    @classmethod
+    def _eligible_sql(cls) -> ColumnElement[bool]:
+        return and_(cls.state == ExperimentState.SUCCEEDED, cls.objective.is_not(None), cls.slo_ok.is_not(False))
+
 
 class Attempt(Base):
     """One dispatch of an experiment to a worker; lost and retried attempts stay visible.
@@ -121,7 +121,7 @@ class Attempt(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     number: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(20), default=EXP_QUEUED)
+    state: Mapped[str] = mapped_column(String(20), default=AttemptState.QUEUED)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)

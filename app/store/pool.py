@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 from app.store import ledger
 from app.store.db import session_scope
 from app.store.lifecycle import mark_lost, pid_alive
-from app.store.models import EXP_RUNNING, Attempt, Experiment, Gpu, Task, Worker, utcnow
+from app.domain.states import ExperimentState
+from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,7 @@ def register_worker(
         orphaned = session.execute(
             select(Experiment)
             .join(Attempt, (Attempt.experiment_id == Experiment.id) & (Attempt.number == Experiment.attempt))
-            .where(Experiment.state == EXP_RUNNING, Attempt.worker == name)
+            .where(Experiment.state == ExperimentState.RUNNING, Attempt.worker == name)
         ).scalars()
         for exp in orphaned:
             mark_lost(session, exp, f"worker {name} restarted while running it")

@@ -26,8 +26,9 @@ from typing import Any, Iterable, Sequence, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.store.models import EXP_SUCCEEDED, Experiment, Gpu, GpuAllocation, Task, utcnow
-from app.domain.objectives import direction, scored_level
+from app.domain.states import ExperimentState
+from app.store.models import Experiment, Gpu, GpuAllocation, Task, utcnow
+from app.domain.objectives import direction, eligible, scored_level
 
 MAX_POINTS = 2000  # per series
 
@@ -72,11 +73,6 @@ def _origin(task: Task) -> datetime:
 def _objective_level(task: Task) -> float | None:
     value = ((task.spec or {}).get("optimization") or {}).get("objective_level")
     return float(value) if value is not None else None
-
-
-def eligible(state: str, objective: float | None, slo_ok: bool | None) -> bool:
-    """The same rule as `reports.best_experiment`: only these can be the best."""
-    return state == EXP_SUCCEEDED and objective is not None and slo_ok is not False
 
 
 # -- 1. objective per experiment, with the running best -------------------------------------
@@ -192,7 +188,7 @@ def pareto_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[s
     at = _objective_level(task)
     rows = session.execute(
         select(Experiment.id, Experiment.seq, Experiment.slo_ok, Experiment.finished_at)
-        .where(Experiment.task_id == task.id, Experiment.state == EXP_SUCCEEDED)
+        .where(Experiment.task_id == task.id, Experiment.state == ExperimentState.SUCCEEDED)
         .order_by(Experiment.seq)
     ).all()
     perf = _cached_perf(session, [(r[0], r[3]) for r in rows], at)
@@ -223,7 +219,7 @@ def param_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
     plus an even spread of the rest; only their parameters are read."""
     rows = session.execute(
         select(Experiment.id, Experiment.seq, Experiment.objective, Experiment.slo_ok)
-        .where(Experiment.task_id == task.id, Experiment.state == EXP_SUCCEEDED, Experiment.objective.is_not(None))
+        .where(Experiment.task_id == task.id, Experiment.state == ExperimentState.SUCCEEDED, Experiment.objective.is_not(None))
         .order_by(Experiment.seq)
     ).all()
     total = len(rows)

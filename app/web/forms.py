@@ -22,6 +22,8 @@ from typing import Any, Mapping
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 
+from app.domain.objectives import OBJECTIVES
+from app.domain.strategies import STRATEGIES
 from app.domain.taskspec.documents import DocumentError, load_text
 
 try:  # WTForms >= 3.3 deprecates (value, label) tuples
@@ -34,10 +36,8 @@ def _choices(pairs: list[tuple[str, str]]) -> list[Any]:
     return [SelectChoice(v, label) for v, label in pairs] if SelectChoice is not None else list(pairs)
 
 DEPLOYMENT_MODES = [("docker", "docker"), ("process", "process (local subprocess)"), ("sim", "sim (simulated)")]
-STRATEGIES = [("grid_search", "grid search"), ("random", "random"), ("bayesian", "Bayesian (Optuna TPE)"),
-              ("list", "list of configurations")]
-OBJECTIVES = [("minimize_latency", "minimize latency (mean E2E)"), ("maximize_throughput", "maximize throughput per GPU"),
-              ("minimize_ttft", "minimize TTFT"), ("minimize_tpot", "minimize TPOT")]
+STRATEGY_CHOICES = [(name, cls.label) for name, cls in STRATEGIES.items()]
+OBJECTIVE_CHOICES = [(o.name, o.label) for o in OBJECTIVES.values()]
 PARAM_KINDS = ("values", "int", "float")
 SLO_KEYS = ("ttft", "tpot", "p90", "p99")
 PARAM_FIELDS = ("param_name", "param_kind", "param_values", "param_low", "param_high", "param_step", "param_log")
@@ -87,8 +87,8 @@ class NewTaskForm(FlaskForm):
     deployment_mode = SelectField("Deployment mode", choices=_choices(DEPLOYMENT_MODES), default="docker")
     sim_time_scale = StringField("Simulated time scale")
     sim_startup_seconds = StringField("Simulated startup (s)")
-    strategy = SelectField("Strategy", choices=_choices(STRATEGIES), default="grid_search")
-    objective = SelectField("Objective", choices=_choices(OBJECTIVES), default="minimize_latency")
+    strategy = SelectField("Strategy", choices=_choices(STRATEGY_CHOICES), default="grid_search")
+    objective = SelectField("Objective", choices=_choices(OBJECTIVE_CHOICES), default="minimize_latency")
     max_iterations = StringField("Max experiments (iterations)")
     max_parallel_experiments = StringField("Max parallel experiments", default="1")
     timeout_per_iteration = StringField("Timeout per experiment (s)", default="600")

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, defer, selectinload
 
 from app.store.db import session_scope
 from app.web.errors import json_error as _error
-from app.store.models import EXP_STATES, TASK_TERMINAL, Experiment, Task
+from app.domain.states import TASK_TERMINAL, EXP_STATES
+from app.store.models import Experiment, Task
 from app.domain.objectives import OBJECTIVES, level_value, score_level, scored_level
 from app.serializers import experiment_dict, task_dict
 from app.domain.taskspec import parse_task

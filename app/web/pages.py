@@ -7,7 +7,7 @@ import shlex
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 
 from app.store.db import session_scope
-from app.store.models import TASK_TERMINAL
+from app.domain.states import TASK_TERMINAL
 from app.store.pool import clear_quarantine, parse_gpu_label
 from app.serializers import list_tasks, pool_dict
 from app.web.auth import login_view, may_write

@@ -9,18 +9,16 @@ from typing import TYPE_CHECKING
 
 from app.domain.strategies.base import Strategy, Trial
 from app.domain.strategies.bayesian import BayesianStrategy
-from app.domain.strategies.grid import GridSearch
+from app.domain.strategies.grid import GridStrategy
 from app.domain.strategies.listed import ListedStrategy
-from app.domain.strategies.random_search import RandomSearch
+from app.domain.strategies.random_search import RandomStrategy
 
 if TYPE_CHECKING:
     from app.domain.taskspec import TaskSpec
 
+# The registry: `optimization.strategy` names (the task spec's `StrategyName`) -> classes.
 STRATEGIES: dict[str, type[Strategy]] = {
-    "grid_search": GridSearch,
-    "random": RandomSearch,
-    "list": ListedStrategy,
-    "bayesian": BayesianStrategy,
+    cls.name: cls for cls in (GridStrategy, RandomStrategy, ListedStrategy, BayesianStrategy)
 }
 
 

@@ -14,12 +14,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Iterable, Sequence
 
+from app.domain.states import EXP_STATES, ExperimentState
+
 if TYPE_CHECKING:
     from app.domain.taskspec import Domain, TaskSpec
 
-TRIAL_STATES = ("pending", "queued", "running", "succeeded", "failed", "timed_out", "cancelled")
-ACTIVE_STATES = ("pending", "queued", "running")
-FAILED_STATES = ("failed", "timed_out")
 
 
 @dataclass
@@ -29,13 +28,14 @@ class Trial:
     cache too small, an invalid value: see app.domain.engines.failures)."""
 
     params: dict[str, Any]
-    state: str
+    state: ExperimentState
     objective: float | None = None
     infeasible: bool = False
 
     def __post_init__(self) -> None:
-        if self.state not in TRIAL_STATES:
-            raise ValueError(f"unknown trial state {self.state!r}; expected one of {TRIAL_STATES}")
+        if self.state not in EXP_STATES:
+            raise ValueError(f"unknown trial state {self.state!r}; expected one of {', '.join(EXP_STATES)}")
+        self.state = ExperimentState(self.state)
 
 
 def canonical(params: dict[str, Any]) -> str:
@@ -82,6 +82,7 @@ class Strategy(abc.ABC):
     """Suggests new parameter sets for one task."""
 
     name: ClassVar[str] = "base"
+    label: ClassVar[str] = "base"  # how pages and the CLI name it
 
     def __init__(self, spec: "TaskSpec") -> None:
         self.spec = spec

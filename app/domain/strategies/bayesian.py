@@ -23,7 +23,8 @@ import math
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
-from app.domain.strategies.base import ACTIVE_STATES, FAILED_STATES, Strategy, Trial, canonical, seen_keys, total_size
+from app.domain.states import ExperimentState
+from app.domain.strategies.base import Strategy, Trial, canonical, seen_keys, total_size
 from app.domain.strategies.grid import unused_points
 from app.domain.taskspec import Choice, Domain, FloatRange, IntRange
 
@@ -68,13 +69,13 @@ def _frozen(trial: Trial, dists: dict[str, Any]) -> Any | None:
     if any(v is not None for k, v in trial.params.items() if k not in dists):
         return None
     params = {name: trial.params.get(name) for name in dists}
-    if trial.state in ACTIVE_STATES:
+    if trial.state.is_active():
         kwargs: dict[str, Any] = {"state": TrialState.RUNNING}
-    elif trial.state == "succeeded" and trial.objective is not None and not math.isnan(trial.objective):
+    elif trial.state == ExperimentState.SUCCEEDED and trial.objective is not None and not math.isnan(trial.objective):
         kwargs = {"state": TrialState.COMPLETE, "value": float(trial.objective)}
     elif trial.infeasible:
         kwargs = {"state": TrialState.COMPLETE, "value": 0.0, "constraints": {"runs": 1.0}}
-    elif trial.state in FAILED_STATES or trial.state == "succeeded":
+    elif trial.state.is_failure() or trial.state == ExperimentState.SUCCEEDED:
         kwargs = {"state": TrialState.FAIL}
     else:
         return None
@@ -86,6 +87,7 @@ def _frozen(trial: Trial, dists: dict[str, Any]) -> Any | None:
 
 class BayesianStrategy(Strategy):
     name = "bayesian"
+    label = "Bayesian (Optuna TPE)"
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         space = self.spec.search_space

@@ -117,10 +117,11 @@ def unused_points(space: dict[str, Domain], seen: set[str]) -> Iterator[dict[str
             yield point
 
 
-class GridSearch(Strategy):
+class GridStrategy(Strategy):
     """Every point of the (finite) grid exactly once, best-spread first."""
 
     name = "grid_search"
+    label = "grid search"
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         space = self.spec.search_space

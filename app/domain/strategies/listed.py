@@ -14,6 +14,7 @@ from app.domain.strategies.base import Strategy, Trial
 
 class ListedStrategy(Strategy):
     name = "list"
+    label = "list of configurations"
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         if n <= 0:

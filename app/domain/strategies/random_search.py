@@ -67,8 +67,9 @@ def sequence(space: dict[str, Domain], seed: int, max_draws: int) -> Iterator[di
             yield {name: sample(dom, rng) for name, dom in space.items()}
 
 
-class RandomSearch(Strategy):
+class RandomStrategy(Strategy):
     name = "random"
+    label = "random"
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         if n <= 0:

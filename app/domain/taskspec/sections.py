@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.domain.objectives import OBJECTIVES
 from app.limits import MAX_FACTOR, MAX_SLO_SECONDS
 
 from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic, at_most
@@ -77,14 +78,14 @@ class Benchmark(BaseModel):
         return list(self.request_rate) if self.request_rate else [float(c) for c in self.num_concurrency]
 
 
-Strategy = Literal["grid_search", "random", "bayesian", "list"]
-Objective = Literal["minimize_latency", "maximize_throughput", "minimize_ttft", "minimize_tpot"]
+StrategyName = Literal["grid_search", "random", "bayesian", "list"]  # = app.domain.strategies.STRATEGIES
+ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 
 
 class Optimization(BaseModel):
     model_config = _STRICT
-    strategy: Strategy = "grid_search"
-    objective: Objective = "minimize_latency"
+    strategy: StrategyName = "grid_search"
+    objective: ObjectiveName = "minimize_latency"
     # resolved: grid size for grid/list (at most AUTOTUNER_MAX_ITERATIONS), else 20
     max_iterations: Annotated[PosInt, at_most("max_iterations")] | None = None
     timeout_per_iteration: Seconds = 600.0

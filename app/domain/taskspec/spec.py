@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from app.limits import MAX_DESCRIPTION
 from app.domain.engines import SIMULATOR, EngineSpec, Launch, get_engine
+from app.domain.objectives import OBJECTIVES
 
 from .domains import Domain
 from .errors import format_loc
@@ -99,7 +100,7 @@ class TaskSpec(BaseModel):
 
     @property
     def objective_direction(self) -> Literal["minimize", "maximize"]:
-        return "maximize" if self.optimization.objective.startswith("maximize") else "minimize"
+        return OBJECTIVES[self.optimization.objective].direction  # type: ignore[return-value]
 
     def grid_size(self) -> int | None:
         """Number of distinct parameter sets of the search space; None if it is infinite."""
