@@ -11,7 +11,6 @@ from workers.gpu_discovery import (
     GpuDiscoveryError,
     GpuInfo,
     discover_gpus,
-    gpu_topology,
     live_utilization,
     simulated_gpus,
 )
@@ -36,7 +35,6 @@ class FakeNvml:
             "nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
             "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUUID",
             "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPciInfo",
-            "nvmlDeviceGetTopologyCommonAncestor",
         ):
             monkeypatch.setattr(pynvml, name, getattr(self, name))
 
@@ -68,9 +66,6 @@ class FakeNvml:
 
     def nvmlDeviceGetPciInfo(self, h):
         return SimpleNamespace(busId=self.gpus[h[1]]["bus"])
-
-    def nvmlDeviceGetTopologyCommonAncestor(self, a, b):
-        return pynvml.NVML_TOPOLOGY_HOSTBRIDGE
 
 
 @pytest.fixture
@@ -171,14 +166,11 @@ def test_simulated_gpus():
         simulated_gpus(1, preset="TPU")
 
 
-def test_topology_and_utilization(nvml):
-    topo = gpu_topology([0, 1])
-    assert topo == {(0, 1): pynvml.NVML_TOPOLOGY_HOSTBRIDGE, (1, 0): pynvml.NVML_TOPOLOGY_HOSTBRIDGE}
+def test_utilization(nvml):
     assert live_utilization([0, 1]) == {0: 12.0, 1: 87.0}
-    assert nvml.calls == ["init", "shutdown", "init", "shutdown"]
+    assert nvml.calls == ["init", "shutdown"]
 
 
-def test_topology_and_utilization_without_nvml(monkeypatch):
+def test_utilization_without_nvml(monkeypatch):
     _no_library(monkeypatch)
-    assert gpu_topology([0, 1]) == {}
     assert live_utilization([0, 1]) == {}

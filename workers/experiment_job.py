@@ -26,14 +26,10 @@ from app.domain.objectives import score
 from app.domain.taskspec import TaskSpec, parse_task
 from workers.gpu_discovery import busy_gpus
 from workers.runtimes import get_runtime
-from workers.runtimes.base import Deployment, DeploymentCancelled, EngineError, EngineRequest, Runtime
+from workers.runtimes.base import Deployment, ExperimentCancelled, EngineError, EngineRequest, Runtime
 
 log = logging.getLogger(__name__)
 ENGINE_CHECK_EVERY_S = 0.5
-
-
-class Cancelled(Exception):
-    pass
 
 
 class EngineWatch:
@@ -217,7 +213,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             runtime = get_runtime(spec.deployment_mode)
             deployment = runtime.start(engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices))
             if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
-                raise Cancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
+                raise ExperimentCancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
             timeout = float(spec.optimization.timeout_per_iteration)
             runtime.wait_ready(deployment, timeout=timeout, should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
@@ -225,7 +221,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch)
             watch.check()
             if stop():
-                raise Cancelled()
+                raise ExperimentCancelled()
             result = score([s["levels"] for s in scenarios], spec.optimization.objective, spec.to_dict().get("slo"),
                            at=spec.optimization.objective_level)
             ok = result.objective is not None
@@ -242,7 +238,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 engine_log, engine_gone = _stop_engine(runtime, deployment)
     except SoftTimeLimitExceeded:
         outcome = {"state": ExperimentState.TIMED_OUT, "error": f"exceeded timeout_per_iteration ({spec.optimization.timeout_per_iteration}s)"}
-    except (DeploymentCancelled, Cancelled):
+    except ExperimentCancelled:
         outcome = {"state": ExperimentState.CANCELLED, "error": "cancelled"}
     except EngineError as exc:
         outcome = {"state": ExperimentState.FAILED, "error": str(exc), "failure_kind": exc.kind}

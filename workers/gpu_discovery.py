@@ -156,28 +156,6 @@ def simulated_gpus(count: int, preset: str = "H100-80GB", first_index: int = 0) 
     ]
 
 
-def gpu_topology(indices: list[int]) -> dict[tuple[int, int], int]:
-    """NVML topology level between each pair of GPUs (lower is closer).
-
-    Levels are NVML_TOPOLOGY_* values (0 same board, 10 one PCIe switch, ... 50 across
-    CPU sockets); the allocator uses them to give multi-GPU experiments close GPUs.
-    Both (a, b) and (b, a) are present. Pairs NVML cannot answer are left out, and
-    the result is {} when NVML is unavailable, so callers simply fall back to any GPUs.
-    """
-    try:
-        with _nvml() as nv:
-            handles = {i: nv.nvmlDeviceGetHandleByIndex(i) for i in indices}
-            result: dict[tuple[int, int], int] = {}
-            for pos, a in enumerate(indices):
-                for b in indices[pos + 1:]:
-                    level = _optional(nv.nvmlDeviceGetTopologyCommonAncestor, handles[a], handles[b])
-                    if level is not None:
-                        result[(a, b)] = result[(b, a)] = int(level)
-            return result
-    except (GpuDiscoveryError, *_nvml_errors()):
-        return {}
-
-
 def live_utilization(indices: list[int]) -> dict[int, float]:
     """Current GPU utilization (percent) for heartbeats; {} when NVML is unavailable."""
     try:

@@ -101,7 +101,7 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     # Import the experiment code once here, before Celery forks its pool, so no child pays
     # for it while an experiment's GPUs are already allocated; it registers the job's task.
     import workers.experiment_job  # noqa: F401
-    import workers.tasks  # noqa: F401
+    import workers.tasks  # noqa: F401 - registers the experiment job on the Celery app
 
     upgrade()
     host = socket.gethostname()

@@ -7,7 +7,7 @@
 - POST /api/tasks/preview       a task dict -> number of experiments and GPUs per experiment
 
 The two API routes store nothing, so they are open like the read API, and exempt from CSRF
-like the rest of /api: `init_app` registers both blueprints and exempts `submit_api`.
+like the rest of /api (app/web/csrf.py); `create_app` registers both blueprints.
 """
 from __future__ import annotations
 

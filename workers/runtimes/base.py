@@ -26,8 +26,9 @@ class EngineError(Exception):
         self.kind = kind
 
 
-class DeploymentCancelled(Exception):
-    """The experiment was cancelled while its engine was starting."""
+class ExperimentCancelled(Exception):
+    """The experiment was cancelled, or its attempt taken from this job (declared lost),
+    while the job ran: stop the engine and record nothing as a result."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Runtime(abc.ABC):
         """Poll `/health` until it answers 200.
 
         Raises EngineError with the engine's last log lines if the engine exits or the
-        timeout passes, and DeploymentCancelled when `should_stop()` turns true.
+        timeout passes, and ExperimentCancelled when `should_stop()` turns true.
         """
         deadline = time.monotonic() + timeout
         parts = urllib.parse.urlsplit(deployment.base_url)
@@ -126,7 +127,7 @@ class Runtime(abc.ABC):
         try:
             while True:
                 if should_stop():
-                    raise DeploymentCancelled("cancelled while the engine was starting")
+                    raise ExperimentCancelled("cancelled while the engine was starting")
                 if not self.is_alive(deployment):
                     raise self.startup_failure(deployment)
                 try:

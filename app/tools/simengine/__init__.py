@@ -5,8 +5,8 @@ Run it as ``python -m app.tools.simengine --engine sglang|vllm --model M --port 
 Only ``model`` (pure) and ``flags`` are imported here; the aiohttp server is imported
 lazily by ``__main__`` so that flag errors are reported fast.
 """
-from .model import (GPU_PRESETS, MODEL_PRESETS, Capacity, EngineSettings, GpuSpec, ModelSpec,
+from .model import (GPU_PRESETS, MODEL_PRESETS, Capacity, EngineSettings, GpuHardware, ModelSpec,
                     StartupError, iteration_time, plan, resolve_model)
 
-__all__ = ["GPU_PRESETS", "MODEL_PRESETS", "Capacity", "EngineSettings", "GpuSpec", "ModelSpec",
+__all__ = ["GPU_PRESETS", "MODEL_PRESETS", "Capacity", "EngineSettings", "GpuHardware", "ModelSpec",
            "StartupError", "iteration_time", "plan", "resolve_model"]

@@ -21,7 +21,7 @@ DEFAULT_TIME_SCALE = 1.0
 
 
 @dataclass(frozen=True)
-class SimConfig:
+class SimEngineConfig:
     """Everything the server needs: where to listen, what to simulate and how fast."""
 
     engine: str
@@ -161,7 +161,7 @@ def _settings(engine: str, a: argparse.Namespace) -> EngineSettings:
     )
 
 
-def parse_args(argv: list[str]) -> SimConfig:
+def parse_args(argv: list[str]) -> SimEngineConfig:
     """Parse argv; exits (code 2) on unknown or malformed flags like the real engines,
     and with code 1 when more GPUs are needed than are visible."""
     engine = _engine_of(argv)
@@ -174,7 +174,7 @@ def parse_args(argv: list[str]) -> SimConfig:
         parser.exit(1, f"RuntimeError: tp*pp*dp = {world} GPUs requested but only {num_gpus} are visible.\n")
     if a.sim_time_scale <= 0:
         parser.error("--sim-time-scale must be > 0")
-    return SimConfig(
+    return SimEngineConfig(
         engine=engine, model=a.served_model_name or a.model, model_path=a.model, host=a.host, port=a.port,
         settings=settings, gpu=a.sim_gpu, model_preset=a.sim_model_preset,
         time_scale=a.sim_time_scale, startup_seconds=a.sim_startup_seconds,

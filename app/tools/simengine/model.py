@@ -73,7 +73,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class GpuSpec:
+class GpuHardware:
     """Per-GPU hardware numbers; fp8 FLOP/s are None where the GPU has no fp8 tensor cores."""
 
     name: str
@@ -90,10 +90,10 @@ MODEL_PRESETS: dict[str, ModelSpec] = {
     "llama-3.2-1b": ModelSpec("llama-3.2-1b", 1.24e9, 16, 2048, 32, 8, 64, 131072),
 }
 
-GPU_PRESETS: dict[str, GpuSpec] = {
-    "A100-80GB": GpuSpec("A100-80GB", 80.0, 2.0, 312.0, None, 300.0),
-    "H100-80GB": GpuSpec("H100-80GB", 80.0, 3.35, 989.0, 1979.0, 450.0),
-    "H200": GpuSpec("H200", 141.0, 4.8, 989.0, 1979.0, 450.0),
+GPU_PRESETS: dict[str, GpuHardware] = {
+    "A100-80GB": GpuHardware("A100-80GB", 80.0, 2.0, 312.0, None, 300.0),
+    "H100-80GB": GpuHardware("H100-80GB", 80.0, 3.35, 989.0, 1979.0, 450.0),
+    "H200": GpuHardware("H200", 141.0, 4.8, 989.0, 1979.0, 450.0),
 }
 
 # bytes per parameter by --quantization value (None = checkpoint dtype, bf16)
@@ -174,7 +174,7 @@ def kv_bytes_per_token(model: ModelSpec, s: EngineSettings) -> float:
     return 2 * model.layers * model.kv_heads * model.head_dim * KV_DTYPE_BYTES[s.kv_cache_dtype] * replication
 
 
-def plan(model: ModelSpec, gpu: GpuSpec, s: EngineSettings) -> Capacity:
+def plan(model: ModelSpec, gpu: GpuHardware, s: EngineSettings) -> Capacity:
     """Check the settings like the real engine's start-up does and size the KV cache.
 
     Raises StartupError with an engine-like message when the engine would not start.
@@ -246,7 +246,7 @@ def uses_cuda_graph(s: EngineSettings, prefill_tokens: int, decode_seqs: int) ->
 
 def iteration_time(
     model: ModelSpec,
-    gpu: GpuSpec,
+    gpu: GpuHardware,
     s: EngineSettings,
     prefill_tokens: int,
     decode_seqs: int,
@@ -279,12 +279,12 @@ def iteration_time(
     return max(t_mem, t_compute) + t_comm + t_over + policy_overhead(s.schedule_policy, waiting)
 
 
-def decode_time_per_token(model: ModelSpec, gpu: GpuSpec, s: EngineSettings, batch: int, context: int) -> float:
+def decode_time_per_token(model: ModelSpec, gpu: GpuHardware, s: EngineSettings, batch: int, context: int) -> float:
     """Decode step time for ``batch`` sequences of ``context`` tokens each (for tests/docs)."""
     return iteration_time(model, gpu, s, 0, batch, batch * context)
 
 
-def prefill_time(model: ModelSpec, gpu: GpuSpec, s: EngineSettings, tokens: int) -> float:
+def prefill_time(model: ModelSpec, gpu: GpuHardware, s: EngineSettings, tokens: int) -> float:
     """Time of a prefill-only iteration of ``tokens`` prompt tokens."""
     return iteration_time(model, gpu, s, tokens, 0, 0)
 

@@ -35,8 +35,8 @@ from collections import deque
 
 from aiohttp import web
 
-from .flags import SimConfig
-from .model import Capacity, EngineSettings, GpuSpec, ModelSpec, iteration_time, prompt_tokens_for_text
+from .flags import SimEngineConfig
+from .model import Capacity, EngineSettings, GpuHardware, ModelSpec, iteration_time, prompt_tokens_for_text
 
 CATCH_UP_LIMIT_S = 0.02  # wall seconds the loop may lag its schedule and still catch up
 UNCHUNKED_PREFILL_LIMIT = 16384  # SGLang's max_prefill_tokens when chunking is disabled
@@ -85,7 +85,7 @@ class Stats:
 class ReplicaScheduler:
     """The continuous-batching loop of one data-parallel replica."""
 
-    def __init__(self, model: ModelSpec, gpu: GpuSpec, settings: EngineSettings, cap: Capacity,
+    def __init__(self, model: ModelSpec, gpu: GpuHardware, settings: EngineSettings, cap: Capacity,
                  time_scale: float, stats: Stats, index: int = 0) -> None:
         self.model, self.gpu, self.s, self.cap = model, gpu, settings, cap
         self.time_scale = time_scale
@@ -279,7 +279,7 @@ class ReplicaScheduler:
 class SimEngine:
     """Holds the schedulers and serves the OpenAI-compatible endpoints."""
 
-    def __init__(self, cfg: SimConfig, model: ModelSpec, gpu: GpuSpec, cap: Capacity, startup_s: float) -> None:
+    def __init__(self, cfg: SimEngineConfig, model: ModelSpec, gpu: GpuHardware, cap: Capacity, startup_s: float) -> None:
         self.cfg, self.model, self.gpu, self.cap = cfg, model, gpu, cap
         self.startup_s = startup_s
         self.ready = False
@@ -516,7 +516,7 @@ async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
 
 
 async def serve(
-    cfg: SimConfig, model: ModelSpec, gpu: GpuSpec, cap: Capacity, startup_s: float, launched_at: float | None = None
+    cfg: SimEngineConfig, model: ModelSpec, gpu: GpuHardware, cap: Capacity, startup_s: float, launched_at: float | None = None
 ) -> int:
     """Bind, stay 503 until ``startup_s`` wall seconds after ``launched_at`` (epoch seconds
     when the launcher started us), serve until a signal or the parent dies.
