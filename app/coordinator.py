@@ -27,7 +27,7 @@ from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL, EXP_AC
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.domain.strategies import make_strategy
 from app.domain.strategies.base import Trial
-from app.domain.taskspec import TaskSpec, parse_task
+from app.domain.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Dispatch:
 
 
 def _timeout(exp: Experiment) -> float:
-    return float(exp.task.spec.get("optimization", {}).get("timeout_per_iteration") or 600)
+    return float(exp.task.parsed_spec.optimization.timeout_per_iteration)
 
 
 def _dispatch(exp: Experiment) -> Dispatch:
@@ -83,7 +83,7 @@ def advance(session: Session, task: Task) -> None:
         return
     if task.status == TaskStatus.PENDING:
         task.status, task.started_at = TaskStatus.RUNNING, utcnow()
-    spec = parse_task(task.spec)
+    spec = task.parsed_spec
     active = [e for e in exps if e.state in EXP_ACTIVE]
     parallel = min(task.max_parallel, pool_capacity(session))
     free = min(parallel - len(active), task.max_iterations - len(exps), get_limits().max_new_per_pass)

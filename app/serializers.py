@@ -13,7 +13,6 @@ from app.domain.engines.failures import is_infeasible, label as failure_label
 from app.domain.states import EXP_STATES
 from app.store.models import Experiment, Gpu, Task, Worker, utcnow
 from app.domain.objectives import direction
-from app.domain.taskspec import parse_task
 
 
 def iso(value: datetime | None) -> str | None:
@@ -90,8 +89,7 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
     best = best_experiment(session, task)
     best_out = None
     if best is not None:
-        spec = parse_task(task.spec)
-        best_out = experiment_dict(best) | {"launch_command": spec.launch_command(best.params)}
+        best_out = experiment_dict(best) | {"launch_command": task.parsed_spec.launch_command(best.params)}
     end = task.finished_at or utcnow()
     out = {
         "id": task.id,
@@ -99,7 +97,7 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
         "status": task.status,
         "engine": task.engine,
         "deployment_mode": task.deployment_mode,
-        "simulated": task.deployment_mode == "sim" or task.spec.get("base_runtime") == "sim",
+        "simulated": task.parsed_spec.launcher.simulated,
         "strategy": task.strategy,
         "objective": task.objective,
         "objective_direction": direction(task.objective),

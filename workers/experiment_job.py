@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.celery_app import request_coordination
 from app.domain.states import ExperimentState
 from app.domain.objectives import score
-from app.domain.taskspec import TaskSpec, parse_task
+from app.domain.taskspec import TaskSpec, stored_spec
 from workers.gpu_discovery import busy_gpus
 from workers.runtimes import get_runtime
 from workers.runtimes.base import Deployment, ExperimentCancelled, EngineError, EngineRequest, Runtime
@@ -201,7 +201,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                     experiment_id, "; ".join(busy.values()))
         request_coordination(lifecycle.replan(experiment_id, attempt, busy) or claim.task_id)
         return "replanned"
-    spec = parse_task(claim.spec)
+    spec = stored_spec(claim.spec)
     stop = StopPoller(experiment_id)
     outcome: dict[str, Any] = {"state": ExperimentState.FAILED}
     runtime: Runtime | None = None

@@ -196,7 +196,7 @@ def mark_lost(session: Session, exp: Experiment, reason: str) -> None:
     if att is not None:
         att.state, att.finished_at, att.error, att.failure_kind = AttemptState.LOST, now, reason, "worker_lost"
     ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
-    max_attempts = int(exp.task.spec.get("optimization", {}).get("max_attempts") or 3)
+    max_attempts = exp.task.parsed_spec.optimization.max_attempts
     lost = sum(1 for a in exp.attempts if a.state == AttemptState.LOST)
     if lost >= max_attempts:
         exp.state, exp.phase, exp.finished_at = ExperimentState.FAILED, None, now

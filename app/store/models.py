@@ -6,7 +6,7 @@ system needs to resume after a crash is a column here.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -25,6 +25,9 @@ from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.domain.objectives import eligible
+
+if TYPE_CHECKING:
+    from app.domain.taskspec import TaskSpec
 
 from app.domain.states import AttemptState, ExperimentState, TaskStatus
 
@@ -60,6 +63,14 @@ class Task(Base):
     experiments: Mapped[list["Experiment"]] = relationship(
         back_populates="task", order_by="Experiment.seq", cascade="all, delete-orphan"
     )
+
+    @property
+    def parsed_spec(self) -> "TaskSpec":
+        """The stored spec as a typed `TaskSpec` (parsed once per content); read settings
+        and defaults from it, never from the raw `spec` dict."""
+        from app.domain.taskspec import stored_spec
+
+        return stored_spec(self.spec)
 
 
 class Experiment(Base):

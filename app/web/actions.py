@@ -49,7 +49,7 @@ def export_document(session, task: Task) -> dict[str, Any]:
 
 def _param_names(task: Task) -> list[str]:
     """Parameter columns: the spec's parameters in order, then any other key an experiment has."""
-    names = list((task.spec or {}).get("parameters") or {})
+    names = list(task.parsed_spec.search_space)
     for exp in task.experiments:
         names += [k for k in exp.params or {} if k not in names]
     return names
@@ -74,7 +74,7 @@ def _level_label(level: dict[str, Any]) -> str:
 
 def export_csv(task: Task) -> str:
     """One row per experiment; each parameter its own column; key metrics at the scored level."""
-    at = ((task.spec or {}).get("optimization") or {}).get("objective_level")
+    at = task.parsed_spec.optimization.objective_level
     params = _param_names(task)
     param_cols = [f"param:{p}" if p in CSV_FIXED else p for p in params]
     scenarios: list[str] = []

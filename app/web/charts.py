@@ -70,11 +70,6 @@ def _origin(task: Task) -> datetime:
     return task.started_at or task.created_at or utcnow()
 
 
-def _objective_level(task: Task) -> float | None:
-    value = ((task.spec or {}).get("optimization") or {}).get("objective_level")
-    return float(value) if value is not None else None
-
-
 # -- 1. objective per experiment, with the running best -------------------------------------
 
 def objective_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str, Any]:
@@ -185,7 +180,7 @@ def _cached_perf(session: Session, ids_and_finish: list[tuple[int, Any]], at: fl
 
 
 def pareto_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str, Any]:
-    at = _objective_level(task)
+    at = task.parsed_spec.optimization.objective_level
     rows = session.execute(
         select(Experiment.id, Experiment.seq, Experiment.slo_ok, Experiment.finished_at)
         .where(Experiment.task_id == task.id, Experiment.state == ExperimentState.SUCCEEDED)

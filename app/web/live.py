@@ -22,7 +22,6 @@ from app.domain.states import TASK_TERMINAL, EXP_STATES
 from app.store.models import Experiment, Task
 from app.domain.objectives import OBJECTIVES, level_value, score_level, scored_level
 from app.serializers import experiment_dict, task_dict
-from app.domain.taskspec import parse_task
 from app.web.charts import task_charts
 
 bp = Blueprint("live", __name__)
@@ -73,7 +72,7 @@ def key_metrics(metrics: dict[str, Any] | None, at: float | None) -> dict[str, A
 def experiments_page(session: Session, task: Task, page: int = 1, per_page: int = PER_PAGE_DEFAULT,
                      states: list[str] | None = None, newest_first: bool = False) -> dict[str, Any]:
     """One page of a task's experiments (by seq), with the total for the filter."""
-    at = ((task.spec or {}).get("optimization") or {}).get("objective_level")
+    at = task.parsed_spec.optimization.objective_level
     where = [Experiment.task_id == task.id]
     if states:
         where.append(Experiment.state.in_(states))
@@ -151,13 +150,13 @@ def task_page(task_id: int):
 def _spec_bits(task: Task, params: dict[str, Any]) -> tuple[list[str] | None, dict | None, float | None, str | None]:
     """Launch command, SLO and objective level from the stored spec (None where it no
     longer parses: the page still shows everything else)."""
-    raw = task.spec or {}
-    slo, at = raw.get("slo"), (raw.get("optimization") or {}).get("objective_level")
     try:
-        spec = parse_task(raw)
+        spec = task.parsed_spec
         return spec.launch_command(params), spec.to_dict().get("slo"), spec.optimization.objective_level, None
-    except Exception as exc:  # noqa: BLE001 - a stored spec from an older version
-        return None, slo, at, f"launch command unavailable: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a stored spec from an older version, or an engine since removed
+        raw = task.spec or {}
+        return None, raw.get("slo"), (raw.get("optimization") or {}).get("objective_level"), \
+            f"launch command unavailable: {exc}"
 
 
 def scored_levels(metrics: dict[str, Any] | None, objective: str, slo: dict | None,

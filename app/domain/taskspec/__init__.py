@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .domains import Choice, Domain, FloatRange, IntRange
 from .errors import TaskSpecError, format_loc
-from .loader import load_task_file, parse_task
+from .loader import load_task_file, parse_task, stored_spec
 from .spec import TaskSpec
 from .values import name_problem, value_problem
 
@@ -33,5 +33,6 @@ __all__ = [
     "load_task_file",
     "name_problem",
     "parse_task",
+    "stored_spec",
     "value_problem",
 ]

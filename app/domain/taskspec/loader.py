@@ -1,6 +1,8 @@
 """Entry points: parse and validate a task given as a dict or as a JSON/YAML file."""
 from __future__ import annotations
 
+import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -82,3 +84,15 @@ def _parse_text(text: str, path: Path) -> Any:
         return load_text(text, as_json=as_json)
     except DocumentError as exc:
         raise TaskSpecError([{"loc": [], "msg": f"{path}: {exc}"}]) from None
+
+
+def stored_spec(data: dict[str, Any]) -> TaskSpec:
+    """A task as the store keeps it (validated and normalised at submission), parsed once per
+    distinct content: every reader of a stored task (coordinator, worker, pages) gets the same
+    typed object with its defaults, instead of reading the raw dict. Do not mutate it."""
+    return _parse_stored(json.dumps(data, sort_keys=True))
+
+
+@lru_cache(maxsize=256)
+def _parse_stored(text: str) -> TaskSpec:
+    return parse_task(json.loads(text))
