@@ -43,7 +43,7 @@ def runtime(client, tmp_path, monkeypatch) -> DockerRuntime:
     monkeypatch.setenv("DATABASE_URL", "postgresql://u:pw@db/x")
     monkeypatch.delenv("AUTOTUNER_ALLOWED_IMAGES", raising=False)
     monkeypatch.setattr(
-        "workers.runtimes.docker_runtime._free_host_port", lambda: 41234
+        "workers.runtimes.docker_runtime.free_port", lambda: 41234
     )
     # A cache dir that exists, so the volume is mounted.
     return DockerRuntime(client=client, hf_cache=str(tmp_path))
@@ -130,7 +130,7 @@ def test_image_repository_parsing():
 
 def test_hf_token_passed_through_and_no_cache_volume(client, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    monkeypatch.setattr("workers.runtimes.docker_runtime._free_host_port", lambda: 40000)
+    monkeypatch.setattr("workers.runtimes.docker_runtime.free_port", lambda: 40000)
     rt = DockerRuntime(client=client, hf_cache="/nonexistent-autotuner-test")
     rt.start(_request())
     kwargs = client.containers.run.call_args.kwargs

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+from app.processes import pid_alive
 from app.store import lifecycle, pool
 from app.domain.states import ExperimentState
 from workers.runtimes import procs
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def _job_alive(state: str, pid: int | None) -> bool:
-    return state == ExperimentState.RUNNING and lifecycle.pid_alive(pid)
+    return state == ExperimentState.RUNNING and pid_alive(pid)
 
 
 def _docker() -> Any | None:
@@ -93,7 +94,7 @@ def _unrecorded_containers(host: str, docker: Any) -> list[str]:
     removed = []
     for container_id, experiment_id, attempt in containers:
         owner = pool.attempt_owner(experiment_id, attempt) if experiment_id and attempt else None
-        if owner is not None and owner[0] == ExperimentState.RUNNING and (owner[1] != host or lifecycle.pid_alive(owner[2])):
+        if owner is not None and owner[0] == ExperimentState.RUNNING and (owner[1] != host or pid_alive(owner[2])):
             continue  # a live job here, or a job of another host sharing this daemon: not ours to judge
         if docker.remove_container(container_id):
             removed.append(f"container {container_id[:12]} (experiment {experiment_id} attempt {attempt})")

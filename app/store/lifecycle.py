@@ -6,7 +6,6 @@ duplicate actor finds nothing to change instead of corrupting a newer attempt.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.store import ledger
+from app.processes import pid_alive
 from app.store.db import session_scope
 from app.domain.states import AttemptState, ExperimentState, TaskStatus
 from app.store.models import Attempt, Experiment, Gpu, Task, utcnow
@@ -39,17 +39,6 @@ def _attempt(session: Session, exp: Experiment) -> Attempt | None:
     ).scalar_one_or_none()
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True while a process of this host with that pid exists."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lock_experiment(session: Session, experiment_id: int) -> Experiment | None:

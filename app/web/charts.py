@@ -19,10 +19,10 @@ The series:
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Iterable, Sequence, TypeVar
 
+from cachetools import LRUCache
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -115,8 +115,7 @@ def objective_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dic
 # experiments that finished since the last poll, not of all of them. A restarted web
 # process simply rebuilds it.
 # key: (database URL, experiment id, finished_at, objective level)
-_PERF_CACHE: OrderedDict[tuple, list[tuple[str, float | None, float | None]]] = OrderedDict()
-_PERF_CACHE_MAX = 50_000
+_PERF_CACHE: LRUCache[tuple, list[tuple[str, float | None, float | None]]] = LRUCache(maxsize=50_000)
 _perf_lock = threading.Lock()
 
 
@@ -166,7 +165,6 @@ def _cached_perf(session: Session, ids_and_finish: list[tuple[int, Any]], at: fl
             if hit is None:
                 missing.append(exp_id)
             else:
-                _PERF_CACHE.move_to_end(key)
                 found[exp_id] = hit
     for chunk_start in range(0, len(missing), 500):
         chunk = missing[chunk_start:chunk_start + 500]
@@ -174,8 +172,6 @@ def _cached_perf(session: Session, ids_and_finish: list[tuple[int, Any]], at: fl
         with _perf_lock:
             for exp_id, metrics in rows:
                 found[exp_id] = _PERF_CACHE[keys[exp_id]] = perf_points(metrics, at)
-            while len(_PERF_CACHE) > _PERF_CACHE_MAX:
-                _PERF_CACHE.popitem(last=False)
     return found
 
 

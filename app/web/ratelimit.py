@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Callable
+
+from cachetools import LRUCache
 
 
 class FailureLimiter:
@@ -19,7 +21,7 @@ class FailureLimiter:
     def __init__(self, limit: int, window: float, max_clients: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.limit, self.window, self.max_clients, self.clock = limit, window, max_clients, clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._failures: LRUCache[str, deque[float]] = LRUCache(maxsize=max_clients)
         self._lock = threading.Lock()
 
     def _recent(self, client: str, now: float) -> deque[float]:
@@ -45,6 +47,3 @@ class FailureLimiter:
             while len(times) > self.limit:
                 times.popleft()
             self._failures[client] = times
-            self._failures.move_to_end(client)
-            while len(self._failures) > self.max_clients:
-                self._failures.popitem(last=False)

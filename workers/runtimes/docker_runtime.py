@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import secrets
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ import docker.errors
 import docker.types
 
 from app.domain.engines import allowed_images
+from app.processes import free_port
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
 from workers.runtimes.environment import engine_environment
 
@@ -78,15 +78,6 @@ def store_label() -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def _free_host_port() -> int:
-    """A port nobody listens on right now on 127.0.0.1.
-
-    There is a small window before Docker binds it; a clash shows up as an APIError
-    from `containers.run`, which becomes an EngineError like any other start failure.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class DockerRuntime(Runtime):
@@ -174,7 +165,7 @@ class DockerRuntime(Runtime):
         if not request.gpu_indices:
             raise EngineError("no GPUs were allocated to this experiment", kind="internal")
         argv = self.command(request)
-        host_port = _free_host_port()
+        host_port = free_port()
         name = f"autotuner-exp{request.experiment_id}-{secrets.token_hex(4)}"
 
         self._ensure_image(image)

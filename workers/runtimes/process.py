@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.processes import free_port
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
 from workers.runtimes.environment import engine_environment
 from workers.runtimes.procs import process_identity, stop_group
@@ -25,10 +25,6 @@ STOP_GRACE_S = 10.0
 SUPERVISOR = Path(__file__).resolve().with_name("supervisor.py")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

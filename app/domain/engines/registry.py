@@ -15,6 +15,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -238,9 +239,6 @@ class _FileState:
     mtime: float
 
 
-_cache: dict[_FileState | None, dict[str, EngineSpec]] = {}
-
-
 def _load_operator_file(path: str) -> dict[str, Any]:
     text = Path(path).read_text(encoding="utf-8")
     if path.endswith((".yaml", ".yml")):
@@ -267,9 +265,12 @@ def engines() -> dict[str, EngineSpec]:
             state = _FileState(path, os.stat(path).st_mtime)
         except OSError as exc:
             raise ValueError(f"AUTOTUNER_ENGINES_FILE {path}: {exc.strerror}") from None
-    cached = _cache.get(state)
-    if cached is not None:
-        return cached
+    return _table(state)
+
+
+@lru_cache(maxsize=4)
+def _table(state: _FileState | None) -> dict[str, EngineSpec]:
+    """The engine table for one version of the operator's file (a failed read is not cached)."""
     table = builtin_engines()
     if state is not None:
         try:
@@ -281,8 +282,6 @@ def engines() -> dict[str, EngineSpec]:
                 table[name] = _operator_engine(name, raw, table.get(name))
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"AUTOTUNER_ENGINES_FILE {state.path}: {exc}") from None
-    _cache.clear()
-    _cache[state] = table
     return table
 
 

@@ -26,7 +26,6 @@ import asyncio
 import itertools
 import json
 import math
-import os
 import random
 import signal
 import sys
@@ -34,6 +33,8 @@ import time
 from collections import deque
 
 from aiohttp import web
+
+from app.processes import pid_alive
 
 from .flags import SimEngineConfig
 from .model import Capacity, EngineSettings, GpuHardware, ModelSpec, iteration_time, prompt_tokens_for_text
@@ -490,25 +491,11 @@ class SimEngine:
                 return resp
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-        return state != b"Z"
-    except (OSError, IndexError):
-        return True
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             print(f"parent process {pid} is gone; shutting down", flush=True)
             stop.set()
             return
