@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 
 from app.store import ledger
 from app.store.db import session_scope
 from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL
-from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task, utcnow
+from app.store.models import Attempt, Experiment, Task, utcnow
 from app.domain.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,10 @@ def delete_task(task_id: int) -> None:
         if task.status not in TASK_TERMINAL:
             raise Conflict(f"task {task_id} is {task.status}; cancel it and wait for it to end before deleting it")
         exp_ids = select(Experiment.id).where(Experiment.task_id == task_id)
-        session.execute(
-            update(Gpu).where(Gpu.held_by.in_(exp_ids)).values(held_by=None).execution_options(synchronize_session=False)
-        )
-        session.execute(delete(GpuAllocation).where(GpuAllocation.experiment_id.in_(exp_ids)).execution_options(synchronize_session=False))
+        fenced = ledger.forget(session, exp_ids)
+        if fenced:
+            raise Conflict(f"task {task_id}: the engine of a lost attempt on GPU {', '.join(fenced)} is not yet known "
+                           "to be stopped; try again once its worker has reaped it")
         session.execute(delete(Attempt).where(Attempt.experiment_id.in_(exp_ids)).execution_options(synchronize_session=False))
         session.execute(delete(Experiment).where(Experiment.task_id == task_id).execution_options(synchronize_session=False))
         session.execute(delete(Task).where(Task.id == task_id).execution_options(synchronize_session=False))

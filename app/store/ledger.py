@@ -19,11 +19,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.domain.states import ExperimentState
-from app.store.models import Gpu, GpuAllocation, Lock, Worker, utcnow
+from app.store.models import Attempt, Gpu, GpuAllocation, Lock, Worker, utcnow
 
 
 class LedgerConflict(Exception):
@@ -202,6 +202,22 @@ def release(session: Session, experiment_id: int, fence: int | None = None) -> N
         .values(released_at=now)
         .execution_options(synchronize_session=False)
     )
+
+
+def forget(session: Session, experiment_ids: Select) -> list[str]:
+    """Deleting experiments (`experiment_ids`: a SELECT of their ids): no GPU may stay held by
+    one (it would never be free again) and their allocation history goes with them. GPUs
+    still fenced for one of their attempts are not touched; their labels come back, and the
+    caller must refuse to delete (an engine there is not yet known to be stopped)."""
+    attempt_ids = select(Attempt.id).where(Attempt.experiment_id.in_(experiment_ids))
+    fenced = list(session.execute(select(Gpu).where(Gpu.fenced_by.in_(attempt_ids)).order_by(Gpu.id)).scalars())
+    if fenced:
+        return [g.label for g in fenced]
+    session.execute(update(Gpu).where(Gpu.held_by.in_(experiment_ids)).values(held_by=None)
+                    .execution_options(synchronize_session=False))
+    session.execute(delete(GpuAllocation).where(GpuAllocation.experiment_id.in_(experiment_ids))
+                    .execution_options(synchronize_session=False))
+    return []
 
 
 def unfence(session: Session, attempt_id: int) -> None:
