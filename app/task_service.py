@@ -15,11 +15,17 @@ log = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
-    pass
+    """No such row: `what` ("task", "experiment") and its id; `loc` names the field for APIs."""
+
+    def __init__(self, what: str, ident: object) -> None:
+        super().__init__(f"{what} {ident} not found")
+        self.loc = [f"{what}_id"]
 
 
 class Conflict(Exception):
-    pass
+    """The task's state does not allow the action (cancel a finished task, delete a running one)."""
+
+    loc = ["task_id"]
 
 
 def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
@@ -108,7 +114,7 @@ def cancel_task(task_id: int) -> str:
     with session_scope() as session:
         task = session.get(Task, task_id, with_for_update=True)
         if task is None:
-            raise NotFound(f"task {task_id} not found")
+            raise NotFound("task", task_id)
         if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.CANCELLING):
             raise Conflict(f"task {task_id} is already {task.status}")
         task.status = TaskStatus.CANCELLING
@@ -128,7 +134,7 @@ def retry_failed(task_id: int) -> int:
     with session_scope() as session:
         task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
         if task is None:
-            raise NotFound(f"task {task_id} not found")
+            raise NotFound("task", task_id)
         if task.status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED):
             raise Conflict(f"task {task_id} is {task.status}; a cancelled task is not retried")
         failed = session.execute(
@@ -163,7 +169,7 @@ def delete_task(task_id: int) -> None:
     with session_scope() as session:
         task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
         if task is None:
-            raise NotFound(f"task {task_id} not found")
+            raise NotFound("task", task_id)
         if task.status not in TASK_TERMINAL:
             raise Conflict(f"task {task_id} is {task.status}; cancel it and wait for it to end before deleting it")
         exp_ids = select(Experiment.id).where(Experiment.task_id == task_id)

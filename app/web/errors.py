@@ -4,11 +4,10 @@ any unexpected exception (500, logged here; the client sees no traceback or path
 from __future__ import annotations
 
 import logging
-from functools import wraps
-from typing import Callable
-
 from flask import Flask, jsonify, request
+from werkzeug.exceptions import Conflict as WerkzeugConflict
 from werkzeug.exceptions import HTTPException, InternalServerError
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
 
 from app.task_service import Conflict, NotFound
 
@@ -17,21 +16,6 @@ log = logging.getLogger(__name__)
 
 def json_error(status: int, msg: str, loc: list | None = None):
     return jsonify({"errors": [{"loc": loc or [], "msg": msg}]}), status
-
-
-def task_errors(view: Callable) -> Callable:
-    """A task action's refusals as API errors: unknown task 404, wrong state 409."""
-
-    @wraps(view)
-    def wrapper(*args, **kwargs):
-        try:
-            return view(*args, **kwargs)
-        except NotFound as exc:
-            return json_error(404, str(exc), ["task_id"])
-        except Conflict as exc:
-            return json_error(409, str(exc), ["task_id"])
-
-    return wrapper
 
 
 def is_api_request() -> bool:
@@ -53,6 +37,18 @@ def _unexpected(exc: Exception):
     return InternalServerError()
 
 
+def _not_found(exc: NotFound):
+    """A view's lookup (app/web/lookup.py) or a task action found nothing."""
+    return json_error(404, str(exc), exc.loc) if is_api_request() else WerkzeugNotFound(str(exc))
+
+
+def _conflict(exc: Conflict):
+    """A task action the task's state does not allow (pages flash it instead)."""
+    return json_error(409, str(exc), exc.loc) if is_api_request() else WerkzeugConflict(str(exc))
+
+
 def init_errors(app: Flask) -> None:
+    app.register_error_handler(NotFound, _not_found)
+    app.register_error_handler(Conflict, _conflict)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

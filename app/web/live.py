@@ -12,17 +12,16 @@ import math
 import shlex
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, render_template, request
+from flask import Blueprint, render_template, request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, selectinload
 
 from app.store.db import session_scope
-from app.web.errors import json_error as _error
+from app.web.lookup import get_or_404
 from app.domain.states import TASK_TERMINAL, EXP_STATES
 from app.store.models import Experiment, Task
 from app.domain.objectives import OBJECTIVES, level_value, score_level, scored_level
 from app.serializers import experiment_dict, task_dict
-from app.web.charts import task_charts
 
 bp = Blueprint("live", __name__)
 
@@ -104,7 +103,7 @@ def live_dict(session: Session, task: Task, page: int, per_page: int, states: li
     }
 
 
-def _page_args() -> tuple[int, int, list[str], bool]:
+def page_args() -> tuple[int, int, list[str], bool]:
     return (
         _int_arg("page", 1, 1, PAGE_MAX),
         _int_arg("per_page", PER_PAGE_DEFAULT, 1, PER_PAGE_MAX),
@@ -113,37 +112,11 @@ def _page_args() -> tuple[int, int, list[str], bool]:
     )
 
 
-@bp.get("/api/tasks/<int:task_id>/live")
-def live(task_id: int):
-    page, per_page, states, newest_first = _page_args()
-    with session_scope(readonly=True) as session:
-        task = session.get(Task, task_id)
-        if task is None:
-            return _error(404, f"task {task_id} not found", ["task_id"])
-        resp = jsonify(live_dict(session, task, page, per_page, states, newest_first))
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
-
-
-@bp.get("/api/tasks/<int:task_id>/charts")
-def charts(task_id: int):
-    with session_scope(readonly=True) as session:
-        task = session.get(Task, task_id)
-        if task is None:
-            return _error(404, f"task {task_id} not found", ["task_id"])
-        resp = jsonify(task_charts(session, task))
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
-
-
 @bp.get("/tasks/<int:task_id>")
 def task_page(task_id: int):
-    page, per_page, states, newest_first = _page_args()
+    page, per_page, states, newest_first = page_args()
     with session_scope(readonly=True) as session:
-        task = session.get(Task, task_id)
-        if task is None:
-            abort(404)
-        data = live_dict(session, task, page, per_page, states, newest_first)
+        data = live_dict(session, get_or_404(session, Task, task_id), page, per_page, states, newest_first)
         return render_template("task.html", task=data["task"], page=data["experiments"])
 
 
@@ -183,9 +156,7 @@ def scored_levels(metrics: dict[str, Any] | None, objective: str, slo: dict | No
 @bp.get("/experiments/<int:experiment_id>")
 def experiment_page(experiment_id: int):
     with session_scope(readonly=True) as session:
-        exp = session.get(Experiment, experiment_id)
-        if exp is None:
-            abort(404)
+        exp = get_or_404(session, Experiment, experiment_id)
         task = exp.task
         command, slo, at, problem = _spec_bits(task, exp.params or {})
         return render_template(

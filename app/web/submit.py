@@ -1,27 +1,23 @@
-"""The New task page (`submit` blueprint) and its two helper endpoints (`submit_api`).
+"""The New task page.
 
 - GET  /tasks/new[?clone=<id>]  the form, empty or filled from a stored task
 - POST /tasks/new               validate with `parse_task`; store only a valid task, else
                                 show every error beside its field (CSRF token required)
-- POST /api/tasks/parse         a JSON or YAML task text -> the normalised task (or 422)
-- POST /api/tasks/preview       a task dict -> number of experiments and GPUs per experiment
 
-The two API routes store nothing, so they are open like the read API, and exempt from CSRF
-like the rest of /api (app/web/csrf.py); `create_app` registers both blueprints.
+The page's script fills the form from a pasted file and shows a preview through the API
+(app/web/api/drafts.py: /api/tasks/parse and /api/tasks/preview).
 """
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
-from flask import Blueprint, abort, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from app.store.db import session_scope
+from app.web.lookup import get_or_404
 from app.store.models import Task
 from app.domain.taskspec import TaskSpecError, format_loc, parse_task
-from app.domain.taskspec.documents import DocumentError, document_problems, load_text
-from app.domain.taskspec.domains import Choice, IntRange
 from app.web.auth import may_write
 from app.web.inputs import MAX_ID
 from app.web.forms import (
@@ -35,9 +31,7 @@ from app.web.forms import (
 )
 
 bp = Blueprint("submit", __name__)
-api_bp = Blueprint("submit_api", __name__, url_prefix="/api")
 
-MAX_ENUMERATED = 10_000  # parameter sets looked at to find the GPU range
 MIN_ROWS = 3  # empty parameter rows shown without JavaScript
 
 
@@ -122,10 +116,7 @@ def new_task():
     if clone is None:
         return _render(NewTaskForm(formdata=None), [])
     with session_scope(readonly=True) as s:
-        task = s.get(Task, clone)
-        if task is None:
-            abort(404)
-        spec = dict(task.spec or {})
+        spec = dict(get_or_404(s, Task, clone).spec or {})
     data, rows, extra = task_to_form(spec)
     if extra:
         data["extra_json"] = json.dumps(extra, indent=2)
@@ -165,125 +156,3 @@ def create():
     return _render(form, shown_rows, field_errors=field_errors, row_errors=row_errors, summary=summary, status=200)
 
 
-# -- API: parse and preview ------------------------------------------------------------------
-
-
-def _parse_error(msg: str):
-    return jsonify({"errors": [{"loc": ["body"], "msg": msg}]}), 422
-
-
-@api_bp.post("/tasks/parse")
-def parse():
-    """Body: a task file's text (JSON or YAML; raw, or as {"text": ...}) or a JSON task.
-    Answer: the normalised task (`parse_task(...).to_dict()`), or 422 with the errors.
-
-    With `?form=1` the answer is the form layout of the task as written, even when it is
-    invalid: {"form": {field: value}, "rows": [parameter rows], "extra": {...},
-    "errors": [...], "notes": [...]} (the page's "Fill the form" button uses this)."""
-    data: Any = request.get_json(silent=True) if request.is_json else None
-    if isinstance(data, dict) and set(data) == {"text"} and isinstance(data["text"], str):
-        text: str | None = data["text"]
-    elif data is None:
-        text = request.get_data(as_text=True)
-    else:
-        text = None
-    if text is not None:
-        if not text.strip():
-            return _parse_error("the task text is empty")
-        try:
-            data = load_text(text)  # YAML (a superset of JSON), without aliases, depth-limited
-        except DocumentError as exc:
-            return _parse_error(str(exc))
-    problems = document_problems(data)
-    if problems:  # before task_to_form copies it: nothing of an oversized document is processed
-        return jsonify({"errors": problems}), 422
-    errors: list[dict[str, Any]] = []
-    notes: list[str] = []
-    spec = None
-    try:
-        spec = parse_task(data)
-        notes = list(spec.notes)
-    except TaskSpecError as exc:
-        errors = exc.errors
-    if request.args.get("form") in ("1", "true"):
-        if not isinstance(data, dict):
-            return jsonify({"errors": errors}), 422
-        form, rows, extra = task_to_form(data)
-        return jsonify({"form": form, "rows": rows, "extra": extra, "errors": errors, "notes": notes})
-    if spec is None:
-        return jsonify({"errors": errors}), 422
-    return jsonify(spec.to_dict())
-
-
-def _gpu_range(spec) -> tuple[list[int], list[str]]:
-    """Distinct GPU counts over the parameter sets the task can run. Bounded work: at most
-    MAX_ENUMERATED values per axis and MAX_ENUMERATED combinations are looked at."""
-    notes: list[str] = []
-    if spec.optimization.strategy == "list":
-        configs = spec.list_configs[:MAX_ENUMERATED]
-        return sorted({spec.gpus_needed(c) for c in configs}) or [1], notes
-    engine = spec.engine_spec
-    relevant = set(engine.gpu_flags) | ({engine.dp_inside_tp} if engine.dp_inside_tp else set())
-    axes: list[tuple[str, list[Any]]] = []
-    for name, dom in spec.search_space.items():
-        if name not in relevant:
-            continue
-        if isinstance(dom, (Choice, IntRange)):  # IntRange's values are a lazy range: slicing is free
-            axes.append((name, dom.grid_values()[:MAX_ENUMERATED]))
-    counts: set[int] = set()
-    for i, combo in enumerate(itertools.product(*(values for _, values in axes))):
-        if i >= MAX_ENUMERATED:
-            notes.append(f"GPU range computed over the first {MAX_ENUMERATED:,} parameter sets")
-            break
-        counts.add(spec.gpus_needed(dict(zip((n for n, _ in axes), combo))))
-    return sorted(counts) or [1], notes
-
-
-def preview_task(data: Any) -> dict[str, Any]:
-    """Experiments the task will run and GPUs each needs; errors instead when invalid."""
-    from app.task_service import check_submittable
-
-    out: dict[str, Any] = {"experiments": None, "gpus_per_experiment": None, "gpu_counts": None,
-                           "grid_size": None, "notes": [], "errors": []}
-    try:
-        spec = parse_task(data)
-        check_submittable(spec)
-    except TaskSpecError as exc:
-        out["errors"] = exc.errors
-        return out
-    strategy, limit = spec.optimization.strategy, int(spec.optimization.max_iterations)
-    grid = spec.grid_size()
-    out["grid_size"] = grid
-    if strategy == "list":
-        available = len(spec.list_configs)
-        out["experiments"] = min(limit, available)
-    elif grid is not None:
-        out["experiments"] = min(limit, grid)
-    else:
-        out["experiments"] = limit
-    notes = list(spec.notes)
-    if strategy in ("grid_search", "random") and grid is not None and limit < grid:
-        notes.append(f"the search space has {grid:,} parameter sets; {limit:,} of them will run")
-    if grid is None and strategy in ("random", "bayesian"):
-        notes.append("the search space is continuous; max_iterations decides how many experiments run")
-    counts, gpu_notes = _gpu_range(spec)
-    out["gpus_per_experiment"] = [counts[0], counts[-1]]
-    out["gpu_counts"] = counts
-    out["notes"] = notes + gpu_notes
-    return out
-
-
-@api_bp.post("/tasks/preview")
-def preview():
-    """Body: the task as JSON, or the New task form itself (form-encoded)."""
-    if request.is_json:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            return jsonify({"experiments": None, "gpus_per_experiment": None, "notes": [],
-                            "errors": [{"loc": ["body"], "msg": "the body must be a JSON object (a task)"}]}), 422
-        return jsonify(preview_task(data))
-    problems: list[dict[str, Any]] = []
-    data = form_to_task(request.form, problems)
-    out = preview_task(data)
-    out["errors"] = problems + out["errors"]
-    return jsonify(out)
