@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from app.domain.placement import plan as plan_placements
 from app.store import ledger
 from app.celery_app import queue_for
 from app.config import get_settings
@@ -138,7 +139,7 @@ def schedule(session: Session) -> list[Dispatch]:
     if not waiting:
         return []
     groups, capacity = ledger.group_states(session)
-    plan = ledger.plan([(e.id, e.gpus_needed) for e in waiting], groups, capacity)
+    plan = plan_placements([(e.id, e.gpus_needed) for e in waiting], groups, capacity)
     by_id = {e.id: e for e in waiting}
     for exp_id, reason in plan.waiting.items():
         by_id[exp_id].wait_reason = reason

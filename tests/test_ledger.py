@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.store import ledger
-from app.store.ledger import FreeGpu, GroupState, LedgerConflict, plan
+from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
+from app.store.ledger import LedgerConflict
 
 
 def make_groups(sizes: list[int], used: list[set[int]] | None = None) -> list[GroupState]:
@@ -77,7 +78,7 @@ def test_waits_when_no_worker_has_registered_yet():
 
 def test_prefers_neighbouring_gpus():
     free = [FreeGpu(10, 0), FreeGpu(12, 2), FreeGpu(13, 3), FreeGpu(15, 5)]
-    assert [g.index for g in ledger.pick_gpus(free, 2)] == [2, 3]
+    assert [g.index for g in pick_gpus(free, 2)] == [2, 3]
 
 
 # --- the store ---------------------------------------------------------------------------
