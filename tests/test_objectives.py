@@ -57,3 +57,16 @@ def test_objective_level_picks_the_named_level_else_the_highest():
     assert score([[high, low]], "minimize_latency").objective == pytest.approx(3.0)  # highest, not last
     rated = [level(request_rate=2.0, concurrency=None, mean_ttft_ms=50.0), level(request_rate=16.0, concurrency=None, mean_ttft_ms=900.0)]
     assert score([rated], "minimize_ttft", at=2).objective == pytest.approx(0.05)
+
+
+def test_a_level_with_too_many_errors_has_no_objective_whatever_the_objective():
+    from app.domain.objectives import MAX_ERROR_RATE, score
+
+    good = {"concurrency": 8, "completed": 95, "errors": 5, "output_throughput_per_gpu": 900.0, "mean_e2el_ms": 800.0}
+    assert MAX_ERROR_RATE == 0.05
+    assert score([[good]], "maximize_throughput").objective == 900.0  # 5 % is still a measurement
+    broken = dict(good, completed=24, errors=3105)  # an engine that died two seconds in
+    for objective in ("maximize_throughput", "minimize_latency"):
+        result = score([[broken]], objective)
+        assert result.objective is None and not result.slo_ok
+        assert "3105 of 3129 requests failed" in result.problem

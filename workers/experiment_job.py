@@ -230,7 +230,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated},
                 "objective": result.objective,
                 "slo_ok": result.slo_ok,
-                "error": None if ok else "no request completed at the scored load level",
+                "error": None if ok else result.problem,
                 "failure_kind": None if ok else "bad_measurement",
             }
         finally:

@@ -58,12 +58,19 @@ SLO_METRICS = {
 }
 
 
+# A level where more than this share of requests failed measured a broken server (crashed,
+# overloaded into errors, misconfigured), not a configuration: it gets no objective, whatever
+# the objective is (a throughput of the few requests that got through would look good).
+MAX_ERROR_RATE = 0.05
+
+
 @dataclass
 class Score:
     objective: float | None
     slo_ok: bool = True
     penalty: float = 0.0
     violations: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None  # why there is no objective, in words
 
     def as_dict(self) -> dict[str, Any]:
         return {"objective": self.objective, "slo_ok": self.slo_ok, "penalty": self.penalty, "violations": self.violations}
@@ -89,8 +96,13 @@ def score_level(level: dict[str, Any], objective: str, slo: dict[str, Any] | Non
     o = OBJECTIVES[objective]
     key, sense, factor = o.metric, o.direction, o.factor
     raw = level.get(key)
-    if raw is None or not level.get("completed"):
-        return Score(objective=None, slo_ok=False)
+    completed, errors = int(level.get("completed") or 0), int(level.get("errors") or 0)
+    if raw is None or not completed:
+        return Score(objective=None, slo_ok=False, problem="no request completed at the scored load level")
+    if errors > MAX_ERROR_RATE * (completed + errors):
+        return Score(objective=None, slo_ok=False, problem=(
+            f"{errors} of {completed + errors} requests failed at the scored load level (more than "
+            f"{MAX_ERROR_RATE:.0%}): the measurement is not trusted"))
     base = float(raw) * factor
     steepness = float((slo or {}).get("steepness") or 0.1)
     result = Score(objective=base)
@@ -134,7 +146,9 @@ def score(
     """Score a whole experiment: every scenario at the scored level, then the mean."""
     parts = [score_level(scored_level(levels, at), objective, slo) for levels in scenarios if levels]
     if not parts or any(p.objective is None for p in parts):
-        return Score(objective=None, slo_ok=False, violations=[v for p in parts for v in p.violations])
+        problem = next((p.problem for p in parts if p.problem), "no scenario produced a measurement")
+        return Score(objective=None, slo_ok=False, violations=[v for p in parts for v in p.violations],
+                     problem=problem)
     return Score(
         objective=sum(p.objective for p in parts) / len(parts),
         slo_ok=all(p.slo_ok for p in parts),
