@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 from typing import Any, Iterable
@@ -22,6 +23,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
 from app.config import get_settings
+from app.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +81,14 @@ def request_coordination(task_id: int | None = None) -> None:
 
 
 @worker_process_init.connect
-def _fresh_connections(**_kwargs: Any) -> None:
-    """A forked pool child must not reuse the parent's database sockets; it opens its own
-    now, so its first job does not pay for connecting."""
+def _pool_child_init(**_kwargs: Any) -> None:
+    """A forked pool child dies with its worker's main process (a SIGKILLed coordinator or
+    worker leaves no pool process behind; an experiment's engine supervisor then ends the
+    engine), and must not reuse the parent's database sockets: it opens its own now, so its
+    first job does not pay for connecting."""
     from app.store.db import dispose_engines, ping
+
+    die_with_parent(signal.SIGKILL)
 
     dispose_engines()
     try:
@@ -107,6 +113,17 @@ def tick() -> int:
     dispatches = decide()
     send_experiments(dispatches)
     return len(dispatches)
+
+
+def run_worker_process(args: list[str]) -> None:
+    """Run `celery worker ARGS` in this process and exit with its status. A fatal error
+    (Celery's "Unrecoverable error", e.g. a broker outage it cannot recover from) must be a
+    failure that systemd, the embedded stack or Kubernetes restarts; `worker_main` drops the
+    status, so the worker is started through `start`, which returns it."""
+    code = app.start(argv=["worker", *args])
+    if code:
+        log.error("the Celery worker stopped with status %s", code)
+        raise SystemExit(code)
 
 
 def _tick_every(interval: float, stop: threading.Event) -> None:
@@ -137,9 +154,8 @@ def run_coordinator(concurrency: int = 2, loglevel: str = "INFO") -> None:
 
     worker_ready.connect(ready, weak=False)
     try:
-        app.worker_main([
-            "worker", "-Q", CONTROL_QUEUE, "-c", str(concurrency), "-n",
-            f"coordinator-{os.getpid()}@{socket.gethostname()}",
+        run_worker_process([
+            "-Q", CONTROL_QUEUE, "-c", str(concurrency), "-n", f"coordinator-{os.getpid()}@{socket.gethostname()}",
             "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle",
         ])
     finally:

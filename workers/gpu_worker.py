@@ -18,8 +18,7 @@ import uuid
 from celery.signals import worker_ready, worker_shutdown
 
 from app.config import get_settings
-from app.celery_app import app as celery
-from app.celery_app import queue_for, request_coordination
+from app.celery_app import queue_for, request_coordination, run_worker_process
 from app.store.migrate import upgrade
 from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
 from workers.gpu_discovery import busy_gpus
@@ -118,7 +117,7 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     member.housekeeping()
     worker_ready.connect(member.on_ready, weak=False)
     worker_shutdown.connect(member.on_shutdown, weak=False)
-    celery.worker_main([
-        "worker", "-Q", queue_for(group), "-c", str(slots), "-n", name,
+    run_worker_process([
+        "-Q", queue_for(group), "-c", str(slots), "-n", name,
         "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle",
     ])
