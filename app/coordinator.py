@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.domain.placement import plan as plan_placements
@@ -212,7 +212,8 @@ def reap(session: Session) -> None:
                     "(AUTOTUNER_ENGINE_REAP_TIMEOUT); its host's worker is unreachable", label, attempt_id,
                     settings.engine_reap_timeout)
     online_groups = set(session.execute(select(Worker.group).where(Worker.online.is_(True))).scalars())
-    session.execute(update(Gpu).values(online=Gpu.group.in_(sorted(online_groups))))
+    for gpu in ledger.lock_gpus(session):
+        gpu.online = gpu.group in online_groups
     orphans = session.execute(
         select(Experiment).where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
     ).scalars()

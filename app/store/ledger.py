@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
@@ -66,8 +67,17 @@ def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
     return list(online.values()), dict(capacity)
 
 
+def lock_gpus(session: Session, *where: Any) -> list[Gpu]:
+    """The GPU rows matching `where`, row-locked in id order. Every transaction that changes
+    several GPU rows locks them through here first, so all take their locks in one order and
+    two of them (a worker's heartbeat and the scheduler) cannot deadlock on PostgreSQL.
+    (SQLite serialises writing transactions anyway.)"""
+    return list(session.execute(select(Gpu).where(*where).order_by(Gpu.id).with_for_update()).scalars())
+
+
 def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int, ...]) -> list[Gpu]:
     """Give all of `gpu_ids` to the experiment or raise LedgerConflict (nothing taken)."""
+    lock_gpus(session, Gpu.id.in_(gpu_ids))
     result = session.execute(
         update(Gpu)
         .where(Gpu.id.in_(gpu_ids), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None))
@@ -94,6 +104,7 @@ def release(session: Session, experiment_id: int, fence: int | None = None) -> N
     values: dict = {"held_by": None}
     if fence is not None:
         values.update(fenced_by=fence, fenced_at=now)
+    lock_gpus(session, Gpu.held_by == experiment_id)
     session.execute(
         update(Gpu)
         .where(Gpu.held_by == experiment_id)
@@ -114,7 +125,8 @@ def forget(session: Session, experiment_ids: Select) -> list[str]:
     still fenced for one of their attempts are not touched; their labels come back, and the
     caller must refuse to delete (an engine there is not yet known to be stopped)."""
     attempt_ids = select(Attempt.id).where(Attempt.experiment_id.in_(experiment_ids))
-    fenced = list(session.execute(select(Gpu).where(Gpu.fenced_by.in_(attempt_ids)).order_by(Gpu.id)).scalars())
+    fenced = [g for g in lock_gpus(session, Gpu.fenced_by.in_(attempt_ids) | Gpu.held_by.in_(experiment_ids))
+              if g.fenced_by is not None]
     if fenced:
         return [g.label for g in fenced]
     session.execute(update(Gpu).where(Gpu.held_by.in_(experiment_ids)).values(held_by=None)
@@ -126,6 +138,7 @@ def forget(session: Session, experiment_ids: Select) -> list[str]:
 
 def unfence(session: Session, attempt_id: int) -> None:
     """The attempt's engine is gone: its GPUs may be handed on."""
+    lock_gpus(session, Gpu.fenced_by == attempt_id)
     session.execute(
         update(Gpu).where(Gpu.fenced_by == attempt_id).values(fenced_by=None, fenced_at=None)
         .execution_options(synchronize_session=False)
@@ -137,9 +150,7 @@ def expire_fences(session: Session, older_than: datetime) -> list[tuple[str, int
     is unreachable, so no reaper runs there); returns (GPU label, attempt id) pairs so the
     caller can log each one."""
     expired = []
-    for gpu in session.execute(
-        select(Gpu).where(Gpu.fenced_by.is_not(None), Gpu.fenced_at < older_than).order_by(Gpu.id)
-    ).scalars():
+    for gpu in lock_gpus(session, Gpu.fenced_by.is_not(None), Gpu.fenced_at < older_than):
         expired.append((gpu.label, gpu.fenced_by))
         gpu.fenced_by, gpu.fenced_at = None, None
     return expired

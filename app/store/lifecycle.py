@@ -205,7 +205,7 @@ def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None
             return None
         now = utcnow()
         labels = []
-        for gpu in session.execute(select(Gpu).where(Gpu.held_by == exp.id)).scalars():
+        for gpu in ledger.lock_gpus(session, Gpu.held_by == exp.id):
             if gpu.index in busy:
                 gpu.quarantined_at, gpu.quarantine_reason = now, busy[gpu.index][:300]
                 labels.append(gpu.label)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from app.store import ledger
 from app.store.db import session_scope
@@ -90,11 +90,11 @@ def heartbeat(name: str, incarnation: str, utilization: dict[int, float] | None 
         if worker is None or worker.incarnation != incarnation:
             return False
         worker.last_heartbeat, worker.online = utcnow(), True
-        session.execute(update(Gpu).where(Gpu.group == worker.group).values(online=True))
-        for index, value in (utilization or {}).items():
-            session.execute(
-                update(Gpu).where(Gpu.host == worker.host, Gpu.index == index).values(utilization=value)
-            )
+        utilization = utilization or {}
+        for gpu in ledger.lock_gpus(session, Gpu.group == worker.group):
+            gpu.online = True
+            if gpu.host == worker.host and gpu.index in utilization:
+                gpu.utilization = utilization[gpu.index]
         return True
 
 
@@ -110,7 +110,8 @@ def unregister(name: str, incarnation: str) -> None:
             select(Worker).where(Worker.group == worker.group, Worker.online.is_(True), Worker.name != name)
         ).first()
         if others is None:
-            session.execute(update(Gpu).where(Gpu.group == worker.group).values(online=False))
+            for gpu in ledger.lock_gpus(session, Gpu.group == worker.group):
+                gpu.online = False
 
 
 @dataclass(frozen=True)
