@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from app.config import get_settings
 from app.processes import die_with_parent
@@ -73,8 +74,13 @@ def send_experiments(dispatches: Iterable[Any]) -> None:
 
 
 def request_coordination(task_id: int | None = None) -> None:
-    """Ask the coordinator to look at a task (or all of them) soon."""
-    app.send_task(COORDINATE, args=[task_id], queue=CONTROL_QUEUE)
+    """Ask the coordinator to look at a task (or all of them) soon. What it should look at
+    is already committed, so an unreachable broker loses nothing: the periodic tick does
+    the same a little later."""
+    try:
+        app.send_task(COORDINATE, args=[task_id], queue=CONTROL_QUEUE)
+    except KombuOperationalError:
+        log.warning("broker unreachable; the coordinator looks at task %s at its next tick", task_id)
 
 
 # -- the control worker's tasks ----------------------------------------------------------

@@ -5,6 +5,7 @@ import logging
 
 from sqlalchemy import delete, select
 
+from app.celery_app import request_coordination
 from app.store import ledger
 from app.store.db import session_scope
 from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL
@@ -53,21 +54,8 @@ def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
         session.flush()
         task_id = task.id
     if enqueue:
-        _nudge(task_id)
-    return task_id
-
-
-def _nudge(task_id: int) -> None:
-    """Ask the coordinator to look at the task now. The row is already committed, so if
-    the broker is unreachable nothing is lost: the periodic tick picks the task up."""
-    from kombu.exceptions import OperationalError
-
-    from app.celery_app import request_coordination
-
-    try:
         request_coordination(task_id)
-    except OperationalError:
-        log.warning("broker unreachable; task %s starts at the coordinator's next tick", task_id)
+    return task_id
 
 
 def check_submittable(spec: TaskSpec) -> None:
@@ -118,7 +106,7 @@ def cancel_task(task_id: int) -> str:
         if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.CANCELLING):
             raise Conflict(f"task {task_id} is already {task.status}")
         task.status = TaskStatus.CANCELLING
-    _nudge(task_id)
+    request_coordination(task_id)
     return TaskStatus.CANCELLING
 
 
@@ -156,7 +144,7 @@ def retry_failed(task_id: int) -> int:
             if task.started_at is None:
                 task.started_at = utcnow()
         count = len(failed)
-    _nudge(task_id)
+    request_coordination(task_id)
     return count
 
 

@@ -9,9 +9,9 @@ import pytest
 from app import stack as stack_module
 from app.stack import Stack
 
-pytestmark = pytest.mark.process
 
 
+@pytest.mark.unit
 def test_a_fatal_worker_error_is_a_non_zero_exit(monkeypatch):
     from app import celery_app
 
@@ -24,6 +24,7 @@ def test_a_fatal_worker_error_is_a_non_zero_exit(monkeypatch):
     celery_app.run_worker_process(["-Q", "control"])  # a clean stop returns normally
 
 
+@pytest.mark.process
 def test_the_embedded_stack_restarts_a_dead_child_then_gives_up(tmp_path, monkeypatch):
     monkeypatch.setattr(stack_module, "MAX_RESTARTS", 2)
     s = Stack(home=tmp_path)
@@ -67,8 +68,7 @@ def test_sigkill_of_the_coordinator_leaves_no_process_behind(stack):
     import os
     import signal
 
-    from tests.conftest import wait_for
-    from tests.engine_fixtures import alive, wait_gone
+    from tests.helpers import alive, wait_for, wait_gone
 
     coordinator = stack.start("coordinator", "coordinator", "--concurrency", "2")
     pool = wait_for(lambda: len(_children(coordinator.pid)) >= 2 and _children(coordinator.pid), 60,
@@ -77,3 +77,37 @@ def test_sigkill_of_the_coordinator_leaves_no_process_behind(stack):
     os.kill(coordinator.pid, signal.SIGKILL)
     coordinator.wait()
     wait_gone(pool)
+
+
+@pytest.mark.process
+def test_the_web_answers_503_while_the_database_is_down(tmp_path, monkeypatch):
+    """A database that does not answer is a 503 with Retry-After, JSON under /api."""
+    from app import create_app
+    from tests.helpers import free_port
+
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    client = create_app({"TESTING": True, "SKIP_MIGRATIONS": True}).test_client()
+    resp = client.get("/api/tasks")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "5"
+    assert resp.json == {"errors": [{"loc": [], "msg": "the database is unavailable; try again in a few seconds"}]}
+    page = client.get("/")
+    assert page.status_code == 503 and "database is unavailable" in page.get_data(as_text=True)
+
+
+@pytest.mark.unit
+def test_the_final_write_waits_for_the_database(monkeypatch):
+    """The job's result is written again with back-off while the database is unreachable."""
+    from sqlalchemy.exc import OperationalError
+
+    from workers import experiment_job
+
+    monkeypatch.setattr("tenacity.nap.time.sleep", lambda _s: None)
+    outcomes = [OperationalError("UPDATE", {}, Exception("server closed the connection")), None]
+
+    def write():
+        failure = outcomes.pop(0)
+        if failure is not None:
+            raise failure
+        return 7
+
+    assert experiment_job.persistently(write) == 7 and outcomes == []

@@ -13,9 +13,11 @@ import logging
 import os
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError
+from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app.store import lifecycle
 from app.tools.loadgen import run_benchmark
@@ -30,6 +32,8 @@ from workers.runtimes.base import Deployment, ExperimentCancelled, EngineError, 
 
 log = logging.getLogger(__name__)
 ENGINE_CHECK_EVERY_S = 0.5
+FINAL_WRITE_PATIENCE_S = 600.0  # how long the final write waits for the database
+T = TypeVar("T")
 
 
 class EngineWatch:
@@ -190,6 +194,19 @@ def _gpus_busy(claim: lifecycle.Claim) -> dict[int, str]:
     return busy_gpus(claim.gpu_indices, get_settings().gpu_min_free_fraction)
 
 
+def persistently(write: Callable[[], T]) -> T:
+    """Run the job's final database write, retrying with back-off while the database is
+    unreachable (a restart, a fail-over): an hour of measurement must not be lost to a
+    blip. After FINAL_WRITE_PATIENCE_S the error is raised; the coordinator then treats the
+    attempt as lost and runs it again."""
+    for attempt in Retrying(retry=retry_if_exception_type(DBAPIError), wait=wait_exponential(multiplier=0.5, max=15),
+                            stop=stop_after_delay(FINAL_WRITE_PATIENCE_S), reraise=True,
+                            before_sleep=before_sleep_log(log, logging.WARNING)):
+        with attempt:
+            return write()
+    raise AssertionError("unreachable: Retrying either returns or raises")
+
+
 def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     claim = lifecycle.claim(experiment_id, attempt, worker=worker, host=host, pid=os.getpid())
     if claim is None:
@@ -247,6 +264,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
         outcome = {"state": ExperimentState.FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
                    "failure_kind": "internal"}
     state = outcome.pop("state")
-    task_id = lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log, engine_gone=engine_gone, **outcome)
+    task_id = persistently(lambda: lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log,
+                                                    engine_gone=engine_gone, **outcome))
     request_coordination(task_id if task_id is not None else claim.task_id)
     return state

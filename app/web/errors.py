@@ -8,6 +8,8 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import Conflict as WerkzeugConflict
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.exceptions import ServiceUnavailable
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.task_service import Conflict, NotFound
 
@@ -47,7 +49,23 @@ def _conflict(exc: Conflict):
     return json_error(409, str(exc), exc.loc) if is_api_request() else WerkzeugConflict(str(exc))
 
 
+def _database_down(exc: DBAPIError):
+    """The store cannot be reached (a restart, a fail-over): say so, and when to retry, instead
+    of a 500. Other database errors are bugs and stay 500s."""
+    if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+        return _unexpected(exc)
+    log.warning("database unavailable on %s %s: %s", request.method, request.path, exc.orig)
+    msg = "the database is unavailable; try again in a few seconds"
+    if is_api_request():
+        resp, status = json_error(503, msg)
+    else:
+        resp, status = ServiceUnavailable(msg).get_response(), 503
+    resp.headers["Retry-After"] = "5"
+    return resp, status
+
+
 def init_errors(app: Flask) -> None:
+    app.register_error_handler(DBAPIError, _database_down)
     app.register_error_handler(NotFound, _not_found)
     app.register_error_handler(Conflict, _conflict)
     app.register_error_handler(HTTPException, _http_error)
