@@ -17,7 +17,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.config import get_settings
     from app.limits import MAX_BODY
     from app.store.migrate import upgrade
-    from app.web import actions, api, live, pages, submit
+    from app.web import actions, api, live, ops, pages, submit
     from app.web.auth import init_auth
     from app.web.csrf import init_session
     from app.web.errors import init_errors
@@ -50,6 +50,6 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     # `auth.api_write` (bearer token, or the CSRF header when a session cookie is sent).
     csrf.exempt(api.bp)
     flask_app.register_blueprint(api.bp)
-    for blueprint in (pages.bp, live.bp, submit.bp, actions.bp):
+    for blueprint in (pages.bp, live.bp, submit.bp, actions.bp, ops.bp):
         flask_app.register_blueprint(blueprint)
     return flask_app

@@ -127,7 +127,10 @@ def pool_dict(session: Session) -> dict[str, Any]:
     workers = session.execute(select(Worker).order_by(Worker.host, Worker.group)).scalars().all()
     now = utcnow()
     gpus = session.execute(select(Gpu).order_by(Gpu.host, Gpu.index)).scalars().all()
+    from app.backlog import backlog
+
     return {
+        "backlog": backlog(session),
         "workers": [
             {
                 "name": w.name, "group": w.group, "host": w.host, "queue": w.queue, "slots": w.slots,

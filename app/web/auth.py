@@ -39,7 +39,9 @@ from app.web.ratelimit import FailureLimiter
 
 USER, VIEWER = "user", "viewer"
 # Endpoints anyone may reach even when reading needs a token.
-OPEN_ENDPOINTS = {"static", "pages.login", "actions.logout"}
+OPEN_ENDPOINTS = {"static", "pages.login", "actions.logout", "ops.healthz"}
+# Read by programs (Prometheus), not people: a 401 naming the bearer token, never a login page.
+MACHINE_ENDPOINTS = {"ops.metrics"}
 _FP_KEY = "token_fp"
 LOGIN_WINDOW = 300.0  # seconds over which failed logins are counted
 # Browsers drop tabs and newlines from URLs and read "\\" as "/": "/\t/evil.example" is
@@ -155,7 +157,7 @@ def require_reader():
         return None  # an unknown page: let it be a 404
     if may_read():
         return None
-    if is_api_request():
+    if is_api_request() or request.endpoint in MACHINE_ENDPOINTS:
         return _unauthorized("a valid bearer token (viewer or user) is required")
     target = request.full_path.rstrip("?") if request.method == "GET" else None
     return redirect(url_for("pages.login", next=target) if target else url_for("pages.login"))

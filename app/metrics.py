@@ -1,0 +1,85 @@
+"""Prometheus metrics, read from the store at scrape time: every web process reports the
+same numbers whatever it served, and nothing is kept in memory between scrapes.
+
+`autotuner_experiments_waiting{group,gpus}` is the backlog to scale GPU workers on
+(deploy/k8s has a KEDA example); the rest say what the pool and the tasks are doing.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy import func, select
+
+from app.backlog import backlog
+from app.domain.states import EXP_STATES, TaskStatus
+from app.store.db import session_scope
+from app.store.models import Experiment, Gpu, Task, Worker, utcnow
+
+
+class StoreCollector(Collector):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with session_scope(readonly=True) as session:
+            yield from self._experiments(session)
+            yield from self._pool(session)
+
+    @staticmethod
+    def _experiments(session) -> Iterator[GaugeMetricFamily]:
+        by_state = dict(session.execute(select(Experiment.state, func.count()).group_by(Experiment.state)).all())
+        states = GaugeMetricFamily("autotuner_experiments", "Experiments by state", labels=["state"])
+        for state in EXP_STATES:
+            states.add_metric([str(state)], by_state.get(state, 0))
+        yield states
+        waiting = GaugeMetricFamily("autotuner_experiments_waiting",
+                                    "Experiments waiting for GPUs (group empty until placed), by GPUs needed",
+                                    labels=["group", "gpus"])
+        queued = GaugeMetricFamily("autotuner_experiments_queued", "Experiments placed, not yet taken by a worker",
+                                   labels=["group", "gpus"])
+        for row in backlog(session):
+            if row["waiting"]:
+                waiting.add_metric([row["group"], str(row["gpus"])], row["waiting"])
+            if row["queued"]:
+                queued.add_metric([row["group"], str(row["gpus"])], row["queued"])
+        yield waiting
+        yield queued
+        tasks = GaugeMetricFamily("autotuner_tasks", "Tasks by status", labels=["status"])
+        by_status = dict(session.execute(select(Task.status, func.count()).group_by(Task.status)).all())
+        for status in TaskStatus:
+            tasks.add_metric([str(status)], by_status.get(status, 0))
+        yield tasks
+
+    @staticmethod
+    def _pool(session) -> Iterator[GaugeMetricFamily]:
+        gpus = GaugeMetricFamily("autotuner_gpus", "Registered GPUs by state", labels=["state", "simulated"])
+        counts: dict[tuple[str, str], int] = {}
+        for gpu in session.execute(select(Gpu)).scalars():
+            if not gpu.online:
+                state = "offline"
+            elif gpu.held_by is not None:
+                state = "held"
+            elif gpu.fenced_by is not None:
+                state = "fenced"
+            elif gpu.quarantined_at is not None:
+                state = "quarantined"
+            else:
+                state = "free"
+            key = (state, "true" if gpu.simulated else "false")
+            counts[key] = counts.get(key, 0) + 1
+        for (state, simulated), n in sorted(counts.items()):
+            gpus.add_metric([state, simulated], n)
+        yield gpus
+        age = GaugeMetricFamily("autotuner_worker_heartbeat_age_seconds", "Seconds since each online worker's last heartbeat",
+                                labels=["worker", "group", "host"])
+        now = utcnow()
+        for w in session.execute(select(Worker).where(Worker.online.is_(True))).scalars():
+            age.add_metric([w.name, w.group, w.host], (now - w.last_heartbeat).total_seconds())
+        yield age
+
+
+def registry() -> CollectorRegistry:
+    """A registry with the store's metrics only (no per-process defaults: every web process
+    would report different ones)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(StoreCollector())
+    return reg

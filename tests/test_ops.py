@@ -1,0 +1,58 @@
+"""/healthz, /metrics and the backlog: what a load balancer, Prometheus and an autoscaler read."""
+from __future__ import annotations
+
+import pytest
+
+from app.domain.taskspec import parse_task
+from app.store.pool import GpuSpec, register_worker
+from app.task_service import create_task
+from tests.helpers import build_app, mixed_task
+
+
+@pytest.mark.unit
+def test_the_backlog_is_visible_in_the_pool_api_the_page_and_metrics(db, monkeypatch):
+    from app.coordinator import coordinate
+
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "60")
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 2, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(2)], "i", 1)
+    task_id = create_task(parse_task(mixed_task([{"tp-size": 2}] * 3, parallel=3)), enqueue=False)
+    assert len(coordinate(task_id)) == 1
+    client = build_app().test_client()
+    backlog = client.get("/api/pool").json["backlog"]
+    # max_parallel_experiments is bounded by the pool (2 GPUs): two experiments exist, one placed.
+    assert backlog == [
+        {"group": "", "gpus": 2, "waiting": 1, "queued": 0,
+         "reasons": {"waiting for 2 free GPU(s); group g is reserved for it": 1}},
+        {"group": "g", "gpus": 2, "waiting": 0, "queued": 1, "reasons": {}},
+    ]
+    page = client.get("/pool").get_data(as_text=True)
+    assert 'id="backlog"' in page and "not placed yet" in page
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'autotuner_experiments_waiting{gpus="2",group=""} 1.0' in text
+    assert 'autotuner_experiments_queued{gpus="2",group="g"} 1.0' in text
+    assert 'autotuner_experiments{state="pending"} 1.0' in text and 'autotuner_experiments{state="queued"} 1.0' in text
+    assert 'autotuner_gpus{simulated="true",state="held"} 2.0' in text
+    assert 'autotuner_tasks{status="running"} 1.0' in text
+    assert 'autotuner_worker_heartbeat_age_seconds{group="g",host="h",worker="gpu-g@h"}' in text
+
+
+@pytest.mark.unit
+def test_healthz_is_open_and_checks_the_database_and_the_broker(db, monkeypatch):
+    monkeypatch.setenv("AUTOTUNER_AUTH_TOKEN", "t" * 32)
+    monkeypatch.setenv("AUTOTUNER_VIEWER_TOKEN", "v" * 32)
+    client = build_app().test_client()
+    resp = client.get("/healthz")
+    assert resp.status_code == 200 and resp.json == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert client.get("/metrics").status_code == 401  # reading the numbers needs the viewer token
+    assert client.get("/metrics", headers={"Authorization": "Bearer " + "v" * 32}).status_code == 200
+
+
+@pytest.mark.process
+def test_healthz_is_503_naming_what_is_down(db, monkeypatch):
+    from tests.helpers import free_port
+
+    client = build_app().test_client()
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    resp = client.get("/healthz")
+    assert resp.status_code == 503
+    assert resp.json["status"] == "unavailable" and resp.json["database"].startswith("unavailable")
