@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 from typing import Any, Iterable
 
@@ -23,7 +22,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from app.config import get_settings
+from app.config import get_settings, host_name
 from app.processes import die_with_parent
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,7 @@ def run_coordinator(concurrency: int = 2, loglevel: str = "INFO") -> None:
     worker_ready.connect(ready, weak=False)
     try:
         run_worker_process([
-            "-Q", CONTROL_QUEUE, "-c", str(concurrency), "-n", f"coordinator-{os.getpid()}@{socket.gethostname()}",
+            "-Q", CONTROL_QUEUE, "-c", str(concurrency), "-n", f"coordinator-{os.getpid()}@{host_name()}",
             "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle",
         ])
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,13 @@ class Settings:
     auth_token: str | None
     secret_key: str | None
     flower_url: str | None
+
+
+def host_name() -> str:
+    """This host's name in the pool: `AUTOTUNER_HOST_NAME`, else the machine's hostname.
+    Set it where hostnames are not unique (containers, cloned VMs): GPUs, engines and the
+    reaper are keyed by it, so two hosts must never share one."""
+    return os.environ.get("AUTOTUNER_HOST_NAME") or socket.gethostname()
 
 
 def home_dir() -> Path:

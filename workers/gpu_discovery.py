@@ -7,10 +7,11 @@ driver get a clear error pointing at `--simulated-gpus`, instead of a stack trac
 """
 from __future__ import annotations
 
-import socket
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+from app.config import host_name
 
 try:  # nvidia-ml-py is a dependency, but keep import-time failures out of CLI help etc.
     import pynvml
@@ -141,7 +142,7 @@ def simulated_gpus(count: int, preset: str = "H100-80GB", first_index: int = 0) 
         raise GpuDiscoveryError(
             f"unknown simulated GPU preset {preset!r}; choose one of {sorted(SIMULATED_PRESETS)}"
         )
-    host = socket.gethostname()
+    host = host_name()
     return [
         GpuInfo(
             index=i,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 import uuid
 
 from celery.signals import worker_ready, worker_shutdown
 
-from app.config import get_settings
+from app.config import get_settings, host_name
 from app.celery_app import queue_for, request_coordination, run_worker_process
 from app.store.migrate import upgrade
 from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
@@ -39,7 +38,7 @@ class _Membership:
         self.name, self.group, self.slots, self.gpus = name, group, slots, gpus
         self.utilization = utilization
         self.incarnation = uuid.uuid4().hex
-        self.host = socket.gethostname()
+        self.host = host_name()
         self._stop = threading.Event()
 
     def register(self) -> None:
@@ -103,7 +102,7 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     import workers.tasks  # noqa: F401 - registers the experiment job on the Celery app
 
     upgrade()
-    host = socket.gethostname()
+    host = host_name()
     group = group or default_group(host, gpus)
     slots = slots or len(gpus)
     name = f"gpu-{group}@{host}"

@@ -2,8 +2,8 @@
 Celery app itself live in `app.celery_app`."""
 from __future__ import annotations
 
-import socket
 
+from app.config import host_name
 from app.celery_app import RUN_EXPERIMENT, app
 
 
@@ -11,4 +11,4 @@ from app.celery_app import RUN_EXPERIMENT, app
 def run_experiment(self, experiment_id: int, attempt: int) -> str:
     from workers.experiment_job import execute  # heavy imports only where experiments run
 
-    return execute(experiment_id, attempt, worker=self.request.hostname or "unknown", host=socket.gethostname())
+    return execute(experiment_id, attempt, worker=self.request.hostname or "unknown", host=host_name())

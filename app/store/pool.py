@@ -6,11 +6,11 @@ running is declared lost (retried by the coordinator) before new work arrives.
 """
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from app.config import host_name
 from app.store import ledger
 from app.store.db import session_scope
 from app.store.lifecycle import mark_lost, pid_alive
@@ -36,7 +36,7 @@ class PoolConflict(Exception):
 
 def _check_conflicts(session, name: str, host: str, pid: int, gpus: list[GpuSpec]) -> None:
     worker = session.get(Worker, name)
-    local = host == socket.gethostname()  # only this host's pids can be checked
+    local = host == host_name()  # only this host's pids can be checked
     if worker is not None and worker.online and local and worker.host == host and worker.pid != pid and pid_alive(worker.pid):
         raise PoolConflict(f"worker {name} is already running on this host (pid {worker.pid})")
     indices = [g.index for g in gpus]
