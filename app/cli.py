@@ -181,6 +181,23 @@ def cancel(task_id: int) -> None:
         raise click.ClickException(str(exc))
 
 
+@main.command()
+@click.argument("worker", required=False)
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the answer.")
+@friendly_errors
+def ping(worker: str | None, timeout: float) -> None:
+    """Is a Celery worker alive? (WORKER: its node name, e.g. gpu-host-gpu-0-1@host, as the
+    pool page shows it; without it, every worker answers.) Exit 0 when it answered: a liveness
+    probe for Kubernetes or a container's HEALTHCHECK."""
+    from app.celery_app import app as celery
+
+    replies = celery.control.ping(destination=[worker] if worker else None, timeout=timeout) or []
+    names = sorted(name for reply in replies for name in reply)
+    if not names:
+        raise click.ClickException(f"{worker or 'no worker'} did not answer within {timeout:g}s")
+    click.echo("\n".join(f"{name}: ok" for name in names))
+
+
 @main.group()
 def gpus() -> None:
     """The GPU pool: list GPUs, clear a quarantine."""

@@ -6,23 +6,66 @@ same numbers whatever it served, and nothing is kept in memory between scrapes.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from sqlalchemy import func, select
 
 from app.backlog import backlog
 from app.domain.states import EXP_STATES, TaskStatus
 from app.store.db import session_scope
-from app.store.models import Experiment, Gpu, Task, Worker, utcnow
+from app.store.models import Experiment, Gpu, GpuAllocation, Task, Worker, utcnow
+
+
+# Histograms are computed from the most recent rows at each scrape (bounded work whatever
+# the store's size); their buckets in seconds.
+RECENT_ROWS = 2000
+DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+HANDOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def _histogram(name: str, doc: str, values: list[float], buckets: tuple[float, ...]) -> HistogramMetricFamily:
+    counts = [sum(1 for v in values if v <= b) for b in buckets]
+    family = HistogramMetricFamily(name, doc)
+    family.add_metric([], [(str(b), c) for b, c in zip(buckets, counts)] + [("+Inf", len(values))],
+                      sum_value=sum(values))
+    return family
 
 
 class StoreCollector(Collector):
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         with session_scope(readonly=True) as session:
             yield from self._experiments(session)
             yield from self._pool(session)
+            yield from self._durations(session)
+
+    @staticmethod
+    def _durations(session) -> Iterator[Metric]:
+        """How long experiments run, and the hand-over gap: from a GPU's release to its next
+        allocation, counted only when that next experiment was already waiting (an idle pool
+        is not a slow hand-over)."""
+        spans = session.execute(
+            select(Experiment.started_at, Experiment.finished_at)
+            .where(Experiment.started_at.is_not(None), Experiment.finished_at.is_not(None))
+            .order_by(Experiment.finished_at.desc()).limit(RECENT_ROWS)
+        ).all()
+        yield _histogram("autotuner_experiment_duration_seconds", "Wall time of recent finished experiments",
+                         [(end - start).total_seconds() for start, end in spans], DURATION_BUCKETS)
+        rows = session.execute(
+            select(GpuAllocation.gpu_id, GpuAllocation.allocated_at, GpuAllocation.released_at, Experiment.created_at)
+            .join(Experiment, Experiment.id == GpuAllocation.experiment_id)
+            .order_by(GpuAllocation.id.desc()).limit(RECENT_ROWS)
+        ).all()
+        gaps: list[float] = []
+        last_release: dict[int, Any] = {}
+        for gpu_id, allocated, released, created in sorted(rows, key=lambda r: r[1]):
+            previous = last_release.get(gpu_id)
+            if previous is not None and created <= previous <= allocated:
+                gaps.append((allocated - previous).total_seconds())
+            last_release[gpu_id] = released
+        yield _histogram("autotuner_handover_gap_seconds",
+                         "From a GPU's release to its next allocation while work was waiting", gaps, HANDOVER_BUCKETS)
 
     @staticmethod
     def _experiments(session) -> Iterator[GaugeMetricFamily]:

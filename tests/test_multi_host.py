@@ -77,3 +77,27 @@ def test_a_host_cut_off_mid_task_its_work_finishes_on_the_other(stack):
         workers["host-b"].wait()
         for identity in engines:  # the frozen host's engines die with their supervisors' parent
             wait_for(lambda identity=identity: not procs.is_running(identity), 30, "host-b's engines to stop")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_autotuner_ping_is_a_liveness_probe_for_a_worker(stack):
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, start_stack
+
+    start_stack(stack, gpus=1)
+    from app.store.db import session_scope
+    from app.store.models import Worker
+
+    with session_scope() as s:
+        (name,) = [w.name for w in s.query(Worker).all()]
+
+    def ping(*args):
+        return subprocess.run([sys.executable, "-m", "app.cli", "ping", *args], env=stack.env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    ok = ping(name)
+    assert ok.returncode == 0 and ok.stdout == f"{name}: ok\n", ok.stderr
+    missing = ping("gpu-nobody@nowhere", "--timeout", "1")
+    assert missing.returncode == 1 and "gpu-nobody@nowhere did not answer within 1s" in missing.stderr

@@ -56,3 +56,38 @@ def test_healthz_is_503_naming_what_is_down(db, monkeypatch):
     resp = client.get("/healthz")
     assert resp.status_code == 503
     assert resp.json["status"] == "unavailable" and resp.json["database"].startswith("unavailable")
+
+
+@pytest.mark.unit
+def test_metrics_histograms_of_experiment_durations_and_hand_over_gaps(db):
+    from datetime import timedelta
+
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, GpuAllocation, Task, utcnow
+
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "i", 1)
+    t0 = utcnow() - timedelta(minutes=10)
+    with session_scope() as s:
+        gpu = s.query(Gpu).one()
+        task = Task(name="t", spec={}, engine="sglang", deployment_mode="sim", strategy="list",
+                    objective="minimize_latency", max_iterations=3)
+        s.add(task)
+        s.flush()
+        first = Experiment(task_id=task.id, seq=1, params={}, state="succeeded", created_at=t0,
+                           started_at=t0, finished_at=t0 + timedelta(seconds=45))
+        waiting = Experiment(task_id=task.id, seq=2, params={}, state="succeeded", created_at=t0,
+                             started_at=t0 + timedelta(seconds=45.04), finished_at=t0 + timedelta(seconds=400))
+        idle = Experiment(task_id=task.id, seq=3, params={}, state="succeeded", created_at=t0 + timedelta(seconds=500),
+                          started_at=t0 + timedelta(seconds=500), finished_at=t0 + timedelta(seconds=510))
+        s.add_all([first, waiting, idle])
+        s.flush()
+        for exp, start, end in ((first, 0, 45), (waiting, 45.04, 400), (idle, 500, 510)):
+            s.add(GpuAllocation(gpu_id=gpu.id, experiment_id=exp.id, attempt=1,
+                                allocated_at=t0 + timedelta(seconds=start), released_at=t0 + timedelta(seconds=end)))
+    text = build_app().test_client().get("/metrics").get_data(as_text=True)
+    # One hand-over (40 ms, the second experiment was waiting); the idle gap before the third is not one.
+    assert 'autotuner_handover_gap_seconds_bucket{le="0.025"} 0.0' in text
+    assert 'autotuner_handover_gap_seconds_bucket{le="0.05"} 1.0' in text
+    assert "autotuner_handover_gap_seconds_count 1.0" in text
+    assert 'autotuner_experiment_duration_seconds_bucket{le="60.0"} 2.0' in text
+    assert "autotuner_experiment_duration_seconds_count 3.0" in text
