@@ -10,10 +10,11 @@ dispatches; a dispatch lost between commit and send is re-sent by `tick()`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.domain.placement import plan as plan_placements
@@ -25,7 +26,7 @@ from app.store.db import session_scope
 from app.store.lifecycle import end_attempt, mark_lost
 from app.limits import get_limits
 from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
-from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
+from app.store.models import Attempt, Experiment, Gpu, PassTiming, Task, Worker, utcnow
 from app.domain.strategies import make_strategy
 from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec
@@ -166,6 +167,7 @@ def coordinate(task_id: int | None = None) -> list[Dispatch]:
     if task_id is None:
         with session_scope(readonly=True) as session:
             ids = list(session.execute(select(Task.id).where(Task.status.not_in(TASK_TERMINAL))).scalars())
+    started = time.perf_counter()
     for tid in ids:
         try:
             with session_scope() as session:
@@ -175,7 +177,9 @@ def coordinate(task_id: int | None = None) -> list[Dispatch]:
         except Exception as exc:  # noqa: BLE001 - one task's fault must not stop the others
             _fail_task(tid, exc)
     with session_scope() as session:
-        return schedule(session)
+        dispatches = schedule(session)
+        session.add(PassTiming(seconds=time.perf_counter() - started, placed=len(dispatches)))
+        return dispatches
 
 
 def _fail_task(task_id: int, exc: Exception) -> None:
@@ -240,11 +244,21 @@ def stale_dispatches(session: Session) -> list[Dispatch]:
     return out
 
 
+KEPT_PASS_TIMINGS = 2000
+
+
+def _prune_pass_timings(session: Session) -> None:
+    newest = session.execute(select(func.max(PassTiming.id))).scalar_one_or_none()
+    if newest is not None and newest > KEPT_PASS_TIMINGS:
+        session.execute(delete(PassTiming).where(PassTiming.id <= newest - KEPT_PASS_TIMINGS))
+
+
 def tick() -> list[Dispatch]:
     """The periodic pass: reap dead workers, re-send stale jobs, move every task on."""
     with session_scope() as session:
         ledger.lock(session)
         reap(session)
+        _prune_pass_timings(session)
     with session_scope() as session:
         resend = stale_dispatches(session)
     return resend + coordinate(None)

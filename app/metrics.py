@@ -15,13 +15,14 @@ from sqlalchemy import func, select
 from app.backlog import backlog
 from app.domain.states import EXP_STATES, TaskStatus
 from app.store.db import session_scope
-from app.store.models import Experiment, Gpu, GpuAllocation, Task, Worker, utcnow
+from app.store.models import Experiment, Gpu, GpuAllocation, PassTiming, Task, Worker, utcnow
 
 
 # Histograms are computed from the most recent rows at each scrape (bounded work whatever
 # the store's size); their buckets in seconds.
 RECENT_ROWS = 2000
 DURATION_BUCKETS = (10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+PASS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 HANDOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -64,6 +65,9 @@ class StoreCollector(Collector):
             if previous is not None and created <= previous <= allocated:
                 gaps.append((allocated - previous).total_seconds())
             last_release[gpu_id] = released
+        passes = session.execute(select(PassTiming.seconds).order_by(PassTiming.id.desc()).limit(RECENT_ROWS)).scalars()
+        yield _histogram("autotuner_coordinator_pass_seconds", "Duration of recent coordinator passes (advance and place)",
+                         list(passes), PASS_BUCKETS)
         yield _histogram("autotuner_handover_gap_seconds",
                          "From a GPU's release to its next allocation while work was waiting", gaps, HANDOVER_BUCKETS)
 

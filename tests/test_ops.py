@@ -28,6 +28,7 @@ def test_the_backlog_is_visible_in_the_pool_api_the_page_and_metrics(db, monkeyp
     page = client.get("/pool").get_data(as_text=True)
     assert 'id="backlog"' in page and "not placed yet" in page
     text = client.get("/metrics").get_data(as_text=True)
+    assert "autotuner_coordinator_pass_seconds_count 1.0" in text  # the pass above, recorded by the coordinator
     assert 'autotuner_experiments_waiting{gpus="2",group=""} 1.0' in text
     assert 'autotuner_experiments_queued{gpus="2",group="g"} 1.0' in text
     assert 'autotuner_experiments{state="pending"} 1.0' in text and 'autotuner_experiments{state="queued"} 1.0' in text
@@ -91,3 +92,17 @@ def test_metrics_histograms_of_experiment_durations_and_hand_over_gaps(db):
     assert "autotuner_handover_gap_seconds_count 1.0" in text
     assert 'autotuner_experiment_duration_seconds_bucket{le="60.0"} 2.0' in text
     assert "autotuner_experiment_duration_seconds_count 3.0" in text
+
+
+@pytest.mark.unit
+def test_the_tick_keeps_only_the_recent_pass_timings(db):
+    from app import coordinator
+    from app.store.db import session_scope
+    from app.store.models import PassTiming
+
+    with session_scope() as s:
+        s.add_all(PassTiming(seconds=0.01, placed=0) for _ in range(coordinator.KEPT_PASS_TIMINGS + 5))
+    coordinator.tick()
+    with session_scope() as s:
+        # the tick's own pass adds one after pruning
+        assert s.query(PassTiming).count() == coordinator.KEPT_PASS_TIMINGS + 1

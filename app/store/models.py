@@ -213,6 +213,19 @@ class GpuAllocation(Base):
     released_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
+class PassTiming(Base):
+    """How long each coordinator pass took (advancing tasks and placing experiments), read by
+    /metrics: the coordinator runs in its own processes, so the store is where every web
+    process can see it. The tick keeps only the most recent rows."""
+
+    __tablename__ = "pass_timings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    finished_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    seconds: Mapped[float] = mapped_column(Float)
+    placed: Mapped[int] = mapped_column(Integer, default=0)
+
+
 class Lock(Base):
     """Named rows to lock with SELECT ... FOR UPDATE (the scheduler pass is global)."""
 
