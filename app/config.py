@@ -36,6 +36,7 @@ class Settings:
     time_limit_grace: float
     engine_reap_timeout: float
     gpu_min_free_fraction: float
+    db_idle_transaction_timeout: float
     auth_token: str | None
     secret_key: str | None
     flower_url: str | None
@@ -90,6 +91,9 @@ def get_settings() -> Settings:
         # Before a launch, each allocated GPU must have this fraction of its memory free and
         # no compute process, else it is quarantined and the experiment placed again.
         gpu_min_free_fraction=_float("AUTOTUNER_GPU_MIN_FREE_FRACTION", 0.9),
+        # PostgreSQL ends a session left idle inside a transaction this long (a process frozen
+        # or cut off mid-transaction), so the row locks it held cannot stop everyone else.
+        db_idle_transaction_timeout=_float("AUTOTUNER_DB_IDLE_TRANSACTION_TIMEOUT", 60.0),
         auth_token=os.environ.get("AUTOTUNER_AUTH_TOKEN") or None,
         secret_key=os.environ.get("AUTOTUNER_SECRET_KEY") or None,
         flower_url=os.environ.get("AUTOTUNER_FLOWER_URL") or None,

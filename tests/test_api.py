@@ -1,16 +1,17 @@
-"""The JSON API and the plain pages through Flask's test client, on a real SQLite store
-and the real Redis broker (submitting enqueues the coordinator job)."""
+"""The JSON API and the plain pages through Flask's test client, on a real SQLite store.
+Submitting enqueues the coordinator job: on the real Redis broker in the test that reads
+the message back, on the in-memory broker elsewhere."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.test_integration_parallel import mixed_task
+from tests.helpers import mixed_task
 
 
 @pytest.fixture
-def client(db, broker_url):
+def client(db):
     from app import create_app
 
     flask_app = create_app({"TESTING": True})
@@ -18,12 +19,13 @@ def client(db, broker_url):
 
 
 @pytest.fixture
-def secured(db, broker_url):
+def secured(db):
     from app import create_app
 
     return create_app({"TESTING": True, "AUTH_TOKEN": "s3cret"}).test_client()
 
 
+@pytest.mark.process
 def test_submit_stores_and_enqueues_the_coordinator(client, broker_url):
     import redis
 
@@ -41,6 +43,7 @@ def test_submit_stores_and_enqueues_the_coordinator(client, broker_url):
     assert [t["id"] for t in client.get("/api/tasks").json["tasks"]] == [body["id"]]
 
 
+@pytest.mark.unit
 def test_invalid_task_gets_every_error_and_stores_nothing(client):
     bad = mixed_task([{"tp-size": 1}])
     bad["optimization"]["objective"] = "fastest"
@@ -55,6 +58,7 @@ def test_invalid_task_gets_every_error_and_stores_nothing(client):
     assert client.post("/api/tasks", data="not json", content_type="application/json").status_code == 422
 
 
+@pytest.mark.unit
 def test_unknown_ids_are_404_with_error_shape(client):
     for url in ("/api/tasks/999", "/api/tasks/999/experiments", "/api/experiments/999"):
         resp = client.get(url)
@@ -62,6 +66,7 @@ def test_unknown_ids_are_404_with_error_shape(client):
     assert client.post("/api/tasks/999/cancel").status_code == 404
 
 
+@pytest.mark.unit
 def test_cancel_then_cancel_again_conflicts(client):
     from app.store.db import session_scope
     from app.store.models import Task
@@ -73,6 +78,7 @@ def test_cancel_then_cancel_again_conflicts(client):
     assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 409
 
 
+@pytest.mark.unit
 def test_pool_lists_workers_and_who_holds_each_gpu(client):
     from app.store.pool import GpuSpec, register_worker
 
@@ -84,6 +90,7 @@ def test_pool_lists_workers_and_who_holds_each_gpu(client):
     assert all(g["held_by"] is None for g in pool["gpus"])
 
 
+@pytest.mark.unit
 def test_openapi_describes_every_route(client):
     import re
 
@@ -98,6 +105,7 @@ def test_openapi_describes_every_route(client):
             assert method.lower() in doc["paths"][path], f"{method} {path}"
 
 
+@pytest.mark.unit
 def test_token_required_for_changes_when_configured(secured):
     task = mixed_task([{"tp-size": 1}])
     assert secured.post("/api/tasks", json=task).status_code == 401
@@ -108,7 +116,8 @@ def test_token_required_for_changes_when_configured(secured):
     assert secured.post(f"/api/tasks/{ok.json['id']}/cancel").status_code == 401
 
 
-def test_pages_render_and_cancel_form_needs_csrf(db, broker_url):
+@pytest.mark.unit
+def test_pages_render_and_cancel_form_needs_csrf(db):
     from app import create_app
 
     flask_app = create_app({"TESTING": True})
@@ -126,6 +135,7 @@ def test_pages_render_and_cancel_form_needs_csrf(db, broker_url):
     assert c.get(f"/api/tasks/{task_id}").json["status"] == "cancelling"
 
 
+@pytest.mark.unit
 def test_pool_page_shows_utilisation_and_silent_workers(client):
     from datetime import timedelta
 

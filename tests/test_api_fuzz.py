@@ -15,11 +15,13 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+pytestmark = pytest.mark.unit
+
 MAX_EXAMPLES = 50
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory, broker_url):
+def api_schema(tmp_path_factory):
     url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}"
     old = os.environ.get("DATABASE_URL")
     os.environ["DATABASE_URL"] = url  # module scope: monkeypatch is per test

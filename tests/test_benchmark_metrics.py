@@ -175,6 +175,8 @@ def test_client_records_error_kinds_and_never_raises() -> None:
 # ---- goodput (vllm bench serve --goodput) on hand-made timelines --------------------------
 from app.tools.loadgen.metrics import check_slo, meets_slo  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 
 def _goodput_records() -> list[RequestRecord]:
     return [

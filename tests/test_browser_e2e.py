@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, wait_for
-from tests.test_integration_parallel import mixed_task
+from tests.helpers import Stack, mixed_task, wait_for
 
 pytestmark = pytest.mark.integration
+
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

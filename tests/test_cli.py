@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "tests" / "data" / "examples-original").glob("*.json"))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_validate_accepts_every_original_example(path):
     result = CliRunner().invoke(main, ["validate", str(path)])
@@ -24,12 +25,14 @@ def test_validate_accepts_every_original_example(path):
     assert result.output.startswith("ok: ")
 
 
+@pytest.mark.unit
 def test_validate_explains_ome_sections():
     result = CliRunner().invoke(main, ["validate", str(ROOT / "tests/data/examples-original/simple_task.json")])
     assert "note: clusterbasemodel_config" in result.output
     assert "sglang" in result.output
 
 
+@pytest.mark.unit
 def test_validate_prints_every_problem_with_its_path(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({
@@ -48,6 +51,7 @@ def test_validate_prints_every_problem_with_its_path(tmp_path):
     assert "Traceback" not in text
 
 
+@pytest.mark.unit
 def test_missing_file_and_broken_json_are_one_line(tmp_path):
     result = CliRunner().invoke(main, ["validate", str(tmp_path / "nope.json")])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
@@ -57,11 +61,13 @@ def test_missing_file_and_broken_json_are_one_line(tmp_path):
     assert result.exit_code == 2 and "line 2" in result.output
 
 
+@pytest.mark.unit
 def test_worker_needs_exactly_one_gpu_source():
     result = CliRunner().invoke(main, ["worker"])
     assert result.exit_code == 2 and "exactly one of" in result.output
 
 
+@pytest.mark.unit
 def test_worker_on_a_host_without_nvml_says_how_to_simulate(monkeypatch):
     import workers.gpu_discovery as gd
 
@@ -73,6 +79,7 @@ def test_worker_on_a_host_without_nvml_says_how_to_simulate(monkeypatch):
     assert result.exit_code == 1 and "--simulated-gpus" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.unit
 def test_status_of_unknown_task_is_one_line(db):
     result = CliRunner().invoke(main, ["status", "4242"])
     assert result.exit_code == 1 and result.output.strip() == "error: task 4242 not found"
@@ -115,8 +122,7 @@ def test_up_then_submit_wait_from_another_shell(tmp_path):
     import socket
     import urllib.request
 
-    from tests.conftest import wait_for
-    from tests.test_integration_parallel import mixed_task
+    from tests.helpers import mixed_task, wait_for
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env["AUTOTUNER_HOME"] = str(tmp_path / "home")
@@ -154,12 +160,13 @@ def test_up_then_submit_wait_from_another_shell(tmp_path):
     assert not (tmp_path / "home" / "stack.json").exists()
 
 
+@pytest.mark.process
 def test_sim_serve_and_bench_against_it(tmp_path):
     """`autotuner sim serve` starts the simulated engine; `autotuner bench` measures any
     server with the tuner's client, closed and open loop."""
     import socket
 
-    from tests.conftest import stop_process, wait_for
+    from tests.helpers import stop_process, wait_for
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -199,6 +206,7 @@ def test_sim_serve_and_bench_against_it(tmp_path):
         stop_process(server)
 
 
+@pytest.mark.process
 def test_sim_serve_rejects_unknown_flags_like_the_engine():
     proc = subprocess.run([sys.executable, "-m", "app.cli", "sim", "serve", "--no-such-flag", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)

@@ -12,24 +12,16 @@ from app.coordinator import coordinate, tick
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.store.pool import GpuSpec, register_worker
-from app.task_service import cancel_task, create_task
-from app.domain.taskspec import parse_task
-from tests.test_integration_parallel import mixed_task
+from app.task_service import cancel_task
+from tests.helpers import experiments, mixed_task, submit
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture
 def pool(db, monkeypatch):
     monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
     register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc1", 1)
-
-
-def submit(data: dict) -> int:
-    return create_task(parse_task(data), enqueue=False)
-
-
-def experiments(task_id: int) -> list[Experiment]:
-    with session_scope() as s:
-        return list(s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars())
 
 
 def run_ok(d, worker="gpu-g@h") -> None:

@@ -14,9 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from app.domain.engines import SIMULATOR
-from tests.conftest import ROOT, wait_for
-from tests.test_engine_integration import _attempt
-from tests.test_integration_parallel import mixed_task, start_stack
+from tests.helpers import ROOT, attempt_of, mixed_task, start_stack, wait_for
 from workers.runtimes.base import EngineRequest
 
 docker = pytest.importorskip("docker")
@@ -42,6 +40,7 @@ def sim_request(experiment_id: int = 1) -> EngineRequest:
                          sim={"time_scale": 0.02, "startup_seconds": 0})
 
 
+@pytest.mark.process
 def test_a_real_container_is_local_only_labelled_allow_listed_and_removed(daemon, db, monkeypatch):
     from workers.runtimes.docker_runtime import DockerRuntime, store_label
 
@@ -85,6 +84,9 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
 
+    # The test waits for the SIGKILLed worker to be declared dead: a shorter margin than
+    # stack_env's 15 s keeps that wait short (8 heartbeats of 1 s still pass a slow one).
+    stack.env["AUTOTUNER_WORKER_DEAD_AFTER"] = "8"
     start_stack(stack, gpus=1)
     data = mixed_task([{"tp-size": 1}], parallel=1, startup=0)
     data.update(deployment_mode="docker")
@@ -94,7 +96,7 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
 
     def benchmarking():
         with session_scope() as s:
-            att = _attempt(s, task_id, 1)
+            att = attempt_of(s, task_id, 1)
             return att is not None and att.experiment.phase == "benchmarking" and att.engine
 
     identity = wait_for(benchmarking, 120, "the containerised engine to be benchmarked", stack)
@@ -106,7 +108,7 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
 
         def lost():
             with session_scope() as s:
-                att = _attempt(s, task_id, 1)
+                att = attempt_of(s, task_id, 1)
                 gpu = s.execute(select(Gpu)).scalar_one()
                 return att.state == AttemptState.LOST and (att.id, gpu.fenced_by)
 
@@ -118,9 +120,9 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
 
         def retried():
             with session_scope() as s:
-                second = _attempt(s, task_id, 2)
+                second = attempt_of(s, task_id, 2)
                 return second is not None and second.started_at is not None and (
-                    _attempt(s, task_id, 1).engine_gone_at, second.started_at)
+                    attempt_of(s, task_id, 1).engine_gone_at, second.started_at)
 
         gone_at, started_at = wait_for(retried, 120, "the retry to start after the reaper", stack)
         assert gone_at is not None and gone_at <= started_at

@@ -13,6 +13,8 @@ from app.domain.engines import get_engine
 from workers.runtimes.base import EngineError, EngineRequest
 from workers.runtimes.docker_runtime import DockerRuntime, image_repository, store_label
 
+pytestmark = pytest.mark.unit
+
 
 def _request(engine: str = "sglang", **kw) -> EngineRequest:
     base = dict(

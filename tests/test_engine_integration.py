@@ -10,11 +10,10 @@ import signal
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import wait_for
-from tests.engine_fixtures import alive, kill_quietly, wait_gone
-from tests.test_integration_parallel import run_to_end, start_stack
+from tests.helpers import alive, attempt_of, kill_quietly, run_to_end, start_stack, wait_for, wait_gone
 
 pytestmark = pytest.mark.integration
+
 pytest.importorskip("xpyd_sim")
 
 
@@ -66,14 +65,6 @@ def test_a_third_party_server_is_tuned_end_to_end(stack, tmp_path, monkeypatch):
         assert levels[0]["completed"] == 24 and levels[0]["errors"] == 0
 
 
-def _attempt(session, task_id: int, number: int):
-    from app.store.models import Attempt, Experiment
-
-    return session.execute(
-        select(Attempt).join(Experiment).where(Experiment.task_id == task_id, Attempt.number == number)
-    ).scalar_one_or_none()
-
-
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("victim", ["worker", "worker_and_supervisor"])
 def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path, monkeypatch, victim):
@@ -89,12 +80,15 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
     from workers.runtimes import procs
 
     xpyd_engine(tmp_path, monkeypatch, stack, decode_ms=50)
+    # The test waits for the SIGKILLed worker to be declared dead: a shorter margin than
+    # stack_env's 15 s keeps that wait short (8 heartbeats of 1 s still pass a slow one).
+    stack.env["AUTOTUNER_WORKER_DEAD_AFTER"] = "8"
     start_stack(stack, gpus=1)
     task_id = create_task(parse_task(xpyd_task({"max-num-seqs": [4]}, requests=100_000, max_time=110)))
 
     def benchmarking():
         with session_scope() as s:
-            att = _attempt(s, task_id, 1)
+            att = attempt_of(s, task_id, 1)
             return att is not None and att.engine and att.experiment.phase == "benchmarking" and att.engine
 
     identity = wait_for(benchmarking, 120, "the first attempt to benchmark its engine", stack)
@@ -110,7 +104,7 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
 
         def lost():
             with session_scope() as s:
-                att = _attempt(s, task_id, 1)
+                att = attempt_of(s, task_id, 1)
                 gpu = s.execute(select(Gpu)).scalar_one()
                 return att.state == AttemptState.LOST and (att, gpu.fenced_by, gpu.held_by)
 
@@ -125,9 +119,9 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
 
         def retried():
             with session_scope() as s:
-                second = _attempt(s, task_id, 2)
+                second = attempt_of(s, task_id, 2)
                 return second is not None and second.started_at is not None and (
-                    _attempt(s, task_id, 1).engine_gone_at, second.started_at)
+                    attempt_of(s, task_id, 1).engine_gone_at, second.started_at)
 
         gone_at, started_at = wait_for(retried, 90, "the retry to start on the restarted worker", stack)
         assert gone_at is not None and gone_at <= started_at

@@ -10,10 +10,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.engine_fixtures import alive, environ_of, family_engine, kill_quietly, read_pids, wait_gone
+from tests.helpers import ROOT, alive, environ_of, family_request, kill_quietly, read_pids, wait_gone
 from workers.runtimes import procs
-from workers.runtimes.base import EngineRequest
 from workers.runtimes.process import ProcessRuntime
 
 SECRETS = {"AUTOTUNER_AUTH_TOKEN": "tok-admin", "AUTOTUNER_VIEWER_TOKEN": "tok-viewer",
@@ -21,11 +19,7 @@ SECRETS = {"AUTOTUNER_AUTH_TOKEN": "tok-admin", "AUTOTUNER_VIEWER_TOKEN": "tok-v
            "AUTOTUNER_SECRET_KEY": "flask-secret", "PGPASSWORD": "pw"}
 
 
-def request_for(pid_file, gpus=(2, 3)) -> EngineRequest:
-    return EngineRequest(experiment_id=1, attempt=1, launcher=family_engine(pid_file), flavour="", model="m",
-                         flags=[], gpu_indices=list(gpus))
-
-
+@pytest.mark.process
 def test_engine_environment_is_an_allow_list(tmp_path, monkeypatch):
     for name, value in SECRETS.items():
         monkeypatch.setenv(name, value)
@@ -37,7 +31,7 @@ def test_engine_environment_is_an_allow_list(tmp_path, monkeypatch):
     # The operator may add names, never the tuner's own (even when listed).
     monkeypatch.setenv("AUTOTUNER_ENGINE_ENV", "MY_ENGINE_*,DATABASE_URL,AUTOTUNER_AUTH_TOKEN")
     runtime = ProcessRuntime()
-    deployment = runtime.start(request_for(tmp_path / "pids.json"))
+    deployment = runtime.start(family_request(tmp_path / "pids.json"))
     pids = read_pids(tmp_path / "pids.json")
     try:
         env = environ_of(pids["engine"])
@@ -54,9 +48,10 @@ def test_engine_environment_is_an_allow_list(tmp_path, monkeypatch):
     wait_gone(pids.values(), timeout=5)
 
 
+@pytest.mark.process
 def test_stop_takes_down_the_whole_tree_including_escaped_helpers(tmp_path):
     runtime = ProcessRuntime()
-    deployment = runtime.start(request_for(tmp_path / "pids.json"))
+    deployment = runtime.start(family_request(tmp_path / "pids.json"))
     pids = read_pids(tmp_path / "pids.json")
     identity = deployment.identity
     assert identity["pgid"] == identity["pid"] and identity["start_ticks"] == procs.start_ticks(identity["pid"])
@@ -72,7 +67,7 @@ OWNER = r"""
 import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from tests.test_engine_lifetime import request_for
+from tests.helpers import family_request as request_for
 from workers.runtimes.process import ProcessRuntime
 deployment = ProcessRuntime().start(request_for(Path(sys.argv[1])))
 print(json.dumps(deployment.identity), flush=True)
@@ -80,6 +75,7 @@ sys.stdin.read()  # stay until killed
 """
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("victim", ["owner", "owner_and_supervisor"])
 def test_sigkill_of_the_owner_takes_the_engine_down(tmp_path, victim):
     """The job's process is SIGKILLed (an OOM kill, a hard time limit): the supervisor's
@@ -109,6 +105,7 @@ def test_sigkill_of_the_owner_takes_the_engine_down(tmp_path, victim):
         kill_quietly(everything)
 
 
+@pytest.mark.unit
 def test_a_recycled_pid_is_not_mistaken_for_the_engine():
     """The reaper never signals a process that only shares the recorded number."""
     me = os.getpid()

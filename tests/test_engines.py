@@ -11,6 +11,8 @@ from app.domain.engines.failures import is_infeasible
 from app.domain.engines.registry import Launch
 from app.domain.taskspec import TaskSpecError, parse_task
 
+pytestmark = pytest.mark.unit
+
 
 def task(**kw) -> dict:
     base = {"task_name": "t", "model": {"id_or_path": "Qwen/Qwen2.5-0.5B-Instruct"}, "base_runtime": "sglang",

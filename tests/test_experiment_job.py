@@ -2,11 +2,14 @@
 figures are reported in the modelled hardware's time."""
 from __future__ import annotations
 
+import pytest
 from app.domain.taskspec import parse_task
-from tests.test_integration_parallel import mixed_task
+from tests.helpers import mixed_task
 from workers.experiment_job import engine_request, to_simulated_time
 
 
+
+@pytest.mark.unit
 def test_sim_figures_are_reported_in_modelled_time():
     level = {"concurrency": 8, "completed": 10, "mean_ttft_ms": 2.0, "p99_e2el_ms": 30.0, "duration": 1.5,
              "output_throughput": 1000.0, "output_throughput_per_gpu": 500.0, "errors": 0}
@@ -17,6 +20,7 @@ def test_sim_figures_are_reported_in_modelled_time():
     assert to_simulated_time(level, 1.0) is level
 
 
+@pytest.mark.unit
 def test_engine_request_for_docker_uses_the_tagged_image_and_exact_gpus():
     data = mixed_task([{"tp-size": 2}])
     data.update(base_runtime="sglang", deployment_mode="docker", runtime_image_tag="v0.5.2-cu126")
@@ -28,6 +32,7 @@ def test_engine_request_for_docker_uses_the_tagged_image_and_exact_gpus():
     assert req.flags == ["--tp-size", "2", "--schedule-policy", "lpm"]
 
 
+@pytest.mark.unit
 def test_engine_request_for_sim_carries_the_sim_settings():
     spec = parse_task(mixed_task([{"tp-size": 1}]))
     req = engine_request(spec, 1, 1, {"tp-size": 1}, [0])
@@ -35,6 +40,7 @@ def test_engine_request_for_sim_carries_the_sim_settings():
     assert req.launcher.simulated and req.flavour == "sglang"
 
 
+@pytest.mark.unit
 def test_goodput_limits_come_from_the_slo_in_milliseconds():
     from workers.experiment_job import goodput_limits
 
@@ -43,6 +49,7 @@ def test_goodput_limits_come_from_the_slo_in_milliseconds():
     assert goodput_limits(None) is None and goodput_limits({"steepness": 0.1}) is None
 
 
+@pytest.mark.process
 def test_open_loop_task_runs_rates_on_the_sim_engine_in_modelled_time():
     """The job's benchmark step against a real sim engine: request rates are given in
     modelled time, sent faster by the time scale, and reported back in modelled time."""

@@ -11,8 +11,7 @@ import subprocess
 import pytest
 from sqlalchemy import func, select
 
-from tests.conftest import point_celery_at
-from tests.helpers import free_port, mixed_task, port_open, wait_for
+from tests.helpers import free_port, mixed_task, point_celery_at, port_open, wait_for
 
 pytestmark = pytest.mark.integration
 RESTARTS = 3

@@ -15,6 +15,8 @@ from workers.gpu_discovery import (
     simulated_gpus,
 )
 
+pytestmark = pytest.mark.unit
+
 pynvml = gpu_discovery.pynvml
 
 

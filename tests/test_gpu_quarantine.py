@@ -17,9 +17,11 @@ from app.store.models import Attempt, Experiment, Gpu, utcnow
 from app.store.pool import GpuSpec, register_worker
 from app.task_service import create_task
 from app.domain.taskspec import parse_task
-from tests.test_integration_parallel import mixed_task
+from tests.helpers import mixed_task
 from workers import gpu_discovery
 from workers.gpu_discovery import busy_gpus
+
+pytestmark = pytest.mark.unit
 
 pynvml = gpu_discovery.pynvml
 GIB = 2**30
@@ -84,7 +86,7 @@ def test_no_nvml_means_nothing_to_check(monkeypatch):
     assert busy_gpus([0], 0.9) == {}
 
 
-def test_busy_gpu_is_quarantined_and_the_experiment_placed_again(db, broker_url, nvml, monkeypatch):
+def test_busy_gpu_is_quarantined_and_the_experiment_placed_again(db, nvml, monkeypatch):
     from app import create_app
     from workers.experiment_job import execute
 

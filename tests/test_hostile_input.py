@@ -19,10 +19,8 @@ from sqlalchemy import select
 from app.coordinator import coordinate
 from app.store.db import session_scope
 from app.store.models import Experiment, Task
-from tests.conftest import ROOT
-from tests.test_coordinator import experiments, submit
-from tests.test_integration_parallel import mixed_task
-from tests.test_web_actions import USER, VIEWER, bearer, build_app, csrf_from, login, pool, task_status  # noqa: F401
+from tests.helpers import (ROOT, USER, VIEWER, bearer, build_app, csrf_from, experiments, login, mixed_task, submit,
+                           task_status)
 
 PROBE_MEMORY = 768 * 1024 * 1024  # the app needs ~100 MB; the old code needed gigabytes
 
@@ -68,6 +66,7 @@ def assert_json_refusal(resp, status: int | tuple = (400, 404, 413, 422)) -> lis
 # -- row 1: a huge integer range in the preview ------------------------------------------------
 
 
+@pytest.mark.process
 def test_row01_preview_of_huge_integer_ranges_is_computed_not_materialised(tmp_path):
     out = run_capped('''
         base = {"task_name": "x", "base_runtime": "sim", "model": {"id_or_path": "m"},
@@ -92,6 +91,7 @@ BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
 
 
+@pytest.mark.process
 def test_row02_yaml_alias_bomb_is_refused_quickly(tmp_path):
     assert len(BOMB) < 500
     out = run_capped(f'''
@@ -104,6 +104,7 @@ def test_row02_yaml_alias_bomb_is_refused_quickly(tmp_path):
     assert out.count("aliases (*name) are not allowed") == 4
 
 
+@pytest.mark.process
 def test_row02_task_files_get_the_same_limits(tmp_path):
     from app.domain.taskspec import TaskSpecError, load_task_file
 
@@ -118,6 +119,7 @@ def test_row02_task_files_get_the_same_limits(tmp_path):
 # -- row 3: cross-site writes riding on the session cookie ---------------------------------------
 
 
+@pytest.mark.unit
 def test_row03_session_cookie_alone_cannot_write_through_the_api(pool):
     flask_app = build_app({"AUTH_TOKEN": USER, "VIEWER_TOKEN": VIEWER})
     c = flask_app.test_client()
@@ -134,6 +136,7 @@ def test_row03_session_cookie_alone_cannot_write_through_the_api(pool):
     assert c.post(f"/api/tasks/{task_id}/cancel", headers=bearer(USER)).status_code == 200
 
 
+@pytest.mark.unit
 def test_row03_session_cookie_is_samesite_lax_and_secure_over_tls(pool):
     flask_app = build_app({"AUTH_TOKEN": USER})
     plain = flask_app.test_client()
@@ -150,6 +153,7 @@ def test_row03_session_cookie_is_samesite_lax_and_secure_over_tls(pool):
 # -- row 4: open redirect after login ------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("target", [
     "/%09/evil.example", "/%0a/evil.example", "/%0d/evil.example", "/%00/evil.example", "/%20/evil.example",
     "/\\evil.example", "//evil.example", "https://evil.example", "javascript:alert(1)", "/%E3%80%80/evil.example",
@@ -161,6 +165,7 @@ def test_row04_login_next_never_leaves_the_site(pool, target):
     assert resp.status_code == 302 and resp.headers["Location"] == "/", resp.headers["Location"]
 
 
+@pytest.mark.unit
 def test_row04_login_next_on_the_site_is_followed(pool):
     c = build_app({"AUTH_TOKEN": USER}).test_client()
     resp = c.post("/login?next=/tasks/3?page=2", data={"token": USER, "csrf_token": csrf_from(c)})
@@ -185,6 +190,7 @@ def test_row04_login_next_on_the_site_is_followed(pool):
     ({"description": "d" * 1_900_000}, ["description"]),
     ({"parameters": {"max-running-requests": ["v" * 200_000]}}, ["parameters", "max-running-requests"]),
 ])
+@pytest.mark.unit
 def test_rows_05_06_07_10_out_of_range_numbers_and_long_text_are_422(pool, change, where):
     c = build_app().test_client()
     errors = assert_json_refusal(c.post("/api/tasks", json=sim_task(**change)), 422)
@@ -202,6 +208,7 @@ def test_rows_05_06_07_10_out_of_range_numbers_and_long_text_are_422(pool, chang
     '"parameters": {"mem-fraction-static": [0.8, -Infinity]}',
     '"benchmark": {"additional_params": {"x": NaN}}',
 ])
+@pytest.mark.unit
 def test_row08_infinity_and_nan_are_422(pool, body):
     c = build_app().test_client()
     text = '{"task_name": "inf", "base_runtime": "sim", "model": {"id_or_path": "m"}, ' + body + "}"
@@ -209,6 +216,7 @@ def test_row08_infinity_and_nan_are_422(pool, body):
     assert any("finite" in e["msg"] for e in errors), errors
 
 
+@pytest.mark.unit
 def test_row07_hostile_shapes_get_json_4xx_never_html_500(pool):
     c = build_app().test_client()
     task_id = submit(mixed_task([{"tp-size": 1}], parallel=1))
@@ -246,6 +254,7 @@ def test_row07_hostile_shapes_get_json_4xx_never_html_500(pool):
 # -- row 6: one bad task never stops the others ----------------------------------------------------
 
 
+@pytest.mark.unit
 def test_row06_a_task_whose_pass_raises_fails_alone(pool, caplog):
     bad = submit(mixed_task([{"tp-size": 1}], parallel=1))
     good = submit(mixed_task([{"tp-size": 1}] * 2, parallel=2))
@@ -265,6 +274,7 @@ def test_row06_a_task_whose_pass_raises_fails_alone(pool, caplog):
 # -- row 9: many parallel experiments on a huge grid ---------------------------------------------------
 
 
+@pytest.mark.unit
 def test_row09_parallelism_is_capped_per_pass_and_by_the_pool(pool, monkeypatch):
     c = build_app().test_client()
     grid = sim_task(parameters={"max-running-requests": {"type": "int", "low": 1, "high": 10**7}},
@@ -286,6 +296,7 @@ def test_row09_parallelism_is_capped_per_pass_and_by_the_pool(pool, monkeypatch)
 # -- row 11: headers, logout, failed logins ---------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_row11_security_headers_on_every_response(pool):
     c = build_app({"AUTH_TOKEN": USER}).test_client()
     task_id = submit(mixed_task([{"tp-size": 1}], parallel=1))
@@ -304,6 +315,7 @@ def test_row11_security_headers_on_every_response(pool):
         assert "<script>" not in html, path
 
 
+@pytest.mark.unit
 def test_row11_logout_is_a_post_with_csrf(pool):
     c = build_app({"AUTH_TOKEN": USER, "VIEWER_TOKEN": VIEWER}).test_client()
     assert login(c, VIEWER).status_code == 302
@@ -314,6 +326,7 @@ def test_row11_logout_is_a_post_with_csrf(pool):
     assert c.get("/").status_code == 302
 
 
+@pytest.mark.unit
 def test_row11_failed_logins_are_limited_per_client(pool, monkeypatch):
     monkeypatch.setenv("AUTOTUNER_LOGIN_ATTEMPTS", "3")
     flask_app = build_app({"AUTH_TOKEN": USER})
@@ -328,6 +341,7 @@ def test_row11_failed_logins_are_limited_per_client(pool, monkeypatch):
     assert resp.status_code == 302
 
 
+@pytest.mark.unit
 def test_row11_wrong_bearer_tokens_count_as_failed_logins(pool, monkeypatch):
     monkeypatch.setenv("AUTOTUNER_LOGIN_ATTEMPTS", "3")
     c = build_app({"AUTH_TOKEN": USER}).test_client()

@@ -8,74 +8,17 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from tests.conftest import wait_for
+from tests.helpers import mixed_task, run_to_end, start_stack, wait_for
 
-pytestmark = pytest.mark.integration
 
 MIXED_TP = [1, 2, 4, 1, 1, 2, 4, 1, 2, 1, 1, 2]
-
-
-def mixed_task(configs: list[dict], parallel: int = 4, startup: float = 0.3) -> dict:
-    return {
-        "task_name": "mixed-gpu-needs",
-        "base_runtime": "sim",
-        "model": {"id_or_path": "llama-3-8b"},
-        "sim": {"time_scale": 0.02, "startup_seconds": startup},
-        "parameters": {},
-        "optimization": {
-            "strategy": "list",
-            "configs": configs,
-            "objective": "maximize_throughput",
-            "max_parallel_experiments": parallel,
-            "timeout_per_iteration": 120,
-        },
-        "benchmark": {
-            "traffic_scenarios": ["D(64,16)"],
-            "num_concurrency": [2],
-            "max_requests_per_iteration": 6,
-            "max_time_per_iteration": 60,
-        },
-    }
-
-
-def start_stack(stack, gpus: int = 4, workers: list[list[str]] | None = None):
-    """Coordinator plus simulated GPU workers (one of `gpus` GPUs, or one per arg list)."""
-    from app.store.db import session_scope
-    from app.store.models import Worker
-
-    stack.start("coordinator", "coordinator", "--concurrency", "2")
-    worker_args = workers or [["--simulated-gpus", str(gpus)]]
-    for i, args in enumerate(worker_args):
-        stack.start(f"worker{i}", "worker", *args)
-
-    def online():
-        with session_scope() as s:
-            return len(s.execute(select(Worker).where(Worker.online.is_(True))).all()) == len(worker_args)
-
-    wait_for(online, 60, "the simulated GPU workers to register", stack)
-
-
-def run_to_end(stack, data: dict, timeout: float = 240) -> int:
-    from app.store.db import session_scope
-    from app.domain.states import TASK_TERMINAL
-    from app.store.models import Task
-    from app.task_service import create_task
-    from app.domain.taskspec import parse_task
-
-    task_id = create_task(parse_task(data))
-
-    def ended():
-        with session_scope() as s:
-            return s.get(Task, task_id).status in TASK_TERMINAL
-
-    wait_for(ended, timeout, f"task {task_id} to end", stack, interval=0.3)
-    return task_id
 
 
 def overlaps(a: tuple, b: tuple) -> bool:
     return a[0] < b[1] and b[0] < a[1]
 
 
+@pytest.mark.integration
 def test_mixed_gpu_needs_complete_without_sharing_a_gpu(stack):
     from app.store.db import session_scope
     from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task
@@ -118,6 +61,7 @@ def test_mixed_gpu_needs_complete_without_sharing_a_gpu(stack):
             assert concurrent <= 4
 
 
+@pytest.mark.integration
 def test_duplicate_delivery_runs_an_experiment_once(stack):
     """After a task ends, every experiment's job is delivered twice more: each experiment
     keeps exactly one attempt and its result, and the duplicates' claims find nothing."""
@@ -149,6 +93,7 @@ def test_duplicate_delivery_runs_an_experiment_once(stack):
             assert len(s.execute(select(Attempt).where(Attempt.experiment_id == e.id)).scalars().all()) == 1
 
 
+@pytest.mark.process
 def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
     """The claim is a compare-and-set: of many simultaneous deliveries exactly one runs."""
     from app.store import ledger, lifecycle
@@ -190,6 +135,7 @@ def test_concurrent_claims_of_one_experiment_have_one_winner(database_url):
     assert lifecycle.claim(exp_id, 0, worker="w9", host="h", pid=1) is None
 
 
+@pytest.mark.integration
 def test_a_failing_engine_fails_only_its_experiment(stack):
     """Error isolation: an engine that cannot start (memory fraction too low for the
     weights) fails its experiment with the engine's message; the others run, GPUs are freed."""
@@ -221,6 +167,7 @@ def test_a_failing_engine_fails_only_its_experiment(stack):
     assert "out of memory at start-up" in page and "cannot run" in page
 
 
+@pytest.mark.integration
 def test_cancel_stops_running_experiments_and_frees_gpus(stack):
     """Cooperative cancellation: engines still starting (a 10-minute start-up) are
     stopped at the job's next check, the task ends `cancelled`, every GPU is free."""
@@ -253,6 +200,7 @@ def test_cancel_stops_running_experiments_and_frees_gpus(stack):
         assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
 
 
+@pytest.mark.integration
 def test_two_worker_groups_share_the_work(stack):
     """Capacity grows by starting workers: two groups of 2 GPUs (as two hosts would be)
     both run experiments; an experiment's GPUs always come from one group."""

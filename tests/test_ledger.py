@@ -3,6 +3,7 @@ planner) and the store's all-or-nothing, single-holder guarantees (property test
 real SQLite database)."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -10,6 +11,8 @@ from sqlalchemy import select
 from app.store import ledger
 from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
 from app.store.ledger import LedgerConflict
+
+pytestmark = pytest.mark.unit
 
 
 def make_groups(sizes: list[int], used: list[set[int]] | None = None) -> list[GroupState]:

@@ -12,8 +12,9 @@ from typing import Iterator
 import pytest
 
 from app.tools.loadgen import arrival_offsets, arrival_times, run_benchmark, run_level, run_rate_level
-from tests.conftest import stop_process
-from tests.test_simengine_server import FAST, MODEL, free_port, sim_cmd, wait_healthy
+from tests.helpers import SIM_FAST as FAST
+from tests.helpers import SIM_MODEL as MODEL
+from tests.helpers import free_port, sim_cmd, stop_process, wait_healthy
 
 
 def gaps(rate: float, burstiness: float, n: int = 20000, seed: int = 7) -> list[float]:
@@ -27,6 +28,7 @@ def cv(xs: list[float]) -> float:
 
 # ---- arrival schedules -------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_same_seed_same_schedule_other_seed_other_schedule() -> None:
     a = arrival_times(200, 5.0, 0.5, seed=3)
     assert a == arrival_times(200, 5.0, 0.5, seed=3)
@@ -34,11 +36,13 @@ def test_same_seed_same_schedule_other_seed_other_schedule() -> None:
     assert a[0] == 0.0 and all(y >= x for x, y in zip(a, a[1:]))
 
 
+@pytest.mark.unit
 def test_same_seed_at_another_rate_is_the_same_pattern_stretched() -> None:
     slow, fast = arrival_times(50, 2.0, 1.0, seed=1), arrival_times(50, 8.0, 1.0, seed=1)
     assert [s / 4 for s in slow] == pytest.approx(fast)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("rate,burstiness", [(4.0, 1.0), (50.0, 1.0), (10.0, 0.25), (10.0, 4.0)])
 def test_mean_gap_is_one_over_rate(rate: float, burstiness: float) -> None:
     g = gaps(rate, burstiness)
@@ -46,6 +50,7 @@ def test_mean_gap_is_one_over_rate(rate: float, burstiness: float) -> None:
     assert statistics.fmean(g) == pytest.approx(1.0 / rate, rel=0.05)
 
 
+@pytest.mark.unit
 def test_burstiness_sets_the_spread() -> None:
     poisson, bursty, smooth = cv(gaps(10.0, 1.0)), cv(gaps(10.0, 0.25)), cv(gaps(10.0, 4.0))
     assert poisson == pytest.approx(1.0, rel=0.05)  # exponential gaps
@@ -54,12 +59,14 @@ def test_burstiness_sets_the_spread() -> None:
     assert bursty > poisson > smooth
 
 
+@pytest.mark.unit
 def test_infinite_rate_is_all_at_once() -> None:
     assert arrival_times(100, math.inf) == [0.0] * 100
     assert arrival_times(5, float("inf"), burstiness=0.3, seed=9) == [0.0] * 5
     assert arrival_times(0, 3.0) == []
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("rate,burstiness", [(0, 1.0), (-1.0, 1.0), (math.nan, 1.0), ("5", 1.0),
                                              (True, 1.0), (1.0, 0), (1.0, -2.0), (1.0, math.inf)])
 def test_bad_rate_or_burstiness_raise_at_the_call(rate: object, burstiness: object) -> None:
@@ -89,6 +96,7 @@ def finished_on_server(base: str) -> float:
     raise KeyError("sim_request_success_total")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_finite_rate_level_completes_every_request(sim: str, api: str) -> None:
     n = 12
@@ -103,6 +111,7 @@ def test_finite_rate_level_completes_every_request(sim: str, api: str) -> None:
     assert r["goodput"] is None and r["good_requests"] is None
 
 
+@pytest.mark.process
 def test_max_concurrency_caps_requests_on_the_wire(sim: str) -> None:
     n, cap = 30, 3
     r = asyncio.run(run_rate_level(sim, MODEL, "D(200,40)", math.inf, n, 120, 1, max_concurrency=cap))
@@ -111,6 +120,7 @@ def test_max_concurrency_caps_requests_on_the_wire(sim: str) -> None:
     assert 1 <= r["max_in_flight"] <= cap
 
 
+@pytest.mark.process
 def test_warmup_is_sent_but_not_counted(sim: str) -> None:
     before = finished_on_server(sim)
     r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", 100.0, 5, 60, 1, warmup_requests=3,
@@ -119,6 +129,7 @@ def test_warmup_is_sent_but_not_counted(sim: str) -> None:
     assert finished_on_server(sim) - before == 8  # 3 warm-up + 5 measured
 
 
+@pytest.mark.process
 def test_max_time_stops_issuing_and_lets_in_flight_finish(sim: str) -> None:
     rate, max_time, seed = 40.0, 0.5, 2
     due = sum(1 for t in arrival_times(1000, rate, seed=seed) if t < max_time)
@@ -127,12 +138,14 @@ def test_max_time_stops_issuing_and_lets_in_flight_finish(sim: str) -> None:
     assert r["completed"] == r["requests_started"] and r["errors"] == 0
 
 
+@pytest.mark.process
 def test_should_stop_abandons_an_open_loop_level(sim: str) -> None:
     # 100 requests at 1/s would take ~100 s; the first poll (0.5 s in) stops it.
     r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", 1.0, 100, 600, 1, should_stop=lambda: True))
     assert r["stopped_early"] is True and r["requests_started"] < 100
 
 
+@pytest.mark.process
 def test_goodput_against_the_sim(sim: str) -> None:
     generous = {"ttft": 60_000, "tpot": 60_000, "e2el": 600_000}
     r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", 50.0, 6, 60, 1, goodput_slo=generous))
@@ -143,6 +156,7 @@ def test_goodput_against_the_sim(sim: str) -> None:
     assert impossible["goodput_slo"] == {"ttft": 0.0}
 
 
+@pytest.mark.process
 def test_run_benchmark_sweeps_request_rates(sim: str) -> None:
     seen: list[dict] = []
     results = run_benchmark(sim, MODEL, "D(100,20)", None, max_requests=8, max_time_s=60, num_gpus=1,
@@ -156,6 +170,7 @@ def test_run_benchmark_sweeps_request_rates(sim: str) -> None:
         assert r["max_in_flight"] <= 4
 
 
+@pytest.mark.process
 def test_closed_loop_summaries_carry_the_new_keys(sim: str) -> None:
     r = run_benchmark(sim, MODEL, "D(50,10)", [2], max_requests=4, max_time_s=60, num_gpus=1)[0]
     assert r["concurrency"] == 2 and r["completed"] == 4
@@ -175,6 +190,7 @@ def test_closed_loop_summaries_carry_the_new_keys(sim: str) -> None:
     dict(concurrency_levels=[1], goodput_slo={"ttft": -1}),
     dict(concurrency_levels=[1], goodput_slo={}),
 ])
+@pytest.mark.unit
 def test_bad_arguments_fail_before_any_request(kwargs: dict) -> None:
     # a closed port: had anything been sent, the result would be connection errors instead
     args = dict(max_requests=4, max_time_s=5, num_gpus=1)

@@ -24,6 +24,9 @@ def test_a_host_cut_off_mid_task_its_work_finishes_on_the_other(stack):
     from app.task_service import create_task
     from workers.runtimes import procs
 
+    # A frozen host may hold row locks mid-transaction: PostgreSQL ends such a session after
+    # this timeout (60 s by default; short here so the test does not wait a minute).
+    stack.env["AUTOTUNER_DB_IDLE_TRANSACTION_TIMEOUT"] = "3"
     stack.start("coordinator", "coordinator", "--concurrency", "2")
     workers = {}
     for host in ("host-a", "host-b"):
@@ -97,7 +100,8 @@ def test_autotuner_ping_is_a_liveness_probe_for_a_worker(stack):
         return subprocess.run([sys.executable, "-m", "app.cli", "ping", *args], env=stack.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=60)
 
-    ok = ping(name)
-    assert ok.returncode == 0 and ok.stdout == f"{name}: ok\n", ok.stderr
+    # Registered in the store before its Celery consumer is up: wait for the first answer.
+    ok = wait_for(lambda: (r := ping(name, "--timeout", "2")).returncode == 0 and r, 60, "the worker to answer")
+    assert ok.stdout == f"{name}: ok\n"
     missing = ping("gpu-nobody@nowhere", "--timeout", "1")
     assert missing.returncode == 1 and "gpu-nobody@nowhere did not answer within 1s" in missing.stderr

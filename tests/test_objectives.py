@@ -5,6 +5,8 @@ import pytest
 
 from app.domain.objectives import is_better, score, score_level
 
+pytestmark = pytest.mark.unit
+
 
 def level(**kw):
     base = {"completed": 10, "mean_e2el_ms": 2000.0, "median_e2el_ms": 1900.0, "p90_e2el_ms": 2500.0,

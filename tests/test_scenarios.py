@@ -6,6 +6,8 @@ import pytest
 
 from app.tools.loadgen.scenarios import Scenario, make_prompt, parse_scenario
 
+pytestmark = pytest.mark.unit
+
 
 def test_deterministic() -> None:
     sc = parse_scenario("D(100,20)")

@@ -13,6 +13,8 @@ from app.domain.objectives import is_better, score
 from app.domain.taskspec import load_task_file
 from app.tools.simengine.virtual import replay
 
+pytestmark = pytest.mark.unit
+
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart.json"
 
 

@@ -6,6 +6,8 @@ from app.tools.simengine.model import (GPU_PRESETS, MODEL_PRESETS, EngineSetting
                                      decode_time_per_token, iteration_time, plan, prefill_time,
                                      resolve_model)
 
+pytestmark = pytest.mark.unit
+
 M8 = MODEL_PRESETS["llama-3-8b"]
 M70 = MODEL_PRESETS["llama-3-70b"]
 H100 = GPU_PRESETS["H100-80GB"]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.strategies.base import Trial, canonical
 from app.domain.strategies.grid import GridStrategy
 from app.domain.taskspec import load_task_file, parse_task
+
+pytestmark = pytest.mark.unit
 
 DATA = Path(__file__).resolve().parent / "data" / "examples-original"
 
@@ -122,12 +123,11 @@ def test_grid_with_quant_none_values_covers_grid():
     assert all(canonical(p) != canonical({"tp-size": 1}) for p in make_strategy(spec).suggest(history, 4))
 
 
-def test_large_grid_is_fast_and_spread():
-    params = {f"p{i}": list(range(10)) for i in range(6)}  # 10**6 points: sampled candidates
+def test_large_grid_is_sampled_distinct_and_spread():
+    # 10**6 points: sampled candidates (how long it takes: benchmarks/strategy_speed.py)
+    params = {f"p{i}": list(range(10)) for i in range(6)}
     spec = task(params, max_iterations=50)
-    start = time.monotonic()
     first = make_strategy(spec).suggest([], 50)
-    assert time.monotonic() - start < 30
     assert len(set(keys(first))) == 50
     assert first[0] == {name: 0 for name in params}
     for name in params:

@@ -18,6 +18,8 @@ from app.domain.taskspec import (
     parse_task,
 )
 
+pytestmark = pytest.mark.unit
+
 DATA = Path(__file__).resolve().parent / "data" / "examples-original"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "examples-original"
 EXAMPLES = sorted(DATA.glob("*.json"))

@@ -1,6 +1,6 @@
 """Task actions (retry failed experiments, delete, export JSON/CSV) and the reader/user roles,
 through the service functions, the coordinator and Flask's test client on a real SQLite
-store (submitting and retrying enqueue the coordinator on the real Redis broker)."""
+store (submitting and retrying enqueue the coordinator on the in-memory broker)."""
 from __future__ import annotations
 
 import csv
@@ -14,33 +14,12 @@ from app.store import lifecycle
 from app.coordinator import coordinate
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task
-from app.store.pool import GpuSpec, register_worker
 from app.task_service import Conflict, NotFound, delete_task, retry_failed
-from tests.test_coordinator import experiments, submit
-from tests.test_integration_parallel import mixed_task
+from tests.helpers import USER, VIEWER, bearer, build_app, csrf_from, experiments, login, mixed_task, submit, task_status
 
-USER, VIEWER = "user-s3cret", "viewer-s3cret"
-
+pytestmark = pytest.mark.unit
 
 # ---- helpers ----------------------------------------------------------------------------
-
-
-def build_app(config: dict | None = None):
-    """The app as create_app builds it."""
-    from app import create_app
-
-    return create_app({"TESTING": True, **(config or {})})
-
-
-@pytest.fixture
-def pool(db, broker_url, monkeypatch):
-    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
-    register_worker("gpu-g@h", "g", "h", "gpu.g", 8, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(8)], "inc1", 1)
-
-
-def task_status(task_id: int) -> str:
-    with session_scope() as s:
-        return s.get(Task, task_id).status
 
 
 def level(concurrency: int, ttft: float, tput: float) -> dict:
@@ -74,19 +53,6 @@ def finished_task(states=("succeeded", "failed", "timed_out", "succeeded")) -> i
     coordinate(task_id)
     assert task_status(task_id) in ("completed", "failed")
     return task_id
-
-
-def csrf_from(client, url: str = "/login") -> str:
-    page = client.get(url)
-    return page.data.split(b'name="csrf_token" value="')[1].split(b'"')[0].decode()
-
-
-def login(client, token: str):
-    return client.post("/login", data={"token": token, "csrf_token": csrf_from(client)})
-
-
-def bearer(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # ---- retry ------------------------------------------------------------------------------

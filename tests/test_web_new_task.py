@@ -12,9 +12,11 @@ from werkzeug.datastructures import MultiDict
 
 from app.web.forms import form_to_task, task_to_form
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
-def app(db, broker_url):
+def app(db):
     from app import create_app
 
     flask_app = create_app({"TESTING": True})
@@ -223,7 +225,7 @@ def test_post_without_csrf_token_is_refused(client):
     assert stored_tasks() == []
 
 
-def test_post_needs_write_permission(db, broker_url):
+def test_post_needs_write_permission(db):
     from app import create_app
 
     flask_app = create_app({"TESTING": True, "AUTH_TOKEN": "s3cret"})

@@ -1,6 +1,7 @@
 """`autotuner web` is a production server: gunicorn, as a real process on a free port."""
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import signal
@@ -8,7 +9,9 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.conftest import ROOT, _free_port, wait_for
+from tests.helpers import ROOT, free_port, wait_for
+
+pytestmark = pytest.mark.process
 
 
 def _get(url: str):
@@ -19,7 +22,7 @@ def _get(url: str):
 
 
 def test_autotuner_web_serves_through_gunicorn_and_stops_on_sigterm(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'web.db'}", AUTOTUNER_HOME=str(tmp_path),
                PYTHONPATH=str(ROOT))
     env.pop("AUTOTUNER_SECRET_KEY", None)

@@ -131,6 +131,7 @@ def charts_of(task_id: int) -> dict:
 
 # -- chart series ----------------------------------------------------------------------------
 
+@pytest.mark.unit
 @pytest.mark.parametrize("objective", ["maximize_throughput", "minimize_ttft"])
 def test_objective_series_has_a_running_best_in_the_task_direction(db, objective):
     rng = random.Random(7)
@@ -182,6 +183,7 @@ def test_objective_series_has_a_running_best_in_the_task_direction(db, objective
         assert best_experiment(s, s.get(Task, task_id)).seq == o["best"][-1]["seq"]
 
 
+@pytest.mark.unit
 def test_pareto_front_is_exactly_the_non_dominated_points(db):
     from app.web.charts import pareto_front
 
@@ -221,6 +223,7 @@ def test_pareto_front_is_exactly_the_non_dominated_points(db):
     assert [p["slo_ok"] for p in sc["points"] if p["x"] == 5.0] == [False]
 
 
+@pytest.mark.unit
 def test_pareto_reads_the_highest_level_without_objective_level(db):
     task_id = make_task(spec_dict(objective_level=None))
     add_experiments(task_id, [{"objective": 1.0, "slo_ok": True, "metrics": metrics_for(300.0, 70.0)}])
@@ -228,6 +231,7 @@ def test_pareto_reads_the_highest_level_without_objective_level(db):
     assert [(p["x"], p["y"]) for p in sc["points"]] == [(300.0, 70.0)]  # concurrency 32 > 8
 
 
+@pytest.mark.unit
 def test_parameter_series_pair_values_with_objectives(db):
     task_id = make_task()
     add_experiments(task_id, [
@@ -242,6 +246,7 @@ def test_parameter_series_pair_values_with_objectives(db):
     assert [(p["x"], p["y"], p["slo_ok"]) for p in policy["points"]] == [("lpm", 1.0, True), ("fcfs", 3.0, False)]
 
 
+@pytest.mark.unit
 def test_gpu_timeline_shows_who_held_which_gpu_when(db):
     from app.store.db import session_scope
     from app.store.models import GpuAllocation
@@ -270,6 +275,7 @@ def test_gpu_timeline_shows_who_held_which_gpu_when(db):
 
 # -- the JSON feeds --------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_live_feed_pages_the_experiments_table(client):
     task_id = make_task()
     add_experiments(task_id, [
@@ -308,6 +314,7 @@ def test_live_feed_pages_the_experiments_table(client):
         assert resp.status_code == 404 and resp.json["errors"][0]["msg"]
 
 
+@pytest.mark.unit
 def test_charts_feed_carries_all_four_series(client):
     task_id = make_task(status="completed")
     add_experiments(task_id, [{"objective": 10.0 * i, "slo_ok": True, "metrics": metrics_for(10.0 * i, 100.0 + i)}
@@ -322,6 +329,7 @@ def test_charts_feed_carries_all_four_series(client):
     assert c["timeline"] == {"gpus": [], "bars": [], "total_bars": 0, "now": c["timeline"]["now"]}
 
 
+@pytest.mark.unit
 def test_a_5000_experiment_task_gets_bounded_responses(client):
     from app.store.db import session_scope
     from app.store.models import GpuAllocation
@@ -379,6 +387,7 @@ def test_a_5000_experiment_task_gets_bounded_responses(client):
 
 # -- the pages -------------------------------------------------------------------------------
 
+@pytest.mark.unit
 def test_task_page_renders_server_side_with_the_live_hooks(client):
     task_id = make_task()
     ids = add_experiments(task_id, [
@@ -411,6 +420,7 @@ def test_task_page_renders_server_side_with_the_live_hooks(client):
     assert 'id="prev-page" href="?page=1&amp;per_page=5"' in html
 
 
+@pytest.mark.unit
 def test_finished_task_page_has_no_cancel_and_unknown_ids_are_404(client):
     task_id = make_task(status="completed")
     html = client.get(f"/tasks/{task_id}").data.decode()
@@ -419,6 +429,7 @@ def test_finished_task_page_has_no_cancel_and_unknown_ids_are_404(client):
     assert client.get("/experiments/999999").status_code == 404
 
 
+@pytest.mark.unit
 def test_experiment_page_shows_levels_slo_verdicts_command_and_log(client):
     slo = {"ttft": {"threshold": 0.2, "hard_fail": True, "fail_ratio": 0.5}}
     task_id = make_task(spec_dict(slo=slo))
@@ -444,6 +455,7 @@ def test_experiment_page_shows_levels_slo_verdicts_command_and_log(client):
     assert 'id="attempts"' in html and 'id="params"' in html
 
 
+@pytest.mark.unit
 def test_static_assets_are_served_locally(client):
     for path in ("/static/vendor/chartjs/chart.umd.min.js", "/static/js/task.js"):
         resp = client.get(path)
@@ -466,6 +478,7 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.process
 @pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
     """The page in headless Chromium: task.js polls, draws the four charts, pages the table."""

@@ -86,6 +86,19 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def _postgres_connect_args() -> dict:
+    """A host that freezes or drops off the network mid-transaction holds its row locks until
+    the server notices: the server ends a session idle in a transaction after
+    `AUTOTUNER_DB_IDLE_TRANSACTION_TIMEOUT`, and TCP keepalives on both ends notice a dead
+    peer within about a minute instead of the operating system's two hours."""
+    idle_ms = int(get_settings().db_idle_transaction_timeout * 1000)
+    keepalive = {"tcp_keepalives_idle": 30, "tcp_keepalives_interval": 10, "tcp_keepalives_count": 3}
+    options = " ".join([f"-c idle_in_transaction_session_timeout={idle_ms}",
+                        *(f"-c {name}={value}" for name, value in keepalive.items())])
+    return {"options": options, "connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+            "keepalives_interval": 10, "keepalives_count": 3}
+
+
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL and per process: forked Celery children must not share sockets."""
     url = normalize_url(url or get_settings().database_url)
@@ -95,7 +108,8 @@ def get_engine(url: str | None = None) -> Engine:
         if url.startswith("sqlite"):
             engine = _sqlite_engine(url)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                                   connect_args=_postgres_connect_args())
         _engines[key] = engine
     return engine
 
