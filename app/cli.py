@@ -305,7 +305,8 @@ def up(simulated_gpus: int, host: str, port: int) -> None:
     stack.start()
     stack.write_stack_file()
     err.print(f"Web UI: http://{host}:{port}   broker: {stack.broker_url}   logs: {home_dir() / 'logs'}")
-    err.print(f"Flower: CELERY_BROKER_URL={stack.broker_url} celery -A app.celery_app flower")
+    err.print(f"Flower: CELERY_BROKER_URL={stack.broker_url} FLOWER_BASIC_AUTH=user:password "
+              "celery -A app.celery_app flower")
     stopping = False
 
     def _stop(*_):
