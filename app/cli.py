@@ -440,7 +440,7 @@ def _goodput(text: str | None) -> dict[str, float] | None:
 def bench(url, model, scenario, concurrency, request_rate, burstiness, max_concurrency, max_requests, max_time,
           warmup, api, num_gpus, goodput, seed, as_json) -> None:
     """Benchmark any running server, with the tuner's own client and metrics."""
-    from app.tools.loadgen import parse_scenario, run_benchmark
+    from app.tools.loadgen import Target, parse_scenario, run_benchmark
     from app.tools.loadgen.client import first_model
     from app.console import print_levels
 
@@ -452,11 +452,10 @@ def bench(url, model, scenario, concurrency, request_rate, burstiness, max_concu
     levels = None if rates else _numbers(concurrency, int)
     try:
         model = model or first_model(url)
-        results = run_benchmark(
-            url, model, scenario, levels, max_requests=max_requests, max_time_s=max_time, num_gpus=num_gpus,
-            api=api, warmup_requests=warmup, seed=seed, request_rates=rates, burstiness=burstiness,
-            max_concurrency=max_concurrency, goodput_slo=_goodput(goodput),
-        )
+        target = Target(url, model, scenario, max_requests=max_requests, max_time_s=max_time, num_gpus=num_gpus,
+                        api=api, seed=seed, goodput_slo=_goodput(goodput))
+        results = run_benchmark(target, levels, request_rates=rates, burstiness=burstiness,
+                                max_concurrency=max_concurrency, warmup_requests=warmup)
     except OSError as exc:
         raise click.ClickException(f"cannot reach {url}: {exc}")
     except ValueError as exc:

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app.processes import free_port  # noqa: E402
-from app.tools.loadgen import run_benchmark  # noqa: E402
+from app.tools.loadgen import Target, run_benchmark  # noqa: E402
 
 MODEL = "xpyd-test"
 METRICS = ("mean_ttft_ms", "mean_tpot_ms", "median_itl_ms", "mean_e2el_ms")
@@ -83,8 +83,8 @@ def measure(pairs: list[tuple[float, float]], requests: int, out: int, repeats: 
         try:
             for api in ("completions", "chat"):
                 for rep in range(repeats):
-                    r = run_benchmark(base, MODEL, f"D(100,{out})", [1], max_requests=requests, max_time_s=120,
-                                      num_gpus=1, api=api)[0]
+                    r = run_benchmark(Target(base, MODEL, f"D(100,{out})", max_requests=requests, max_time_s=120,
+                                             api=api), [1])[0]
                     if r["completed"] != requests or r["errors"]:
                         raise SystemExit(f"xpyd-sim run failed: {r['error_kinds']}")
                     want = expected(prefill_ms, decode_ms, out)

@@ -79,7 +79,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.tools.loadgen import run_benchmark  # noqa: E402
+from app.tools.loadgen import Target, run_benchmark  # noqa: E402
 from app.tools.loadgen.scenarios import make_prompt, parse_scenario  # noqa: E402
 
 MODEL = "zero-delay"
@@ -191,8 +191,7 @@ def run_ours(server: Server, shape: str, levels: list[int], requests: int) -> li
     for level in levels:
         probe0 = speed_probe()
         t0, c0, b0 = time.time(), time.process_time(), machine_busy_s()
-        (r,) = run_benchmark(server.url, MODEL, shape, [level], requests, None, 1,
-                             api="completions", request_timeout_s=60)
+        (r,) = run_benchmark(Target(server.url, MODEL, shape, requests, None, request_timeout_s=60), [level])
         t1, c1, b1 = time.time(), time.process_time(), machine_busy_s()
         busy = None if b0 is None or b1 is None else (b1 - b0) / (t1 - t0)
         probe = (probe0 + speed_probe()) / 2

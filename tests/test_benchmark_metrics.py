@@ -108,7 +108,7 @@ import socket  # noqa: E402
 
 from aiohttp import web  # noqa: E402
 
-from app.tools.loadgen.client import run_level  # noqa: E402
+from app.tools.loadgen import Target, run_level  # noqa: E402
 
 CHUNK = b'data: {"choices": [{"index": 0, "text": " x"}]}\n\n'
 
@@ -149,13 +149,13 @@ async def _against_broken_server() -> dict[str, dict]:
     out = {}
     try:
         for mode in ("ok", "http500", "cut", "abort", "garbage", "empty"):
-            out[mode] = await run_level(f"http://127.0.0.1:{port}/{mode}", "m", "D(10,3)", 2, 4, 30, 1)
+            out[mode] = await run_level(Target(f"http://127.0.0.1:{port}/{mode}", "m", "D(10,3)", 4, 30), 2)
     finally:
         await runner.cleanup()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
-    out["refused"] = await run_level(f"http://127.0.0.1:{closed}", "m", "D(10,3)", 2, 4, 30, 1)
+    out["refused"] = await run_level(Target(f"http://127.0.0.1:{closed}", "m", "D(10,3)", 4, 30), 2)
     return out
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from tests.helpers import free_port, stop_process
 
-from app.tools.loadgen import run_benchmark
+from app.tools.loadgen import Target, run_benchmark
 
 pytestmark = pytest.mark.process
 
@@ -65,8 +65,8 @@ def xpyd(request: pytest.FixtureRequest) -> Iterator[dict]:
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_measured_latencies_match_configured_delays(xpyd: dict, api: str) -> None:
     n, out = 5, 20
-    r = run_benchmark(xpyd["base"], "xpyd-test", f"D(100,{out})", [1], max_requests=n, max_time_s=60,
-                      num_gpus=1, api=api)[0]
+    r = run_benchmark(Target(xpyd["base"], "xpyd-test", f"D(100,{out})", max_requests=n, max_time_s=60, api=api),
+                      [1])[0]
     assert r["completed"] == n and r["errors"] == 0, r["error_kinds"]
     assert r["total_output_tokens"] == n * out
     expected_ttft = xpyd["prefill_ms"] + xpyd["decode_ms"]

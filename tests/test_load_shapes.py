@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from app.tools.loadgen import arrival_offsets, arrival_times, run_benchmark, run_level, run_rate_level
+from app.tools.loadgen import Target, arrival_offsets, arrival_times, run_benchmark, run_level, run_rate_level
 from tests.helpers import SIM_FAST as FAST
 from tests.helpers import SIM_MODEL as MODEL
 from tests.helpers import free_port, sim_cmd, stop_process, wait_healthy
@@ -100,7 +100,7 @@ def finished_on_server(base: str) -> float:
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_finite_rate_level_completes_every_request(sim: str, api: str) -> None:
     n = 12
-    r = asyncio.run(run_rate_level(sim, MODEL, "D(100,20)", 40.0, n, 60, 1, api=api))
+    r = asyncio.run(run_rate_level(Target(sim, MODEL, "D(100,20)", n, 60, api=api), 40.0))
     assert r["completed"] == n and r["errors"] == 0, r["error_kinds"]
     assert r["requests_started"] == n and r["stopped_early"] is False
     assert r["request_rate"] == 40.0 and r["burstiness"] == 1.0
@@ -114,7 +114,7 @@ def test_finite_rate_level_completes_every_request(sim: str, api: str) -> None:
 @pytest.mark.process
 def test_max_concurrency_caps_requests_on_the_wire(sim: str) -> None:
     n, cap = 30, 3
-    r = asyncio.run(run_rate_level(sim, MODEL, "D(200,40)", math.inf, n, 120, 1, max_concurrency=cap))
+    r = asyncio.run(run_rate_level(Target(sim, MODEL, "D(200,40)", n, 120), math.inf, max_concurrency=cap))
     assert r["completed"] == n and r["errors"] == 0, r["error_kinds"]
     assert r["max_concurrency"] == cap and r["request_rate"] == math.inf
     assert 1 <= r["max_in_flight"] <= cap
@@ -123,7 +123,7 @@ def test_max_concurrency_caps_requests_on_the_wire(sim: str) -> None:
 @pytest.mark.process
 def test_warmup_is_sent_but_not_counted(sim: str) -> None:
     before = finished_on_server(sim)
-    r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", 100.0, 5, 60, 1, warmup_requests=3,
+    r = asyncio.run(run_rate_level(Target(sim, MODEL, "D(50,10)", 5, 60), 100.0, warmup_requests=3,
                                    burstiness=0.5, max_concurrency=2))
     assert r["completed"] == 5 and r["requests_started"] == 5 and r["warmup_errors"] == 0
     assert finished_on_server(sim) - before == 8  # 3 warm-up + 5 measured
@@ -133,7 +133,7 @@ def test_warmup_is_sent_but_not_counted(sim: str) -> None:
 def test_max_time_stops_issuing_and_lets_in_flight_finish(sim: str) -> None:
     rate, max_time, seed = 40.0, 0.5, 2
     due = sum(1 for t in arrival_times(1000, rate, seed=seed) if t < max_time)
-    r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", rate, None, max_time, 1, seed=seed))
+    r = asyncio.run(run_rate_level(Target(sim, MODEL, "D(50,10)", None, max_time, seed=seed), rate))
     assert 1 <= r["requests_started"] <= due
     assert r["completed"] == r["requests_started"] and r["errors"] == 0
 
@@ -141,17 +141,17 @@ def test_max_time_stops_issuing_and_lets_in_flight_finish(sim: str) -> None:
 @pytest.mark.process
 def test_should_stop_abandons_an_open_loop_level(sim: str) -> None:
     # 100 requests at 1/s would take ~100 s; the first poll (0.5 s in) stops it.
-    r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", 1.0, 100, 600, 1, should_stop=lambda: True))
+    r = asyncio.run(run_rate_level(Target(sim, MODEL, "D(50,10)", 100, 600), 1.0, should_stop=lambda: True))
     assert r["stopped_early"] is True and r["requests_started"] < 100
 
 
 @pytest.mark.process
 def test_goodput_against_the_sim(sim: str) -> None:
     generous = {"ttft": 60_000, "tpot": 60_000, "e2el": 600_000}
-    r = asyncio.run(run_rate_level(sim, MODEL, "D(50,10)", 50.0, 6, 60, 1, goodput_slo=generous))
+    r = asyncio.run(run_rate_level(Target(sim, MODEL, "D(50,10)", 6, 60, goodput_slo=generous), 50.0))
     assert r["good_requests"] == r["completed"] == 6
     assert r["goodput"] == pytest.approx(r["request_throughput"])
-    impossible = asyncio.run(run_level(sim, MODEL, "D(50,10)", 2, 4, 60, 1, goodput_slo={"ttft": 0}))
+    impossible = asyncio.run(run_level(Target(sim, MODEL, "D(50,10)", 4, 60, goodput_slo={"ttft": 0}), 2))
     assert impossible["good_requests"] == 0 and impossible["goodput"] == 0.0
     assert impossible["goodput_slo"] == {"ttft": 0.0}
 
@@ -159,7 +159,7 @@ def test_goodput_against_the_sim(sim: str) -> None:
 @pytest.mark.process
 def test_run_benchmark_sweeps_request_rates(sim: str) -> None:
     seen: list[dict] = []
-    results = run_benchmark(sim, MODEL, "D(100,20)", None, max_requests=8, max_time_s=60, num_gpus=1,
+    results = run_benchmark(Target(sim, MODEL, "D(100,20)", max_requests=8, max_time_s=60),
                             request_rates=[20.0, math.inf], burstiness=2.0, max_concurrency=4,
                             warmup_requests=2, on_level=seen.append)
     assert [r["request_rate"] for r in results] == [20.0, math.inf]
@@ -172,7 +172,7 @@ def test_run_benchmark_sweeps_request_rates(sim: str) -> None:
 
 @pytest.mark.process
 def test_closed_loop_summaries_carry_the_new_keys(sim: str) -> None:
-    r = run_benchmark(sim, MODEL, "D(50,10)", [2], max_requests=4, max_time_s=60, num_gpus=1)[0]
+    r = run_benchmark(Target(sim, MODEL, "D(50,10)", max_requests=4, max_time_s=60), [2])[0]
     assert r["concurrency"] == 2 and r["completed"] == 4
     assert r["request_rate"] is None and r["burstiness"] is None and r["max_concurrency"] is None
     assert 1 <= r["max_in_flight"] <= 2
@@ -185,15 +185,16 @@ def test_closed_loop_summaries_carry_the_new_keys(sim: str) -> None:
     dict(concurrency_levels=[], request_rates=[0.0]),
     dict(concurrency_levels=[], request_rates=[1.0], burstiness=0.0),
     dict(concurrency_levels=[], request_rates=[1.0], max_concurrency=0),
-    dict(concurrency_levels=[], request_rates=[math.inf], max_requests=None),
-    dict(concurrency_levels=[1], goodput_slo={"latency": 5}),
-    dict(concurrency_levels=[1], goodput_slo={"ttft": -1}),
-    dict(concurrency_levels=[1], goodput_slo={}),
+    dict(concurrency_levels=[], request_rates=[math.inf], target=dict(max_requests=None)),
+    dict(concurrency_levels=[1], target=dict(goodput_slo={"latency": 5})),
+    dict(concurrency_levels=[1], target=dict(goodput_slo={"ttft": -1})),
+    dict(concurrency_levels=[1], target=dict(goodput_slo={})),
 ])
 @pytest.mark.unit
 def test_bad_arguments_fail_before_any_request(kwargs: dict) -> None:
     # a closed port: had anything been sent, the result would be connection errors instead
-    args = dict(max_requests=4, max_time_s=5, num_gpus=1)
-    args.update(kwargs)
+    args = dict(kwargs)
+    target = Target(f"http://127.0.0.1:{free_port()}", MODEL, "D(10,2)",
+                    **{"max_requests": 4, "max_time_s": 5, **args.pop("target", {})})
     with pytest.raises(ValueError):
-        run_benchmark(f"http://127.0.0.1:{free_port()}", MODEL, "D(10,2)", **args)
+        run_benchmark(target, **args)

@@ -12,7 +12,7 @@ from typing import Iterator
 import aiohttp
 import pytest
 
-from app.tools.loadgen import run_benchmark, run_level
+from app.tools.loadgen import Target, run_benchmark, run_level
 from tests.helpers import SIM_FAST as FAST
 from tests.helpers import SIM_MODEL as MODEL
 from tests.helpers import free_port, http_status, sim_cmd, wait_healthy
@@ -67,8 +67,8 @@ def test_models_and_headers_say_simulated(server: dict) -> None:
 @pytest.mark.parametrize("api", ["completions", "chat"])
 def test_run_benchmark_counts_every_token(server: dict, api: str) -> None:
     n = 8
-    results = run_benchmark(server["base"], MODEL, "D(100,20)", [1, 4], max_requests=n, max_time_s=60,
-                            num_gpus=1, api=api)
+    results = run_benchmark(Target(server["base"], MODEL, "D(100,20)", max_requests=n, max_time_s=60, api=api),
+                            [1, 4])
     assert [r["concurrency"] for r in results] == [1, 4]
     for r in results:
         assert r["completed"] == n and r["errors"] == 0, r["error_kinds"]
@@ -87,13 +87,13 @@ def test_metrics_endpoint(server: dict) -> None:
 
 
 def test_hundreds_of_concurrent_streams(server: dict) -> None:
-    r = run_benchmark(server["base"], MODEL, "U(20,200)/(5,15)", [256], max_requests=512, max_time_s=120,
-                      num_gpus=1)[0]
+    r = run_benchmark(Target(server["base"], MODEL, "U(20,200)/(5,15)", max_requests=512, max_time_s=120),
+                      [256])[0]
     assert r["completed"] == 512 and r["errors"] == 0
 
 
 def test_server_errors_are_recorded_not_raised(server: dict) -> None:
-    r = asyncio.run(run_level(server["base"], MODEL, "D(9000,10)", 2, 4, 30, 1))
+    r = asyncio.run(run_level(Target(server["base"], MODEL, "D(9000,10)", max_requests=4, max_time_s=30), 2))
     assert r["completed"] == 0 and r["errors"] == 4
     assert r["error_kinds"] == {"http_400": 4}
     assert r["mean_ttft_ms"] is None
@@ -108,7 +108,7 @@ def test_should_stop_ends_a_level_early(server: dict) -> None:
         return polls > 3
 
     # 100 requests of 5000 tokens, 2 at a time: minutes if the level ran to its end.
-    r = asyncio.run(run_level(server["base"], MODEL, "D(100,5000)", 2, 100, 600, 1,
+    r = asyncio.run(run_level(Target(server["base"], MODEL, "D(100,5000)", max_requests=100, max_time_s=600), 2,
                               should_stop=stop_after_a_few_polls))
     assert r["stopped_early"] is True and polls > 3
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from app.store import lifecycle
-from app.tools.loadgen import run_benchmark
+from app.tools.loadgen import Target, run_benchmark
 from app.config import get_settings
 from app.celery_app import request_coordination
 from app.domain.states import ExperimentState
@@ -145,21 +145,22 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
     limits = goodput_limits(spec.to_dict().get("slo"))
     results = []
     for scenario in bench.traffic_scenarios:
-        levels = run_benchmark(
-            deployment.base_url,
-            spec.model.id_or_path,
-            scenario,
-            None if bench.request_rate else list(bench.num_concurrency),
+        target = Target(
+            deployment.base_url, spec.model.id_or_path, scenario,
             max_requests=int(bench.max_requests_per_iteration),
             max_time_s=float(bench.max_time_per_iteration) * scale,
             num_gpus=num_gpus,
             api=bench.api,
-            warmup_requests=bench.warmup_requests,
-            should_stop=should_stop,
+            goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
+        )
+        levels = run_benchmark(
+            target,
+            None if bench.request_rate else list(bench.num_concurrency),
             request_rates=[r / scale for r in bench.request_rate] if bench.request_rate else None,
             burstiness=bench.burstiness,
             max_concurrency=bench.max_concurrency,
-            goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
+            warmup_requests=bench.warmup_requests,
+            should_stop=should_stop,
         )
         results.append({"scenario": scenario, "levels": [to_simulated_time(lv, scale) for lv in levels]})
         if should_stop():

@@ -16,30 +16,21 @@ import time
 from typing import Callable
 
 from .arrivals import check_burstiness, check_rate
-from .level import STOP_POLL_S, InFlight, finish, open_session, plan_level, stop_requested, wait_or_stop
+from .level import STOP_POLL_S, InFlight, Target, finish, open_session, plan_level, stop_requested, wait_or_stop
 from .level import warm_up
 from .metrics import RequestRecord, check_slo
 from .openloop import run_rate_level
 from .request import send_request
-from .scenarios import Scenario
 
-__all__ = ["STOP_POLL_S", "run_benchmark", "run_level", "run_rate_level", "send_request"]
+__all__ = ["STOP_POLL_S", "Target", "run_benchmark", "run_level", "run_rate_level", "send_request"]
 
 
 async def run_level(
-    base_url: str,
-    model: str,
-    scenario: str | Scenario,
+    target: Target,
     concurrency: int,
-    max_requests: int | None,
-    max_time_s: float | None,
-    num_gpus: int,
-    api: str = "completions",
+    *,
     warmup_requests: int = 0,
-    seed: int = 0,
     should_stop: Callable[[], bool] | None = None,
-    request_timeout_s: float | None = None,
-    goodput_slo: dict[str, float] | None = None,
 ) -> dict:
     """Run one concurrency level and return its ``summarize`` dict plus ``scenario``, ``api``,
     ``requests_started``, ``stopped_early``, ``warmup_errors``, ``max_in_flight`` and the
@@ -48,20 +39,19 @@ async def run_level(
     New requests start until ``max_requests`` were started or ``max_time_s`` passed
     (requests already running finish). ``should_stop`` is polled every 0.5 s; when it turns
     true the in-flight requests are abandoned (not recorded) and the level ends at once.
-    Request i always gets the same lengths and prompt for a given seed. ``goodput_slo``
-    (ms limits, keys ttft/tpot/e2el) adds ``goodput`` and ``good_requests``.
+    Request i always gets the same lengths and prompt for a given seed.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
-    plan = plan_level(base_url, model, scenario, api, max_requests, max_time_s, seed, goodput_slo)
-    limit = max_requests if max_requests is not None else math.inf
+    plan = plan_level(target)
+    limit = target.max_requests if target.max_requests is not None else math.inf
     records: list[RequestRecord] = []
     in_flight = InFlight()
     started = 0
-    async with open_session(request_timeout_s) as session:
+    async with open_session(target.request_timeout_s) as session:
         warmup_errors = await warm_up(session, plan, warmup_requests, concurrency)
         t0 = time.perf_counter()
-        deadline = t0 + max_time_s if max_time_s is not None else math.inf
+        deadline = t0 + target.max_time_s if target.max_time_s is not None else math.inf
 
         async def worker() -> None:
             nonlocal started
@@ -76,29 +66,21 @@ async def run_level(
         workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
         stopped = await wait_or_stop(asyncio.gather(*workers), lambda: workers, should_stop)
         duration = time.perf_counter() - t0
-    return finish(records, duration, num_gpus, plan, concurrency=concurrency, request_rate=None,
+    return finish(records, duration, target.num_gpus, plan, concurrency=concurrency, request_rate=None,
                   burstiness=None, max_concurrency=None, started=started, stopped=stopped,
                   warmup_errors=warmup_errors, max_in_flight=in_flight.peak)
 
 
 def run_benchmark(
-    base_url: str,
-    model: str,
-    scenario: str | Scenario,
-    concurrency_levels: list[int] | None,
-    max_requests: int | None,
-    max_time_s: float | None,
-    num_gpus: int,
-    api: str = "completions",
-    warmup_requests: int = 0,
-    seed: int = 0,
-    should_stop: Callable[[], bool] | None = None,
-    request_timeout_s: float | None = None,
-    on_level: Callable[[dict], None] | None = None,
+    target: Target,
+    concurrency_levels: list[int] | None = None,
+    *,
     request_rates: list[float] | None = None,
     burstiness: float = 1.0,
     max_concurrency: int | None = None,
-    goodput_slo: dict[str, float] | None = None,
+    warmup_requests: int = 0,
+    should_stop: Callable[[], bool] | None = None,
+    on_level: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Run each level in order and return their summaries (synchronous; uses
     ``asyncio.run``, so it must not be called from inside a running event loop).
@@ -115,11 +97,11 @@ def run_benchmark(
         raise ValueError("give concurrency_levels (closed loop) or request_rates (open loop), not both")
     if not open_loop and concurrency_levels is None:
         raise ValueError("give concurrency_levels (closed loop) or request_rates (open loop)")
-    check_slo(goodput_slo)
+    check_slo(target.goodput_slo)
     if open_loop:
         rates = [check_rate(r) for r in request_rates or ()]
         check_burstiness(burstiness)
-        if max_requests is None and any(math.isinf(r) for r in rates):
+        if target.max_requests is None and any(math.isinf(r) for r in rates):
             raise ValueError("an infinite request rate sends everything at once: give max_requests")
         if max_concurrency is not None and (isinstance(max_concurrency, bool) or max_concurrency < 1):
             raise ValueError("max_concurrency must be >= 1 or None")
@@ -130,16 +112,12 @@ def run_benchmark(
         for k, level in enumerate(levels):
             if should_stop is not None and stop_requested(should_stop):
                 break
-            common = dict(api=api, warmup_requests=warmup_requests if k == 0 else 0, seed=seed,
-                          should_stop=should_stop, request_timeout_s=request_timeout_s,
-                          goodput_slo=goodput_slo)
+            common = dict(warmup_requests=warmup_requests if k == 0 else 0, should_stop=should_stop)
             if open_loop:
-                summary = await run_rate_level(base_url, model, scenario, level, max_requests, max_time_s,
-                                               num_gpus, burstiness=burstiness,
+                summary = await run_rate_level(target, level, burstiness=burstiness,
                                                max_concurrency=max_concurrency, **common)
             else:
-                summary = await run_level(base_url, model, scenario, level, max_requests, max_time_s,
-                                          num_gpus, **common)
+                summary = await run_level(target, level, **common)
             out.append(summary)
             if on_level is not None:
                 on_level(summary)

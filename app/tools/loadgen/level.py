@@ -40,16 +40,34 @@ class LevelPlan:
         return request_body(self.model, self.api, make_prompt(n_in, rng), n_out), n_in
 
 
-def plan_level(base_url: str, model: str, scenario: str | Scenario, api: str, max_requests: int | None,
-               max_time_s: float | None, seed: int, goodput_slo: dict[str, float] | None) -> LevelPlan:
-    """Check the arguments both shapes share (ValueError) and build the level's plan."""
-    if api not in ("completions", "chat"):
-        raise ValueError(f"api must be 'completions' or 'chat', not {api!r}")
-    if max_requests is None and max_time_s is None:
+@dataclass(frozen=True)
+class Target:
+    """What every level of one benchmark shares: the server and model, the traffic, and the
+    bounds of a level (new requests start until ``max_requests`` were started or
+    ``max_time_s`` passed). Both load shapes and ``run_benchmark`` take one.
+    ``goodput_slo`` (ms limits, keys ttft/tpot/e2el) adds ``goodput`` and ``good_requests``."""
+
+    base_url: str
+    model: str
+    scenario: str | Scenario
+    max_requests: int | None = None
+    max_time_s: float | None = None
+    num_gpus: int = 1
+    api: str = "completions"
+    seed: int = 0
+    request_timeout_s: float | None = None
+    goodput_slo: dict[str, float] | None = None
+
+
+def plan_level(target: Target) -> LevelPlan:
+    """Check what both shapes share (ValueError) and build the level's plan."""
+    if target.api not in ("completions", "chat"):
+        raise ValueError(f"api must be 'completions' or 'chat', not {target.api!r}")
+    if target.max_requests is None and target.max_time_s is None:
         raise ValueError("give max_requests or max_time_s (or both)")
-    sc = parse_scenario(scenario) if isinstance(scenario, str) else scenario
-    url = base_url.rstrip("/") + ("/v1/chat/completions" if api == "chat" else "/v1/completions")
-    return LevelPlan(url, model, api, sc, seed, check_slo(goodput_slo))
+    sc = parse_scenario(target.scenario) if isinstance(target.scenario, str) else target.scenario
+    url = target.base_url.rstrip("/") + ("/v1/chat/completions" if target.api == "chat" else "/v1/completions")
+    return LevelPlan(url, target.model, target.api, sc, target.seed, check_slo(target.goodput_slo))
 
 
 def open_session(request_timeout_s: float | None) -> aiohttp.ClientSession:

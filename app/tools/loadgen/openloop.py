@@ -16,28 +16,19 @@ import time
 from typing import Callable
 
 from .arrivals import arrival_offsets, check_burstiness, check_rate
-from .level import InFlight, finish, open_session, plan_level, wait_or_stop, warm_up
+from .level import InFlight, Target, finish, open_session, plan_level, wait_or_stop, warm_up
 from .metrics import RequestRecord
 from .request import send_request
-from .scenarios import Scenario
 
 
 async def run_rate_level(
-    base_url: str,
-    model: str,
-    scenario: str | Scenario,
+    target: Target,
     request_rate: float,
-    max_requests: int | None,
-    max_time_s: float | None,
-    num_gpus: int,
-    api: str = "completions",
+    *,
     burstiness: float = 1.0,
     max_concurrency: int | None = None,
     warmup_requests: int = 0,
-    seed: int = 0,
     should_stop: Callable[[], bool] | None = None,
-    request_timeout_s: float | None = None,
-    goodput_slo: dict[str, float] | None = None,
 ) -> dict:
     """Run one request-rate level; returns the same summary as ``run_level`` with
     ``concurrency`` None and ``request_rate``/``burstiness``/``max_concurrency`` set.
@@ -52,18 +43,18 @@ async def run_rate_level(
     rate, shape = check_rate(request_rate), check_burstiness(burstiness)
     if max_concurrency is not None and (isinstance(max_concurrency, bool) or max_concurrency < 1):
         raise ValueError("max_concurrency must be >= 1 or None")
-    if math.isinf(rate) and max_requests is None:
+    if math.isinf(rate) and target.max_requests is None:
         raise ValueError("an infinite request rate sends everything at once: give max_requests")
-    plan = plan_level(base_url, model, scenario, api, max_requests, max_time_s, seed, goodput_slo)
-    limit = max_requests if max_requests is not None else math.inf
-    time_limit = max_time_s if max_time_s is not None else math.inf
+    plan = plan_level(target)
+    limit = target.max_requests if target.max_requests is not None else math.inf
+    time_limit = target.max_time_s if target.max_time_s is not None else math.inf
     records: list[RequestRecord] = []
     tasks: list[asyncio.Task] = []
     in_flight = InFlight()
     started = 0
     slots = asyncio.Semaphore(max_concurrency) if max_concurrency is not None else None
 
-    async with open_session(request_timeout_s) as session:
+    async with open_session(target.request_timeout_s) as session:
         warmup_errors = await warm_up(session, plan, warmup_requests, max_concurrency or warmup_requests)
         t0 = time.perf_counter()
         deadline = t0 + time_limit
@@ -86,7 +77,7 @@ async def run_rate_level(
                     await send(i)
 
         async def dispatch() -> None:
-            for i, offset in enumerate(arrival_offsets(rate, shape, seed)):
+            for i, offset in enumerate(arrival_offsets(rate, shape, target.seed)):
                 if i >= limit or offset >= time_limit:
                     break
                 delay = t0 + offset - time.perf_counter()
@@ -100,6 +91,6 @@ async def run_rate_level(
         main = asyncio.ensure_future(dispatch())
         stopped = await wait_or_stop(main, lambda: tasks, should_stop)
         duration = time.perf_counter() - t0
-    return finish(records, duration, num_gpus, plan, concurrency=None, request_rate=rate,
+    return finish(records, duration, target.num_gpus, plan, concurrency=None, request_rate=rate,
                   burstiness=shape, max_concurrency=max_concurrency, started=started, stopped=stopped,
                   warmup_errors=warmup_errors, max_in_flight=in_flight.peak)
