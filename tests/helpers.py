@@ -173,6 +173,34 @@ def attempt_of(session, task_id: int, number: int):
     ).scalar_one_or_none()
 
 
+def wait_for_retry(stack: Stack, task_id: int, timeout: float = 120) -> tuple:
+    """Wait until the single experiment's second attempt has started; returns (when the first
+    attempt's engine was confirmed gone, when the second started)."""
+    from app.store.db import session_scope
+
+    def retried():
+        with session_scope() as s:
+            second = attempt_of(s, task_id, 2)
+            return second is not None and second.started_at is not None and (
+                attempt_of(s, task_id, 1).engine_gone_at, second.started_at)
+
+    return wait_for(retried, timeout, "the retry to start after the first attempt's engine is gone", stack)
+
+
+def docker_client_or_skip():
+    """The Docker daemon's client, or skip the test saying why (no daemon answers here)."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon here"
+        import pytest
+
+        pytest.skip(f"no Docker daemon answers here ({exc}); .ci/run starts one where docker.io installs")
+    return client
+
+
 def start_stack(stack: Stack, gpus: int = 4, workers: list[list[str]] | None = None) -> None:
     """Coordinator plus simulated GPU workers (one of `gpus` GPUs, or one per arg list)."""
     from sqlalchemy import select

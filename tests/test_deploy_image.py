@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import ROOT, free_port, wait_for
+from tests.helpers import ROOT, docker_client_or_skip, free_port, wait_for
 
 docker = pytest.importorskip("docker")
 
@@ -44,11 +44,7 @@ def _descendants(client, root_id: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def image():
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon here"
-        pytest.skip(f"no Docker daemon answers here ({exc}); .ci/run starts one where docker.io installs")
+    client = docker_client_or_skip()
     suffix = uuid.uuid4().hex[:10]
     base_tag, tag = f"autotuner-test-base:{suffix}", f"autotuner-test:{suffix}"
     base_id = _load("base_image").build_image(base_tag)

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from app.domain.engines import SIMULATOR
-from tests.helpers import ROOT, attempt_of, mixed_task, start_stack, wait_for
+from tests.helpers import ROOT, attempt_of, docker_client_or_skip, mixed_task, start_stack, wait_for, wait_for_retry
 from workers.runtimes.base import EngineRequest
 
 docker = pytest.importorskip("docker")
@@ -23,11 +23,7 @@ IMAGE = "autotuner-sim:latest"
 
 @pytest.fixture(scope="session")
 def daemon():
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means "no daemon here"
-        pytest.skip(f"no Docker daemon answers here ({exc}); .ci/run starts one where docker.io installs")
+    client = docker_client_or_skip()
     build = subprocess.run([sys.executable, str(ROOT / "deploy/docker/sim_image.py"), "--tag", IMAGE],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr
@@ -118,13 +114,7 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
 
         stack.start("worker0-restarted", "worker", "--simulated-gpus", "1")
 
-        def retried():
-            with session_scope() as s:
-                second = attempt_of(s, task_id, 2)
-                return second is not None and second.started_at is not None and (
-                    attempt_of(s, task_id, 1).engine_gone_at, second.started_at)
-
-        gone_at, started_at = wait_for(retried, 120, "the retry to start after the reaper", stack)
+        gone_at, started_at = wait_for_retry(stack, task_id, 120)
         assert gone_at is not None and gone_at <= started_at
         with pytest.raises(docker.errors.NotFound):
             daemon.containers.get(container_id)

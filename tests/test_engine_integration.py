@@ -10,7 +10,8 @@ import signal
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import alive, attempt_of, kill_quietly, run_to_end, start_stack, wait_for, wait_gone
+from tests.helpers import (alive, attempt_of, kill_quietly, run_to_end, start_stack, wait_for, wait_for_retry,
+                           wait_gone)
 
 pytestmark = pytest.mark.integration
 
@@ -117,13 +118,7 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
 
         stack.start("worker0-restarted", "worker", "--simulated-gpus", "1")
 
-        def retried():
-            with session_scope() as s:
-                second = attempt_of(s, task_id, 2)
-                return second is not None and second.started_at is not None and (
-                    attempt_of(s, task_id, 1).engine_gone_at, second.started_at)
-
-        gone_at, started_at = wait_for(retried, 90, "the retry to start on the restarted worker", stack)
+        gone_at, started_at = wait_for_retry(stack, task_id, 90)
         assert gone_at is not None and gone_at <= started_at
         assert not procs.is_running(identity) and not any(alive(p) for p in engine_pids)
     finally:

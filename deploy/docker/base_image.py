@@ -13,7 +13,6 @@ compiler. Then:
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import sysconfig
@@ -82,15 +81,7 @@ def build_image(tag: str = DEFAULT_TAG) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", default=DEFAULT_TAG)
-    args = parser.parse_args(argv)
-    try:
-        print(build_image(args.tag))
-    except Exception as exc:  # noqa: BLE001 - one readable line for the operator
-        print(f"could not build {args.tag}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return fs.image_main(build_image, DEFAULT_TAG, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -118,3 +118,20 @@ def import_image(fill: Callable[[Path], None], tag: str, changes: list[str], pre
     client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=version or "latest",
                                       changes=changes)
     return client.images.get(tag).id
+
+
+def image_main(build: Callable[[str], str], default_tag: str, description: str, argv: list[str] | None = None) -> int:
+    """The image builders' command line: `--tag`, print the image id, or one readable line
+    and status 1 when the build fails."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--tag", default=default_tag)
+    args = parser.parse_args(argv)
+    try:
+        print(build(args.tag))
+    except Exception as exc:  # noqa: BLE001 - one readable line for the operator
+        print(f"could not build {args.tag}: {exc}", file=sys.stderr)
+        return 1
+    return 0

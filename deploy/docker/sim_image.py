@@ -12,7 +12,6 @@ It prints the image id. Real engines (SGLang, vLLM) use their published images i
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -61,15 +60,7 @@ def build_image(tag: str = "autotuner-sim:latest") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tag", default="autotuner-sim:latest")
-    args = parser.parse_args(argv)
-    try:
-        print(build_image(args.tag))
-    except Exception as exc:  # noqa: BLE001 - one readable line for the operator
-        print(f"could not build {args.tag}: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return fs.image_main(build_image, "autotuner-sim:latest", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
