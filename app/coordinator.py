@@ -161,6 +161,14 @@ def schedule(session: Session) -> list[Dispatch]:
     return dispatches
 
 
+def place_waiting() -> list[Dispatch]:
+    """Place waiting experiments on free GPUs (placement only, no strategy): what a finished
+    job runs right after freeing its GPUs, so the next experiment is queued without waiting
+    for a message to reach the coordinator and its pass. Returns the jobs to send."""
+    with session_scope() as session:
+        return schedule(session)
+
+
 def coordinate(task_id: int | None = None) -> list[Dispatch]:
     """Advance one task (or every unfinished one) and schedule; returns jobs to send."""
     ids = [task_id]

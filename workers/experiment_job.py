@@ -22,7 +22,7 @@ from tenacity import Retrying, before_sleep_log, retry_if_exception_type, stop_a
 from app.store import lifecycle
 from app.tools.loadgen import Target, run_benchmark
 from app.config import get_settings
-from app.celery_app import request_coordination
+from app.celery_app import request_coordination, send_experiments
 from app.domain.states import ExperimentState
 from app.domain.objectives import score
 from app.domain.taskspec import TaskSpec, stored_spec
@@ -208,6 +208,18 @@ def persistently(write: Callable[[], T]) -> T:
     raise AssertionError("unreachable: Retrying either returns or raises")
 
 
+def hand_over() -> None:
+    """The fast hand-over: place waiting experiments on the GPUs this job has just freed and
+    send them now, one broker round trip and one coordinator pass sooner. The coordinator is
+    still asked to advance the task (strategies stay its job) and places anything missed."""
+    from app.coordinator import place_waiting
+
+    try:
+        send_experiments(place_waiting())
+    except Exception:  # noqa: BLE001 - the coordinator's next pass places them anyway
+        log.exception("fast hand-over failed; the coordinator will place the waiting experiments")
+
+
 def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     claim = lifecycle.claim(experiment_id, attempt, worker=worker, host=host, pid=os.getpid())
     if claim is None:
@@ -267,5 +279,6 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     state = outcome.pop("state")
     task_id = persistently(lambda: lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log,
                                                     engine_gone=engine_gone, **outcome))
+    hand_over()
     request_coordination(task_id if task_id is not None else claim.task_id)
     return state
