@@ -181,6 +181,25 @@ def cancel(task_id: int) -> None:
         raise click.ClickException(str(exc))
 
 
+@main.command("set")
+@click.argument("task_id", type=int)
+@click.option("--max-parallel", type=int, help="How many of its experiments may run at once.")
+@click.option("--priority", type=int, help="Higher first when experiments wait for GPUs (default 0).")
+@friendly_errors
+def set_(task_id: int, max_parallel: int | None, priority: int | None) -> None:
+    """Change a running task's parallelism or priority."""
+    from app.task_service import Conflict, NotFound, update_task
+
+    if max_parallel is None and priority is None:
+        raise click.UsageError("give --max-parallel and/or --priority")
+    try:
+        result = update_task(task_id, max_parallel_experiments=max_parallel, priority=priority)
+    except (NotFound, Conflict) as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"task {task_id}: max_parallel_experiments {result['max_parallel_experiments']}, "
+               f"priority {result['priority']}")
+
+
 @main.command()
 @click.argument("worker", required=False)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the answer.")

@@ -132,7 +132,7 @@ def schedule(session: Session) -> list[Dispatch]:
             select(Experiment)
             .join(Task)
             .where(Experiment.state == ExperimentState.PENDING, Task.status == TaskStatus.RUNNING)
-            .order_by(Experiment.id)
+            .order_by(Task.priority.desc(), Experiment.id)
         )
         .scalars()
         .all()

@@ -102,6 +102,7 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
         "objective": task.objective,
         "objective_direction": direction(task.objective),
         "max_parallel_experiments": task.max_parallel,
+        "priority": task.priority,
         "max_iterations": task.max_iterations,
         "counts": counts(session, task.id),
         "best": best_out,

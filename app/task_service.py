@@ -47,6 +47,7 @@ def create_task(spec: TaskSpec, enqueue: bool = True) -> int:
             strategy=spec.optimization.strategy,
             objective=spec.optimization.objective,
             max_parallel=spec.optimization.max_parallel_experiments,
+            priority=spec.optimization.priority,
             max_iterations=int(max_iterations),
             notes=list(spec.notes),
         )
@@ -109,6 +110,34 @@ def cancel_task(task_id: int) -> str:
     request_coordination(task_id)
     return TaskStatus.CANCELLING
 
+
+
+def update_task(task_id: int, max_parallel_experiments: int | None = None, priority: int | None = None) -> dict:
+    """Change how many experiments of a task may run at once, and its priority, while it runs.
+    The stored spec is re-validated with the new values (field-level errors, nothing written
+    when one is bad); the coordinator applies them at once."""
+    import copy
+
+    from app.domain.taskspec import parse_task
+
+    with session_scope() as session:
+        task = session.get(Task, task_id, with_for_update=True)
+        if task is None:
+            raise NotFound("task", task_id)
+        if task.status in TASK_TERMINAL:
+            raise Conflict(f"task {task_id} is already {task.status}")
+        data = copy.deepcopy(task.spec)
+        optimization = data.setdefault("optimization", {})
+        if max_parallel_experiments is not None:
+            optimization["max_parallel_experiments"] = max_parallel_experiments
+        if priority is not None:
+            optimization["priority"] = priority
+        spec = parse_task(data)
+        task.spec = spec.to_dict()
+        task.max_parallel, task.priority = spec.optimization.max_parallel_experiments, spec.optimization.priority
+        result = {"id": task_id, "max_parallel_experiments": task.max_parallel, "priority": task.priority}
+    request_coordination(task_id)
+    return result
 
 
 def retry_failed(task_id: int) -> int:

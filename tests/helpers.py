@@ -100,11 +100,11 @@ def point_celery_at(url: str) -> None:
     first use, from CELERY_BROKER_URL (which the callers set); once read, it is changed
     here and the broker connection pools are dropped so the next send uses the new URL."""
     module = sys.modules.get("app.celery_app")
-    if module is None or not getattr(module.app, "configured", False):
-        return
+    if module is None:
+        return  # not imported yet: it will read CELERY_BROKER_URL when first used
     capp = module.app
-    if capp.conf.broker_url == url:
-        return
+    # No early return on `conf.broker_url == url`: Celery reads CELERY_BROKER_URL first, which
+    # the callers have already set, while the pools below may still hold the old broker.
     capp.conf.broker_url = url
     capp._pool = None  # Celery's own reset after fork does the same two things
     amqp = capp.__dict__.get("amqp")

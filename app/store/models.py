@@ -53,6 +53,7 @@ class Task(Base):
     strategy: Mapped[str] = mapped_column(String(30))
     objective: Mapped[str] = mapped_column(String(40))
     max_parallel: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_iterations: Mapped[int] = mapped_column(Integer)
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

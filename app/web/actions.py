@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, abort, flash, redirect, url_for
+from flask import Blueprint, Response, abort, flash, redirect, request, url_for
 
 from app.exports import export_csv, export_document
 from app.store.db import session_scope
 from app.store.models import Task
-from app.task_service import Conflict, cancel_task, delete_task, retry_failed
+from app.domain.taskspec import TaskSpecError
+from app.task_service import Conflict, cancel_task, delete_task, retry_failed, update_task
 from app.web import auth
 from app.web.auth import may_write
 from app.web.lookup import get_or_404
@@ -44,6 +45,29 @@ def _page_action(task_id: int, action, done: str, after=None):
 @bp.post("/tasks/<int:task_id>/cancel")
 def cancel(task_id: int):
     return _page_action(task_id, cancel_task, "Task {task_id} is being cancelled.")
+
+
+@bp.post("/tasks/<int:task_id>/settings")
+def settings(task_id: int):
+    """The task page's parallelism and priority form (the API's PATCH /api/tasks/<id>)."""
+    values = {}
+    for name in ("max_parallel_experiments", "priority"):
+        raw = request.form.get(name, "").strip()
+        if raw:
+            try:
+                values[name] = int(raw)
+            except ValueError:
+                flash(f"{name.replace('_', ' ')}: {raw!r} is not a whole number")
+                return redirect(url_for("live.task_page", task_id=task_id))
+
+    def change(tid: int) -> str:
+        try:
+            result = update_task(tid, **values)
+        except TaskSpecError as exc:
+            return "; ".join(e["msg"] for e in exc.errors)
+        return f"{result['max_parallel_experiments']} in parallel, priority {result['priority']}"
+
+    return _page_action(task_id, change, "Task {task_id}: {result}.")
 
 
 @bp.post("/tasks/<int:task_id>/retry")

@@ -82,6 +82,9 @@ StrategyName = Literal["grid_search", "random", "bayesian", "list"]  # = app.dom
 ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 
 
+PRIORITY_RANGE = 1000
+
+
 class Optimization(BaseModel):
     model_config = _STRICT
     strategy: StrategyName = "grid_search"
@@ -93,6 +96,9 @@ class Optimization(BaseModel):
     seed: Int = 0
     configs: list[dict[str, Any]] | None = None
     max_attempts: Annotated[PosInt, at_most("max_attempts")] = 3
+    # Higher first: waiting experiments of a higher-priority task are placed before older ones
+    # of lower priority (changeable while the task runs: `autotuner set`, PATCH /api/tasks/<id>).
+    priority: Annotated[int, Field(strict=True, ge=-PRIORITY_RANGE, le=PRIORITY_RANGE)] = 0
     # Which load level the objective reads (a value of num_concurrency or request_rate);
     # default: the highest level.
     objective_level: Annotated[Float, Field(gt=0)] | None = None

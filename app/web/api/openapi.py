@@ -128,6 +128,13 @@ def openapi_document() -> dict[str, Any]:
             "/api/tasks/{task_id}": {
                 "get": _read("A task: status, counts by state, best experiment", "The task", task_id),
                 "delete": _write("Delete a finished task and all its results", "Deleted", task_id, **conflict),
+                "patch": _write("Change a running task's max_parallel_experiments and/or priority", "The new values",
+                                task_id, body={"required": True, "content": {"application/json": {"schema": {
+                                    "type": "object", "additionalProperties": False, "minProperties": 1,
+                                    "properties": {"max_parallel_experiments": {"type": "integer", "minimum": 1},
+                                                   "priority": {"type": "integer", "minimum": -1000,
+                                                                "maximum": 1000}}}}}},
+                                **conflict, **{"422": errors("A value out of range")}),
             },
             "/api/tasks/{task_id}/experiments": {
                 "get": _read("A task's experiments with every attempt", "Experiments",

@@ -8,7 +8,7 @@ from app.exports import export_document
 from app.serializers import experiment_dict, list_tasks, task_dict
 from app.store.db import session_scope
 from app.store.models import Task
-from app.task_service import cancel_task, create_task, delete_task, retry_failed
+from app.task_service import cancel_task, create_task, delete_task, retry_failed, update_task
 from app.web.api import bp
 from app.web.auth import api_write
 from app.web.charts import task_charts
@@ -49,6 +49,20 @@ def experiments(task_id: int):
     with session_scope(readonly=True) as session:
         t = get_or_404(session, Task, task_id)
         return jsonify({"experiments": [experiment_dict(e, metrics=with_metrics) for e in t.experiments]})
+
+
+@bp.patch("/tasks/<int:task_id>")
+@api_write
+def update(task_id: int):
+    """Body: {"max_parallel_experiments": N, "priority": P} (either or both)."""
+    data = request.get_json(silent=True)
+    allowed = {"max_parallel_experiments", "priority"}
+    if not isinstance(data, dict) or not data or set(data) - allowed:
+        return json_error(422, f"the body must be a JSON object with {' and/or '.join(sorted(allowed))}", ["body"])
+    try:
+        return jsonify(update_task(task_id, **data))
+    except TaskSpecError as exc:
+        return jsonify({"errors": exc.errors}), 422
 
 
 @bp.post("/tasks/<int:task_id>/cancel")
