@@ -147,3 +147,14 @@ def test_ome_form_file_loads_with_an_inferred_engine_and_ome_mode_is_refused_at_
         create_task(parse_task({**data, "deployment_mode": "ome"}), enqueue=False)
     (err,) = exc.value.errors
     assert err["loc"] == ["deployment_mode"] and "Kubernetes" in err["msg"]
+
+
+def test_a_stored_spec_keeps_the_parameter_order():
+    """Launch commands and CSV columns follow the order the user wrote the parameters in."""
+    from app.domain.taskspec import stored_spec
+
+    data = parse_task(task(parameters={"schedule-policy": ["lpm"], "chunked-prefill-size": [512],
+                                       "max-running-requests": [64]})).to_dict()
+    spec = stored_spec(data)
+    assert list(spec.search_space) == ["schedule-policy", "chunked-prefill-size", "max-running-requests"]
+    assert stored_spec(dict(data)) is spec  # parsed once per content

@@ -90,7 +90,7 @@ def stored_spec(data: dict[str, Any]) -> TaskSpec:
     """A task as the store keeps it (validated and normalised at submission), parsed once per
     distinct content: every reader of a stored task (coordinator, worker, pages) gets the same
     typed object with its defaults, instead of reading the raw dict. Do not mutate it."""
-    return _parse_stored(json.dumps(data, sort_keys=True))
+    return _parse_stored(json.dumps(data))  # key order kept: it is the order of the parameters
 
 
 @lru_cache(maxsize=256)
