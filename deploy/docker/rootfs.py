@@ -114,10 +114,22 @@ def import_image(fill: Callable[[Path], None], tag: str, changes: list[str], pre
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             tar.add(rootfs, arcname=".")
     client = docker.from_env()
+    try:
+        previous = client.images.get(tag).id
+    except docker.errors.ImageNotFound:
+        previous = None
     repository, _, version = tag.partition(":")
     client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=version or "latest",
                                       changes=changes)
-    return client.images.get(tag).id
+    image_id = client.images.get(tag).id
+    if previous is not None and previous != image_id:
+        # Rebuilding re-points the tag: drop the image it named, or every rebuild leaves one
+        # untagged copy behind (kept while a container still uses it).
+        try:
+            client.images.remove(previous)
+        except docker.errors.APIError:
+            pass
+    return image_id
 
 
 def image_main(build: Callable[[str], str], default_tag: str, description: str, argv: list[str] | None = None) -> int:
