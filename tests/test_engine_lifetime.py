@@ -114,3 +114,34 @@ def test_a_recycled_pid_is_not_mistaken_for_the_engine():
     assert procs.stop_group(identity, grace=0)  # "gone", and nothing was signalled: we are still here
     other_boot = {**procs.process_identity(me), "boot_id": "another-boot"}
     assert not procs.is_running(other_boot)
+
+
+@pytest.mark.process
+def test_a_wedged_engine_fails_the_health_check_between_levels(tmp_path):
+    """Alive but not answering (frozen here with SIGSTOP): the check between load levels says
+    so, and the job's watch turns it into `engine_died`."""
+    from app.domain.engines import SIMULATOR
+    from workers.experiment_job import EngineWatch
+    from workers.runtimes.base import EngineError, EngineRequest
+
+    runtime = ProcessRuntime(name="sim")
+    request = EngineRequest(experiment_id=1, attempt=1, launcher=SIMULATOR, flavour="sglang", model="llama-3-8b",
+                            flags=[], gpu_indices=[0], sim={"startup_seconds": 0})
+    deployment = runtime.start(request)
+    engine: list[int] = []
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        assert runtime.healthy(deployment)
+        engine = [p for p in procs.group_members(deployment.identity["pgid"]) if p != deployment.identity["pid"]]
+        assert engine
+        for pid in engine:
+            os.kill(pid, signal.SIGSTOP)
+        assert not runtime.healthy(deployment, timeout=1)
+        watch = EngineWatch(lambda: False, runtime, deployment)
+        with pytest.raises(EngineError) as exc:
+            watch.between_levels({})
+        assert exc.value.kind == "engine_died" and "health check between load levels" in str(exc.value)
+    finally:
+        for pid in engine:
+            os.kill(pid, signal.SIGCONT)
+        runtime.stop(deployment)

@@ -53,6 +53,14 @@ class EngineWatch:
             self.died = not self.runtime.is_alive(self.deployment)
         return self.died or self.stop()
 
+    def between_levels(self, _summary: dict[str, Any]) -> None:
+        """After each load level: an engine that is alive but does not answer its health
+        check fails the experiment now, not after the next level's time runs out."""
+        self.check()
+        if not self.runtime.healthy(self.deployment):
+            raise EngineError("engine stopped answering its health check between load levels:\n"
+                              + self.runtime.logs(self.deployment, tail=30), kind="engine_died")
+
     def check(self) -> None:
         """Raise EngineError if the engine died during the benchmark."""
         if self.died or not self.runtime.is_alive(self.deployment):
@@ -136,7 +144,8 @@ def goodput_limits(slo: dict[str, Any] | None) -> dict[str, float] | None:
     return limits or None
 
 
-def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop) -> list[dict[str, Any]]:
+def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop,
+              on_level: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Every traffic scenario at every load level; one list of level summaries each.
     For the sim engine, rates and limits are converted to wall-clock terms on the way in
     and the figures back to modelled time on the way out."""
@@ -161,6 +170,7 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
             max_concurrency=bench.max_concurrency,
             warmup_requests=bench.warmup_requests,
             should_stop=should_stop,
+            on_level=on_level,
         )
         results.append({"scenario": scenario, "levels": [to_simulated_time(lv, scale) for lv in levels]})
         if should_stop():
@@ -248,7 +258,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             runtime.wait_ready(deployment, timeout=timeout, should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
             watch = EngineWatch(stop, runtime, deployment)
-            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch)
+            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch, on_level=watch.between_levels)
             watch.check()
             if stop():
                 raise ExperimentCancelled()

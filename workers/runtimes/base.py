@@ -109,6 +109,22 @@ class Runtime(abc.ABC):
         return EngineError(f"engine exited during start-up (exit status {code}):\n{tail}",
                            kind=classify_failure(tail, code))
 
+    def healthy(self, deployment: Deployment, timeout: float = 5.0) -> bool:
+        """One health check: True when the engine answers its health path with 200 in time.
+        Asked between load levels, so an engine that is alive but no longer serving (hung,
+        wedged on a dead NCCL peer) fails its experiment instead of skewing the next level."""
+        parts = urllib.parse.urlsplit(deployment.base_url)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+        try:
+            conn.request("GET", deployment.health_path)
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status == 200
+        except (http.client.HTTPException, OSError):
+            return False
+        finally:
+            conn.close()
+
     def wait_ready(
         self,
         deployment: Deployment,
