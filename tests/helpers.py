@@ -173,6 +173,23 @@ def attempt_of(session, task_id: int, number: int):
     ).scalar_one_or_none()
 
 
+def wait_for_lost(stack: Stack, task_id: int, timeout: float = 60) -> tuple:
+    """Wait until the single experiment's first attempt is declared lost (its worker died);
+    returns (that attempt, the pool's only GPU) as the store has them then."""
+    from sqlalchemy import select
+
+    from app.domain.states import AttemptState
+    from app.store.db import session_scope
+    from app.store.models import Gpu
+
+    def lost():
+        with session_scope() as s:
+            att = attempt_of(s, task_id, 1)
+            return att.state == AttemptState.LOST and (att, s.execute(select(Gpu)).scalar_one())
+
+    return wait_for(lost, timeout, "the attempt to be declared lost", stack)
+
+
 def wait_for_retry(stack: Stack, task_id: int, timeout: float = 120) -> tuple:
     """Wait until the single experiment's second attempt has started; returns (when the first
     attempt's engine was confirmed gone, when the second started)."""

@@ -11,10 +11,10 @@ import sys
 import urllib.request
 
 import pytest
-from sqlalchemy import select
 
 from app.domain.engines import SIMULATOR
-from tests.helpers import ROOT, attempt_of, docker_client_or_skip, mixed_task, start_stack, wait_for, wait_for_retry
+from tests.helpers import (ROOT, attempt_of, docker_client_or_skip, mixed_task, start_stack, wait_for,
+                           wait_for_lost, wait_for_retry)
 from workers.runtimes.base import EngineRequest
 
 docker = pytest.importorskip("docker")
@@ -75,8 +75,6 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
     """The daemon keeps a container whatever happens to the worker that started it: after
     SIGKILL the GPU stays fenced until the restarted worker has removed the container."""
     from app.store.db import session_scope
-    from app.domain.states import AttemptState
-    from app.store.models import Gpu
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
 
@@ -102,14 +100,8 @@ def test_sigkill_of_a_worker_its_container_is_reaped_before_the_gpu_is_reused(da
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
 
-        def lost():
-            with session_scope() as s:
-                att = attempt_of(s, task_id, 1)
-                gpu = s.execute(select(Gpu)).scalar_one()
-                return att.state == AttemptState.LOST and (att.id, gpu.fenced_by)
-
-        attempt_id, fenced_by = wait_for(lost, 60, "the attempt to be declared lost", stack)
-        assert fenced_by == attempt_id
+        att, gpu = wait_for_lost(stack, task_id)
+        assert gpu.fenced_by == att.id
         assert daemon.containers.get(container_id).status == "running"  # the worker's death did not stop it
 
         stack.start("worker0-restarted", "worker", "--simulated-gpus", "1")

@@ -10,7 +10,8 @@ import signal
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import (alive, attempt_of, kill_quietly, run_to_end, start_stack, wait_for, wait_for_retry,
+from tests.helpers import (alive, attempt_of, kill_quietly, run_to_end, start_stack, wait_for, wait_for_lost,
+                           wait_for_retry,
                            wait_gone)
 
 pytestmark = pytest.mark.integration
@@ -74,7 +75,6 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
     the engine survives as an orphan; its GPU stays fenced, and the next worker on the host
     reaps it by its recorded identity before the retry may start there."""
     from app.store.db import session_scope
-    from app.domain.states import AttemptState
     from app.store.models import Gpu, Task
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
@@ -103,13 +103,8 @@ def test_sigkill_of_a_worker_never_hands_a_gpu_to_a_live_engine(stack, tmp_path,
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
 
-        def lost():
-            with session_scope() as s:
-                att = attempt_of(s, task_id, 1)
-                gpu = s.execute(select(Gpu)).scalar_one()
-                return att.state == AttemptState.LOST and (att, gpu.fenced_by, gpu.held_by)
-
-        att, fenced_by, held_by = wait_for(lost, 60, "the coordinator to declare the attempt lost", stack)
+        att, gpu = wait_for_lost(stack, task_id)
+        fenced_by, held_by = gpu.fenced_by, gpu.held_by
         assert fenced_by == att.id and held_by is None  # not handed on: nobody has seen the engine stop
         if victim == "worker":
             wait_gone(engine_pids)  # the supervisor's parent-death signal, with no reaper involved

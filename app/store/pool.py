@@ -65,8 +65,12 @@ def register_worker(
         worker.group, worker.host, worker.queue, worker.slots = group, host, queue, slots
         worker.simulated, worker.online, worker.incarnation, worker.pid = simulated, True, incarnation, pid
         worker.started_at = worker.last_heartbeat = utcnow()
+        # The rows this worker takes over, locked in the ledger's one order (id) like every
+        # transaction that changes several GPU rows.
+        known = {g.index: g for g in ledger.lock_gpus(session, Gpu.host == host,
+                                                       Gpu.index.in_([spec.index for spec in gpus]))}
         for spec in gpus:
-            gpu = session.execute(select(Gpu).where(Gpu.host == host, Gpu.index == spec.index)).scalar_one_or_none()
+            gpu = known.get(spec.index)
             if gpu is None:
                 gpu = Gpu(host=host, index=spec.index)
                 session.add(gpu)
