@@ -22,6 +22,7 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from app import broker_transport
 from app.config import get_settings, host_name
 from app.processes import die_with_parent
 
@@ -58,6 +59,7 @@ def _configuration() -> dict[str, Any]:
     )
 
 
+broker_transport.install()  # before any connection: see app/broker_transport.py
 app = Celery("autotuner", set_as_current=False)
 app.add_defaults(_configuration)  # a promise: evaluated on first use of the configuration
 

