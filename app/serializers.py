@@ -2,12 +2,11 @@
 `--json` output and the pages, so they can never disagree."""
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, selectinload
 
 from app.domain.engines.failures import is_infeasible, label as failure_label
 from app.domain.states import EXP_STATES
@@ -60,33 +59,49 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
     return out
 
 
-def best_experiment(session: Session, task: Task) -> Experiment | None:
-    """The best successful experiment that meets its SLOs; failed ones never qualify."""
-    order = Experiment.objective.asc() if direction(task.objective) == "minimize" else Experiment.objective.desc()
-    return session.execute(
-        select(Experiment)
-        .where(
-            Experiment.task_id == task.id,
-            Experiment.eligible,
-        )
-        .order_by(order, Experiment.seq)
-        .limit(1)
-    ).scalar_one_or_none()
-
-
-def counts(session: Session, task_id: int) -> dict[str, int]:
-    found = Counter(
-        dict(
-            session.execute(
-                select(Experiment.state, func.count()).where(Experiment.task_id == task_id).group_by(Experiment.state)
-            ).all()
-        )
+def best_by_task(session: Session, tasks: list[Task]) -> dict[int, Experiment]:
+    """Each task's best successful experiment that meets its SLOs (failed ones never
+    qualify), in one query however many tasks: a list page costs the same few queries for
+    5 tasks or 200. Ties go to the earlier experiment."""
+    if not tasks:
+        return {}
+    minimizing = [t.id for t in tasks if direction(t.objective) == "minimize"]
+    key = case((Experiment.task_id.in_(minimizing), Experiment.objective), else_=-Experiment.objective)
+    ranked = (
+        select(Experiment.id, func.row_number().over(partition_by=Experiment.task_id,
+                                                     order_by=(key.asc(), Experiment.seq.asc())).label("rank"))
+        .where(Experiment.task_id.in_([t.id for t in tasks]), Experiment.eligible)
+        .subquery()
     )
-    return {state: found.get(state, 0) for state in EXP_STATES}
+    best = session.execute(select(Experiment).join(ranked, ranked.c.id == Experiment.id).where(ranked.c.rank == 1)
+                           .options(selectinload(Experiment.attempts)))
+    return {e.task_id: e for e in best.scalars()}
+
+
+def best_experiment(session: Session, task: Task) -> Experiment | None:
+    return best_by_task(session, [task]).get(task.id)
+
+
+def counts_by_task(session: Session, task_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Experiments per state for each task, in one grouped query."""
+    out = {task_id: dict.fromkeys(EXP_STATES, 0) for task_id in task_ids}
+    if task_ids:
+        rows = session.execute(
+            select(Experiment.task_id, Experiment.state, func.count())
+            .where(Experiment.task_id.in_(task_ids))
+            .group_by(Experiment.task_id, Experiment.state)
+        )
+        for task_id, state, n in rows:
+            if state in out[task_id]:
+                out[task_id][state] = n
+    return out
 
 
 def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[str, Any]:
-    best = best_experiment(session, task)
+    return _summary(task, counts_by_task(session, [task.id])[task.id], best_experiment(session, task), experiments)
+
+
+def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experiments: bool) -> dict[str, Any]:
     best_out = None
     if best is not None:
         best_out = experiment_dict(best) | {"launch_command": task.parsed_spec.launch_command(best.params)}
@@ -104,7 +119,7 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
         "max_parallel_experiments": task.max_parallel,
         "priority": task.priority,
         "max_iterations": task.max_iterations,
-        "counts": counts(session, task.id),
+        "counts": counts,
         "best": best_out,
         "error": task.error,
         "notes": task.notes,
@@ -158,5 +173,8 @@ def pool_dict(session: Session) -> dict[str, Any]:
 
 
 def list_tasks(session: Session, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest tasks' summaries: four queries whatever the number of tasks."""
     tasks = session.execute(select(Task).order_by(Task.id.desc()).limit(limit)).scalars().all()
-    return [task_dict(session, t, experiments=False) for t in tasks]
+    counts = counts_by_task(session, [t.id for t in tasks])
+    best = best_by_task(session, tasks)
+    return [_summary(t, counts[t.id], best.get(t.id), experiments=False) for t in tasks]

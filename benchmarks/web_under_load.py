@@ -2,11 +2,13 @@
 several simulated tasks running at once, and pollers reading what a dashboard reads.
 
     python benchmarks/web_under_load.py [--tasks 5] [--experiments 20] [--pollers 10]
-                                        [--gpus 8] [--database-url URL] [--json]
+                                        [--pause 2] [--gpus 8] [--database-url URL] [--json]
 
-Each poller loops over the task list (`GET /api/tasks`), a task's live view
-(`GET /api/tasks/<id>/live`), the index page (`GET /`) and a task page (`GET /tasks/<id>`)
-while the tasks run, and records every request's latency. Reports, per endpoint, requests,
+Each poller reads the task list (`GET /api/tasks`), a task's live view
+(`GET /api/tasks/<id>/live`), the index page (`GET /`) and a task page (`GET /tasks/<id>`),
+then pauses `--pause` seconds (2 s: the live page's own polling period; 0: a closed-loop
+stress with a request always in flight per poller), while the tasks run, and records every
+request's latency. Reports, per endpoint, requests,
 errors (non-200) and latency p50 / p95 / max, measured from the pollers (same machine: the
 pollers, the web server, the coordinator, the worker and its simulated engines share its
 cores, which the report lists).
@@ -62,13 +64,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def poll(base: str, task_ids: list[int], stop: threading.Event, samples: dict, lock: threading.Lock,
-         seed: int) -> None:
+         seed: int, pause: float) -> None:
     rng = random.Random(seed)
+    stop.wait(rng.uniform(0, pause))  # pollers start spread over one period, as browsers would
     while not stop.is_set():
         for pattern in ENDPOINTS:
             status, seconds = get(base + pattern.format(id=rng.choice(task_ids)))
             with lock:
                 samples[pattern].append((status, seconds))
+        stop.wait(pause)
 
 
 def main() -> int:
@@ -76,6 +80,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=5)
     parser.add_argument("--experiments", type=int, default=20)
     parser.add_argument("--pollers", type=int, default=10)
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between a poller's rounds")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--json", action="store_true")
@@ -112,7 +117,7 @@ def main() -> int:
         parallel = max(1, args.gpus // args.tasks + 1)
         ids = [create_task(parse_task(task_data(f"load-{i}", args.experiments, parallel)))
                for i in range(args.tasks)]
-        pollers = [threading.Thread(target=poll, args=(base, ids, stop, samples, lock, i), daemon=True)
+        pollers = [threading.Thread(target=poll, args=(base, ids, stop, samples, lock, i, args.pause), daemon=True)
                    for i in range(args.pollers)]
         t0 = time.monotonic()
         for p in pollers:
@@ -142,13 +147,14 @@ def main() -> int:
                      "p50_ms": round(statistics.median(ms), 1), "p95_ms": round(percentile(ms, 0.95), 1),
                      "max_ms": round(max(ms), 1)})
     result = {"database": "postgresql" if args.database_url else "sqlite", "tasks": args.tasks,
-              "experiments_per_task": args.experiments, "pollers": args.pollers, "gpus": args.gpus,
+              "experiments_per_task": args.experiments, "pollers": args.pollers, "pause_s": args.pause,
+              "gpus": args.gpus,
               "seconds": round(elapsed, 1), "cpus": os.cpu_count(), "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{args.tasks} tasks x {args.experiments} simulated experiments on {args.gpus} simulated GPUs, "
-              f"{args.pollers} pollers, {result['database']}, {elapsed:.0f} s, {os.cpu_count()} CPUs shared by all")
+              f"{args.pollers} pollers pausing {args.pause:g} s, {result['database']}, {elapsed:.0f} s, {os.cpu_count()} CPUs shared by all")
         print(f"{'endpoint':<24}{'requests':>9}{'errors':>8}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}")
         for r in rows:
             print(f"{r['endpoint']:<24}{r['requests']:>9}{r['errors']:>8}{r['p50_ms']:>9}{r['p95_ms']:>9}{r['max_ms']:>9}")
