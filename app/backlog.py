@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.domain.states import ExperimentState
@@ -20,14 +20,15 @@ def backlog(session: Session) -> list[dict[str, Any]]:
     placed) or `queued` ones placed on a group whose worker has not taken them yet, with the
     wait reasons counted."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
-    found = session.execute(
-        select(Experiment.state, Experiment.group, Experiment.gpus_needed, Experiment.wait_reason)
+    found = session.execute(  # counted by the database: ten thousand waiting rows stay there
+        select(Experiment.state, Experiment.group, Experiment.gpus_needed, Experiment.wait_reason, func.count())
         .where(Experiment.state.in_((ExperimentState.PENDING, ExperimentState.QUEUED)))
+        .group_by(Experiment.state, Experiment.group, Experiment.gpus_needed, Experiment.wait_reason)
     ).all()
-    for state, group, gpus, reason in found:
+    for state, group, gpus, reason, n in found:
         key = (group or "", int(gpus or 1))
         row = rows.setdefault(key, {"group": key[0], "gpus": key[1], "waiting": 0, "queued": 0, "reasons": Counter()})
-        row["waiting" if state == ExperimentState.PENDING else "queued"] += 1
+        row["waiting" if state == ExperimentState.PENDING else "queued"] += n
         if state == ExperimentState.PENDING and reason:
-            row["reasons"][reason] += 1
+            row["reasons"][reason] += n
     return [dict(r, reasons=dict(r["reasons"].most_common(5))) for _, r in sorted(rows.items())]

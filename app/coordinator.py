@@ -13,9 +13,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Iterator
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy.orm import Session, joinedload
 
 from app.domain.placement import plan as plan_placements
 from app.store import ledger
@@ -25,7 +26,7 @@ from app.domain.engines.failures import is_infeasible
 from app.store.db import session_scope
 from app.store.lifecycle import end_attempt, mark_lost
 from app.limits import get_limits
-from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
+from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
 from app.store.models import Attempt, Experiment, Gpu, PassTiming, Task, Worker, utcnow
 from app.domain.strategies import make_strategy
 from app.domain.strategies.base import Trial
@@ -75,28 +76,39 @@ def advance(session: Session, task: Task) -> None:
     New experiments are bounded three ways: the task's `max_parallel_experiments`, what the
     pool can run at once (more waiting rows would only queue), and AUTOTUNER_MAX_NEW_PER_PASS
     per pass (a short write transaction; the next pass creates the rest)."""
-    exps = list(task.experiments)
     if task.status == TaskStatus.CANCELLING:
-        for exp in exps:
-            if exp.state in (ExperimentState.PENDING, ExperimentState.QUEUED):
-                end_attempt(session, exp, ExperimentState.CANCELLED, error="task cancelled")
-        if not any(e.state == ExperimentState.RUNNING for e in exps):
+        unstarted = session.execute(select(Experiment).where(
+            Experiment.task_id == task.id,
+            Experiment.state.in_((ExperimentState.PENDING, ExperimentState.QUEUED)))).scalars().all()
+        for exp in unstarted:
+            end_attempt(session, exp, ExperimentState.CANCELLED, error="task cancelled")
+        if not _states(session, task.id).get(ExperimentState.RUNNING):
             task.status, task.finished_at = TaskStatus.CANCELLED, utcnow()
         return
     if task.status == TaskStatus.PENDING:
         task.status, task.started_at = TaskStatus.RUNNING, utcnow()
-    spec = task.parsed_spec
-    active = [e for e in exps if e.state in EXP_ACTIVE]
+    # Counts first: the history is read only when the strategy is asked for more (a task
+    # whose backlog is full costs two small queries, however many experiments it has).
+    states = _states(session, task.id)
+    active = sum(n for state, n in states.items() if state in EXP_ACTIVE)
+    total = sum(states.values())
     parallel = min(task.max_parallel, pool_capacity(session))
-    free = min(parallel - len(active), task.max_iterations - len(exps), get_limits().max_new_per_pass)
+    free = min(parallel - active, task.max_iterations - total, get_limits().max_new_per_pass)
     created = 0
     if free > 0:
-        suggestions = make_strategy(spec).suggest([_trial(e) for e in exps], free)
-        for params in suggestions:
-            session.add(_new_experiment(task, spec, params, len(exps) + created + 1))
+        spec = task.parsed_spec
+        exps = list(task.experiments)
+        for params in make_strategy(spec).suggest([_trial(e) for e in exps], free):
+            session.add(_new_experiment(task, spec, params, total + created + 1))
             created += 1
     if not active and not created:
-        _finish_task(task, exps)
+        _finish_task(task, list(task.experiments))
+
+
+def _states(session: Session, task_id: int) -> dict[str, int]:
+    """How many of the task's experiments are in each state, in one grouped query."""
+    return dict(session.execute(select(Experiment.state, func.count()).where(Experiment.task_id == task_id)
+                                .group_by(Experiment.state)).all())
 
 
 def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int) -> Experiment:
@@ -105,6 +117,7 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int) -> Exper
         seq=seq,
         params=params,
         gpus_needed=spec.gpus_needed(params),
+        priority=task.priority,
         state=ExperimentState.PENDING,
         simulated=spec.launcher.simulated,
     )
@@ -124,41 +137,89 @@ def _finish_task(task: Task, exps: list[Experiment]) -> None:
 
 
 def schedule(session: Session) -> list[Dispatch]:
-    """Give free GPUs to waiting experiments (FIFO across all tasks), in the caller's
-    transaction. Returns the jobs to send once that transaction has committed."""
+    """Give free GPUs to waiting experiments (priority, then FIFO across all tasks), in the
+    caller's transaction. Returns the jobs to send once that transaction has committed.
+
+    Reads the head of the waiting queue for each GPU count, only as far as placements go
+    (see app.domain.placement), and writes the placements together: its cost follows the
+    number of placements and GPU counts, not the backlog."""
     ledger.lock(session)
-    waiting = (
-        session.execute(
-            select(Experiment)
-            .join(Task)
-            .where(Experiment.state == ExperimentState.PENDING, Task.status == TaskStatus.RUNNING)
-            .order_by(Task.priority.desc(), Experiment.id)
-        )
-        .scalars()
-        .all()
-    )
-    if not waiting:
-        return []
     groups, capacity = ledger.group_states(session)
-    plan = plan_placements([(e.id, e.gpus_needed) for e in waiting], groups, capacity)
-    by_id = {e.id: e for e in waiting}
+    free_gpus = sum(len(g.free) for g in groups if g.busy_slots < g.slots)
+    queues = {need: _waiting_queue(session, need, free_gpus // need + 1) for need in _waiting_needs(session)}
+    plan = plan_placements(queues, groups, capacity)
+    touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
+    if not touched:
+        return []
+    by_id = _experiments(session, touched)
     for exp_id, reason in plan.waiting.items():
         by_id[exp_id].wait_reason = reason
     for exp_id, reason in plan.impossible.items():
         end_attempt(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
+    grants = [(p.experiment_id, by_id[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
+    taken = ledger.take_all(session, grants)
     dispatches = []
     now = utcnow()
+    attempts = []
     for placement in plan.placements:
         exp = by_id[placement.experiment_id]
         exp.attempt += 1
-        gpus = ledger.take(session, exp.id, exp.attempt, placement.gpu_ids)
-        labels = [g.label for g in gpus]
+        labels = [g.label for g in taken[exp.id]]
         exp.state, exp.group, exp.gpus, exp.queued_at, exp.wait_reason = (
             ExperimentState.QUEUED, placement.group, labels, now, None,
         )
-        session.add(Attempt(experiment_id=exp.id, number=exp.attempt, state=ExperimentState.QUEUED, gpus=labels, queued_at=now))
+        attempts.append(dict(experiment_id=exp.id, number=exp.attempt, state=AttemptState.QUEUED, gpus=labels,
+                             queued_at=now))
         dispatches.append(_dispatch(exp))
+    if attempts:
+        session.execute(insert(Attempt), attempts)
     return dispatches
+
+
+def _waiting_needs(session: Session) -> list[int]:
+    """The GPU counts that waiting experiments need, one index seek each (a loose index scan:
+    a backlog of ten thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks)."""
+    needs: list[int] = []
+    while True:
+        need = session.execute(
+            select(func.min(Experiment.gpus_needed))
+            .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed > (needs[-1] if needs else -1))
+        ).scalar_one_or_none()
+        if need is None:
+            return needs
+        needs.append(need)
+
+
+def _waiting_queue(session: Session, need: int, page: int) -> Iterator[tuple[tuple[int, int], int]]:
+    """Waiting experiments of running tasks needing `need` GPUs, in queue order (priority
+    first, then age), read page by page from ix_experiments_waiting as the planner asks."""
+    after: tuple[int, int] | None = None
+    page = max(1, min(page, 1024))
+    while True:
+        query = (
+            select(Experiment.priority, Experiment.id)
+            .join(Task, Task.id == Experiment.task_id)
+            .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
+                   Task.status == TaskStatus.RUNNING)
+        )
+        if after is not None:
+            query = query.where(or_(Experiment.priority < after[0],
+                                    and_(Experiment.priority == after[0], Experiment.id > after[1])))
+        rows = session.execute(query.order_by(Experiment.priority.desc(), Experiment.id).limit(page)).all()
+        for priority, exp_id in rows:
+            yield (-priority, exp_id), exp_id
+        if len(rows) < page:
+            return
+        after, page = tuple(rows[-1]), min(page * 4, 1024)
+
+
+def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
+    """The experiments a pass writes, with their tasks, in a few IN queries."""
+    out: dict[int, Experiment] = {}
+    for i in range(0, len(ids), 500):
+        out.update((e.id, e) for e in session.execute(
+            select(Experiment).where(Experiment.id.in_(ids[i:i + 500])).options(joinedload(Experiment.task))).scalars())
+    return out
 
 
 def place_waiting() -> list[Dispatch]:

@@ -134,11 +134,12 @@ def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experi
 
 
 def pool_dict(session: Session) -> dict[str, Any]:
-    holders = {
-        e.id: e
-        for e in session.execute(
-            select(Experiment).where(Experiment.id.in_(select(Gpu.held_by).where(Gpu.held_by.is_not(None))))
-        ).scalars()
+    holders = {  # only the columns shown: a busy pool of a thousand GPUs has as many holders
+        exp_id: {"experiment_id": exp_id, "task_id": task_id, "seq": seq}
+        for exp_id, task_id, seq in session.execute(
+            select(Experiment.id, Experiment.task_id, Experiment.seq)
+            .where(Experiment.id.in_(select(Gpu.held_by).where(Gpu.held_by.is_not(None))))
+        )
     }
     workers = session.execute(select(Worker).order_by(Worker.host, Worker.group)).scalars().all()
     now = utcnow()
@@ -162,10 +163,7 @@ def pool_dict(session: Session) -> dict[str, Any]:
                 "utilization": g.utilization,
                 "fenced_by_attempt": g.fenced_by, "fenced_at": iso(g.fenced_at),
                 "quarantined_at": iso(g.quarantined_at), "quarantine_reason": g.quarantine_reason,
-                "held_by": (
-                    {"experiment_id": g.held_by, "task_id": holders[g.held_by].task_id, "seq": holders[g.held_by].seq}
-                    if g.held_by in holders else None
-                ),
+                "held_by": holders.get(g.held_by),
             }
             for g in gpus
         ],

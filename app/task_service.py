@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from app.celery_app import request_coordination
 from app.store import ledger
@@ -135,6 +135,8 @@ def update_task(task_id: int, max_parallel_experiments: int | None = None, prior
         spec = parse_task(data)
         task.spec = spec.to_dict()
         task.max_parallel, task.priority = spec.optimization.max_parallel_experiments, spec.optimization.priority
+        session.execute(update(Experiment).where(Experiment.task_id == task_id).values(priority=task.priority)
+                        .execution_options(synchronize_session=False))
         result = {"id": task_id, "max_parallel_experiments": task.max_parallel, "priority": task.priority}
     request_coordination(task_id)
     return result

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.store import ledger
-from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
+from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan, queues_of
 from app.store.ledger import LedgerConflict
 
 pytestmark = pytest.mark.unit
@@ -35,7 +35,7 @@ def test_plan_never_gives_a_gpu_twice_and_places_whole_experiments(sizes, want):
     groups = make_groups(sizes)
     capacity = {g.group: g.total_gpus for g in groups}
     members = {g.group: {f.id for f in g.free} for g in groups}
-    result = plan(list(enumerate(want)), groups, capacity)
+    result = plan(queues_of(enumerate(want)), groups, capacity)
     seen: set[int] = set()
     for p in result.placements:
         assert len(p.gpu_ids) == want[p.experiment_id]  # all of its GPUs
@@ -43,16 +43,60 @@ def test_plan_never_gives_a_gpu_twice_and_places_whole_experiments(sizes, want):
         assert not seen & set(p.gpu_ids)  # nobody else's
         seen |= set(p.gpu_ids)
     placed = {p.experiment_id for p in result.placements}
-    assert placed | set(result.waiting) | set(result.impossible) == set(range(len(want)))
+    for exp_id in set(range(len(want))) - placed - set(result.waiting) - set(result.impossible):
+        # not read: an earlier experiment needing no more GPUs already waits
+        assert any(w < exp_id and want[w] <= want[exp_id] for w in result.waiting), exp_id
     for exp_id in result.impossible:
         assert want[exp_id] > max(sizes)
+
+
+@st.composite
+def pools(draw):
+    """Groups of random sizes and slots, some GPUs already busy, a few offline groups that
+    only count for capacity."""
+    sizes = draw(st.lists(st.integers(1, 8), min_size=0, max_size=5))
+    groups, next_id = [], 0
+    for gi, size in enumerate(sizes):
+        busy = draw(st.sets(st.integers(0, size - 1), max_size=size))
+        slots = draw(st.integers(0, size))
+        free = [FreeGpu(next_id + i, i, draw(st.sampled_from([0.0, 0.5]))) for i in range(size) if i not in busy]
+        groups.append(GroupState(f"g{gi}", size, slots, min(slots, draw(st.integers(0, len(busy)))), free))
+        next_id += size
+    capacity = {g.group: g.total_gpus for g in groups}
+    capacity.update({f"offline{i}": draw(st.integers(1, 16)) for i in range(draw(st.integers(0, 1)))})
+    return groups, capacity
+
+
+@given(pools(), st.lists(st.sampled_from([1, 1, 1, 2, 2, 3, 4, 8, 16]), max_size=60))
+def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, want):
+    """Same placements in the same order, same impossible set, the same reason for every
+    experiment it read, and it reads no further than placements can go."""
+    import copy
+
+    from tests.planner_reference import plan_every_row
+
+    groups, capacity = pool
+    waiting = list(enumerate(want))
+    reference = plan_every_row(waiting, copy.deepcopy(groups), capacity)
+    read: list[int] = []
+
+    def counted(queue):
+        for item in queue:
+            read.append(item[1])
+            yield item
+
+    result = plan({need: counted(q) for need, q in queues_of(waiting).items()}, copy.deepcopy(groups), capacity)
+    assert result.placements == reference.placements
+    assert result.impossible == reference.impossible
+    assert result.waiting == {e: reference.waiting[e] for e in result.waiting}
+    assert len(read) <= len(result.placements) + len(result.impossible) + len(set(want))
 
 
 @given(st.integers(1, 8), needs)
 def test_plan_is_fifo_within_a_group(size, want):
     """With one group, what starts is exactly a prefix of the (possible) waiting line."""
     groups = make_groups([size])
-    result = plan(list(enumerate(want)), groups, {"g0": size})
+    result = plan(queues_of(enumerate(want)), groups, {"g0": size})
     possible = [i for i in range(len(want)) if i not in result.impossible]
     placed = [p.experiment_id for p in result.placements]
     assert placed == possible[: len(placed)]
@@ -62,19 +106,19 @@ def test_reservation_keeps_a_big_experiment_from_starving():
     # Two groups of 4; group g0 has 3 GPUs busy. A 4-GPU experiment waits; 1-GPU ones
     # behind it may not take g1's GPUs (reserved for the big one), only g0's last one.
     groups = make_groups([4, 4], used=[{0, 1, 2}, {0}])
-    result = plan([(1, 4), (2, 1), (3, 1)], groups, {"g0": 4, "g1": 4})
+    result = plan(queues_of([(1, 4), (2, 1), (3, 1)]), groups, {"g0": 4, "g1": 4})
     assert 1 in result.waiting and "reserved" in result.waiting[1]
     assert [(p.experiment_id, p.group) for p in result.placements] == [(2, "g0")]
     assert 3 in result.waiting
 
 
 def test_too_big_for_every_group_is_impossible_not_waiting():
-    result = plan([(1, 8)], make_groups([4, 4]), {"g0": 4, "g1": 4})
+    result = plan(queues_of([(1, 8)]), make_groups([4, 4]), {"g0": 4, "g1": 4})
     assert "largest worker group has 4" in result.impossible[1]
 
 
 def test_waits_when_no_worker_has_registered_yet():
-    result = plan([(1, 1)], [], {})
+    result = plan(queues_of([(1, 1)]), [], {})
     assert result.placements == [] and not result.impossible
     assert "register" in result.waiting[1]
 

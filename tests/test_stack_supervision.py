@@ -61,22 +61,53 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_sigkill_of_the_coordinator_leaves_no_process_behind(stack):
-    """No embedded beat to orphan (the tick is a thread of the main process), and the pool
-    children die with their parent."""
+def test_sigkill_of_the_coordinator_mid_task_leaves_nothing_and_a_restart_carries_on(stack):
+    """No embedded beat to orphan (the tick is a thread of the main process), the pool
+    children die with their parent, and a new coordinator finishes the task from the store:
+    every experiment succeeds once, no GPU is held, the worker never noticed."""
     import os
     import signal
 
-    from tests.helpers import alive, wait_for, wait_gone
+    from sqlalchemy import select
 
-    coordinator = stack.start("coordinator", "coordinator", "--concurrency", "2")
+    from app.domain.states import TASK_TERMINAL
+    from app.domain.taskspec import parse_task
+    from app.store.db import session_scope
+    from app.store.models import Attempt, Experiment, Gpu, Task
+    from app.task_service import create_task
+    from tests.helpers import alive, mixed_task, start_stack, wait_for, wait_gone
+
+    start_stack(stack, gpus=2)
+    coordinator = next(proc for name, proc, _ in stack.procs if name == "coordinator")
     pool = wait_for(lambda: len(_children(coordinator.pid)) >= 2 and _children(coordinator.pid), 60,
                     "the coordinator's pool processes", stack)
+    task_id = create_task(parse_task(mixed_task([{"tp-size": 1}] * 6, parallel=2, startup=1)))
+
+    def finished() -> int:
+        with session_scope() as s:
+            return len(s.execute(select(Experiment.id).where(Experiment.task_id == task_id,
+                                                             Experiment.finished_at.is_not(None))).all())
+
+    wait_for(lambda: finished() >= 1, 60, "the first experiment to finish", stack)
     assert all(alive(p) for p in pool)
     os.kill(coordinator.pid, signal.SIGKILL)
     coordinator.wait()
     wait_gone(pool)
+    stack.start("coordinator-restarted", "coordinator", "--concurrency", "2")
+
+    def ended():
+        with session_scope() as s:
+            return s.get(Task, task_id).status in TASK_TERMINAL
+
+    wait_for(ended, 120, "the task to end under the new coordinator", stack)
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "completed"
+        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
+        assert len(exps) == 6 and {e.state for e in exps} == {"succeeded"}
+        attempts = s.execute(select(Attempt.state).join(Experiment).where(Experiment.task_id == task_id)).scalars()
+        assert sorted(attempts) == ["succeeded"] * 6
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
+    assert [name for name, proc, _ in stack.procs if proc.poll() is not None] == ["coordinator"], stack.logs()
 
 
 @pytest.mark.process

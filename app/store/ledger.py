@@ -2,9 +2,8 @@
 
 Correctness comes from the data, not from care in the callers:
 - `gpus.held_by` is one column, so a GPU has one holder at most;
-- an experiment's GPUs are taken with one conditional UPDATE (`... WHERE held_by IS NULL`)
-  whose row count must equal the number asked for, else the whole transaction rolls back
-  (all or nothing);
+- an experiment's GPUs are taken under row locks (taken in id order) after checking that
+  every one is still free, else the whole transaction rolls back (all or nothing);
 - GPUs are released in the same transaction that records the experiment's end, so a
   finished experiment cannot keep its GPUs.
 
@@ -18,7 +17,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.domain.placement import FreeGpu, GroupState
@@ -36,10 +35,15 @@ def lock(session: Session, name: str = "scheduler") -> None:
 
 
 def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
-    """Online groups with their free GPUs and busy slots, plus every group's size."""
-    capacity: dict[str, int] = defaultdict(int)
-    for group, count in session.execute(select(Gpu.group, func.count()).group_by(Gpu.group)):
-        capacity[group] = count
+    """Online groups with their free GPUs and busy slots, plus every group's size: counts
+    come from grouped queries and only the free GPUs are read row by row, so a pass over a
+    busy pool of a thousand GPUs reads almost none."""
+    capacity: dict[str, int] = {}
+    online_gpus: dict[str, int] = {}
+    for group, total, online in session.execute(
+        select(Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0))).group_by(Gpu.group)
+    ):
+        capacity[group], online_gpus[group] = total, int(online or 0)
     slots: dict[str, int] = defaultdict(int)
     for group, total in session.execute(
         select(Worker.group, func.sum(Worker.slots)).where(Worker.online.is_(True)).group_by(Worker.group)
@@ -54,44 +58,62 @@ def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
         .group_by(Experiment.group)
     ):
         busy[group] = count
-    online: dict[str, GroupState] = {}
-    for gpu in session.execute(select(Gpu).where(Gpu.online.is_(True)).order_by(Gpu.index)).scalars():
-        if gpu.group not in slots:
-            continue
-        state = online.setdefault(
-            gpu.group, GroupState(gpu.group, 0, slots[gpu.group], busy[gpu.group])
-        )
-        state.total_gpus += 1
-        if gpu.held_by is None and gpu.fenced_by is None and gpu.quarantined_at is None:
-            state.free.append(FreeGpu(gpu.id, gpu.index, gpu.utilization or 0.0))
-    return list(online.values()), dict(capacity)
+    online = {g: GroupState(g, online_gpus[g], slots[g], busy[g]) for g in slots if online_gpus.get(g)}
+    free = session.execute(
+        select(Gpu.id, Gpu.group, Gpu.index, Gpu.utilization)
+        .where(Gpu.online.is_(True), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None))
+        .order_by(Gpu.index, Gpu.id)
+    )
+    for gpu_id, group, index, utilization in free:
+        if group in online:
+            online[group].free.append(FreeGpu(gpu_id, index, utilization or 0.0))
+    return list(online.values()), capacity
 
 
 def lock_gpus(session: Session, *where: Any) -> list[Gpu]:
-    """The GPU rows matching `where`, row-locked in id order. Every transaction that changes
-    several GPU rows locks them through here first, so all take their locks in one order and
-    two of them (a worker's heartbeat and the scheduler) cannot deadlock on PostgreSQL.
-    (SQLite serialises writing transactions anyway.)"""
-    return list(session.execute(select(Gpu).where(*where).order_by(Gpu.id).with_for_update()).scalars())
+    """The GPU rows matching `where`, row-locked in id order and read afresh. Every
+    transaction that changes several GPU rows locks them through here first, so all take
+    their locks in one order and two of them (a worker's heartbeat and the scheduler) cannot
+    deadlock on PostgreSQL. (SQLite serialises writing transactions anyway.)"""
+    return list(session.execute(select(Gpu).where(*where).order_by(Gpu.id).with_for_update()
+                                .execution_options(populate_existing=True)).scalars())
+
+
+Grant = tuple[int, int, tuple[int, ...]]  # (experiment id, attempt, GPU ids)
+
+_CHUNK = 500  # ids per IN list: far below every database's limit on bound parameters
+
+
+def take_all(session: Session, grants: list[Grant]) -> dict[int, list[Gpu]]:
+    """Give every grant all of its GPUs, or raise LedgerConflict (the caller's transaction
+    must roll back: nothing is taken). The rows are locked in id order, checked free, then
+    written together, so a pass placing a thousand experiments costs a few statements, not
+    thousands. Returns each experiment's GPUs in index order."""
+    wanted = sorted(gpu_id for _, _, gpu_ids in grants for gpu_id in gpu_ids)
+    if len(wanted) != len(set(wanted)):
+        raise LedgerConflict("a GPU was granted twice in one pass")
+    rows: dict[int, Gpu] = {}
+    for i in range(0, len(wanted), _CHUNK):
+        rows.update((g.id, g) for g in lock_gpus(session, Gpu.id.in_(wanted[i:i + _CHUNK])))
+    gone = [i for i in wanted if i not in rows or rows[i].held_by is not None
+            or rows[i].fenced_by is not None or rows[i].quarantined_at is not None]
+    if gone:
+        raise LedgerConflict(f"GPUs {gone} are no longer all free")
+    now = utcnow()
+    allocations = []
+    for experiment_id, attempt, gpu_ids in grants:
+        for gpu_id in gpu_ids:
+            rows[gpu_id].held_by = experiment_id
+            allocations.append(dict(gpu_id=gpu_id, experiment_id=experiment_id, attempt=attempt, allocated_at=now))
+    if allocations:
+        session.execute(insert(GpuAllocation), allocations)
+    return {experiment_id: sorted((rows[i] for i in gpu_ids), key=lambda g: g.index)
+            for experiment_id, _, gpu_ids in grants}
 
 
 def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int, ...]) -> list[Gpu]:
     """Give all of `gpu_ids` to the experiment or raise LedgerConflict (nothing taken)."""
-    lock_gpus(session, Gpu.id.in_(gpu_ids))
-    result = session.execute(
-        update(Gpu)
-        .where(Gpu.id.in_(gpu_ids), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None))
-        .values(held_by=experiment_id)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != len(gpu_ids):
-        raise LedgerConflict(f"experiment {experiment_id}: GPUs {gpu_ids} are no longer all free")
-    now = utcnow()
-    session.add_all(
-        GpuAllocation(gpu_id=g, experiment_id=experiment_id, attempt=attempt, allocated_at=now)
-        for g in gpu_ids
-    )
-    return list(session.execute(select(Gpu).where(Gpu.id.in_(gpu_ids)).order_by(Gpu.index)).scalars())
+    return take_all(session, [(experiment_id, attempt, tuple(gpu_ids))])[experiment_id]
 
 
 def release(session: Session, experiment_id: int, fence: int | None = None) -> None:

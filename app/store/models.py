@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy import ColumnElement, and_
+from sqlalchemy import ColumnElement, and_, text
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -76,13 +76,16 @@ class Task(Base):
 
 class Experiment(Base):
     __tablename__ = "experiments"
-    __table_args__ = (UniqueConstraint("task_id", "seq"),)
+    # The waiting queue, head first for each GPU count: what the scheduler reads (see 0005).
+    __table_args__ = (UniqueConstraint("task_id", "seq"),
+                      Index("ix_experiments_waiting", "state", "gpus_needed", text("priority DESC"), "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
     seq: Mapped[int] = mapped_column(Integer)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     gpus_needed: Mapped[int] = mapped_column(Integer, default=1)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the task's, copied
     state: Mapped[str] = mapped_column(String(20), default=ExperimentState.PENDING, index=True)
     phase: Mapped[str | None] = mapped_column(String(20), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)

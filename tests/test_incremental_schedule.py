@@ -1,0 +1,106 @@
+"""The scheduler reads the waiting queue head first per GPU count and writes its placements
+together; on real databases it must decide exactly what the straightforward planner decides
+when handed the whole queue (every pending experiment of a running task, by task priority
+then age), and read that queue in the same order however it pages."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import select
+
+from tests.planner_reference import plan_every_row
+
+pytestmark = pytest.mark.process
+
+
+def _store(rng: random.Random) -> list[int]:
+    """Worker groups of random sizes (one offline), some GPUs busy, tasks of random
+    priorities (one cancelling), pending experiments of random needs."""
+    from app.domain.taskspec import parse_task
+    from app.store import pool
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, Task, Worker
+    from app.task_service import create_task
+    from tests.helpers import mixed_task
+
+    for g in range(rng.randint(1, 5)):
+        size = rng.choice([1, 2, 4, 8])
+        specs = [pool.GpuSpec(i, "Simulated H100-80GB", 81_559, f"uuid-{g}-{i}", True, rng.choice([0.0, 0.3]))
+                 for i in range(size)]
+        pool.register_worker(f"w{g}", f"host{g}-sim", f"host{g}", f"gpu.host{g}-sim", rng.randint(1, size), specs,
+                             "inc", 1000 + g)
+    task_ids = []
+    for t in range(rng.randint(1, 4)):
+        task_id = create_task(parse_task(mixed_task([{"tp-size": 1}], parallel=8)), enqueue=False)
+        task_ids.append(task_id)
+    with session_scope() as s:
+        tasks = s.execute(select(Task).where(Task.id.in_(task_ids))).scalars().all()
+        for i, task in enumerate(tasks):
+            task.status = "cancelling" if i == 3 else "running"
+            task.priority = rng.choice([0, 0, 5])
+        seq = {t.id: 0 for t in tasks}
+        for _ in range(rng.randint(0, 40)):
+            task = rng.choice(tasks)
+            seq[task.id] += 1
+            s.add(Experiment(task_id=task.id, seq=seq[task.id], params={}, gpus_needed=rng.choice([1, 1, 2, 3, 4, 8, 16]),
+                             priority=task.priority, state="pending", simulated=True))
+        s.flush()
+        busy = [g for g in s.execute(select(Gpu)).scalars() if rng.random() < 0.3]
+        for gpu in busy:
+            seq[tasks[0].id] += 1
+            holder = Experiment(task_id=tasks[0].id, seq=seq[tasks[0].id], params={}, gpus_needed=1, state="running",
+                                group=gpu.group, gpus=[gpu.label], attempt=1, simulated=True)
+            s.add(holder)
+            s.flush()
+            gpu.held_by = holder.id
+        offline = s.execute(select(Worker).order_by(Worker.name)).scalars().first()
+        if rng.random() < 0.3:
+            offline.online = False
+            for gpu in s.execute(select(Gpu).where(Gpu.group == offline.group)).scalars():
+                gpu.online = False
+    return task_ids
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_url, seed):
+    from app.coordinator import schedule
+    from app.store import ledger
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, Task
+
+    _store(random.Random(seed))
+    with session_scope(readonly=True) as s:
+        waiting = s.execute(select(Experiment.id, Experiment.gpus_needed).join(Task)
+                            .where(Experiment.state == "pending", Task.status == "running")
+                            .order_by(Task.priority.desc(), Experiment.id)).all()
+        groups, capacity = ledger.group_states(s)
+        expected = plan_every_row([tuple(w) for w in waiting], groups, capacity)
+    with session_scope() as s:
+        dispatches = schedule(s)
+    with session_scope(readonly=True) as s:
+        held: dict[int, tuple[int, ...]] = {}
+        for gpu in s.execute(select(Gpu).where(Gpu.held_by.is_not(None)).order_by(Gpu.id)).scalars():
+            held.setdefault(gpu.held_by, ())
+            held[gpu.held_by] += (gpu.id,)
+        failed = set(s.execute(select(Experiment.id).where(Experiment.state == "failed")).scalars())
+    assert [d.experiment_id for d in dispatches] == [p.experiment_id for p in expected.placements]
+    assert {p.experiment_id: held[p.experiment_id] for p in expected.placements} == {
+        p.experiment_id: p.gpu_ids for p in expected.placements}
+    assert failed == set(expected.impossible)
+
+
+def test_the_waiting_queue_pages_in_priority_then_age_order(database_url):
+    from app.coordinator import _waiting_queue
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Task
+
+    _store(random.Random(11))
+    with session_scope() as s:
+        for need in (1, 2, 4, 8):
+            whole = s.execute(select(Experiment.id).join(Task)
+                              .where(Experiment.state == "pending", Experiment.gpus_needed == need,
+                                     Task.status == "running")
+                              .order_by(Experiment.priority.desc(), Experiment.id)).scalars().all()
+            for page in (1, 2, 1000):
+                assert [exp_id for _, exp_id in _waiting_queue(s, need, page)] == whole, (need, page)
