@@ -37,6 +37,7 @@ class Settings:
     engine_reap_timeout: float
     gpu_min_free_fraction: float
     db_idle_transaction_timeout: float
+    reservation_slip: float
     auth_token: str | None
     secret_key: str | None
     flower_url: str | None
@@ -94,6 +95,10 @@ def get_settings() -> Settings:
         # PostgreSQL ends a session left idle inside a transaction this long (a process frozen
         # or cut off mid-transaction), so the row locks it held cannot stop everyone else.
         db_idle_transaction_timeout=_float("AUTOTUNER_DB_IDLE_TRANSACTION_TIMEOUT", 60.0),
+        # Younger experiments may backfill the GPUs reserved for a waiting one only while its
+        # expected start has not slipped by more than this past the start first promised to it
+        # (expected lengths are estimates); then the reservation is strict.
+        reservation_slip=_float("AUTOTUNER_RESERVATION_SLIP", 60.0),
         auth_token=os.environ.get("AUTOTUNER_AUTH_TOKEN") or None,
         secret_key=os.environ.get("AUTOTUNER_SECRET_KEY") or None,
         flower_url=os.environ.get("AUTOTUNER_FLOWER_URL") or None,

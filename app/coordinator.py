@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Iterator
 
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, joinedload
 
-from app.domain.placement import plan as plan_placements
+from app.domain.placement import Clock, Waiting, plan as plan_placements
 from app.store import ledger
 from app.celery_app import queue_for
 from app.config import get_settings
@@ -137,36 +137,43 @@ def _finish_task(task: Task, exps: list[Experiment]) -> None:
 
 
 def schedule(session: Session) -> list[Dispatch]:
-    """Give free GPUs to waiting experiments (priority, then FIFO across all tasks), in the
-    caller's transaction. Returns the jobs to send once that transaction has committed.
+    """Give free GPUs to waiting experiments (priority, then FIFO across all tasks, with one
+    reservation and backfill), in the caller's transaction. Returns the jobs to send once that
+    transaction has committed.
 
     Reads the head of the waiting queue for each GPU count, only as far as placements go
     (see app.domain.placement), and writes the placements together: its cost follows the
     number of placements and GPU counts, not the backlog."""
     ledger.lock(session)
     groups, capacity = ledger.group_states(session)
+    now = utcnow()
+    clock = _clock(session, now, groups)
     free_gpus = sum(len(g.free) for g in groups if g.busy_slots < g.slots)
-    queues = {need: _waiting_queue(session, need, free_gpus // need + 1) for need in _waiting_needs(session)}
-    plan = plan_placements(queues, groups, capacity)
+    skips: dict[int, set[int]] = {}
+    queues = {need: _waiting_queue(session, need, free_gpus // need + 1, skips.setdefault(need, set()))
+              for need in _waiting_needs(session)}
+    plan = plan_placements(queues, groups, capacity, clock, skips)
     touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
     if not touched:
         return []
     by_id = _experiments(session, touched)
     for exp_id, reason in plan.waiting.items():
         by_id[exp_id].wait_reason = reason
+    reserved = plan.reservation
+    if reserved is not None and reserved.start != float("inf") and by_id[reserved.experiment_id].promised_start is None:
+        by_id[reserved.experiment_id].promised_start = _from_epoch(reserved.start)
     for exp_id, reason in plan.impossible.items():
         end_attempt(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
     grants = [(p.experiment_id, by_id[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
     taken = ledger.take_all(session, grants)
     dispatches = []
-    now = utcnow()
     attempts = []
     for placement in plan.placements:
         exp = by_id[placement.experiment_id]
         exp.attempt += 1
         labels = [g.label for g in taken[exp.id]]
-        exp.state, exp.group, exp.gpus, exp.queued_at, exp.wait_reason = (
-            ExperimentState.QUEUED, placement.group, labels, now, None,
+        exp.state, exp.group, exp.gpus, exp.queued_at, exp.wait_reason, exp.promised_start = (
+            ExperimentState.QUEUED, placement.group, labels, now, None, None,
         )
         attempts.append(dict(experiment_id=exp.id, number=exp.attempt, state=AttemptState.QUEUED, gpus=labels,
                              queued_at=now))
@@ -174,6 +181,39 @@ def schedule(session: Session) -> list[Dispatch]:
     if attempts:
         session.execute(insert(Attempt), attempts)
     return dispatches
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _epoch(moment: datetime) -> float:
+    return (moment - _EPOCH).total_seconds()  # stored times are naive UTC
+
+
+def _from_epoch(seconds: float) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def _clock(session: Session, now: datetime, groups: list) -> Clock:
+    """Expected lengths per running task (its moving average, else its time limit) and, when
+    some GPU is free (only then can a reservation matter), when what runs is expected to end."""
+    durations = {
+        task.id: task.expected_experiment_s or float(task.parsed_spec.optimization.timeout_per_iteration)
+        for task in session.execute(select(Task).where(Task.status == TaskStatus.RUNNING)).scalars()
+    }
+    clock = Clock(now=_epoch(now), durations=durations, slip=get_settings().reservation_slip)
+    if any(g.free for g in groups):
+        by_group = {g.group: g for g in groups}
+        running = session.execute(
+            select(Experiment.group, Experiment.task_id, Experiment.started_at, Experiment.queued_at,
+                   Experiment.gpus_needed)
+            .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
+        )
+        for group, task_id, started, queued, gpus in running:
+            if group in by_group:
+                since = started or queued or now
+                by_group[group].ends.append((_epoch(since) + clock.duration(task_id), gpus))
+    return clock
 
 
 def _waiting_needs(session: Session) -> list[int]:
@@ -190,27 +230,30 @@ def _waiting_needs(session: Session) -> list[int]:
         needs.append(need)
 
 
-def _waiting_queue(session: Session, need: int, page: int) -> Iterator[tuple[tuple[int, int], int]]:
+def _waiting_queue(session: Session, need: int, page: int, skip: set[int]) -> Iterator[Waiting]:
     """Waiting experiments of running tasks needing `need` GPUs, in queue order (priority
-    first, then age), read page by page from ix_experiments_waiting as the planner asks."""
+    first, then age), read page by page from ix_experiments_waiting as the planner asks,
+    leaving out the tasks the planner put in `skip` meanwhile."""
     after: tuple[int, int] | None = None
     page = max(1, min(page, 1024))
     while True:
         query = (
-            select(Experiment.priority, Experiment.id)
+            select(Experiment.priority, Experiment.id, Experiment.task_id, Experiment.promised_start)
             .join(Task, Task.id == Experiment.task_id)
             .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
                    Task.status == TaskStatus.RUNNING)
         )
+        if skip:
+            query = query.where(Experiment.task_id.not_in(sorted(skip)))
         if after is not None:
             query = query.where(or_(Experiment.priority < after[0],
                                     and_(Experiment.priority == after[0], Experiment.id > after[1])))
         rows = session.execute(query.order_by(Experiment.priority.desc(), Experiment.id).limit(page)).all()
-        for priority, exp_id in rows:
-            yield (-priority, exp_id), exp_id
+        for priority, exp_id, task_id, promised in rows:
+            yield Waiting((-priority, exp_id), exp_id, task_id, _epoch(promised) if promised else None)
         if len(rows) < page:
             return
-        after, page = tuple(rows[-1]), min(page * 4, 1024)
+        after, page = (rows[-1][0], rows[-1][1]), min(page * 4, 1024)
 
 
 def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:

@@ -29,19 +29,15 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import percentile, private_home  # noqa: E402
+
 GROUP = 8
 NEEDS = [1, 1, 1, 1, 2, 2, 4, 8]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -218,11 +214,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="autotuner-scale-"))
-    os.environ.update({"AUTOTUNER_HOME": str(home), "CELERY_BROKER_URL": "memory://",
-                       "DATABASE_URL": args.database_url or f"sqlite:///{home / 'scale.db'}"})
-    os.environ.pop("AUTOTUNER_AUTH_TOKEN", None)
-    os.environ.pop("AUTOTUNER_VIEWER_TOKEN", None)
+    private_home("scale", args.database_url, CELERY_BROKER_URL="memory://")
     from app.coordinator import coordinate, schedule
     from app.store.db import session_scope
     from app.store.migrate import upgrade

@@ -21,7 +21,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -29,6 +28,8 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import percentile, private_home  # noqa: E402
 
 ENDPOINTS = ("/api/tasks", "/api/tasks/{id}/live", "/", "/tasks/{id}")
 
@@ -58,11 +59,6 @@ def get(url: str) -> tuple[int, float]:
     return status, time.perf_counter() - t0
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
-
-
 def poll(base: str, task_ids: list[int], stop: threading.Event, samples: dict, lock: threading.Lock,
          seed: int, pause: float) -> None:
     rng = random.Random(seed)
@@ -85,11 +81,7 @@ def main() -> int:
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="autotuner-webload-"))
-    os.environ.update({"AUTOTUNER_HOME": str(home), "AUTOTUNER_TICK_INTERVAL": "1",
-                       "DATABASE_URL": args.database_url or f"sqlite:///{home / 'webload.db'}"})
-    os.environ.pop("AUTOTUNER_AUTH_TOKEN", None)
-    os.environ.pop("AUTOTUNER_VIEWER_TOKEN", None)
+    home = private_home("webload", args.database_url, AUTOTUNER_TICK_INTERVAL="1")
 
     from sqlalchemy import select
 

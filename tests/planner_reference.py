@@ -1,39 +1,78 @@
 """The straightforward planner, kept as the tests' oracle: it walks the whole waiting line in
-order, every row, as the scheduler did before it read the queue per GPU count. The
-incremental `app.domain.placement.plan` must decide exactly what this one decides."""
+order, every row, with the same rules (priority and FIFO, one reservation, backfill that ends
+before the reservation or uses its spare GPUs, strict once the promised start slipped). The
+incremental `app.domain.placement.plan`, which reads per-GPU-count queues only as far as
+placements go, must decide exactly what this one decides."""
 from __future__ import annotations
 
-from app.domain.placement import GroupState, Placement, Plan, pick_gpus
+from app.domain.placement import Clock, GroupState, Placement, Plan, Reservation, Waiting, pick_gpus
 
 
-def plan_every_row(waiting: list[tuple[int, int]], groups: list[GroupState], capacity: dict[str, int]) -> Plan:
-    placements: list[Placement] = []
-    reasons: dict[int, str] = {}
-    impossible: dict[int, str] = {}
-    reserved: str | None = None
+def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState], capacity: dict[str, int],
+                   clock: Clock | None = None) -> Plan:
+    """`waiting`: (item, GPUs needed) in global order."""
+    clock = clock or Clock()
+    out = Plan([], {}, {})
     largest = max(capacity.values(), default=0)
-    for exp_id, need in waiting:
+    for item, need in waiting:
+        exp_id, res = item.experiment_id, out.reservation
         if not capacity:
-            reasons[exp_id] = "waiting for a GPU worker to register"
+            out.waiting[exp_id] = "waiting for a GPU worker to register"
+        elif need > largest:
+            out.impossible[exp_id] = (f"needs {need} GPUs but the largest worker group has {largest}; "
+                                      "start a worker with more GPUs in one group")
+        else:
+            end = clock.now + clock.duration(item.task_id)
+            room = [g for g in groups if g.busy_slots < g.slots and len(g.free) >= need]
+
+            def may(g: GroupState) -> bool:
+                if res is None or g.group != res.group:
+                    return True
+                return not res.strict and (end <= res.start or (need <= res.spare_gpus and res.spare_slots > 1))
+
+            usable = sorted((g for g in room if may(g)), key=lambda g: (len(g.free) - need, g.group))
+            if usable:
+                g = usable[0]
+                ids = tuple(sorted(f.id for f in pick_gpus(g.free, need)))
+                g.free = [f for f in g.free if f.id not in ids]
+                g.busy_slots += 1
+                g.ends.append((end, need))
+                if res is not None and g.group == res.group and end > res.start:
+                    res.spare_gpus, res.spare_slots = res.spare_gpus - need, res.spare_slots - 1
+                out.placements.append(Placement(exp_id, g.group, ids))
+            elif room and not res.strict:
+                out.waiting[exp_id] = (f"waiting for {need} free GPU(s); it would run past the start reserved "
+                                       f"in group {res.group}")
+            elif res is None and (res := _reserve(item, need, groups, clock)) is not None:
+                out.reservation = res
+                out.waiting[exp_id] = f"waiting for {need} free GPU(s); group {res.group} is reserved for it"
+            else:
+                out.waiting[exp_id] = (f"waiting for {need} free GPU(s)" if any(g.total_gpus >= need for g in groups)
+                                       else f"waiting for an online worker group with {need} GPU(s)")
+    return out
+
+
+def _reserve(item: Waiting, need: int, groups: list[GroupState], clock: Clock) -> Reservation | None:
+    options = []
+    for g in groups:
+        if g.total_gpus < need or g.slots <= 0:
             continue
-        if need > largest:
-            impossible[exp_id] = (f"needs {need} GPUs but the largest worker group has {largest}; "
-                                  "start a worker with more GPUs in one group")
-            continue
-        fits = [g for g in groups if g.group != reserved and g.can_host(need)]
-        if fits:
-            chosen = min(fits, key=lambda g: (len(g.free) - need, g.group))
-            taken_ids = {g.id for g in pick_gpus(chosen.free, need)}
-            chosen.free = [g for g in chosen.free if g.id not in taken_ids]
-            chosen.busy_slots += 1
-            placements.append(Placement(exp_id, chosen.group, tuple(sorted(taken_ids))))
-            continue
-        if reserved is None:
-            candidates = [g for g in groups if g.total_gpus >= need and g.slots > 0]
-            if candidates:
-                reserved = max(candidates, key=lambda g: (len(g.free), g.group)).group
-                reasons[exp_id] = f"waiting for {need} free GPU(s); group {reserved} is reserved for it"
-                continue
-        reasons[exp_id] = (f"waiting for {need} free GPU(s)" if any(g.total_gpus >= need for g in groups)
-                           else f"waiting for an online worker group with {need} GPU(s)")
-    return Plan(placements, reasons, impossible)
+        free, busy, at = len(g.free), g.busy_slots, None
+        if busy < g.slots and free >= need:
+            at = (clock.now, free, g.slots - busy)
+        for moment, gpus in sorted(g.ends):
+            if at is not None:
+                break
+            free, busy = free + gpus, busy - 1
+            if busy < g.slots and free >= need:
+                at = (max(moment, clock.now), free, g.slots - busy)
+        options.append((at, g))
+    if not options:
+        return None
+    timed = [(at, g) for at, g in options if at is not None]
+    if not timed:
+        g = max((g for _, g in options), key=lambda g: (len(g.free), g.group))
+        return Reservation(item.experiment_id, g.group, float("inf"), 0, 0, True)
+    (start, free, slots), g = min(timed, key=lambda t: (t[0][0], t[1].group))
+    slipped = item.promised is not None and clock.now > item.promised + clock.slip
+    return Reservation(item.experiment_id, g.group, start, free - need, slots, slipped or start == float("inf"))

@@ -63,21 +63,34 @@ def _store(rng: random.Random) -> list[int]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_url, seed):
-    from app.coordinator import schedule
+def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_url, seed, monkeypatch):
+    from datetime import timedelta
+
+    from app import coordinator
+    from app.domain.placement import Waiting
     from app.store import ledger
     from app.store.db import session_scope
-    from app.store.models import Experiment, Gpu, Task
+    from app.store.models import Experiment, Gpu, Task, utcnow
 
-    _store(random.Random(seed))
+    rng = random.Random(seed)
+    _store(rng)
+    now = utcnow()
+    monkeypatch.setattr(coordinator, "utcnow", lambda: now)
+    with session_scope() as s:  # some history: expected lengths, running experiments' starts
+        for task in s.execute(select(Task)).scalars():
+            task.expected_experiment_s = rng.choice([None, 5.0, 50.0])
+        for exp in s.execute(select(Experiment).where(Experiment.state == "running")).scalars():
+            exp.started_at = now - timedelta(seconds=rng.choice([1, 20, 100]))
     with session_scope(readonly=True) as s:
-        waiting = s.execute(select(Experiment.id, Experiment.gpus_needed).join(Task)
+        waiting = s.execute(select(Experiment.id, Experiment.gpus_needed, Experiment.task_id).join(Task)
                             .where(Experiment.state == "pending", Task.status == "running")
                             .order_by(Task.priority.desc(), Experiment.id)).all()
         groups, capacity = ledger.group_states(s)
-        expected = plan_every_row([tuple(w) for w in waiting], groups, capacity)
+        clock = coordinator._clock(s, now, groups)
+        expected = plan_every_row([(Waiting(i, exp_id, task_id), need) for i, (exp_id, need, task_id)
+                                   in enumerate(waiting)], groups, capacity, clock)
     with session_scope() as s:
-        dispatches = schedule(s)
+        dispatches = coordinator.schedule(s)
     with session_scope(readonly=True) as s:
         held: dict[int, tuple[int, ...]] = {}
         for gpu in s.execute(select(Gpu).where(Gpu.held_by.is_not(None)).order_by(Gpu.id)).scalars():
@@ -103,4 +116,11 @@ def test_the_waiting_queue_pages_in_priority_then_age_order(database_url):
                                      Task.status == "running")
                               .order_by(Experiment.priority.desc(), Experiment.id)).scalars().all()
             for page in (1, 2, 1000):
-                assert [exp_id for _, exp_id in _waiting_queue(s, need, page)] == whole, (need, page)
+                assert [w.experiment_id for w in _waiting_queue(s, need, page, set())] == whole, (need, page)
+            skip: set[int] = set()
+            read = []
+            for item in _waiting_queue(s, need, 1, skip):  # a task skipped mid-read is left out after
+                read.append(item.experiment_id)
+                skip.add(item.task_id)
+            assert len(read) == len({t for t in s.execute(select(Experiment.task_id).where(
+                Experiment.id.in_(whole))).scalars()})

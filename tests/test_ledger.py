@@ -52,46 +52,88 @@ def test_plan_never_gives_a_gpu_twice_and_places_whole_experiments(sizes, want):
 
 @st.composite
 def pools(draw):
-    """Groups of random sizes and slots, some GPUs already busy, a few offline groups that
-    only count for capacity."""
+    """Groups of random sizes and slots, some GPUs busy with expected ends, a few offline
+    groups that only count for capacity."""
     sizes = draw(st.lists(st.integers(1, 8), min_size=0, max_size=5))
     groups, next_id = [], 0
     for gi, size in enumerate(sizes):
         busy = draw(st.sets(st.integers(0, size - 1), max_size=size))
         slots = draw(st.integers(0, size))
         free = [FreeGpu(next_id + i, i, draw(st.sampled_from([0.0, 0.5]))) for i in range(size) if i not in busy]
-        groups.append(GroupState(f"g{gi}", size, slots, min(slots, draw(st.integers(0, len(busy)))), free))
+        running = min(slots, draw(st.integers(0, len(busy))))
+        # what runs: `running` experiments sharing the busy GPUs, each with an expected end
+        shares = [len(busy) // running + (1 if k < len(busy) % running else 0) for k in range(running)] if running else []
+        ends = [(draw(st.sampled_from([50.0, 100.0, 130.0, 200.0])), n) for n in shares]
+        groups.append(GroupState(f"g{gi}", size, slots, running, free, ends))
         next_id += size
     capacity = {g.group: g.total_gpus for g in groups}
     capacity.update({f"offline{i}": draw(st.integers(1, 16)) for i in range(draw(st.integers(0, 1)))})
     return groups, capacity
 
 
-@given(pools(), st.lists(st.sampled_from([1, 1, 1, 2, 2, 3, 4, 8, 16]), max_size=60))
-def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, want):
-    """Same placements in the same order, same impossible set, the same reason for every
-    experiment it read, and it reads no further than placements can go."""
+waiting_rows = st.lists(st.tuples(st.sampled_from([1, 1, 1, 2, 2, 3, 4, 8, 16]), st.integers(0, 3),
+                                  st.sampled_from([None, None, 0.0, 90.0])), max_size=60)
+
+
+@given(pools(), waiting_rows, st.dictionaries(st.integers(0, 3), st.sampled_from([5.0, 20.0, 40.0, 300.0])),
+       st.sampled_from([0.0, 30.0]))
+def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, rows, durations, slip):
+    """Same placements in the same order, same impossible set, same reservation, the same
+    reason for every experiment it read, and it reads no further than placements can go
+    (one row per placement, impossible row, GPU count and task it excluded)."""
     import copy
 
+    from app.domain.placement import Clock, Waiting
     from tests.planner_reference import plan_every_row
 
     groups, capacity = pool
-    waiting = list(enumerate(want))
-    reference = plan_every_row(waiting, copy.deepcopy(groups), capacity)
+    clock = Clock(now=10.0, durations=durations, default_duration=60.0, slip=slip)
+    items = [(Waiting(i, i, task, promised), need) for i, (need, task, promised) in enumerate(rows)]
+    reference = plan_every_row(items, copy.deepcopy(groups), capacity, clock)
     read: list[int] = []
+    skips: dict[int, set[int]] = {}
 
-    def counted(queue):
-        for item in queue:
-            read.append(item[1])
-            yield item
+    def queue(need):
+        for item, n in items:
+            if n == need and item.task_id not in skips.get(need, ()):
+                read.append(item.experiment_id)
+                yield item
 
-    result = plan({need: counted(q) for need, q in queues_of(waiting).items()}, copy.deepcopy(groups), capacity)
+    result = plan({need: queue(need) for need in {n for _, n in items}}, copy.deepcopy(groups), capacity, clock, skips)
     assert result.placements == reference.placements
     assert result.impossible == reference.impossible
+    assert result.reservation == reference.reservation
     assert result.waiting == {e: reference.waiting[e] for e in result.waiting}
-    assert len(read) <= len(result.placements) + len(result.impossible) + len(set(want))
+    excluded = sum(len(tasks) for tasks in skips.values())
+    assert len(read) <= len(result.placements) + len(result.impossible) + len({n for _, n in items}) + excluded
 
 
+@given(pools(), waiting_rows)
+def test_backfill_never_delays_the_reservation(pool, rows):
+    """Whatever starts in the reserved group either is expected to end by the reserved start
+    or leaves the GPUs and slot the reserved experiment needs free at that start."""
+    import copy
+
+    from app.domain.placement import Clock, Waiting
+
+    groups, capacity = pool
+    clock = Clock(now=10.0, durations={0: 5.0, 1: 40.0, 2: 300.0}, default_duration=60.0)
+    items = [(Waiting(i, i, task, promised), need) for i, (need, task, promised) in enumerate(rows)]
+    queues: dict[int, list] = {}
+    for item, need in items:
+        queues.setdefault(need, []).append(item)
+    before = copy.deepcopy(groups)
+    result = plan(queues, groups, capacity, clock)
+    res = result.reservation
+    if res is None or res.start == float("inf"):
+        return
+    need = next(n for item, n in items if item.experiment_id == res.experiment_id)
+    group = next(g for g in groups if g.group == res.group)
+    original = next(g for g in before if g.group == res.group)
+    # replay the group at the reserved start: what is still running then holds its GPUs
+    still = [(end, n) for end, n in group.ends if end > res.start]
+    assert original.total_gpus - sum(n for _, n in still) >= need
+    assert len(still) < group.slots
 @given(st.integers(1, 8), needs)
 def test_plan_is_fifo_within_a_group(size, want):
     """With one group, what starts is exactly a prefix of the (possible) waiting line."""
@@ -190,3 +232,29 @@ def test_store_take_release_sequences(db, sequence):
             open_allocs = s.execute(select(GpuAllocation).where(GpuAllocation.released_at.is_(None))).scalars().all()
         assert actual == model
         assert sorted(a.gpu_id for a in open_allocs) == sorted(model)  # one open interval per held GPU
+
+
+def test_a_short_experiment_backfills_the_reserved_group_until_the_promise_slips():
+    """One group of 4: 2 GPUs busy until t=100, 2 free. The oldest waiting experiment needs
+    4 (reserved for t=100); a 1-GPU experiment expected to take 20 s may use a free GPU now
+    (it ends before 100), a 1-GPU one of 300 s may not. Once the reserved experiment's start
+    has slipped past its promise by more than the allowed slip, nothing backfills."""
+    from app.domain.placement import Clock, Waiting
+
+    def group():
+        return GroupState("g0", 4, 4, 1, [FreeGpu(3, 2), FreeGpu(4, 3)], [(100.0, 2)])
+
+    clock = Clock(now=10.0, durations={1: 20.0, 2: 300.0, 3: 50.0}, slip=30.0)
+
+    def run(promised):
+        queues = {4: [Waiting(0, 10, 3, promised)], 1: [Waiting(1, 11, 2), Waiting(2, 12, 1)]}
+        return plan(queues, [group()], {"g0": 4}, clock)
+
+    kept = run(promised=None)
+    assert kept.reservation.group == "g0" and kept.reservation.start == 100.0 and not kept.reservation.strict
+    assert [p.experiment_id for p in kept.placements] == [12]  # the short one, not the long one
+    assert "run past the start reserved" in kept.waiting[11]
+    slipped = run(promised=-40.0)  # promised t=-40, now 10: slipped 50 s > 30 s
+    assert slipped.reservation.strict and slipped.placements == []
+    on_time = run(promised=0.0)  # slipped 10 s: still within the allowed 30 s
+    assert not on_time.reservation.strict and [p.experiment_id for p in on_time.placements] == [12]

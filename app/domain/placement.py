@@ -1,16 +1,22 @@
 """Placement: which waiting experiment gets which free GPUs, as a pure function of the pool's
 state (no database: the store's ledger feeds it and applies its decisions).
 
-Order is FIFO with one reservation: waiting experiments are served oldest first; when the
-oldest cannot be placed, the group it will start on is reserved for it and younger
-experiments may only backfill *other* groups, so a stream of 1-GPU experiments cannot
-starve a waiting 4-GPU one.
+Order is priority, then FIFO, with one reservation and backfill (EASY): waiting experiments
+are served in order; the first that cannot be placed reserves the group where its GPUs are
+expected to be free soonest (from the expected ends of what runs there), and younger
+experiments may start in that group only if they are expected to end before the
+reservation's start, or on GPUs the reservation will not need. Elsewhere they start freely.
+Expected ends are estimates; if the reserved experiment's start slips past its first promised
+start by more than the allowed slip, the reservation turns strict: nothing more starts in its
+group until it has started, so its wait is bounded by what already runs there.
 
 The planner reads the waiting queue as one stream per GPU count and stops reading a stream
-as soon as its head does not fit: free GPUs only shrink during a pass and the reservation
-only excludes more, so nothing behind that head (and nothing needing more GPUs) can fit
-either. A pass therefore reads about one row per placement plus one per GPU count, however
-long the backlog: the decisions are exactly those of serving the whole queue in order.
+as soon as its head cannot fit anywhere: free GPUs only shrink during a pass, the reservation
+and its spare GPUs only tighten, so nothing behind that head can fit either. A head that fits
+the reserved group but is expected to run too long excludes only its task (all of a task's
+experiments have one expected length) from that stream. A pass therefore reads about one row
+per placement plus one per GPU count and excluded task, however long the backlog: the
+decisions are exactly those of serving the whole queue in order (tests/planner_reference.py).
 """
 from __future__ import annotations
 
@@ -28,16 +34,51 @@ class FreeGpu:
 
 @dataclass
 class GroupState:
-    """What the planner needs to know about one worker group right now."""
+    """What the planner needs to know about one worker group right now. `ends` are the
+    expected end times (epoch seconds) and GPU counts of what runs there; the planner adds
+    what it places."""
 
     group: str
     total_gpus: int
     slots: int
     busy_slots: int
     free: list[FreeGpu] = field(default_factory=list)
+    ends: list[tuple[float, int]] = field(default_factory=list)
 
     def can_host(self, need: int) -> bool:
         return self.busy_slots < self.slots and len(self.free) >= need
+
+    def shadow(self, need: int, now: float) -> tuple[float, int, int] | None:
+        """(time, free GPUs, free slots) at the earliest expected moment when `need` GPUs and a
+        slot are free here, or None if what runs here never frees enough."""
+        free, busy = len(self.free), self.busy_slots
+        if busy < self.slots and free >= need:
+            return now, free, self.slots - busy
+        for end, gpus in sorted(self.ends):
+            free, busy = free + gpus, busy - 1
+            if busy < self.slots and free >= need:
+                return max(end, now), free, self.slots - busy
+        return None
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """One waiting experiment as the planner reads it from a queue."""
+
+    key: Any  # its place in the global order (smaller first)
+    experiment_id: int
+    task_id: int = 0
+    promised: float | None = None  # the start its earlier reservation promised (epoch seconds)
+
+
+@dataclass
+class Reservation:
+    experiment_id: int
+    group: str
+    start: float  # expected start (epoch seconds); inf when unknown
+    spare_gpus: int  # free at `start` beyond what it needs: backfill may use them
+    spare_slots: int
+    strict: bool  # nothing more starts in the group (its start slipped too far, or is unknown)
 
 
 @dataclass(frozen=True)
@@ -52,6 +93,7 @@ class Plan:
     placements: list[Placement]
     waiting: dict[int, str]  # experiment id -> why it waits
     impossible: dict[int, str]  # experiment id -> why no registered group can ever host it
+    reservation: Reservation | None = None
 
 
 def pick_gpus(free: list[FreeGpu], need: int) -> list[FreeGpu]:
@@ -68,44 +110,75 @@ def pick_gpus(free: list[FreeGpu], need: int) -> list[FreeGpu]:
     return sorted(free, key=lambda g: (g.utilization, g.index))[:need]
 
 
-Queues = Mapping[int, Iterable[tuple[Any, int]]]
+Queues = Mapping[int, Iterable[Waiting]]
 
 
-def queues_of(waiting: Iterable[tuple[int, int]]) -> dict[int, list[tuple[int, int]]]:
+def queues_of(waiting: Iterable[tuple[int, int]]) -> dict[int, list[Waiting]]:
     """Per-GPU-count queues for an in-memory waiting list [(experiment id, GPUs needed)] in
-    queue order (the position is the order key)."""
-    queues: dict[int, list[tuple[int, int]]] = {}
+    queue order (the position is the order key; one task)."""
+    queues: dict[int, list[Waiting]] = {}
     for position, (exp_id, need) in enumerate(waiting):
-        queues.setdefault(need, []).append((position, exp_id))
+        queues.setdefault(need, []).append(Waiting(position, exp_id))
     return queues
 
 
-def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int]) -> Plan:
+@dataclass
+class Clock:
+    """The pass's view of time: now, each task's expected experiment length (seconds), and
+    how far a reservation's promised start may slip before it turns strict."""
+
+    now: float = 0.0
+    durations: Mapping[int, float] = field(default_factory=dict)
+    default_duration: float = float("inf")
+    slip: float = 60.0
+
+    def duration(self, task_id: int) -> float:
+        return self.durations.get(task_id, self.default_duration)
+
+
+def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clock: Clock | None = None,
+         skips: Mapping[int, set[int]] | None = None) -> Plan:
     """Decide placements for the waiting experiments in queue order.
 
-    `queues` maps a GPU count to the experiments needing that many, as (order key, experiment
-    id) pairs in queue order; the keys of all queues together give the global order. Each is
-    read lazily and only as far as placements can go. `capacity` is the size of every
-    registered group, online or not: an experiment larger than all of them can never run and
-    is reported as impossible rather than waiting forever. Waiting reasons are given for the
-    experiments read. Mutates nothing it is given except the `groups` it plans into.
+    `queues` maps a GPU count to the experiments needing that many, in queue order; the keys
+    of all queues together give the global order. Each is read lazily and only as far as
+    placements can go. `skips[need]`, when given, receives the tasks whose experiments of that
+    need cannot start this pass, so a queue reading from a database can leave them out.
+    `capacity` is the size of every registered group, online or not: an experiment larger
+    than all of them can never run and is reported as impossible rather than waiting forever.
+    Waiting reasons are given for the experiments read. Mutates nothing it is given except
+    the `groups` it plans into and `skips`.
     """
+    clock = clock or Clock()
+    skips = skips if skips is not None else {}
     placements: list[Placement] = []
     reasons: dict[int, str] = {}
     impossible: dict[int, str] = {}
-    reserved: str | None = None
+    reservation: Reservation | None = None
     largest = max(capacity.values(), default=0)
-    heads: list[tuple[Any, int, int, Iterator[tuple[Any, int]]]] = []
+    heads: list[tuple[Any, int, Waiting, Iterator[Waiting]]] = []
 
-    def advance(need: int, stream: Iterator[tuple[Any, int]]) -> None:
-        item = next(stream, None)
-        if item is not None:
-            heapq.heappush(heads, (item[0], need, item[1], stream))
+    def advance(need: int, stream: Iterator[Waiting]) -> None:
+        for item in stream:
+            if item.task_id not in skips.get(need, ()):
+                heapq.heappush(heads, (item.key, need, item, stream))
+                return
+
+    def allowed(group: GroupState, need: int, end: float) -> bool:
+        """May an experiment of `need` GPUs expected to end at `end` start in `group` now?"""
+        if reservation is None or group.group != reservation.group:
+            return True
+        if reservation.strict:
+            return False
+        if end <= reservation.start:
+            return True
+        return need <= reservation.spare_gpus and reservation.spare_slots > 1
 
     for need, queue in queues.items():
         advance(need, iter(queue))
     while heads:
-        _, need, exp_id, stream = heapq.heappop(heads)
+        _, need, item, stream = heapq.heappop(heads)
+        exp_id = item.experiment_id
         if not capacity:
             reasons[exp_id] = "waiting for a GPU worker to register"
             continue
@@ -116,7 +189,9 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int]) -> 
             )
             advance(need, stream)
             continue
-        fits = [g for g in groups if g.group != reserved and g.can_host(need)]
+        end = clock.now + clock.duration(item.task_id)
+        hosts = [g for g in groups if g.can_host(need)]
+        fits = [g for g in hosts if allowed(g, need, end)]
         if fits:
             # Best fit: the group left with the fewest free GPUs keeps big holes for big jobs.
             chosen = min(fits, key=lambda g: (len(g.free) - need, g.group))
@@ -124,19 +199,46 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int]) -> 
             taken_ids = {g.id for g in taken}
             chosen.free = [g for g in chosen.free if g.id not in taken_ids]
             chosen.busy_slots += 1
+            chosen.ends.append((end, need))
+            if reservation is not None and chosen.group == reservation.group and end > reservation.start:
+                reservation.spare_gpus -= need
+                reservation.spare_slots -= 1
             placements.append(Placement(exp_id, chosen.group, tuple(sorted(taken_ids))))
             advance(need, stream)
             continue
+        if hosts and reservation is not None and not reservation.strict:  # only the reserved group has room; too long for it
+            skips.setdefault(need, set()).add(item.task_id)
+            reasons[exp_id] = (f"waiting for {need} free GPU(s); it would run past the start reserved "
+                               f"in group {reservation.group}")
+            advance(need, stream)
+            continue
         # Not read further: nothing behind this head fits this pass.
-        if reserved is None:
-            candidates = [g for g in groups if g.total_gpus >= need and g.slots > 0]
-            if candidates:
-                reserved = max(candidates, key=lambda g: (len(g.free), g.group)).group
-                reasons[exp_id] = f"waiting for {need} free GPU(s); group {reserved} is reserved for it"
+        if reservation is None:
+            reservation = _reserve(item, need, groups, clock)
+            if reservation is not None:
+                reasons[exp_id] = f"waiting for {need} free GPU(s); group {reservation.group} is reserved for it"
                 continue
         reasons[exp_id] = (
             f"waiting for {need} free GPU(s)"
             if any(g.total_gpus >= need for g in groups)
             else f"waiting for an online worker group with {need} GPU(s)"
         )
-    return Plan(placements, reasons, impossible)
+    return Plan(placements, reasons, impossible, reservation)
+
+
+def _reserve(item: Waiting, need: int, groups: list[GroupState], clock: Clock) -> Reservation | None:
+    """Reserve, for the first experiment that cannot start, the group where it is expected to
+    start soonest. Strict when that start is unknown or has slipped too far past the start
+    promised to it in an earlier pass."""
+    candidates = [g for g in groups if g.total_gpus >= need and g.slots > 0]
+    if not candidates:
+        return None
+    timed = [(g.shadow(need, clock.now), g) for g in candidates]
+    known = [(shadow, g) for shadow, g in timed if shadow is not None]
+    if not known:
+        group = max(candidates, key=lambda g: (len(g.free), g.group))
+        return Reservation(item.experiment_id, group.group, float("inf"), 0, 0, strict=True)
+    (start, free, slots), group = min(known, key=lambda sg: (sg[0][0], sg[1].group))
+    slipped = item.promised is not None and clock.now > item.promised + clock.slip
+    return Reservation(item.experiment_id, group.group, start, free - need, slots,
+                       strict=slipped or start == float("inf"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from app.store import ledger
@@ -154,7 +154,25 @@ def finish(
         if att is not None and engine_gone:
             att.engine_gone_at = utcnow()
         end_attempt(session, exp, state, error=error, failure_kind=failure_kind)
-        return exp.task_id
+        task_id, started, ended = exp.task_id, exp.started_at, exp.finished_at
+    if state == ExperimentState.SUCCEEDED and started is not None and ended is not None:
+        _learn_length(task_id, (ended - started).total_seconds())
+    return task_id
+
+
+LENGTH_WEIGHT = 0.3  # of the newest length in the moving average
+
+
+def _learn_length(task_id: int, seconds: float) -> None:
+    """Fold a succeeded experiment's length into its task's expected length, in a transaction
+    of its own: finish() holds the experiment's row lock, the coordinator takes a task's lock
+    before its experiments', and this must not invert that order."""
+    with session_scope() as session:
+        session.execute(
+            update(Task).where(Task.id == task_id).values(expected_experiment_s=case(
+                (Task.expected_experiment_s.is_(None), seconds),
+                else_=(1 - LENGTH_WEIGHT) * Task.expected_experiment_s + LENGTH_WEIGHT * seconds))
+            .execution_options(synchronize_session=False))
 
 
 def _engine_may_run(att: Attempt | None) -> bool:

@@ -54,6 +54,8 @@ class Task(Base):
     objective: Mapped[str] = mapped_column(String(40))
     max_parallel: Mapped[int] = mapped_column(Integer, default=1)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A moving average of its succeeded experiments' lengths: when running ones should end.
+    expected_experiment_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_iterations: Mapped[int] = mapped_column(Integer)
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -102,6 +104,7 @@ class Experiment(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    promised_start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # while reserved
     failure_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
     engine_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
