@@ -86,6 +86,7 @@ def run_workload(home: Path, gpus: int, tasks: list[dict]) -> dict:
     from app.store.models import Task, Worker
 
     port = free_port()
+    os.environ.pop("CELERY_BROKER_URL", None)  # a stack of its own, with its own Redis
     stack = Stack(home=home, simulated_gpus=gpus, web_port=port).start()
     base = f"http://127.0.0.1:{port}"
     try:
@@ -208,7 +209,6 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     home = private_home("sched", args.database_url, AUTOTUNER_TICK_INTERVAL="1")
-    os.environ.pop("CELERY_BROKER_URL", None)  # each workload's stack starts its own Redis
     from app.store.migrate import upgrade
 
     upgrade()
