@@ -389,12 +389,14 @@ def coordinator(concurrency: int, loglevel: str) -> None:
 @click.option("--gpu-preset", default="H100-80GB", show_default=True, help="Model of the simulated GPUs.")
 @click.option("--first-gpu-index", default=0, show_default=True,
               help="Index of the first simulated GPU (several simulated workers on one host need disjoint indices).")
+@click.option("--simulated-domains", default=1, show_default=True,
+              help="Split the simulated GPUs into this many topology domains (NVLink/PCIe islands).")
 @click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
 @click.option("--slots", type=int, help="Experiments run at once (Celery concurrency); default: one per GPU.")
 @click.option("--loglevel", default="INFO")
 @friendly_errors
-def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_gpu_index: int, group: str | None,
-           slots: int | None, loglevel: str) -> None:
+def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_gpu_index: int, simulated_domains: int,
+           group: str | None, slots: int | None, loglevel: str) -> None:
     """Start a GPU worker pinned to one group of GPUs."""
     from app.store.pool import GpuSpec
     from workers.gpu_discovery import GpuDiscoveryError, discover_gpus, live_utilization, simulated_gpus as sim_gpus
@@ -404,7 +406,8 @@ def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_
         raise click.UsageError("give exactly one of --gpus 0,1 or --simulated-gpus N")
     try:
         if simulated_gpus:
-            found, utilization = sim_gpus(simulated_gpus, gpu_preset, first_index=first_gpu_index), (lambda: {})
+            found = sim_gpus(simulated_gpus, gpu_preset, first_index=first_gpu_index, domains=simulated_domains)
+            utilization = dict  # nothing to measure: an empty reading
         else:
             try:
                 indices = [int(i) for i in gpus.split(",") if i.strip()]
@@ -414,7 +417,7 @@ def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_
             utilization = functools.partial(live_utilization, indices)
     except GpuDiscoveryError as exc:
         raise click.ClickException(str(exc))
-    specs = [GpuSpec(g.index, g.name, g.memory_mb, g.uuid, g.simulated, g.utilization) for g in found]
+    specs = [GpuSpec(g.index, g.name, g.memory_mb, g.uuid, g.simulated, g.utilization, g.domain) for g in found]
     run_worker(specs, group=group, slots=slots, utilization=utilization, loglevel=loglevel)
 
 

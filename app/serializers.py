@@ -160,7 +160,7 @@ def pool_dict(session: Session) -> dict[str, Any]:
             {
                 "id": g.id, "label": g.label, "host": g.host, "index": g.index, "group": g.group, "worker": g.worker,
                 "name": g.name, "memory_mb": g.memory_mb, "simulated": g.simulated, "online": g.online,
-                "utilization": g.utilization,
+                "utilization": g.utilization, "domain": g.domain,
                 "fenced_by_attempt": g.fenced_by, "fenced_at": iso(g.fenced_at),
                 "quarantined_at": iso(g.quarantined_at), "quarantine_reason": g.quarantine_reason,
                 "held_by": holders.get(g.held_by),

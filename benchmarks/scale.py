@@ -2,7 +2,7 @@
 the size of a large cluster, measured with the project's own functions.
 
     python benchmarks/scale.py [--gpus 1024] [--tasks 20] [--backlogs 100,1000,3000,10000]
-                               [--passes 30] [--database-url URL] [--json]
+                               [--passes 30] [--coordinators 4] [--database-url URL] [--json]
 
 The store holds `--gpus` simulated GPUs in registered groups of 8 (worker and GPU rows, as
 1,024 GPUs' workers would register them; no process runs), `--tasks` running tasks, one
@@ -16,7 +16,9 @@ For each backlog size it times:
 - a hand-over: a running experiment's end recorded (`lifecycle.finish`, which frees its GPU)
   plus the fast hand-over's placement (`place_waiting`), then the claim of what was placed;
 
-then, with every GPU freed at once, the first pass that places the whole pool, and the web
+at the largest backlog, the same coordinate(task) passes from 1 and then `--coordinators`
+processes at once (they queue for the scheduler lock, held for one `schedule()`); then, with
+every GPU freed at once, the first pass that places the whole pool, and the web
 pages and API at that size (through Flask's test client: server time, no network).
 Median and p95 in ms; the database is a fresh SQLite file unless `--database-url` names an
 empty PostgreSQL database.
@@ -178,6 +180,35 @@ def hand_over(rng: random.Random) -> tuple[float, int]:
     return seconds, len(placed)
 
 
+def _coordinate_many(job: tuple[list[int], int, int, float]) -> tuple[list[float], float, float]:
+    """One coordinator process: after warming up, waits for the common start, then `passes`
+    passes for random tasks, each timed; returns them with its first start and last end."""
+    from app.coordinator import coordinate
+
+    task_ids, passes, seed, start_at = job
+    rng = random.Random(seed)
+    for _ in range(3):
+        coordinate(rng.choice(task_ids))
+    time.sleep(max(0.0, start_at - time.time()))
+    began = time.time()
+    samples = timed(lambda: coordinate(rng.choice(task_ids)), passes, warmup=0)[0]
+    return samples, began, time.time()
+
+
+def contention(task_ids: list[int], coordinators: int, passes: int) -> dict:
+    """`coordinators` processes passing at once (as several coordinator workers would): how
+    long each pass takes when they queue for the scheduler lock."""
+    import multiprocessing
+
+    start_at = time.time() + 10  # every process imported and warmed up by then (spawn takes seconds)
+    with multiprocessing.get_context("spawn").Pool(coordinators) as pool:
+        per_process = pool.map(_coordinate_many, [(task_ids, passes, i, start_at) for i in range(coordinators)])
+    samples = [x for xs, _, _ in per_process for x in xs]
+    wall = max(end for _, _, end in per_process) - min(began for _, began, _ in per_process)
+    return {"coordinators": coordinators, "passes": len(samples), **summary(samples),
+            "passes_per_s": round(len(samples) / wall, 1)}
+
+
 def free_everything() -> None:
     from sqlalchemy import update
 
@@ -210,6 +241,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=20)
     parser.add_argument("--backlogs", default="100,1000,3000,10000")
     parser.add_argument("--passes", type=int, default=30)
+    parser.add_argument("--coordinators", type=int, default=4, help="processes passing at once, at the largest backlog")
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
@@ -243,6 +275,7 @@ def main() -> int:
                      "hand_over": summary([h[0] for h in hand]),
                      "hand_over_placed": sum(h[1] for h in hand), "hand_overs": len(hand)})
         print(f"{database}: {rows[-1]}", file=sys.stderr, flush=True)
+    concurrent = [contention(task_ids, n, args.passes) for n in (1, args.coordinators)]
     free_everything()
     waiting_before = waiting_count()
     t0 = time.perf_counter()
@@ -259,7 +292,7 @@ def main() -> int:
     result = {"database": database, "gpus": args.gpus, "tasks": args.tasks, "passes": args.passes, "rows": rows,
               "first_placement": {"free_gpus": args.gpus, "waiting": waiting_before, "placed": len(first), "gpus_taken": gpus_taken,
                                   "seconds": round(first_s, 3)},
-              "web": web, "cpus": os.cpu_count()}
+              "contention": concurrent, "web": web, "cpus": os.cpu_count()}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -273,6 +306,9 @@ def main() -> int:
     fp = result["first_placement"]
     print(f"first pass with every GPU free: {fp['placed']} experiments placed on {fp['gpus_taken']} of "
           f"{fp['free_gpus']} GPUs ({fp['waiting']} waiting) in {fp['seconds'] * 1000:.0f} ms")
+    for c in concurrent:
+        print(f"{c['coordinators']} coordinator process(es) at once: coordinate(task) {c['median_ms']:.1f} / "
+              f"{c['p95_ms']:.1f} ms, {c['passes_per_s']} passes/s in all")
     for w in web:
         print(f"  GET {w['url']:<36} {w['median_ms']:>7.1f} / {w['p95_ms']:>7.1f} ms  {w['bytes']:>9,} bytes")
     return 0

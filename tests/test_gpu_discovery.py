@@ -36,7 +36,8 @@ class FakeNvml:
         for name in (
             "nvmlInit", "nvmlShutdown", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
             "nvmlDeviceGetName", "nvmlDeviceGetMemoryInfo", "nvmlDeviceGetUUID",
-            "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPciInfo",
+            "nvmlDeviceGetUtilizationRates", "nvmlDeviceGetPciInfo", "nvmlDeviceGetTopologyCommonAncestor",
+            "nvmlDeviceGetP2PStatus",
         ):
             monkeypatch.setattr(pynvml, name, getattr(self, name))
 
@@ -69,6 +70,18 @@ class FakeNvml:
     def nvmlDeviceGetPciInfo(self, h):
         return SimpleNamespace(busId=self.gpus[h[1]]["bus"])
 
+    # topology: every pair's common PCIe ancestor and NVLink status (default: host bridge, none)
+    links: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, h1, h2):
+        self.calls.append(f"ancestor {h1[1]} {h2[1]}")
+        return self.links.get((h1[1], h2[1]), (pynvml.NVML_TOPOLOGY_HOSTBRIDGE, 0))[0]
+
+    def nvmlDeviceGetP2PStatus(self, h1, h2, index):
+        self.calls.append(f"p2p {h1[1]} {h2[1]} {index}")
+        nvlink = self.links.get((h1[1], h2[1]), (0, pynvml.NVML_P2P_STATUS_NOT_SUPPORTED))[1]
+        return nvlink if index == pynvml.NVML_P2P_CAPS_INDEX_NVLINK else pynvml.NVML_P2P_STATUS_NOT_SUPPORTED
+
 
 @pytest.fixture
 def nvml(monkeypatch) -> FakeNvml:
@@ -81,11 +94,11 @@ def test_discover_two_gpus(nvml):
     gpus = discover_gpus(None)
     assert gpus == [
         GpuInfo(index=0, name="NVIDIA H100 80GB HBM3", memory_mb=81559, uuid="GPU-aaaa",
-                simulated=False, utilization=12.0, pci_bus_id="00000000:18:00.0"),
+                simulated=False, utilization=12.0, pci_bus_id="00000000:18:00.0", domain="d0"),
         GpuInfo(index=1, name="NVIDIA H100 80GB HBM3", memory_mb=81559, uuid="GPU-bbbb",
-                simulated=False, utilization=87.0, pci_bus_id="00000000:2A:00.0"),
-    ]
-    assert nvml.calls == ["init", "shutdown"]
+                simulated=False, utilization=87.0, pci_bus_id="00000000:2A:00.0", domain="d1"),
+    ]  # two GPUs with nothing closer than the host bridge: two domains
+    assert nvml.calls == ["init", "ancestor 0 1", f"p2p 0 1 {pynvml.NVML_P2P_CAPS_INDEX_NVLINK}", "shutdown"]
 
 
 def test_discover_subset_keeps_order(nvml):
@@ -176,3 +189,32 @@ def test_utilization(nvml):
 def test_utilization_without_nvml(monkeypatch):
     _no_library(monkeypatch)
     assert live_utilization([0, 1]) == {}
+
+
+def test_topology_domains_from_nvlink_and_pcie_switches(nvml):
+    """Four GPUs: 0-1 joined by NVLink across the host bridge, 2-3 under one PCIe switch,
+    nothing closer between the pairs: two domains. Every pair is asked once, in order."""
+    nvml.gpus = nvml.gpus * 2
+    nvml.links = {(0, 1): (pynvml.NVML_TOPOLOGY_HOSTBRIDGE, pynvml.NVML_P2P_STATUS_OK),
+                  (2, 3): (pynvml.NVML_TOPOLOGY_MULTIPLE, pynvml.NVML_P2P_STATUS_NOT_SUPPORTED)}
+    gpus = discover_gpus()
+    assert [g.domain for g in gpus] == ["d0", "d0", "d1", "d1"]
+    pairs = [(i, j) for i in range(4) for j in range(i + 1, 4)]
+    assert [c for c in nvml.calls if c.startswith("ancestor")] == [f"ancestor {i} {j}" for i, j in pairs]
+    assert [c for c in nvml.calls if c.startswith("p2p")] == [
+        f"p2p {i} {j} {pynvml.NVML_P2P_CAPS_INDEX_NVLINK}" for i, j in pairs]
+
+
+def test_topology_unknown_when_the_driver_cannot_tell(nvml, monkeypatch):
+    def refuse(h1, h2):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetTopologyCommonAncestor", refuse)
+    assert [g.domain for g in discover_gpus()] == [None, None]
+
+
+def test_simulated_gpus_split_into_labelled_domains():
+    gpus = simulated_gpus(8, domains=2, first_index=8)
+    assert [g.domain for g in gpus] == ["sim-d0"] * 4 + ["sim-d1"] * 4
+    with pytest.raises(GpuDiscoveryError, match="domains must be >= 1"):
+        simulated_gpus(2, domains=0)

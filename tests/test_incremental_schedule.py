@@ -124,3 +124,39 @@ def test_the_waiting_queue_pages_in_priority_then_age_order(database_url):
                 skip.add(item.task_id)
             assert len(read) == len({t for t in s.execute(select(Experiment.task_id).where(
                 Experiment.id.in_(whole))).scalars()})
+
+
+def test_placement_keeps_a_multi_gpu_experiment_within_one_topology_domain(database_url):
+    """A worker of 8 GPUs in two domains (0-3, 4-7) as its discovery reported them, GPUs 1
+    and 2 busy: a 2-GPU experiment takes 0 and 3 (the tighter domain, though not neighbours),
+    a 4-GPU one takes 4-7; the pool API shows the domains."""
+    from app import create_app
+    from app.coordinator import schedule
+    from app.domain.taskspec import parse_task
+    from app.store import pool
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Gpu, Task
+    from app.task_service import create_task
+    from tests.helpers import mixed_task
+
+    specs = [pool.GpuSpec(i, "Simulated H100-80GB", 81_559, f"u{i}", True, 0.0, f"sim-d{i // 4}") for i in range(8)]
+    pool.register_worker("w", "h-sim", "h", "gpu.h-sim", 8, specs, "inc", 1)
+    task_id = create_task(parse_task(mixed_task([{"tp-size": 1}], parallel=8)), enqueue=False)
+    with session_scope() as s:
+        s.get(Task, task_id).status = "running"
+        holder = Experiment(task_id=task_id, seq=1, params={}, gpus_needed=2, state="running", group="h-sim",
+                            attempt=1, simulated=True)
+        two = Experiment(task_id=task_id, seq=2, params={}, gpus_needed=2, state="pending", simulated=True)
+        four = Experiment(task_id=task_id, seq=3, params={}, gpus_needed=4, state="pending", simulated=True)
+        s.add_all([holder, two, four])
+        s.flush()
+        for gpu in s.execute(select(Gpu).where(Gpu.index.in_([1, 2]))).scalars():
+            gpu.held_by = holder.id
+        ids = two.id, four.id
+    with session_scope() as s:
+        schedule(s)
+    with session_scope(readonly=True) as s:
+        held = {e: sorted(s.execute(select(Gpu.index).where(Gpu.held_by == e)).scalars()) for e in ids}
+    assert held == {ids[0]: [0, 3], ids[1]: [4, 5, 6, 7]}
+    gpus = create_app({"TESTING": True}).test_client().get("/api/pool").json["gpus"]
+    assert [g["domain"] for g in sorted(gpus, key=lambda g: g["index"])] == ["sim-d0"] * 4 + ["sim-d1"] * 4

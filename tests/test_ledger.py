@@ -258,3 +258,16 @@ def test_a_short_experiment_backfills_the_reserved_group_until_the_promise_slips
     assert slipped.reservation.strict and slipped.placements == []
     on_time = run(promised=0.0)  # slipped 10 s: still within the allowed 30 s
     assert not on_time.reservation.strict and [p.experiment_id for p in on_time.placements] == [12]
+
+
+def test_multi_gpu_experiments_stay_within_one_topology_domain():
+    """Free: GPUs 0-1 in d0 (2 free), 4-7 in d1 (4 free). Two GPUs fit the tighter d0 and
+    leave d1 whole; three or four go to d1; five cannot stay in one domain and take the least
+    utilised. Without domains the choice is as before."""
+    free = [FreeGpu(0, 0, 0.0, "d0"), FreeGpu(1, 1, 0.0, "d0")] + [FreeGpu(i, i, 0.0, "d1") for i in range(4, 8)]
+    assert [g.id for g in pick_gpus(free, 2)] == [0, 1]
+    assert {g.domain for g in pick_gpus(free, 3)} == {"d1"}
+    assert [g.id for g in pick_gpus(free, 4)] == [4, 5, 6, 7]
+    assert len(pick_gpus(free, 5)) == 5
+    plain = [FreeGpu(g.id, g.index, g.utilization) for g in free]
+    assert [g.id for g in pick_gpus(plain, 2)] == [0, 1] and [g.id for g in pick_gpus(plain, 4)] == [4, 5, 6, 7]

@@ -32,6 +32,7 @@ class GpuInfo:
     simulated: bool
     utilization: float | None = None  # percent, 0-100, at discovery time
     pci_bus_id: str | None = None
+    domain: str | None = None  # GPUs of one domain talk over NVLink or one PCIe switch; None: unknown
 
 
 SIMULATED_PRESETS: dict[str, int] = {
@@ -110,8 +111,10 @@ def discover_gpus(indices: list[int] | None = None) -> list[GpuInfo]:
             count = int(nv.nvmlDeviceGetCount())
             wanted = _check_indices(indices, count)
             gpus: list[GpuInfo] = []
+            handles = []
             for i in wanted:
                 handle = nv.nvmlDeviceGetHandleByIndex(i)
+                handles.append(handle)
                 util = _optional(nv.nvmlDeviceGetUtilizationRates, handle)
                 pci = _optional(nv.nvmlDeviceGetPciInfo, handle)
                 gpus.append(
@@ -125,17 +128,49 @@ def discover_gpus(indices: list[int] | None = None) -> list[GpuInfo]:
                         pci_bus_id=_text(pci.busId) if pci is not None else None,
                     )
                 )
+            for gpu, domain in zip(gpus, _domains(nv, handles)):
+                gpu.domain = domain
             return gpus
         except _nvml_errors() as exc:
             raise GpuDiscoveryError(f"NVML query failed: {exc}") from exc
 
 
-def simulated_gpus(count: int, preset: str = "H100-80GB", first_index: int = 0) -> list[GpuInfo]:
+def _domains(nv: Any, handles: list[Any]) -> list[str | None]:
+    """Split the GPUs into domains: two GPUs share one when NVML reports an NVLink path between
+    them or a common ancestor no higher than a PCIe switch (NVML_TOPOLOGY_MULTIPLE). A
+    multi-GPU engine whose GPUs share a domain does not cross the CPU's host bridge. All None
+    when the driver cannot tell (then placement ignores topology)."""
+    parent = list(range(len(handles)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    try:
+        for i in range(len(handles)):
+            for j in range(i + 1, len(handles)):
+                level = nv.nvmlDeviceGetTopologyCommonAncestor(handles[i], handles[j])
+                nvlink = _optional(nv.nvmlDeviceGetP2PStatus, handles[i], handles[j], nv.NVML_P2P_CAPS_INDEX_NVLINK)
+                if nvlink == nv.NVML_P2P_STATUS_OK or level <= nv.NVML_TOPOLOGY_MULTIPLE:
+                    parent[root(j)] = root(i)
+    except (*_nvml_errors(), AttributeError):
+        return [None] * len(handles)
+    names: dict[int, str] = {}
+    return [names.setdefault(root(i), f"d{len(names)}") for i in range(len(handles))]
+
+
+def simulated_gpus(count: int, preset: str = "H100-80GB", first_index: int = 0, domains: int = 1) -> list[GpuInfo]:
     """Fake GPUs for running the whole system (with the sim runtime) without hardware.
 
     The uuid embeds the hostname so simulated GPUs of different hosts never collide in the
     ledger; several simulated workers on one host take disjoint indices (`first_index`).
+    `domains` splits them into that many topology domains of consecutive indices (a PCIe box
+    with one switch per half, say), labelled as simulated like everything else about them.
     """
+    if domains < 1:
+        raise GpuDiscoveryError(f"simulated topology domains must be >= 1, got {domains}")
     if count < 0 or first_index < 0:
         raise GpuDiscoveryError(f"simulated GPU count and first index must be >= 0, got {count}, {first_index}")
     if preset not in SIMULATED_PRESETS:
@@ -152,6 +187,7 @@ def simulated_gpus(count: int, preset: str = "H100-80GB", first_index: int = 0) 
             simulated=True,
             utilization=None,
             pci_bus_id=None,
+            domain=f"sim-d{(i - first_index) * domains // max(count, 1)}",
         )
         for i in range(first_index, first_index + count)
     ]

@@ -30,6 +30,7 @@ class FreeGpu:
     id: int
     index: int
     utilization: float = 0.0
+    domain: str | None = None  # NVLink / PCIe-switch domain; None: unknown
 
 
 @dataclass
@@ -97,8 +98,17 @@ class Plan:
 
 
 def pick_gpus(free: list[FreeGpu], need: int) -> list[FreeGpu]:
-    """Prefer a run of neighbouring indices (on one board they share the fastest links),
-    and among those the least utilised; else the least utilised GPUs."""
+    """Within one topology domain when one has room (the tightest such domain, keeping the
+    roomier ones whole for larger experiments); there, prefer a run of neighbouring indices
+    (on one board they share the fastest links), and among those the least utilised; else
+    the least utilised GPUs."""
+    domains: dict[str | None, list[FreeGpu]] = {}
+    for gpu in free:
+        domains.setdefault(gpu.domain, []).append(gpu)
+    if len(domains) > 1:
+        roomy = [gpus for gpus in domains.values() if len(gpus) >= need]
+        if roomy:
+            free = min(roomy, key=lambda gpus: (len(gpus), min(g.index for g in gpus)))
     by_index = sorted(free, key=lambda g: g.index)
     windows = [
         by_index[i : i + need]

@@ -60,13 +60,13 @@ def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
         busy[group] = count
     online = {g: GroupState(g, online_gpus[g], slots[g], busy[g]) for g in slots if online_gpus.get(g)}
     free = session.execute(
-        select(Gpu.id, Gpu.group, Gpu.index, Gpu.utilization)
+        select(Gpu.id, Gpu.group, Gpu.index, Gpu.utilization, Gpu.domain)
         .where(Gpu.online.is_(True), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None))
         .order_by(Gpu.index, Gpu.id)
     )
-    for gpu_id, group, index, utilization in free:
+    for gpu_id, group, index, utilization, domain in free:
         if group in online:
-            online[group].free.append(FreeGpu(gpu_id, index, utilization or 0.0))
+            online[group].free.append(FreeGpu(gpu_id, index, utilization or 0.0, domain))
     return list(online.values()), capacity
 
 

@@ -190,6 +190,7 @@ class Gpu(Base):
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
     online: Mapped[bool] = mapped_column(Boolean, default=True)
     utilization: Mapped[float | None] = mapped_column(Float, nullable=True)
+    domain: Mapped[str | None] = mapped_column(String(64), nullable=True)  # NVLink / PCIe-switch domain
     held_by: Mapped[int | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="SET NULL"), nullable=True, index=True
     )

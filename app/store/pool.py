@@ -28,6 +28,7 @@ class GpuSpec:
     uuid: str
     simulated: bool
     utilization: float | None = None
+    domain: str | None = None  # topology domain (workers/gpu_discovery.py); None: unknown
 
 
 class PoolConflict(Exception):
@@ -76,6 +77,7 @@ def register_worker(
                 session.add(gpu)
             gpu.group, gpu.worker, gpu.name, gpu.memory_mb = group, name, spec.name, spec.memory_mb
             gpu.uuid, gpu.simulated, gpu.online, gpu.utilization = spec.uuid, spec.simulated, True, spec.utilization
+            gpu.domain = spec.domain
         session.flush()
         # Experiments a previous incarnation of this worker was running died with it.
         orphaned = session.execute(
