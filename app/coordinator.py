@@ -27,7 +27,7 @@ from app.store.db import session_scope
 from app.store.lifecycle import end_attempt, mark_lost
 from app.limits import get_limits
 from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
-from app.store.models import Attempt, Experiment, Gpu, PassTiming, Task, Worker, utcnow
+from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
 from app.domain.strategies import make_strategy
 from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec
@@ -98,8 +98,9 @@ def advance(session: Session, task: Task) -> None:
     if free > 0:
         spec = task.parsed_spec
         exps = list(task.experiments)
+        virtual = _virtual_time(session)
         for params in make_strategy(spec).suggest([_trial(e) for e in exps], free):
-            session.add(_new_experiment(task, spec, params, total + created + 1))
+            session.add(_new_experiment(task, spec, params, total + created + 1, virtual))
             created += 1
     if not active and not created:
         _finish_task(task, list(task.experiments))
@@ -111,16 +112,32 @@ def _states(session: Session, task_id: int) -> dict[str, int]:
                                 .group_by(Experiment.state)).all())
 
 
-def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int) -> Experiment:
+def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual: float) -> Experiment:
+    """A new waiting experiment with its fair-share tag (start-time fair queuing): it starts
+    where its task's previous experiment's expected GPU-seconds end, or at the scheduler's
+    virtual time if the task has fallen behind. Within a priority the queue is served by tag,
+    so tasks share GPUs by expected GPU-seconds and one task's experiments keep their order."""
+    gpus = spec.gpus_needed(params)
+    tag = max(virtual, task.share_finish or 0.0)
+    length = task.expected_experiment_s or float(spec.optimization.timeout_per_iteration)
+    task.share_finish = tag + gpus * length
     return Experiment(
         task=task,
         seq=seq,
         params=params,
-        gpus_needed=spec.gpus_needed(params),
+        gpus_needed=gpus,
         priority=task.priority,
+        share_tag=tag,
         state=ExperimentState.PENDING,
         simulated=spec.launcher.simulated,
     )
+
+
+def _virtual_time(session: Session) -> float:
+    """The highest fair-share tag the scheduler has served (kept with its lock): where a task
+    that was idle (or new) starts, so it neither jumps ahead of the others nor pays for the
+    time it was not asking for GPUs."""
+    return session.execute(select(Lock.value).where(Lock.name == "scheduler")).scalar_one_or_none() or 0.0
 
 
 def _finish_task(task: Task, exps: list[Experiment]) -> None:
@@ -144,7 +161,7 @@ def schedule(session: Session) -> list[Dispatch]:
     Reads the head of the waiting queue for each GPU count, only as far as placements go
     (see app.domain.placement), and writes the placements together: its cost follows the
     number of placements and GPU counts, not the backlog."""
-    ledger.lock(session)
+    scheduler = ledger.lock(session)
     groups, capacity = ledger.group_states(session)
     now = utcnow()
     clock = _clock(session, now, groups)
@@ -180,6 +197,8 @@ def schedule(session: Session) -> list[Dispatch]:
         dispatches.append(_dispatch(exp))
     if attempts:
         session.execute(insert(Attempt), attempts)
+        served = max(by_id[p.experiment_id].share_tag for p in plan.placements)
+        scheduler.value = max(scheduler.value or 0.0, served)
     return dispatches
 
 
@@ -232,13 +251,14 @@ def _waiting_needs(session: Session) -> list[int]:
 
 def _waiting_queue(session: Session, need: int, page: int, skip: set[int]) -> Iterator[Waiting]:
     """Waiting experiments of running tasks needing `need` GPUs, in queue order (priority
-    first, then age), read page by page from ix_experiments_waiting as the planner asks,
+    first, then fair-share tag, then age), read page by page from ix_experiments_waiting as the planner asks,
     leaving out the tasks the planner put in `skip` meanwhile."""
-    after: tuple[int, int] | None = None
+    after: tuple[int, float, int] | None = None
     page = max(1, min(page, 1024))
     while True:
         query = (
-            select(Experiment.priority, Experiment.id, Experiment.task_id, Experiment.promised_start)
+            select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
+                   Experiment.promised_start)
             .join(Task, Task.id == Experiment.task_id)
             .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
                    Task.status == TaskStatus.RUNNING)
@@ -246,14 +266,18 @@ def _waiting_queue(session: Session, need: int, page: int, skip: set[int]) -> It
         if skip:
             query = query.where(Experiment.task_id.not_in(sorted(skip)))
         if after is not None:
-            query = query.where(or_(Experiment.priority < after[0],
-                                    and_(Experiment.priority == after[0], Experiment.id > after[1])))
-        rows = session.execute(query.order_by(Experiment.priority.desc(), Experiment.id).limit(page)).all()
-        for priority, exp_id, task_id, promised in rows:
-            yield Waiting((-priority, exp_id), exp_id, task_id, _epoch(promised) if promised else None)
+            priority, tag, last = after
+            query = query.where(or_(
+                Experiment.priority < priority,
+                and_(Experiment.priority == priority, or_(
+                    Experiment.share_tag > tag, and_(Experiment.share_tag == tag, Experiment.id > last)))))
+        rows = session.execute(query.order_by(Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
+                               .limit(page)).all()
+        for priority, tag, exp_id, task_id, promised in rows:
+            yield Waiting((-priority, tag, exp_id), exp_id, task_id, _epoch(promised) if promised else None)
         if len(rows) < page:
             return
-        after, page = (rows[-1][0], rows[-1][1]), min(page * 4, 1024)
+        after, page = (rows[-1][0], rows[-1][1], rows[-1][2]), min(page * 4, 1024)
 
 
 def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:

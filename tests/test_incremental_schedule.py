@@ -1,7 +1,7 @@
 """The scheduler reads the waiting queue head first per GPU count and writes its placements
 together; on real databases it must decide exactly what the straightforward planner decides
-when handed the whole queue (every pending experiment of a running task, by task priority
-then age), and read that queue in the same order however it pages."""
+when handed the whole queue (every pending experiment of a running task, by task priority,
+then fair-share tag, then age), and read that queue in the same order however it pages."""
 from __future__ import annotations
 
 import random
@@ -44,7 +44,8 @@ def _store(rng: random.Random) -> list[int]:
             task = rng.choice(tasks)
             seq[task.id] += 1
             s.add(Experiment(task_id=task.id, seq=seq[task.id], params={}, gpus_needed=rng.choice([1, 1, 2, 3, 4, 8, 16]),
-                             priority=task.priority, state="pending", simulated=True))
+                             priority=task.priority, share_tag=rng.choice([0.0, 10.0, 20.0]), state="pending",
+                             simulated=True))
         s.flush()
         busy = [g for g in s.execute(select(Gpu)).scalars() if rng.random() < 0.3]
         for gpu in busy:
@@ -84,7 +85,7 @@ def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_ur
     with session_scope(readonly=True) as s:
         waiting = s.execute(select(Experiment.id, Experiment.gpus_needed, Experiment.task_id).join(Task)
                             .where(Experiment.state == "pending", Task.status == "running")
-                            .order_by(Task.priority.desc(), Experiment.id)).all()
+                            .order_by(Task.priority.desc(), Experiment.share_tag, Experiment.id)).all()
         groups, capacity = ledger.group_states(s)
         clock = coordinator._clock(s, now, groups)
         expected = plan_every_row([(Waiting(i, exp_id, task_id), need) for i, (exp_id, need, task_id)
@@ -114,7 +115,7 @@ def test_the_waiting_queue_pages_in_priority_then_age_order(database_url):
             whole = s.execute(select(Experiment.id).join(Task)
                               .where(Experiment.state == "pending", Experiment.gpus_needed == need,
                                      Task.status == "running")
-                              .order_by(Experiment.priority.desc(), Experiment.id)).scalars().all()
+                              .order_by(Experiment.priority.desc(), Experiment.share_tag, Experiment.id)).scalars().all()
             for page in (1, 2, 1000):
                 assert [w.experiment_id for w in _waiting_queue(s, need, page, set())] == whole, (need, page)
             skip: set[int] = set()

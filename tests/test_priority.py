@@ -85,3 +85,22 @@ def test_the_task_page_form_changes_parallelism_and_priority(pool):
     assert f"Task {task_id}: 2 in parallel, priority 7." in text and "priority 7" in text
     resp = client.post(f"/tasks/{task_id}/settings", data={"priority": "a lot"}, follow_redirects=True)
     assert "priority: &#39;a lot&#39; is not a whole number" in resp.get_data(as_text=True)
+
+
+def test_tasks_of_equal_priority_share_the_pool_by_gpu_seconds(pool):
+    """On 8 GPUs, task A (submitted first) runs 8-GPU experiments, task B 1-GPU ones, same
+    priority and expected length. Served by age, A's queued experiments would go first each
+    time and take most of the pool; served by fair-share tag, the two get about the same
+    GPU-seconds while both wait."""
+    big = submit(mixed_task([{"tp-size": 8}] * 12, parallel=8))
+    small = submit(mixed_task([{"tp-size": 1}] * 48, parallel=8))
+    used = {big: 0, small: 0}
+    for _ in range(8):
+        dispatches = coordinate(big) + coordinate(small)
+        for d in dispatches:
+            exp = next(e for t in (big, small) for e in experiments(t) if e.id == d.experiment_id)
+            used[exp.task_id] += exp.gpus_needed  # each runs one unit of time
+        for d in dispatches:
+            run_ok(d)
+    share = used[small] / (used[big] + used[small])
+    assert 0.4 <= share <= 0.6, used

@@ -1,7 +1,9 @@
 """Placement: which waiting experiment gets which free GPUs, as a pure function of the pool's
 state (no database: the store's ledger feeds it and applies its decisions).
 
-Order is priority, then FIFO, with one reservation and backfill (EASY): waiting experiments
+Order is priority, then the fair-share tag the coordinator gave each experiment (expected
+GPU-seconds, so tasks of equal priority share the pool; one task's experiments keep their
+order), with one reservation and backfill (EASY): waiting experiments
 are served in order; the first that cannot be placed reserves the group where its GPUs are
 expected to be free soonest (from the expected ends of what runs there), and younger
 experiments may start in that group only if they are expected to end before the

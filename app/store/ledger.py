@@ -29,9 +29,10 @@ class LedgerConflict(Exception):
     """A GPU we meant to take was already held: the transaction must roll back."""
 
 
-def lock(session: Session, name: str = "scheduler") -> None:
-    """Serialise a critical section across processes (FOR UPDATE; IMMEDIATE on SQLite)."""
-    session.execute(select(Lock).where(Lock.name == name).with_for_update()).scalar_one()
+def lock(session: Session, name: str = "scheduler") -> Lock:
+    """Serialise a critical section across processes (FOR UPDATE; IMMEDIATE on SQLite).
+    Returns the locked row, whose `value` the holder may keep state in."""
+    return session.execute(select(Lock).where(Lock.name == name).with_for_update()).scalar_one()
 
 
 def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:

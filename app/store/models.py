@@ -56,6 +56,8 @@ class Task(Base):
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # A moving average of its succeeded experiments' lengths: when running ones should end.
     expected_experiment_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Where its next experiment's fair-share tag starts (expected GPU-seconds; see coordinator).
+    share_finish: Mapped[float | None] = mapped_column(Float, nullable=True)
     max_iterations: Mapped[int] = mapped_column(Integer)
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -80,7 +82,7 @@ class Experiment(Base):
     __tablename__ = "experiments"
     # The waiting queue, head first for each GPU count: what the scheduler reads (see 0005).
     __table_args__ = (UniqueConstraint("task_id", "seq"),
-                      Index("ix_experiments_waiting", "state", "gpus_needed", text("priority DESC"), "id"))
+                      Index("ix_experiments_waiting", "state", "gpus_needed", text("priority DESC"), "share_tag", "id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
@@ -88,6 +90,7 @@ class Experiment(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     gpus_needed: Mapped[int] = mapped_column(Integer, default=1)
     priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # the task's, copied
+    share_tag: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")  # fair-share order
     state: Mapped[str] = mapped_column(String(20), default=ExperimentState.PENDING, index=True)
     phase: Mapped[str | None] = mapped_column(String(20), nullable=True)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -240,3 +243,4 @@ class Lock(Base):
     __tablename__ = "locks"
 
     name: Mapped[str] = mapped_column(String(50), primary_key=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # scheduler: the fair-share virtual time
