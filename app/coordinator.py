@@ -164,12 +164,10 @@ def schedule(session: Session) -> list[Dispatch]:
     scheduler = ledger.lock(session)
     groups, capacity = ledger.group_states(session)
     now = utcnow()
-    clock = _clock(session, now, groups)
+    clock = _clock(session, now)
     free_gpus = sum(len(g.free) for g in groups if g.busy_slots < g.slots)
-    skips: dict[int, set[int]] = {}
-    queues = {need: _waiting_queue(session, need, free_gpus // need + 1, skips.setdefault(need, set()))
-              for need in _waiting_needs(session)}
-    plan = plan_placements(queues, groups, capacity, clock, skips)
+    queues = {need: _waiting_queue(session, need, free_gpus // need + 1) for need in _waiting_needs(session)}
+    plan = plan_placements(queues, groups, capacity, clock)
     touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
     if not touched:
         return []
@@ -213,25 +211,46 @@ def _from_epoch(seconds: float) -> datetime:
     return _EPOCH + timedelta(seconds=seconds)
 
 
-def _clock(session: Session, now: datetime, groups: list) -> Clock:
-    """Expected lengths per running task (its moving average, else its time limit) and, when
-    some GPU is free (only then can a reservation matter), when what runs is expected to end."""
-    durations = {
-        task.id: task.expected_experiment_s or float(task.parsed_spec.optimization.timeout_per_iteration)
-        for task in session.execute(select(Task).where(Task.status == TaskStatus.RUNNING)).scalars()
-    }
-    clock = Clock(now=_epoch(now), durations=durations, slip=get_settings().reservation_slip)
-    if any(g.free for g in groups):
-        by_group = {g.group: g for g in groups}
+class _Lengths(dict):
+    """Expected experiment length per task, read from the store on first use in a pass: the
+    task's moving average, else its time limit (only then is its spec parsed)."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def __missing__(self, task_id: int) -> float:
+        task = self.session.get(Task, task_id)
+        if task is None:
+            raise KeyError(task_id)
+        self[task_id] = length = (task.expected_experiment_s
+                                  or float(task.parsed_spec.optimization.timeout_per_iteration))
+        return length
+
+
+def _clock(session: Session, now: datetime) -> Clock:
+    """The pass's clock: expected lengths per task (read as needed), and a loader for when what
+    runs in a group is expected to end: read only for the few groups a reservation weighs,
+    only in a pass that makes one."""
+    clock = Clock(now=_epoch(now), durations=_Lengths(session), slip=get_settings().reservation_slip)
+    loaded: set[str] = set()
+
+    def load_ends(groups: list) -> None:
+        wanted = {g.group: g for g in groups if g.group not in loaded}
+        loaded.update(wanted)
+        if not wanted:
+            return
         running = session.execute(
             select(Experiment.group, Experiment.task_id, Experiment.started_at, Experiment.queued_at,
                    Experiment.gpus_needed)
-            .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
+            .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)),
+                   Experiment.group.in_(sorted(wanted)))
         )
         for group, task_id, started, queued, gpus in running:
-            if group in by_group:
-                since = started or queued or now
-                by_group[group].ends.append((_epoch(since) + clock.duration(task_id), gpus))
+            since = started or queued or now
+            wanted[group].ends.append((_epoch(since) + clock.duration(task_id), gpus))
+
+    clock.load_ends = load_ends
     return clock
 
 
@@ -249,10 +268,10 @@ def _waiting_needs(session: Session) -> list[int]:
         needs.append(need)
 
 
-def _waiting_queue(session: Session, need: int, page: int, skip: set[int]) -> Iterator[Waiting]:
+def _waiting_queue(session: Session, need: int, page: int) -> Iterator[Waiting]:
     """Waiting experiments of running tasks needing `need` GPUs, in queue order (priority
-    first, then fair-share tag, then age), read page by page from ix_experiments_waiting as the planner asks,
-    leaving out the tasks the planner put in `skip` meanwhile."""
+    first, then fair-share tag, then age), read page by page from ix_experiments_waiting as
+    the planner asks."""
     after: tuple[int, float, int] | None = None
     page = max(1, min(page, 1024))
     while True:
@@ -263,8 +282,6 @@ def _waiting_queue(session: Session, need: int, page: int, skip: set[int]) -> It
             .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
                    Task.status == TaskStatus.RUNNING)
         )
-        if skip:
-            query = query.where(Experiment.task_id.not_in(sorted(skip)))
         if after is not None:
             priority, tag, last = after
             query = query.where(or_(

@@ -1,6 +1,7 @@
 """The straightforward planner, kept as the tests' oracle: it walks the whole waiting line in
-order, every row, with the same rules (priority and FIFO, one reservation, backfill that ends
-before the reservation or uses its spare GPUs, strict once the promised start slipped). The
+order, every row, with the same rules (priority and fair-share order, one reservation, backfill
+that ends before the reservation or uses its spare GPUs, strict once the promised start
+slipped; a GPU count whose first candidate the reservation refused waits for the next pass). The
 incremental `app.domain.placement.plan`, which reads per-GPU-count queues only as far as
 placements go, must decide exactly what this one decides."""
 from __future__ import annotations
@@ -14,8 +15,11 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
     clock = clock or Clock()
     out = Plan([], {}, {})
     largest = max(capacity.values(), default=0)
+    refused: set[int] = set()  # GPU counts whose head the reservation refused: done for the pass
     for item, need in waiting:
         exp_id, res = item.experiment_id, out.reservation
+        if need in refused:
+            continue
         if not capacity:
             out.waiting[exp_id] = "waiting for a GPU worker to register"
         elif need > largest:
@@ -41,6 +45,7 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
                     res.spare_gpus, res.spare_slots = res.spare_gpus - need, res.spare_slots - 1
                 out.placements.append(Placement(exp_id, g.group, ids))
             elif room and not res.strict:
+                refused.add(need)
                 out.waiting[exp_id] = (f"waiting for {need} free GPU(s); it would run past the start reserved "
                                        f"in group {res.group}")
             elif res is None and (res := _reserve(item, need, groups, clock)) is not None:
@@ -54,8 +59,11 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
 
 def _reserve(item: Waiting, need: int, groups: list[GroupState], clock: Clock) -> Reservation | None:
     options = []
-    for g in groups:
-        if g.total_gpus < need or g.slots <= 0:
+    able = [g for g in groups if g.total_gpus >= need and g.slots > 0]
+    if able and all(not g.free for g in able):
+        return Reservation(item.experiment_id, min(g.group for g in able), float("inf"), 0, 0, True)
+    for g in able:
+        if len(g.free) < max(len(h.free) for h in able):
             continue
         free, busy, at = len(g.free), g.busy_slots, None
         if busy < g.slots and free >= need:

@@ -80,7 +80,7 @@ waiting_rows = st.lists(st.tuples(st.sampled_from([1, 1, 1, 2, 2, 3, 4, 8, 16]),
 def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, rows, durations, slip):
     """Same placements in the same order, same impossible set, same reservation, the same
     reason for every experiment it read, and it reads no further than placements can go
-    (one row per placement, impossible row, GPU count and task it excluded)."""
+    (one row per placement and impossible row, plus one per GPU count)."""
     import copy
 
     from app.domain.placement import Clock, Waiting
@@ -91,21 +91,19 @@ def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, ro
     items = [(Waiting(i, i, task, promised), need) for i, (need, task, promised) in enumerate(rows)]
     reference = plan_every_row(items, copy.deepcopy(groups), capacity, clock)
     read: list[int] = []
-    skips: dict[int, set[int]] = {}
 
     def queue(need):
         for item, n in items:
-            if n == need and item.task_id not in skips.get(need, ()):
+            if n == need:
                 read.append(item.experiment_id)
                 yield item
 
-    result = plan({need: queue(need) for need in {n for _, n in items}}, copy.deepcopy(groups), capacity, clock, skips)
+    result = plan({need: queue(need) for need in {n for _, n in items}}, copy.deepcopy(groups), capacity, clock)
     assert result.placements == reference.placements
     assert result.impossible == reference.impossible
     assert result.reservation == reference.reservation
     assert result.waiting == {e: reference.waiting[e] for e in result.waiting}
-    excluded = sum(len(tasks) for tasks in skips.values())
-    assert len(read) <= len(result.placements) + len(result.impossible) + len({n for _, n in items}) + excluded
+    assert len(read) <= len(result.placements) + len(result.impossible) + len({n for _, n in items})
 
 
 @given(pools(), waiting_rows)
@@ -237,8 +235,9 @@ def test_store_take_release_sequences(db, sequence):
 def test_a_short_experiment_backfills_the_reserved_group_until_the_promise_slips():
     """One group of 4: 2 GPUs busy until t=100, 2 free. The oldest waiting experiment needs
     4 (reserved for t=100); a 1-GPU experiment expected to take 20 s may use a free GPU now
-    (it ends before 100), a 1-GPU one of 300 s may not. Once the reserved experiment's start
-    has slipped past its promise by more than the allowed slip, nothing backfills."""
+    (it ends before 100), a 1-GPU one of 300 s may not, and when that one is first in line the
+    1-GPU queue waits for the next pass. Once the reserved experiment's start has slipped past
+    its promise by more than the allowed slip, nothing backfills."""
     from app.domain.placement import Clock, Waiting
 
     def group():
@@ -252,11 +251,16 @@ def test_a_short_experiment_backfills_the_reserved_group_until_the_promise_slips
 
     kept = run(promised=None)
     assert kept.reservation.group == "g0" and kept.reservation.start == 100.0 and not kept.reservation.strict
-    assert [p.experiment_id for p in kept.placements] == [12]  # the short one, not the long one
-    assert "run past the start reserved" in kept.waiting[11]
-    slipped = run(promised=-40.0)  # promised t=-40, now 10: slipped 50 s > 30 s
+    assert kept.placements == [] and "run past the start reserved" in kept.waiting[11]  # 11 first: too long
+    short_first = plan({4: [Waiting(0, 10, 3)], 1: [Waiting(1, 12, 1), Waiting(2, 11, 2)]}, [group()], {"g0": 4}, clock)
+    assert [p.experiment_id for p in short_first.placements] == [12]  # ends at 30, before 100
+    def short_run(promised):
+        queues = {4: [Waiting(0, 10, 3, promised)], 1: [Waiting(1, 12, 1)]}
+        return plan(queues, [group()], {"g0": 4}, clock)
+
+    slipped = short_run(promised=-40.0)  # promised t=-40, now 10: slipped 50 s > 30 s
     assert slipped.reservation.strict and slipped.placements == []
-    on_time = run(promised=0.0)  # slipped 10 s: still within the allowed 30 s
+    on_time = short_run(promised=0.0)  # slipped 10 s: still within the allowed 30 s
     assert not on_time.reservation.strict and [p.experiment_id for p in on_time.placements] == [12]
 
 

@@ -13,18 +13,19 @@ start by more than the allowed slip, the reservation turns strict: nothing more 
 group until it has started, so its wait is bounded by what already runs there.
 
 The planner reads the waiting queue as one stream per GPU count and stops reading a stream
-as soon as its head cannot fit anywhere: free GPUs only shrink during a pass, the reservation
-and its spare GPUs only tighten, so nothing behind that head can fit either. A head that fits
-the reserved group but is expected to run too long excludes only its task (all of a task's
-experiments have one expected length) from that stream. A pass therefore reads about one row
-per placement plus one per GPU count and excluded task, however long the backlog: the
-decisions are exactly those of serving the whole queue in order (tests/planner_reference.py).
+as soon as its head cannot start: free GPUs only shrink during a pass and the reservation and
+its spare GPUs only tighten, so nothing behind that head can fit either; a head refused only
+because it would run past the reserved start also ends its GPU count's turn for the pass (a
+shorter experiment behind it waits for the next pass: reading on could cost the backlog). A
+pass therefore reads about one row per placement plus one per GPU count, however long the
+backlog: the decisions are exactly those of serving the whole queue in order with that rule
+(tests/planner_reference.py).
 """
 from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 
 @dataclass
@@ -143,26 +144,28 @@ class Clock:
     durations: Mapping[int, float] = field(default_factory=dict)
     default_duration: float = float("inf")
     slip: float = 60.0
+    # Fills in `ends` of the groups a reservation weighs, when the caller reads them lazily.
+    load_ends: Callable[[list[GroupState]], None] | None = field(default=None, compare=False, repr=False)
 
     def duration(self, task_id: int) -> float:
-        return self.durations.get(task_id, self.default_duration)
+        try:
+            return self.durations[task_id]  # a mapping may work it out on first use (__missing__)
+        except KeyError:
+            return self.default_duration
 
 
-def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clock: Clock | None = None,
-         skips: Mapping[int, set[int]] | None = None) -> Plan:
+def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clock: Clock | None = None) -> Plan:
     """Decide placements for the waiting experiments in queue order.
 
     `queues` maps a GPU count to the experiments needing that many, in queue order; the keys
     of all queues together give the global order. Each is read lazily and only as far as
-    placements can go. `skips[need]`, when given, receives the tasks whose experiments of that
-    need cannot start this pass, so a queue reading from a database can leave them out.
+    placements can go.
     `capacity` is the size of every registered group, online or not: an experiment larger
     than all of them can never run and is reported as impossible rather than waiting forever.
     Waiting reasons are given for the experiments read. Mutates nothing it is given except
-    the `groups` it plans into and `skips`.
+    the `groups` it plans into.
     """
     clock = clock or Clock()
-    skips = skips if skips is not None else {}
     placements: list[Placement] = []
     reasons: dict[int, str] = {}
     impossible: dict[int, str] = {}
@@ -171,10 +174,9 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
     heads: list[tuple[Any, int, Waiting, Iterator[Waiting]]] = []
 
     def advance(need: int, stream: Iterator[Waiting]) -> None:
-        for item in stream:
-            if item.task_id not in skips.get(need, ()):
-                heapq.heappush(heads, (item.key, need, item, stream))
-                return
+        item = next(stream, None)
+        if item is not None:
+            heapq.heappush(heads, (item.key, need, item, stream))
 
     def allowed(group: GroupState, need: int, end: float) -> bool:
         """May an experiment of `need` GPUs expected to end at `end` start in `group` now?"""
@@ -218,12 +220,10 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
             placements.append(Placement(exp_id, chosen.group, tuple(sorted(taken_ids))))
             advance(need, stream)
             continue
-        if hosts and reservation is not None and not reservation.strict:  # only the reserved group has room; too long for it
-            skips.setdefault(need, set()).add(item.task_id)
+        if hosts and reservation is not None and not reservation.strict:  # only the reserved group has room
             reasons[exp_id] = (f"waiting for {need} free GPU(s); it would run past the start reserved "
                                f"in group {reservation.group}")
-            advance(need, stream)
-            continue
+            continue  # this GPU count's turn ends here for the pass
         # Not read further: nothing behind this head fits this pass.
         if reservation is None:
             reservation = _reserve(item, need, groups, clock)
@@ -240,11 +240,18 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
 
 def _reserve(item: Waiting, need: int, groups: list[GroupState], clock: Clock) -> Reservation | None:
     """Reserve, for the first experiment that cannot start, the group where it is expected to
-    start soonest. Strict when that start is unknown or has slipped too far past the start
-    promised to it in an earlier pass."""
+    start soonest among those with the most free GPUs. Strict when that start is unknown or
+    has slipped too far past the start promised to it in an earlier pass."""
     candidates = [g for g in groups if g.total_gpus >= need and g.slots > 0]
     if not candidates:
         return None
+    most = max(len(g.free) for g in candidates)  # the roomiest groups: fewest ends to wait for
+    candidates = [g for g in candidates if len(g.free) == most]
+    if most == 0:  # nothing free there, so nothing can backfill this pass: no need to know when
+        group = min(candidates, key=lambda g: g.group)
+        return Reservation(item.experiment_id, group.group, float("inf"), 0, 0, strict=True)
+    if clock.load_ends is not None:
+        clock.load_ends(candidates)
     timed = [(g.shadow(need, clock.now), g) for g in candidates]
     known = [(shadow, g) for shadow, g in timed if shadow is not None]
     if not known:
