@@ -104,3 +104,39 @@ def test_tasks_of_equal_priority_share_the_pool_by_gpu_seconds(pool):
             run_ok(d)
     share = used[small] / (used[big] + used[small])
     assert 0.4 <= share <= 0.6, used
+
+
+def test_a_task_learns_its_experiments_length_and_a_failed_update_loses_no_result(pool, monkeypatch):
+    """Each succeeded experiment's length goes into its task's moving average (the scheduler's
+    expected length); if that update fails, the result is still stored and reported once."""
+    from datetime import timedelta
+
+    from sqlalchemy.exc import OperationalError
+
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Task
+
+    task = submit(mixed_task([{"tp-size": 1}] * 3, parallel=3))
+    first, second, third = coordinate(task)
+
+    def run_for(d, seconds: float):
+        assert lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1) is not None
+        with session_scope() as s:
+            exp = s.get(Experiment, d.experiment_id)
+            exp.started_at -= timedelta(seconds=seconds)
+        return lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
+
+    def expected() -> float:
+        with session_scope() as s:
+            return s.get(Task, task).expected_experiment_s
+
+    assert run_for(first, 100) == task and expected() == pytest.approx(100, abs=1)
+    assert run_for(second, 200) == task and expected() == pytest.approx(0.7 * 100 + 0.3 * 200, abs=1)
+
+    def down(*_args):
+        raise OperationalError("UPDATE tasks", {}, Exception("server closed the connection"))
+
+    monkeypatch.setattr(lifecycle, "_learn_length", down)
+    assert run_for(third, 300) == task  # the result counts; the estimate keeps its last value
+    assert expected() == pytest.approx(130, abs=1)
+    assert [e.state for e in experiments(task)] == ["succeeded"] * 3

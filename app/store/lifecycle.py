@@ -6,10 +6,12 @@ duplicate actor finds nothing to change instead of corrupting a newer attempt.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.store import ledger
@@ -17,6 +19,8 @@ from app.processes import pid_alive
 from app.store.db import session_scope
 from app.domain.states import AttemptState, ExperimentState, TaskStatus
 from app.store.models import Attempt, Experiment, Gpu, Task, utcnow
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,10 @@ def finish(
         end_attempt(session, exp, state, error=error, failure_kind=failure_kind)
         task_id, started, ended = exp.task_id, exp.started_at, exp.finished_at
     if state == ExperimentState.SUCCEEDED and started is not None and ended is not None:
-        _learn_length(task_id, (ended - started).total_seconds())
+        try:
+            _learn_length(task_id, (ended - started).total_seconds())
+        except DBAPIError:  # an estimate: the result is stored, and must not be written again
+            log.warning("task %s: could not update its expected experiment length", task_id, exc_info=True)
     return task_id
 
 
