@@ -64,7 +64,9 @@ def _children(pid: int) -> list[int]:
 def test_sigkill_of_the_coordinator_mid_task_leaves_nothing_and_a_restart_carries_on(stack):
     """No embedded beat to orphan (the tick is a thread of the main process), the pool
     children die with their parent, and a new coordinator finishes the task from the store:
-    every experiment succeeds once, no GPU is held, the worker never noticed."""
+    every experiment succeeds once, no GPU is held, the worker never noticed. A job the killed
+    coordinator committed but never sent is re-sent by the new one's tick after
+    AUTOTUNER_REQUEUE_AFTER (3 s here)."""
     import os
     import signal
 
@@ -77,6 +79,7 @@ def test_sigkill_of_the_coordinator_mid_task_leaves_nothing_and_a_restart_carrie
     from app.task_service import create_task
     from tests.helpers import alive, mixed_task, start_stack, wait_for, wait_gone
 
+    stack.env["AUTOTUNER_REQUEUE_AFTER"] = "3"
     start_stack(stack, gpus=2)
     coordinator = next(proc for name, proc, _ in stack.procs if name == "coordinator")
     pool = wait_for(lambda: len(_children(coordinator.pid)) >= 2 and _children(coordinator.pid), 60,
