@@ -239,20 +239,25 @@ def start_stack(stack: Stack, gpus: int = 4, workers: list[list[str]] | None = N
 
 def run_to_end(stack: Stack, data: dict, timeout: float = 240) -> int:
     """Submit through the service (which asks the coordinator) and wait for the task to end."""
-    from app.domain.states import TASK_TERMINAL
     from app.domain.taskspec import parse_task
-    from app.store.db import session_scope
-    from app.store.models import Task
     from app.task_service import create_task
 
     task_id = create_task(parse_task(data))
+    wait_for_end(stack, task_id, timeout)
+    return task_id
+
+
+def wait_for_end(stack: Stack | None, task_id: int, timeout: float, what: str | None = None) -> None:
+    """Wait for the task to reach a terminal state (the stack's logs in the failure message)."""
+    from app.domain.states import TASK_TERMINAL
+    from app.store.db import session_scope
+    from app.store.models import Task
 
     def ended():
         with session_scope() as s:
             return s.get(Task, task_id).status in TASK_TERMINAL
 
-    wait_for(ended, timeout, f"task {task_id} to end", stack, interval=0.3)
-    return task_id
+    wait_for(ended, timeout, what or f"task {task_id} to end", stack, interval=0.3)
 
 
 # ---- the web app ----------------------------------------------------------------------------

@@ -6,7 +6,18 @@ incremental `app.domain.placement.plan`, which reads per-GPU-count queues only a
 placements go, must decide exactly what this one decides."""
 from __future__ import annotations
 
+from typing import Iterable
+
 from app.domain.placement import Clock, GroupState, Placement, Plan, Reservation, Waiting, pick_gpus
+
+
+def queues_of(waiting: Iterable[tuple[int, int]]) -> dict[int, list[Waiting]]:
+    """The planner's per-GPU-count queues for an in-memory waiting list [(experiment id, GPUs
+    needed)] in queue order (the position is the order key; one task)."""
+    queues: dict[int, list[Waiting]] = {}
+    for position, (exp_id, need) in enumerate(waiting):
+        queues.setdefault(need, []).append(Waiting(position, exp_id))
+    return queues
 
 
 def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState], capacity: dict[str, int],

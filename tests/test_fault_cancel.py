@@ -12,13 +12,12 @@ import signal
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import mixed_task, start_stack, wait_for
+from tests.helpers import mixed_task, start_stack, wait_for, wait_for_end
 
 pytestmark = pytest.mark.integration
 
 
 def test_cancel_reaches_experiments_in_every_phase(stack):
-    from app.domain.states import TASK_TERMINAL
     from app.domain.taskspec import parse_task
     from app.store.db import session_scope
     from app.store.models import Attempt, Experiment, Gpu, Task
@@ -66,11 +65,7 @@ def test_cancel_reaches_experiments_in_every_phase(stack):
     finally:
         os.kill(worker.pid, signal.SIGCONT)
 
-    def ended():
-        with session_scope() as s:
-            return s.get(Task, task_id).status in TASK_TERMINAL
-
-    wait_for(ended, 60, "the task to wind down", stack)
+    wait_for_end(stack, task_id, 60, "the task to wind down")
     wait_for(lambda: "nothing to claim" in stack.logs(), 30, "the queued job to be delivered, and refused", stack)
     with session_scope() as s:
         assert s.get(Task, task_id).status == "cancelled"

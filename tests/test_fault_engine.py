@@ -9,16 +9,15 @@ import signal
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import mixed_task, start_stack, wait_for
+from tests.helpers import mixed_task, start_stack, wait_for, wait_for_end
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_engine_killed_mid_benchmark_fails_its_experiment_at_once(stack):
-    from app.domain.states import TASK_TERMINAL
     from app.store.db import session_scope
-    from app.store.models import Experiment, Gpu, Task
+    from app.store.models import Experiment, Gpu
     from app.task_service import create_task
     from app.domain.taskspec import parse_task
     from workers.runtimes import procs
@@ -59,11 +58,7 @@ def test_an_engine_killed_mid_benchmark_fails_its_experiment_at_once(stack):
 
     cancel_task(task_id)
 
-    def ended():
-        with session_scope() as s:
-            return s.get(Task, task_id).status in TASK_TERMINAL
-
-    wait_for(ended, 60, "the task to end", stack)
+    wait_for_end(stack, task_id, 60, "the task to end")
     with session_scope() as s:
         assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
     assert not procs.is_running(identity)

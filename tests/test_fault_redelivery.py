@@ -9,13 +9,12 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import mixed_task, start_stack, wait_for
+from tests.helpers import mixed_task, start_stack, wait_for, wait_for_end
 
 pytestmark = pytest.mark.integration
 
 
 def test_a_redelivered_running_job_starts_nothing(stack):
-    from app.domain.states import TASK_TERMINAL
     from app.domain.taskspec import parse_task
     from app.store.db import session_scope
     from app.store.models import Attempt, Experiment, Gpu, Task
@@ -41,11 +40,7 @@ def test_a_redelivered_running_job_starts_nothing(stack):
         wait_for(redelivered, 60, "both running jobs to be delivered again", stack, interval=1)
     assert states() == ["running", "running"], "the duplicate must arrive while the first delivery runs"
 
-    def ended():
-        with session_scope() as s:
-            return s.get(Task, task_id).status in TASK_TERMINAL
-
-    wait_for(ended, 120, "the task to end", stack)
+    wait_for_end(stack, task_id, 120, "the task to end")
     with session_scope() as s:
         assert s.get(Task, task_id).status == "completed"
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()

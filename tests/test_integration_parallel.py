@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import mixed_task, run_to_end, start_stack, wait_for
+from tests.helpers import mixed_task, run_to_end, start_stack, wait_for, wait_for_end
 
 
 MIXED_TP = [1, 2, 4, 1, 1, 2, 4, 1, 2, 1, 1, 2]
@@ -172,7 +172,6 @@ def test_cancel_stops_running_experiments_and_frees_gpus(stack):
     """Cooperative cancellation: engines still starting (a 10-minute start-up) are
     stopped at the job's next check, the task ends `cancelled`, every GPU is free."""
     from app.store.db import session_scope
-    from app.domain.states import TASK_TERMINAL
     from app.store.models import Experiment, Gpu, Task
     from app.task_service import cancel_task, create_task
     from app.domain.taskspec import parse_task
@@ -188,11 +187,7 @@ def test_cancel_stops_running_experiments_and_frees_gpus(stack):
     wait_for(running, 60, "two experiments to be running", stack)
     cancel_task(task_id)
 
-    def ended():
-        with session_scope() as s:
-            return s.get(Task, task_id).status in TASK_TERMINAL
-
-    wait_for(ended, 60, "the task to wind down", stack)
+    wait_for_end(stack, task_id, 60, "the task to wind down")
     with session_scope() as s:
         assert s.get(Task, task_id).status == "cancelled"
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()

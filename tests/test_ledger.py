@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.store import ledger
-from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan, queues_of
+from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
+from tests.planner_reference import queues_of
 from app.store.ledger import LedgerConflict
 
 pytestmark = pytest.mark.unit

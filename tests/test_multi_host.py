@@ -10,14 +10,13 @@ import signal
 import pytest
 from sqlalchemy import func, select
 
-from tests.helpers import mixed_task, wait_for
+from tests.helpers import mixed_task, wait_for, wait_for_end
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_host_cut_off_mid_task_its_work_finishes_on_the_other(stack):
-    from app.domain.states import TASK_TERMINAL
     from app.domain.taskspec import parse_task
     from app.store.db import session_scope
     from app.store.models import Attempt, Experiment, Gpu, Task, Worker
@@ -51,11 +50,7 @@ def test_a_host_cut_off_mid_task_its_work_finishes_on_the_other(stack):
     engines = [a.engine for a in cut]
     os.killpg(workers["host-b"].pid, signal.SIGSTOP)  # cut off: it neither heartbeats nor reports
     try:
-        def ended():
-            with session_scope() as s:
-                return s.get(Task, task_id).status in TASK_TERMINAL
-
-        wait_for(ended, 240, "the task to finish on host-a", stack)
+        wait_for_end(stack, task_id, 240, "the task to finish on host-a")
         with session_scope() as s:
             task = s.get(Task, task_id)
             assert task.status == "completed", task.error

@@ -72,12 +72,11 @@ def test_sigkill_of_the_coordinator_mid_task_leaves_nothing_and_a_restart_carrie
 
     from sqlalchemy import select
 
-    from app.domain.states import TASK_TERMINAL
     from app.domain.taskspec import parse_task
     from app.store.db import session_scope
     from app.store.models import Attempt, Experiment, Gpu, Task
     from app.task_service import create_task
-    from tests.helpers import alive, mixed_task, start_stack, wait_for, wait_gone
+    from tests.helpers import alive, mixed_task, start_stack, wait_for, wait_gone, wait_for_end
 
     stack.env["AUTOTUNER_REQUEUE_AFTER"] = "3"
     start_stack(stack, gpus=2)
@@ -98,11 +97,7 @@ def test_sigkill_of_the_coordinator_mid_task_leaves_nothing_and_a_restart_carrie
     wait_gone(pool)
     stack.start("coordinator-restarted", "coordinator", "--concurrency", "2")
 
-    def ended():
-        with session_scope() as s:
-            return s.get(Task, task_id).status in TASK_TERMINAL
-
-    wait_for(ended, 120, "the task to end under the new coordinator", stack)
+    wait_for_end(stack, task_id, 120, "the task to end under the new coordinator")
     with session_scope() as s:
         assert s.get(Task, task_id).status == "completed"
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()

@@ -126,15 +126,6 @@ def pick_gpus(free: list[FreeGpu], need: int) -> list[FreeGpu]:
 Queues = Mapping[int, Iterable[Waiting]]
 
 
-def queues_of(waiting: Iterable[tuple[int, int]]) -> dict[int, list[Waiting]]:
-    """Per-GPU-count queues for an in-memory waiting list [(experiment id, GPUs needed)] in
-    queue order (the position is the order key; one task)."""
-    queues: dict[int, list[Waiting]] = {}
-    for position, (exp_id, need) in enumerate(waiting):
-        queues.setdefault(need, []).append(Waiting(position, exp_id))
-    return queues
-
-
 @dataclass
 class Clock:
     """The pass's view of time: now, each task's expected experiment length (seconds), and
