@@ -392,11 +392,14 @@ def coordinator(concurrency: int, loglevel: str) -> None:
 @click.option("--simulated-domains", default=1, show_default=True,
               help="Split the simulated GPUs into this many topology domains (NVLink/PCIe islands).")
 @click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
-@click.option("--slots", type=int, help="Experiments run at once (Celery concurrency); default: one per GPU.")
+@click.option("--slots", type=int, help="Experiments run at once (Celery concurrency); default: one per GPU slot.")
+@click.option("--slots-per-gpu", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Split each GPU between this many engines, each told to use 1/N of its memory "
+                   "(several small models on one large GPU).")
 @click.option("--loglevel", default="INFO")
 @friendly_errors
 def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_gpu_index: int, simulated_domains: int,
-           group: str | None, slots: int | None, loglevel: str) -> None:
+           group: str | None, slots: int | None, slots_per_gpu: int, loglevel: str) -> None:
     """Start a GPU worker pinned to one group of GPUs."""
     from app.store.pool import GpuSpec
     from workers.gpu_discovery import GpuDiscoveryError, discover_gpus, live_utilization, simulated_gpus as sim_gpus
@@ -418,7 +421,7 @@ def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_
     except GpuDiscoveryError as exc:
         raise click.ClickException(str(exc))
     specs = [GpuSpec(g.index, g.name, g.memory_mb, g.uuid, g.simulated, g.utilization, g.domain) for g in found]
-    run_worker(specs, group=group, slots=slots, utilization=utilization, loglevel=loglevel)
+    run_worker(specs, group=group, slots=slots, utilization=utilization, loglevel=loglevel, slots_per_gpu=slots_per_gpu)
 
 
 def _numbers(text: str | None, kind: type) -> list | None:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.domain.engines.failures import is_infeasible, label as failure_label
 from app.domain.states import EXP_STATES
-from app.store.models import Experiment, Gpu, Task, Worker, utcnow
+from app.store.models import Experiment, Gpu, Task, Worker, gpu_label, utcnow
 from app.domain.objectives import direction
 
 
@@ -143,7 +143,7 @@ def pool_dict(session: Session) -> dict[str, Any]:
     }
     workers = session.execute(select(Worker).order_by(Worker.host, Worker.group)).scalars().all()
     now = utcnow()
-    gpus = session.execute(select(Gpu).order_by(Gpu.host, Gpu.index)).scalars().all()
+    gpus = session.execute(select(Gpu).order_by(Gpu.host, Gpu.index, Gpu.slot)).scalars().all()
     from app.backlog import backlog
 
     return {
@@ -158,7 +158,8 @@ def pool_dict(session: Session) -> dict[str, Any]:
         ],
         "gpus": [
             {
-                "id": g.id, "label": g.label, "host": g.host, "index": g.index, "group": g.group, "worker": g.worker,
+                "id": g.id, "label": g.label, "gpu": gpu_label(g.host, g.index), "host": g.host, "index": g.index,
+                "slot": g.slot, "slots": g.slots, "share": g.share, "group": g.group, "worker": g.worker,
                 "name": g.name, "memory_mb": g.memory_mb, "simulated": g.simulated, "online": g.online,
                 "utilization": g.utilization, "domain": g.domain,
                 "fenced_by_attempt": g.fenced_by, "fenced_at": iso(g.fenced_at),

@@ -38,7 +38,7 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
                                       "start a worker with more GPUs in one group")
         else:
             end = clock.now + clock.duration(item.task_id)
-            room = [g for g in groups if g.busy_slots < g.slots and len(g.free) >= need]
+            room = [g for g in groups if g.can_host(need)]
 
             def may(g: GroupState) -> bool:
                 if res is None or g.group != res.group:

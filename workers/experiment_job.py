@@ -85,8 +85,14 @@ class StopPoller:
 
 
 def engine_request(spec: TaskSpec, experiment_id: int, attempt: int, params: dict[str, Any],
-                   gpu_indices: list[int]) -> EngineRequest:
+                   gpu_indices: list[int], gpu_share: float = 1.0) -> EngineRequest:
+    """What to start for one attempt; `gpu_share` < 1 when its GPUs are slots shared with
+    other engines (the memory fraction is scaled to the slot)."""
     launcher = spec.launcher
+    try:
+        flags = spec.launch_flags(params, gpu_share)
+    except ValueError as exc:
+        raise EngineError(str(exc), kind="internal") from None
     image = None
     if spec.deployment_mode == "docker" and launcher.image:
         image = f"{launcher.image}:{spec.runtime_image_tag or 'latest'}"
@@ -96,7 +102,7 @@ def engine_request(spec: TaskSpec, experiment_id: int, attempt: int, params: dic
         launcher=launcher,
         flavour=spec.engine or "",
         model=spec.model.id_or_path,
-        flags=spec.launch_flags(params),
+        flags=flags,
         gpu_indices=gpu_indices,
         image=image,
         sim=spec.sim.model_dump() if spec.sim is not None and launcher.simulated else {},
@@ -202,7 +208,7 @@ def _gpus_busy(claim: lifecycle.Claim) -> dict[int, str]:
     """Real GPUs must be free before a launch; simulated ones are never checked."""
     if claim.gpus_simulated or not claim.gpu_indices:
         return {}
-    return busy_gpus(claim.gpu_indices, get_settings().gpu_min_free_fraction)
+    return busy_gpus(claim.gpu_indices, get_settings().gpu_min_free_fraction, claim.gpu_share)
 
 
 def persistently(write: Callable[[], T]) -> T:
@@ -251,7 +257,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     try:
         try:
             runtime = get_runtime(spec.deployment_mode)
-            deployment = runtime.start(engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices))
+            deployment = runtime.start(engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices,
+                                                         claim.gpu_share))
             if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
                 raise ExperimentCancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
             timeout = float(spec.optimization.timeout_per_iteration)
@@ -267,7 +274,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             ok = result.objective is not None
             outcome = {
                 "state": ExperimentState.SUCCEEDED if ok else ExperimentState.FAILED,
-                "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated},
+                "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated,
+                            **({"gpu_share": claim.gpu_share} if claim.gpu_share < 1 else {})},
                 "objective": result.objective,
                 "slo_ok": result.slo_ok,
                 "error": None if ok else result.problem,

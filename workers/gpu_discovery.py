@@ -208,10 +208,14 @@ def live_utilization(indices: list[int]) -> dict[int, float]:
         return {}
 
 
-def busy_gpus(indices: list[int], min_free_fraction: float) -> dict[int, str]:
+def busy_gpus(indices: list[int], min_free_fraction: float, share: float = 1.0) -> dict[int, str]:
     """GPUs among `indices` that an engine must not be launched on, with the reason: less
     than `min_free_fraction` of their memory free, or compute processes already running
-    (at this point none of ours should be). {} when NVML cannot tell (nothing to check)."""
+    (at this point none of ours should be). {} when NVML cannot tell (nothing to check).
+
+    `share` < 1: the engine gets one slot of GPUs split between engines, so the other slots'
+    engines are expected there: processes are tolerated, and only `min_free_fraction` of the
+    slot's share of memory must be free."""
     busy: dict[int, str] = {}
     try:
         with _nvml() as nv:
@@ -220,10 +224,10 @@ def busy_gpus(indices: list[int], min_free_fraction: float) -> dict[int, str]:
                 memory = nv.nvmlDeviceGetMemoryInfo(handle)
                 processes = _optional(nv.nvmlDeviceGetComputeRunningProcesses, handle) or []
                 reasons = []
-                if processes:
+                if processes and share >= 1.0:
                     pids = ", ".join(str(p.pid) for p in processes[:5])
                     reasons.append(f"{len(processes)} compute process(es) running (pid {pids})")
-                if memory.total and memory.free < min_free_fraction * memory.total:
+                if memory.total and memory.free < min_free_fraction * share * memory.total:
                     reasons.append(f"{(memory.total - memory.free) // 2**20} MiB of "
                                    f"{memory.total // 2**20} MiB in use")
                 if reasons:

@@ -1,7 +1,8 @@
 """Start a GPU worker: a Celery worker pinned to one GPU group.
 
 It consumes only `gpu.<group>`, runs at most `slots` experiments at once (Celery
-concurrency), registers its GPUs in the ledger when ready, reaps engines that no live job
+concurrency), optionally splits each GPU into several slots (several small engines on one
+large GPU), registers its GPUs in the ledger when ready, reaps engines that no live job
 of this host owns (before taking work, then on every tick), heartbeats from a thread of the
 main process, clears the quarantine of its GPUs once they are free again, and marks itself
 offline on a clean shutdown.
@@ -34,8 +35,10 @@ def default_group(host: str, gpus: list[GpuSpec]) -> str:
 class _Membership:
     """Registration and heartbeat of this worker process, driven by Celery's signals."""
 
-    def __init__(self, name: str, group: str, slots: int, gpus: list[GpuSpec], utilization) -> None:
+    def __init__(self, name: str, group: str, slots: int, gpus: list[GpuSpec], utilization,
+                 slots_per_gpu: int = 1) -> None:
         self.name, self.group, self.slots, self.gpus = name, group, slots, gpus
+        self.slots_per_gpu = slots_per_gpu
         self.utilization = utilization
         self.incarnation = uuid.uuid4().hex
         self.host = host_name()
@@ -44,9 +47,11 @@ class _Membership:
     def register(self) -> None:
         register_worker(
             self.name, self.group, self.host, queue_for(self.group), self.slots,
-            self.gpus, self.incarnation, os.getpid(),
+            self.gpus, self.incarnation, os.getpid(), slots_per_gpu=self.slots_per_gpu,
         )
-        log.info("registered %s: group %s, %d GPU(s), %d slot(s)", self.name, self.group, len(self.gpus), self.slots)
+        log.info("registered %s: group %s, %d GPU(s)%s, %d experiment(s) at once", self.name, self.group,
+                 len(self.gpus), f" split into {self.slots_per_gpu} slots each" if self.slots_per_gpu > 1 else "",
+                 self.slots)
 
     def on_ready(self, **_kwargs) -> None:
         threading.Thread(target=self._beat, name="autotuner-heartbeat", daemon=True).start()
@@ -78,7 +83,7 @@ class _Membership:
         held = quarantined_gpus(self.host, real) if real else []
         if not held:
             return
-        still_busy = busy_gpus(held, get_settings().gpu_min_free_fraction)
+        still_busy = busy_gpus(held, get_settings().gpu_min_free_fraction, 1.0 / self.slots_per_gpu)
         for index in held:
             if index not in still_busy:
                 clear_quarantine(self.host, index)
@@ -92,10 +97,14 @@ class _Membership:
             log.exception("could not mark %s offline", self.name)
 
 
-def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utilization=lambda: {}, loglevel: str = "INFO") -> None:
-    """Block running the worker until it is stopped (SIGTERM / Ctrl-C)."""
+def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utilization=lambda: {}, loglevel: str = "INFO",
+               slots_per_gpu: int = 1) -> None:
+    """Block running the worker until it is stopped (SIGTERM / Ctrl-C). `slots_per_gpu` > 1
+    splits each GPU between that many engines (each told to use its share of the memory)."""
     if not gpus:
         raise SystemExit("a GPU worker needs at least one GPU")
+    if slots_per_gpu < 1:
+        raise SystemExit(f"error: --slots-per-gpu must be at least 1, got {slots_per_gpu}")
     # Import the experiment code once here, before Celery forks its pool, so no child pays
     # for it while an experiment's GPUs are already allocated; it registers the job's task.
     import workers.experiment_job  # noqa: F401
@@ -104,9 +113,9 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     upgrade()
     host = host_name()
     group = group or default_group(host, gpus)
-    slots = slots or len(gpus)
+    slots = slots or len(gpus) * slots_per_gpu
     name = f"gpu-{group}@{host}"
-    member = _Membership(name, group, slots, gpus, utilization)
+    member = _Membership(name, group, slots, gpus, utilization, slots_per_gpu)
     try:
         member.register()  # before consuming: a conflict stops us with one line, not a half-started worker
     except PoolConflict as exc:

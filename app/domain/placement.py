@@ -50,7 +50,8 @@ class GroupState:
     ends: list[tuple[float, int]] = field(default_factory=list)
 
     def can_host(self, need: int) -> bool:
-        return self.busy_slots < self.slots and len(self.free) >= need
+        """A slot free and `need` different GPUs with room (free slots of one GPU count once)."""
+        return self.busy_slots < self.slots and len(self.free) >= need and len({g.index for g in self.free}) >= need
 
     def shadow(self, need: int, now: float) -> tuple[float, int, int] | None:
         """(time, free GPUs, free slots) at the earliest expected moment when `need` GPUs and a
@@ -101,26 +102,35 @@ class Plan:
 
 
 def pick_gpus(free: list[FreeGpu], need: int) -> list[FreeGpu]:
-    """Within one topology domain when one has room (the tightest such domain, keeping the
+    """`need` free GPUs, or free slots of `need` different GPUs where GPUs are split into slots.
+
+    Within one topology domain when one has room (the tightest such domain, keeping the
     roomier ones whole for larger experiments); there, prefer a run of neighbouring indices
-    (on one board they share the fastest links), and among those the least utilised; else
-    the least utilised GPUs."""
-    domains: dict[str | None, list[FreeGpu]] = {}
+    (on one board they share the fastest links); among those, the emptiest GPUs (most free
+    slots: an engine alone on its GPU is measured without a neighbour, and since every
+    experiment takes one slot per GPU, spreading keeps the most GPUs open to multi-GPU ones),
+    then the least utilised; else the emptiest, least utilised GPUs."""
+    slots: dict[int, list[FreeGpu]] = {}
     for gpu in free:
+        slots.setdefault(gpu.index, []).append(gpu)
+    gpus = [min(group, key=lambda g: g.id) for group in slots.values()]  # one slot per physical GPU
+    room = {index: len(group) for index, group in slots.items()}
+    domains: dict[str | None, list[FreeGpu]] = {}
+    for gpu in gpus:
         domains.setdefault(gpu.domain, []).append(gpu)
     if len(domains) > 1:
-        roomy = [gpus for gpus in domains.values() if len(gpus) >= need]
+        roomy = [members for members in domains.values() if len(members) >= need]
         if roomy:
-            free = min(roomy, key=lambda gpus: (len(gpus), min(g.index for g in gpus)))
-    by_index = sorted(free, key=lambda g: g.index)
+            gpus = min(roomy, key=lambda members: (len(members), min(g.index for g in members)))
+    by_index = sorted(gpus, key=lambda g: g.index)
     windows = [
         by_index[i : i + need]
         for i in range(len(by_index) - need + 1)
         if by_index[i + need - 1].index - by_index[i].index == need - 1
     ]
     if windows:
-        return min(windows, key=lambda w: (sum(g.utilization for g in w), w[0].index))
-    return sorted(free, key=lambda g: (g.utilization, g.index))[:need]
+        return min(windows, key=lambda w: (-sum(room[g.index] for g in w), sum(g.utilization for g in w), w[0].index))
+    return sorted(gpus, key=lambda g: (-room[g.index], g.utilization, g.index))[:need]
 
 
 Queues = Mapping[int, Iterable[Waiting]]

@@ -36,13 +36,16 @@ def lock(session: Session, name: str = "scheduler") -> Lock:
 
 
 def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
-    """Online groups with their free GPUs and busy slots, plus every group's size: counts
+    """Online groups with their free GPUs (free slots of GPUs, where GPUs are split) and busy
+    slots, plus every group's size in physical GPUs: counts
     come from grouped queries and only the free GPUs are read row by row, so a pass over a
     busy pool of a thousand GPUs reads almost none."""
     capacity: dict[str, int] = {}
     online_gpus: dict[str, int] = {}
+    # Physical GPUs: slot 0 of each (a GPU split into slots has one row per slot).
     for group, total, online in session.execute(
-        select(Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0))).group_by(Gpu.group)
+        select(Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0)))
+        .where(Gpu.slot == 0).group_by(Gpu.group)
     ):
         capacity[group], online_gpus[group] = total, int(online or 0)
     slots: dict[str, int] = defaultdict(int)

@@ -35,6 +35,7 @@ class Claim:
     gpu_indices: list[int]
     gpu_labels: list[str]
     gpus_simulated: bool = True
+    gpu_share: float = 1.0  # < 1: slots of GPUs split between engines (models.Gpu)
 
 
 def _attempt(session: Session, exp: Experiment) -> Attempt | None:
@@ -88,6 +89,7 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
             gpu_indices=[g.index for g in gpus],
             gpu_labels=[g.label for g in gpus],
             gpus_simulated=all(g.simulated for g in gpus),
+            gpu_share=min((g.share for g in gpus), default=1.0),
         )
 
 

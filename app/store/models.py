@@ -176,15 +176,29 @@ class Worker(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+def gpu_label(host: str, index: int, slot: int = 0, slots: int = 1) -> str:
+    """How a GPU (or one slot of a shared GPU) is named on pages, in the API and the CLI:
+    `host:index`, or `host:index/slot` where its worker splits each GPU into slots (or did:
+    a retired slot keeps its name)."""
+    return f"{host}:{index}" if slots <= 1 and slot == 0 else f"{host}:{index}/{slot}"
+
+
 class Gpu(Base):
-    """One GPU of the pool. `held_by` is the ledger: one column, so one holder at most."""
+    """One GPU of the pool, or one slot of it. `held_by` is the ledger: one column, so one
+    holder at most.
+
+    A worker started with `--slots-per-gpu N` registers each physical GPU as N rows (`slot`
+    0..N-1, each with `slots` = N): N engines may share the GPU, each told to use 1/N of its
+    memory, and an experiment needing k GPUs takes slots on k different physical GPUs."""
 
     __tablename__ = "gpus"
-    __table_args__ = (UniqueConstraint("host", "index"),)
+    __table_args__ = (UniqueConstraint("host", "index", "slot", name="uq_gpus_host_index_slot"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     host: Mapped[str] = mapped_column(String(200))
     index: Mapped[int] = mapped_column(Integer)
+    slot: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    slots: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # slots of this physical GPU
     group: Mapped[str] = mapped_column(String(200), index=True)
     worker: Mapped[str] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(200))
@@ -208,7 +222,12 @@ class Gpu(Base):
 
     @property
     def label(self) -> str:
-        return f"{self.host}:{self.index}"
+        return gpu_label(self.host, self.index, self.slot, self.slots)
+
+    @property
+    def share(self) -> float:
+        """The fraction of the physical GPU's memory an engine on this row may use."""
+        return 1.0 / max(1, self.slots)
 
 
 class GpuAllocation(Base):

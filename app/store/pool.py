@@ -41,7 +41,7 @@ def _check_conflicts(session, name: str, host: str, pid: int, gpus: list[GpuSpec
     if worker is not None and worker.online and local and worker.host == host and worker.pid != pid and pid_alive(worker.pid):
         raise PoolConflict(f"worker {name} is already running on this host (pid {worker.pid})")
     indices = [g.index for g in gpus]
-    for gpu in session.execute(select(Gpu).where(Gpu.host == host, Gpu.index.in_(indices))).scalars():
+    for gpu in session.execute(select(Gpu).where(Gpu.host == host, Gpu.index.in_(indices), Gpu.slot == 0)).scalars():
         other = session.get(Worker, gpu.worker)
         if gpu.worker != name and other is not None and other.online:
             raise PoolConflict(
@@ -51,10 +51,13 @@ def _check_conflicts(session, name: str, host: str, pid: int, gpus: list[GpuSpec
 
 
 def register_worker(
-    name: str, group: str, host: str, queue: str, slots: int, gpus: list[GpuSpec], incarnation: str, pid: int
+    name: str, group: str, host: str, queue: str, slots: int, gpus: list[GpuSpec], incarnation: str, pid: int,
+    slots_per_gpu: int = 1,
 ) -> None:
-    """Make the worker's GPUs allocatable. Raises PoolConflict rather than let two live
-    workers share a GPU."""
+    """Make the worker's GPUs allocatable, each as `slots_per_gpu` ledger rows. Raises
+    PoolConflict rather than let two live workers share a GPU."""
+    if slots_per_gpu < 1:
+        raise ValueError(f"slots per GPU must be >= 1, got {slots_per_gpu}")
     simulated = all(g.simulated for g in gpus)
     with session_scope() as session:
         ledger.lock(session)
@@ -68,16 +71,21 @@ def register_worker(
         worker.started_at = worker.last_heartbeat = utcnow()
         # The rows this worker takes over, locked in the ledger's one order (id) like every
         # transaction that changes several GPU rows.
-        known = {g.index: g for g in ledger.lock_gpus(session, Gpu.host == host,
-                                                       Gpu.index.in_([spec.index for spec in gpus]))}
+        known = {(g.index, g.slot): g for g in ledger.lock_gpus(session, Gpu.host == host,
+                                                                Gpu.index.in_([spec.index for spec in gpus]))}
         for spec in gpus:
-            gpu = known.get(spec.index)
-            if gpu is None:
-                gpu = Gpu(host=host, index=spec.index)
-                session.add(gpu)
-            gpu.group, gpu.worker, gpu.name, gpu.memory_mb = group, name, spec.name, spec.memory_mb
-            gpu.uuid, gpu.simulated, gpu.online, gpu.utilization = spec.uuid, spec.simulated, True, spec.utilization
-            gpu.domain = spec.domain
+            for slot in range(slots_per_gpu):
+                gpu = known.pop((spec.index, slot), None)
+                if gpu is None:
+                    gpu = Gpu(host=host, index=spec.index, slot=slot)
+                    session.add(gpu)
+                gpu.group, gpu.worker, gpu.name, gpu.memory_mb = group, name, spec.name, spec.memory_mb
+                gpu.uuid, gpu.simulated, gpu.online, gpu.utilization = spec.uuid, spec.simulated, True, spec.utilization
+                gpu.domain, gpu.slots = spec.domain, slots_per_gpu
+        # Slots of an earlier start with more slots per GPU: kept for their history (and any
+        # fence), never allocated again while the GPU is split fewer ways.
+        for gpu in known.values():
+            gpu.group, gpu.worker, gpu.slots, gpu.online = group, name, slots_per_gpu, False
         session.flush()
         # Experiments a previous incarnation of this worker was running died with it.
         orphaned = session.execute(
@@ -98,7 +106,7 @@ def heartbeat(name: str, incarnation: str, utilization: dict[int, float] | None 
         worker.last_heartbeat, worker.online = utcnow(), True
         utilization = utilization or {}
         for gpu in ledger.lock_gpus(session, Gpu.group == worker.group):
-            gpu.online = True
+            gpu.online = gpu.slot < gpu.slots  # a retired slot (see register_worker) stays offline
             if gpu.host == worker.host and gpu.index in utilization:
                 gpu.utilization = utilization[gpu.index]
         return True
@@ -163,13 +171,18 @@ def quarantined_gpus(host: str, indices: list[int]) -> list[int]:
     """Indices among `indices` of this host that are quarantined."""
     with session_scope(readonly=True) as session:
         return list(session.execute(
-            select(Gpu.index).where(Gpu.host == host, Gpu.index.in_(indices), Gpu.quarantined_at.is_not(None))
+            select(Gpu.index).distinct().where(Gpu.host == host, Gpu.index.in_(indices), Gpu.quarantined_at.is_not(None))
         ).scalars())
 
 
 def parse_gpu_label(label: str) -> tuple[str, int]:
-    """`host:index` (a GPU's label on the pool page) -> (host, index); ValueError if malformed."""
+    """`host:index` or `host:index/slot` (a GPU's label on the pool page) -> (host, index):
+    quarantine belongs to the physical GPU, so a slot's label names its GPU. ValueError if
+    malformed."""
     host, sep, index = label.rpartition(":")
+    index, slash, slot = index.partition("/")
+    if slash and (not slot.isdigit() or len(slot) > 6):
+        raise ValueError(f"{label!r} is not a GPU label (HOST:INDEX, as the pool page shows it)")
     if not sep or not host or not index.isdigit() or len(index) > 6:
         raise ValueError(f"{label!r} is not a GPU label (HOST:INDEX, as the pool page shows it)")
     return host, int(index)
@@ -179,8 +192,7 @@ def clear_quarantine(host: str, index: int) -> bool:
     """Make a quarantined GPU allocatable again (the operator checked it, or its worker saw it
     free). Returns False when the GPU is not known."""
     with session_scope() as session:
-        gpu = session.execute(select(Gpu).where(Gpu.host == host, Gpu.index == index)).scalar_one_or_none()
-        if gpu is None:
-            return False
-        gpu.quarantined_at, gpu.quarantine_reason = None, None
-        return True
+        rows = ledger.lock_gpus(session, Gpu.host == host, Gpu.index == index)
+        for gpu in rows:
+            gpu.quarantined_at, gpu.quarantine_reason = None, None
+        return bool(rows)

@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.domain.states import ExperimentState
-from app.store.models import Experiment, Gpu, GpuAllocation, Task, utcnow
+from app.store.models import Experiment, Gpu, GpuAllocation, Task, gpu_label, utcnow
 from app.domain.objectives import direction, eligible, scored_level
 
 MAX_POINTS = 2000  # per series
@@ -253,7 +253,7 @@ def gpu_timeline(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
     origin = _origin(task)
     now = utcnow()
     base = (
-        select(Gpu.host, Gpu.index, GpuAllocation.experiment_id, Experiment.seq, GpuAllocation.attempt,
+        select(Gpu.host, Gpu.index, Gpu.slot, Gpu.slots, GpuAllocation.experiment_id, Experiment.seq, GpuAllocation.attempt,
                GpuAllocation.allocated_at, GpuAllocation.released_at, Experiment.state)
         .join(Gpu, Gpu.id == GpuAllocation.gpu_id)
         .join(Experiment, Experiment.id == GpuAllocation.experiment_id)
@@ -266,15 +266,15 @@ def gpu_timeline(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
     ).scalar_one()
     rows = session.execute(base.order_by(GpuAllocation.allocated_at.desc(), GpuAllocation.id.desc()).limit(cap)).all()
     rows.reverse()
-    lanes = sorted({(host, index) for host, index, *_ in rows})
+    lanes = sorted({(host, index, slot, slots) for host, index, slot, slots, *_ in rows})
     bars = [
         {
-            "gpu": f"{host}:{index}", "id": exp_id, "seq": seq, "attempt": attempt, "state": state,
+            "gpu": gpu_label(host, index, slot, slots), "id": exp_id, "seq": seq, "attempt": attempt, "state": state,
             "start": _secs(allocated_at, origin), "end": _secs(released_at or now, origin), "open": released_at is None,
         }
-        for host, index, exp_id, seq, attempt, allocated_at, released_at, state in rows
+        for host, index, slot, slots, exp_id, seq, attempt, allocated_at, released_at, state in rows
     ]
-    return {"gpus": [f"{h}:{i}" for h, i in lanes], "bars": bars, "total_bars": total, "now": _secs(now, origin)}
+    return {"gpus": [gpu_label(*lane) for lane in lanes], "bars": bars, "total_bars": total, "now": _secs(now, origin)}
 
 
 def task_charts(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str, Any]:

@@ -88,6 +88,10 @@ class EngineSpec:
     equivalents: Mapping[str, str] = field(default_factory=dict)
     simulated: bool = False
     needs_gpu_devices: bool = True
+    # The flag that tells the engine what fraction of each GPU's memory it may take, and the
+    # engine's default for it: on a GPU split into slots the fraction is scaled to the slot.
+    memory_fraction_flag: str | None = None
+    memory_fraction_default: float = 0.9
 
     def flag(self, name: str) -> FlagSpec | None:
         return self.vocabulary.get(name) if self.vocabulary is not None else None
@@ -121,6 +125,24 @@ class EngineSpec:
                                                    and params.get(self.dp_inside_tp) is True)]
         return math.prod(degree(f) for f in flags)
 
+    def on_gpu_share(self, params: Mapping[str, Any], share: float) -> dict[str, Any]:
+        """`params` for an engine that may use `share` of each GPU (a slot of a split GPU):
+        the memory fraction, the task's or the engine's default, is scaled by the share, so a
+        searched fraction keeps its meaning relative to the slot. Raises ValueError for an
+        engine with no such flag (it would take the whole GPU from the other slots)."""
+        params = dict(params)
+        if share >= 1.0:
+            return params
+        if self.memory_fraction_flag is None:
+            raise ValueError(f"engine {self.name!r} has no memory-fraction flag (memory_fraction_flag), so it "
+                             "cannot share a GPU; run it on a worker without --slots-per-gpu")
+        key = next((k for k in params if self.canonical(k) == self.memory_fraction_flag), self.memory_fraction_flag)
+        value = params.get(key)
+        fraction = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            else self.memory_fraction_default
+        params[key] = round(fraction * share, 4)
+        return params
+
     def command(self, launch: Launch, in_container: bool = False, python: str | None = None) -> list[str]:
         """The engine's argv: the template filled in, then the launcher's extras, then the
         task's flags. Values are substituted per element, so nothing is ever a shell string.
@@ -151,6 +173,7 @@ def builtin_engines() -> dict[str, EngineSpec]:
         gpu_flags=("tp-size", "pp-size", "dp-size"), dp_flag="dp-size", dp_inside_tp="enable-dp-attention",
         original_names={"tp_size": "tp-size", "pp_size": "pp-size", "dp_size": "dp-size",
                         "mem_frac": "mem-fraction-static", "mem_fraction": "mem-fraction-static"},
+        memory_fraction_flag="mem-fraction-static", memory_fraction_default=0.88,
         parallel_keys={"tp": "tp-size", "pp": "pp-size", "dp": "dp-size", "ep": "ep-size",
                        "moe_dense_tp": "moe-dense-tp-size"},
     )
@@ -167,6 +190,7 @@ def builtin_engines() -> dict[str, EngineSpec]:
         original_names={"tp_size": "tensor-parallel-size", "pp_size": "pipeline-parallel-size",
                         "dp_size": "data-parallel-size", "mem_frac": "gpu-memory-utilization",
                         "mem_fraction": "gpu-memory-utilization"},
+        memory_fraction_flag="gpu-memory-utilization", memory_fraction_default=0.9,
         parallel_keys={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size",
                        "dcp": "decode-context-parallel-size", "enable_expert_parallel": "enable-expert-parallel"},
         equivalents={"tp-size": "tensor-parallel-size", "pp-size": "pipeline-parallel-size",
@@ -192,7 +216,7 @@ SIMULATOR = EngineSpec(
 )
 
 _OPERATOR_KEYS = {"label", "command", "docker_command", "image", "container_port", "health_path", "flags",
-                  "reserved", "gpu_flags", "simulated"}
+                  "reserved", "gpu_flags", "simulated", "memory_fraction_flag", "memory_fraction_default"}
 
 
 def _operator_engine(name: str, raw: dict[str, Any], base: EngineSpec | None) -> EngineSpec:
@@ -217,6 +241,13 @@ def _operator_engine(name: str, raw: dict[str, Any], base: EngineSpec | None) ->
         fields["vocabulary"] = vocabulary_from_dict({"engine": name, "version": "", "flags": raw["flags"]})
     if "gpu_flags" in raw:
         fields["gpu_flags"] = tuple(str(f) for f in raw["gpu_flags"])
+    if "memory_fraction_flag" in raw:
+        fields["memory_fraction_flag"] = str(raw["memory_fraction_flag"]).lstrip("-")
+    if "memory_fraction_default" in raw:
+        default = float(raw["memory_fraction_default"])
+        if not 0 < default <= 1:
+            raise ValueError(f"engine {name!r}: memory_fraction_default must be in (0, 1], got {default}")
+        fields["memory_fraction_default"] = default
     reserved = frozenset(str(f).lstrip("-") for f in raw.get("reserved") or ())
     if base is not None:
         return replace(base, **fields, reserved=base.reserved | reserved)

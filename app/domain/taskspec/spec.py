@@ -115,12 +115,13 @@ class TaskSpec(BaseModel):
         with --enable-dp-attention runs the dp replicas inside the tp group)."""
         return self.engine_spec.gpus_needed(params)
 
-    def launch_flags(self, params: dict[str, Any]) -> list[str]:
+    def launch_flags(self, params: dict[str, Any], gpu_share: float = 1.0) -> list[str]:
         """argv fragment for one parameter set; re-checks names and values (they may come
-        from a database, not from this file)."""
+        from a database, not from this file). `gpu_share` < 1: the engine runs in a slot of
+        a split GPU and its memory fraction is scaled to it (EngineSpec.on_gpu_share)."""
         argv: list[str] = []
         engine = self.engine_spec
-        for name, value in params.items():
+        for name, value in engine.on_gpu_share(params, gpu_share).items():
             problem = name_problem(name) or (None if value is None else value_problem(value))
             if problem:
                 raise ValueError(f"refusing to build flag --{name}: {problem}")

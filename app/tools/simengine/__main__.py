@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     s = cfg.settings
     print(
         f"[simulated {cfg.engine}] model={cfg.model} preset={model.name} gpu={gpu.name} "
-        f"tp={s.tp} pp={s.pp} dp={s.dp} weights/gpu={cap.weight_bytes_per_gpu / 1e9:.2f}GB "
+        f"tp={s.tp} pp={s.pp} dp={s.dp} mem_fraction={s.mem_fraction:g} weights/gpu={cap.weight_bytes_per_gpu / 1e9:.2f}GB "
         f"KV cache #tokens={cap.kv_tokens} max_running_requests={cap.max_running} "
         f"context_len={cap.max_context} prefill_budget={cap.prefill_budget} time_scale={cfg.time_scale}",
         flush=True,
