@@ -19,6 +19,7 @@ from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from app.domain.placement import Clock, Waiting, plan as plan_placements
+from app.domain.lengths import LengthModel
 from app.store import ledger
 from app.celery_app import queue_for
 from app.config import get_settings
@@ -99,8 +100,10 @@ def advance(session: Session, task: Task) -> None:
         spec = task.parsed_spec
         exps = list(task.experiments)
         virtual = _virtual_time(session)
+        lengths = LengthModel.fit([(e.params, (e.finished_at - e.started_at).total_seconds()) for e in exps
+                                   if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
         for params in make_strategy(spec).suggest([_trial(e) for e in exps], free):
-            session.add(_new_experiment(task, spec, params, total + created + 1, virtual))
+            session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
             created += 1
     if not active and not created:
         _finish_task(task, list(task.experiments))
@@ -112,14 +115,16 @@ def _states(session: Session, task_id: int) -> dict[str, int]:
                                 .group_by(Experiment.state)).all())
 
 
-def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual: float) -> Experiment:
+def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual: float,
+                    expected: float | None = None) -> Experiment:
     """A new waiting experiment with its fair-share tag (start-time fair queuing): it starts
     where its task's previous experiment's expected GPU-seconds end, or at the scheduler's
     virtual time if the task has fallen behind. Within a priority the queue is served by tag,
-    so tasks share GPUs by expected GPU-seconds and one task's experiments keep their order."""
+    so tasks share GPUs by expected GPU-seconds and one task's experiments keep their order.
+    `expected`: its predicted length (app.domain.lengths), if the task's history can tell."""
     gpus = spec.gpus_needed(params)
     tag = max(virtual, task.share_finish or 0.0)
-    length = task.expected_experiment_s or float(spec.optimization.timeout_per_iteration)
+    length = expected or task.expected_experiment_s or float(spec.optimization.timeout_per_iteration)
     task.share_finish = tag + gpus * length
     return Experiment(
         task=task,
@@ -128,6 +133,7 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual:
         gpus_needed=gpus,
         priority=task.priority,
         share_tag=tag,
+        expected_s=expected,
         state=ExperimentState.PENDING,
         simulated=spec.launcher.simulated,
     )
@@ -242,13 +248,13 @@ def _clock(session: Session, now: datetime) -> Clock:
             return
         running = session.execute(
             select(Experiment.group, Experiment.task_id, Experiment.started_at, Experiment.queued_at,
-                   Experiment.gpus_needed)
+                   Experiment.gpus_needed, Experiment.expected_s)
             .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)),
                    Experiment.group.in_(sorted(wanted)))
         )
-        for group, task_id, started, queued, gpus in running:
+        for group, task_id, started, queued, gpus, expected in running:
             since = started or queued or now
-            wanted[group].ends.append((_epoch(since) + clock.duration(task_id), gpus))
+            wanted[group].ends.append((_epoch(since) + clock.duration(task_id, expected), gpus))
 
     clock.load_ends = load_ends
     return clock
@@ -277,7 +283,7 @@ def _waiting_queue(session: Session, need: int, page: int) -> Iterator[Waiting]:
     while True:
         query = (
             select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
-                   Experiment.promised_start)
+                   Experiment.promised_start, Experiment.expected_s)
             .join(Task, Task.id == Experiment.task_id)
             .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
                    Task.status == TaskStatus.RUNNING)
@@ -290,8 +296,8 @@ def _waiting_queue(session: Session, need: int, page: int) -> Iterator[Waiting]:
                     Experiment.share_tag > tag, and_(Experiment.share_tag == tag, Experiment.id > last)))))
         rows = session.execute(query.order_by(Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
                                .limit(page)).all()
-        for priority, tag, exp_id, task_id, promised in rows:
-            yield Waiting((-priority, tag, exp_id), exp_id, task_id, _epoch(promised) if promised else None)
+        for priority, tag, exp_id, task_id, promised, expected in rows:
+            yield Waiting((-priority, tag, exp_id), exp_id, task_id, _epoch(promised) if promised else None, expected)
         if len(rows) < page:
             return
         after, page = (rows[-1][0], rows[-1][1], rows[-1][2]), min(page * 4, 1024)

@@ -37,7 +37,7 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
             out.impossible[exp_id] = (f"needs {need} GPUs but the largest worker group has {largest}; "
                                       "start a worker with more GPUs in one group")
         else:
-            end = clock.now + clock.duration(item.task_id)
+            end = clock.now + clock.duration(item.task_id, item.expected)
             room = [g for g in groups if g.can_host(need)]
 
             def may(g: GroupState) -> bool:

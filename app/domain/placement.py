@@ -74,6 +74,7 @@ class Waiting:
     experiment_id: int
     task_id: int = 0
     promised: float | None = None  # the start its earlier reservation promised (epoch seconds)
+    expected: float | None = None  # its own predicted length (seconds), if its task's history tells
 
 
 @dataclass
@@ -138,7 +139,8 @@ Queues = Mapping[int, Iterable[Waiting]]
 
 @dataclass
 class Clock:
-    """The pass's view of time: now, each task's expected experiment length (seconds), and
+    """The pass's view of time: now, each task's expected experiment length (seconds; an
+    experiment's own prediction comes first), and
     how far a reservation's promised start may slip before it turns strict."""
 
     now: float = 0.0
@@ -148,7 +150,10 @@ class Clock:
     # Fills in `ends` of the groups a reservation weighs, when the caller reads them lazily.
     load_ends: Callable[[list[GroupState]], None] | None = field(default=None, compare=False, repr=False)
 
-    def duration(self, task_id: int) -> float:
+    def duration(self, task_id: int, expected: float | None = None) -> float:
+        """An experiment's expected length: its own prediction, else its task's."""
+        if expected is not None:
+            return expected
         try:
             return self.durations[task_id]  # a mapping may work it out on first use (__missing__)
         except KeyError:
@@ -204,7 +209,7 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
             )
             advance(need, stream)
             continue
-        end = clock.now + clock.duration(item.task_id)
+        end = clock.now + clock.duration(item.task_id, item.expected)
         hosts = [g for g in groups if g.can_host(need)]
         fits = [g for g in hosts if allowed(g, need, end)]
         if fits:

@@ -108,6 +108,8 @@ class Experiment(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     promised_start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # while reserved
+    # Predicted seconds it will hold its GPUs (app.domain.lengths), when its task's history can tell.
+    expected_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     failure_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
     engine_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
