@@ -29,7 +29,7 @@ from app.store.lifecycle import end_attempt, mark_lost
 from app.limits import get_limits
 from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
 from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
-from app.domain.strategies import make_strategy
+from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec
 
@@ -94,7 +94,12 @@ def advance(session: Session, task: Task) -> None:
     active = sum(n for state, n in states.items() if state in EXP_ACTIVE)
     total = sum(states.values())
     parallel = min(task.max_parallel, pool_capacity(session))
-    free = min(parallel - active, task.max_iterations - total, get_limits().max_new_per_pass)
+    # A strategy that does not learn from results gets the next round created ahead: the
+    # scheduler holds the task to max_parallel running (its `room`), and a job that ends hands
+    # its GPUs straight to a waiting experiment of its task (workers.experiment_job.hand_over).
+    learns = getattr(STRATEGIES.get(task.strategy), "learns_from_results", True)
+    ahead = 0 if learns else parallel
+    free = min(parallel + ahead - active, task.max_iterations - total, get_limits().max_new_per_pass)
     created = 0
     if free > 0:
         spec = task.parsed_spec
@@ -173,7 +178,7 @@ def schedule(session: Session) -> list[Dispatch]:
     clock = _clock(session, now)
     free_gpus = sum(len(g.free) for g in groups if g.busy_slots < g.slots)
     queues = {need: _waiting_queue(session, need, free_gpus // need + 1) for need in _waiting_needs(session)}
-    plan = plan_placements(queues, groups, capacity, clock)
+    plan = plan_placements(queues, groups, capacity, clock, _Room(session))
     touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
     if not touched:
         return []
@@ -232,6 +237,23 @@ class _Lengths(dict):
         self[task_id] = length = (task.expected_experiment_s
                                   or float(task.parsed_spec.optimization.timeout_per_iteration))
         return length
+
+
+class _Room(dict):
+    """How many more experiments each task may start now (max_parallel_experiments less what
+    it has queued or running), read from the store on first use in a pass."""
+
+    def __init__(self, session: Session) -> None:
+        super().__init__()
+        self.session = session
+
+    def __missing__(self, task_id: int) -> int:
+        limit = self.session.execute(select(Task.max_parallel).where(Task.id == task_id)).scalar_one()
+        busy = self.session.execute(select(func.count()).select_from(Experiment).where(
+            Experiment.task_id == task_id,
+            Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))).scalar_one()
+        self[task_id] = room = limit - busy
+        return room
 
 
 def _clock(session: Session, now: datetime) -> Clock:

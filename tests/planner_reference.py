@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from app.domain.placement import Clock, GroupState, Placement, Plan, Reservation, Waiting, pick_gpus
+from app.domain.placement import CAPPED, Clock, GroupState, Placement, Plan, Reservation, Waiting, pick_gpus
 
 
 def queues_of(waiting: Iterable[tuple[int, int]]) -> dict[int, list[Waiting]]:
@@ -21,8 +21,8 @@ def queues_of(waiting: Iterable[tuple[int, int]]) -> dict[int, list[Waiting]]:
 
 
 def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState], capacity: dict[str, int],
-                   clock: Clock | None = None) -> Plan:
-    """`waiting`: (item, GPUs needed) in global order."""
+                   clock: Clock | None = None, room: dict[int, int] | None = None) -> Plan:
+    """`waiting`: (item, GPUs needed) in global order; `room`: starts left per task."""
     clock = clock or Clock()
     out = Plan([], {}, {})
     largest = max(capacity.values(), default=0)
@@ -36,16 +36,18 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
         elif need > largest:
             out.impossible[exp_id] = (f"needs {need} GPUs but the largest worker group has {largest}; "
                                       "start a worker with more GPUs in one group")
+        elif room is not None and room[item.task_id] <= 0:
+            out.waiting[exp_id] = CAPPED
         else:
             end = clock.now + clock.duration(item.task_id, item.expected)
-            room = [g for g in groups if g.can_host(need)]
+            hosts = [g for g in groups if g.can_host(need)]
 
             def may(g: GroupState) -> bool:
                 if res is None or g.group != res.group:
                     return True
                 return not res.strict and (end <= res.start or (need <= res.spare_gpus and res.spare_slots > 1))
 
-            usable = sorted((g for g in room if may(g)), key=lambda g: (len(g.free) - need, g.group))
+            usable = sorted((g for g in hosts if may(g)), key=lambda g: (len(g.free) - need, g.group))
             if usable:
                 g = usable[0]
                 ids = tuple(sorted(f.id for f in pick_gpus(g.free, need)))
@@ -55,7 +57,9 @@ def plan_every_row(waiting: list[tuple[Waiting, int]], groups: list[GroupState],
                 if res is not None and g.group == res.group and end > res.start:
                     res.spare_gpus, res.spare_slots = res.spare_gpus - need, res.spare_slots - 1
                 out.placements.append(Placement(exp_id, g.group, ids))
-            elif room and not res.strict:
+                if room is not None:
+                    room[item.task_id] -= 1
+            elif hosts and not res.strict:
                 refused.add(need)
                 out.waiting[exp_id] = (f"waiting for {need} free GPU(s); it would run past the start reserved "
                                        f"in group {res.group}")

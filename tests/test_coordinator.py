@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from app.store import lifecycle
 from app.coordinator import coordinate, tick
+from app.domain.placement import CAPPED
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.store.pool import GpuSpec, register_worker
@@ -36,8 +37,11 @@ def test_coordinate_is_idempotent_and_respects_max_parallel(pool):
     assert len(first) == 2 and {d.queue for d in first} == {"gpu.g"}
     assert coordinate(task_id) == []  # nothing changed: nothing new
     exps = experiments(task_id)
-    assert [e.state for e in exps] == ["queued", "queued"]
-    assert all(len(e.gpus) == 1 for e in exps)
+    # The list strategy does not learn from results: the next round waits, created ahead, and
+    # the scheduler holds the task to two running.
+    assert [e.state for e in exps] == ["queued", "queued", "pending", "pending"]
+    assert all(len(e.gpus) == 1 for e in exps[:2])
+    assert {e.wait_reason for e in exps[2:]} == {CAPPED}
 
 
 def test_time_limits_come_from_the_task(pool, monkeypatch):

@@ -91,7 +91,7 @@ def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_ur
         clock.load_ends(groups)  # the oracle sees every group's ends up front
         clock.load_ends = None
         expected = plan_every_row([(Waiting(i, exp_id, task_id), need) for i, (exp_id, need, task_id)
-                                   in enumerate(waiting)], groups, capacity, clock)
+                                   in enumerate(waiting)], groups, capacity, clock, coordinator._Room(s))
     with session_scope() as s:
         dispatches = coordinator.schedule(s)
     with session_scope(readonly=True) as s:

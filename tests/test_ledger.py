@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from app.store import ledger
-from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
+from app.domain.placement import CAPPED, FreeGpu, GroupState, pick_gpus, plan
 from tests.planner_reference import queues_of
 from app.store.ledger import LedgerConflict
 
@@ -77,11 +77,12 @@ waiting_rows = st.lists(st.tuples(st.sampled_from([1, 1, 1, 2, 2, 3, 4, 8, 16]),
 
 
 @given(pools(), waiting_rows, st.dictionaries(st.integers(0, 3), st.sampled_from([5.0, 20.0, 40.0, 300.0])),
-       st.sampled_from([0.0, 30.0]))
-def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, rows, durations, slip):
+       st.sampled_from([0.0, 30.0]), st.none() | st.fixed_dictionaries({t: st.integers(0, 3) for t in range(4)}))
+def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, rows, durations, slip, room):
     """Same placements in the same order, same impossible set, same reservation, the same
     reason for every experiment it read, and it reads no further than placements can go
-    (one row per placement and impossible row, plus one per GPU count)."""
+    (one row per placement, impossible row and row of a task at its limit, plus one per GPU
+    count)."""
     import copy
 
     from app.domain.placement import Clock, Waiting
@@ -90,7 +91,7 @@ def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, ro
     groups, capacity = pool
     clock = Clock(now=10.0, durations=durations, default_duration=60.0, slip=slip)
     items = [(Waiting(i, i, task, promised), need) for i, (need, task, promised) in enumerate(rows)]
-    reference = plan_every_row(items, copy.deepcopy(groups), capacity, clock)
+    reference = plan_every_row(items, copy.deepcopy(groups), capacity, clock, dict(room) if room else None)
     read: list[int] = []
 
     def queue(need):
@@ -99,12 +100,18 @@ def test_the_incremental_planner_decides_what_walking_every_row_decides(pool, ro
                 read.append(item.experiment_id)
                 yield item
 
-    result = plan({need: queue(need) for need in {n for _, n in items}}, copy.deepcopy(groups), capacity, clock)
+    left = dict(room) if room else None
+    result = plan({need: queue(need) for need in {n for _, n in items}}, copy.deepcopy(groups), capacity, clock, left)
     assert result.placements == reference.placements
     assert result.impossible == reference.impossible
     assert result.reservation == reference.reservation
     assert result.waiting == {e: reference.waiting[e] for e in result.waiting}
-    assert len(read) <= len(result.placements) + len(result.impossible) + len({n for _, n in items})
+    capped = sum(1 for reason in result.waiting.values() if reason == CAPPED)
+    assert len(read) <= len(result.placements) + len(result.impossible) + capped + len({n for _, n in items})
+    if room:  # no task starts more than it had room for
+        for task, limit in room.items():
+            started = sum(1 for p in result.placements if items[p.experiment_id][0].task_id == task)
+            assert started <= limit and left[task] == limit - started
 
 
 @given(pools(), waiting_rows)

@@ -94,14 +94,16 @@ def test_the_planner_backfills_by_each_experiments_own_length():
 
 @pytest.mark.integration
 def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
-    """Four experiments measured (lengths following tp), then the strategy's next ones are
-    created with predicted lengths, and the task's fair-share tag advances by them."""
+    """Four experiments measured (10 s per GPU + 0.25 s per graph batch), then the strategy's
+    next ones are created with predicted lengths, and the task's fair-share tag advances by
+    them. (The list strategy has the next round created ahead: eight experiments at first.)"""
     from app.coordinator import coordinate
     from app.store import lifecycle
     from app.store.db import session_scope
     from app.store.models import Experiment, Task
 
-    configs = [{"tp-size": tp, "cuda-graph-max-bs": bs} for tp, bs in [(1, 1), (2, 1), (1, 9), (4, 1), (2, 9), (1, 1)]]
+    configs = [{"tp-size": tp, "cuda-graph-max-bs": bs}
+               for tp, bs in [(1, 1), (2, 1), (1, 9), (4, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 9), (1, 1)]]
     task_id = submit(mixed_task(configs, parallel=4))
     first = coordinate(task_id)
     assert len(first) == 4
@@ -114,8 +116,8 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     coordinate(task_id)
     with session_scope() as s:
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars().all()
-        assert [e.expected_s for e in exps[:4]] == [None] * 4  # created before anything was measured
-        fifth, sixth = exps[4], exps[5]
+        assert [e.expected_s for e in exps[:8]] == [None] * 8  # created before anything was measured
+        fifth, sixth = exps[8], exps[9]
         assert fifth.expected_s == pytest.approx(22.25, rel=0.05)  # 10 s per GPU + 0.25 s per graph batch
         assert sixth.expected_s == pytest.approx(10.25, rel=0.05)  # measured before: its mean
         task = s.get(Task, task_id)

@@ -15,8 +15,16 @@ from tests.helpers import build_app, experiments, mixed_task, submit
 pytestmark = pytest.mark.unit
 
 
-def run_ok(d) -> None:
+def run_ok(d, seconds: float = 60.0) -> None:
+    """Run the dispatched experiment as if it had taken `seconds` (its measured length)."""
+    from datetime import timedelta
+
+    from app.store.db import session_scope
+    from app.store.models import Experiment
+
     assert lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1) is not None
+    with session_scope() as s:
+        s.get(Experiment, d.experiment_id).started_at -= timedelta(seconds=seconds)
     lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
 
 
 @dataclass
@@ -160,7 +160,11 @@ class Clock:
             return self.default_duration
 
 
-def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clock: Clock | None = None) -> Plan:
+CAPPED = "waiting for one of its task's running experiments to end (max_parallel_experiments)"
+
+
+def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clock: Clock | None = None,
+         room: MutableMapping[int, int] | None = None) -> Plan:
     """Decide placements for the waiting experiments in queue order.
 
     `queues` maps a GPU count to the experiments needing that many, in queue order; the keys
@@ -168,8 +172,11 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
     placements can go.
     `capacity` is the size of every registered group, online or not: an experiment larger
     than all of them can never run and is reported as impossible rather than waiting forever.
+    `room`: how many more experiments of each task may start now (its max_parallel_experiments
+    less what it runs); a task without room is passed over, not waited for, so its experiments
+    created ahead (see coordinator.advance) never hold up another task's. None: no limit.
     Waiting reasons are given for the experiments read. Mutates nothing it is given except
-    the `groups` it plans into.
+    the `groups` it plans into and `room`.
     """
     clock = clock or Clock()
     placements: list[Placement] = []
@@ -209,6 +216,10 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
             )
             advance(need, stream)
             continue
+        if room is not None and room[item.task_id] <= 0:
+            reasons[exp_id] = CAPPED
+            advance(need, stream)
+            continue
         end = clock.now + clock.duration(item.task_id, item.expected)
         hosts = [g for g in groups if g.can_host(need)]
         fits = [g for g in hosts if allowed(g, need, end)]
@@ -224,6 +235,8 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
                 reservation.spare_gpus -= need
                 reservation.spare_slots -= 1
             placements.append(Placement(exp_id, chosen.group, tuple(sorted(taken_ids))))
+            if room is not None:
+                room[item.task_id] -= 1
             advance(need, stream)
             continue
         if hosts and reservation is not None and not reservation.strict:  # only the reserved group has room

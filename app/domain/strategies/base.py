@@ -83,6 +83,10 @@ class Strategy(abc.ABC):
 
     name: ClassVar[str] = "base"
     label: ClassVar[str] = "base"  # how pages and the CLI name it
+    # Whether its suggestions depend on earlier results. One that does not (grid, random, a
+    # list) may have its next experiments created before the running ones end, so a GPU
+    # freed by a finishing job is handed on at once, without waiting for a coordinator pass.
+    learns_from_results: ClassVar[bool] = True
 
     def __init__(self, spec: "TaskSpec") -> None:
         self.spec = spec

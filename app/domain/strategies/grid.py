@@ -122,6 +122,7 @@ class GridStrategy(Strategy):
 
     name = "grid_search"
     label = "grid search"
+    learns_from_results = False
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         space = self.spec.search_space

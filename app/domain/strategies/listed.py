@@ -15,6 +15,7 @@ from app.domain.strategies.base import Strategy, Trial
 class ListedStrategy(Strategy):
     name = "list"
     label = "list of configurations"
+    learns_from_results = False
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         if n <= 0:

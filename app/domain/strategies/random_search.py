@@ -70,6 +70,7 @@ def sequence(space: dict[str, Domain], seed: int, max_draws: int) -> Iterator[di
 class RandomStrategy(Strategy):
     name = "random"
     label = "random"
+    learns_from_results = False
 
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         if n <= 0:
