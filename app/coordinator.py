@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterator
+from typing import Any, Iterator
 
 from sqlalchemy import and_, delete, func, insert, or_, select
 from sqlalchemy.orm import Session, joinedload
@@ -25,7 +25,7 @@ from app.celery_app import queue_for
 from app.config import get_settings
 from app.domain.engines.failures import is_infeasible
 from app.store.db import session_scope
-from app.store.lifecycle import end_attempt, mark_lost
+from app.store.lifecycle import end_attempt, learn_length, mark_lost, record_end
 from app.limits import get_limits
 from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
 from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
@@ -96,7 +96,7 @@ def advance(session: Session, task: Task) -> None:
     parallel = min(task.max_parallel, pool_capacity(session))
     # A strategy that does not learn from results gets the next round created ahead: the
     # scheduler holds the task to max_parallel running (its `room`), and a job that ends hands
-    # its GPUs straight to a waiting experiment of its task (workers.experiment_job.hand_over).
+    # its GPUs straight to a waiting experiment of its task (finish_and_place).
     learns = getattr(STRATEGIES.get(task.strategy), "learns_from_results", True)
     ahead = 0 if learns else parallel
     free = min(parallel + ahead - active, task.max_iterations - total, get_limits().max_new_per_pass)
@@ -110,6 +110,13 @@ def advance(session: Session, task: Task) -> None:
         for params in make_strategy(spec).suggest([_trial(e) for e in exps], free):
             session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
             created += 1
+        # What was created or started before the latest results learns from them too: the
+        # reservation weighs when running experiments end and how long waiting ones will take.
+        for exp in exps:
+            if exp.state in EXP_ACTIVE:
+                predicted = lengths.predict(exp.params)
+                if predicted is not None and predicted != exp.expected_s:
+                    exp.expected_s = predicted
     if not active and not created:
         _finish_task(task, list(task.experiments))
 
@@ -334,12 +341,29 @@ def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
     return out
 
 
-def place_waiting() -> list[Dispatch]:
-    """Place waiting experiments on free GPUs (placement only, no strategy): what a finished
-    job runs right after freeing its GPUs, so the next experiment is queued without waiting
-    for a message to reach the coordinator and its pass. Returns the jobs to send."""
+def finish_and_place(experiment_id: int, attempt: int, state: str,
+                     **outcome: Any) -> tuple[int | None, list[Dispatch]]:
+    """The end of a job, in one transaction: record its result, free its GPUs and place
+    waiting experiments on them (placement only, no strategy), so the next experiment is
+    queued without a message to the coordinator and a pass of its own. Returns the task id
+    (None when the attempt no longer owned the experiment) and the jobs to send.
+
+    The scheduler's lock is taken first, the order every placing transaction takes its locks
+    in. A placement that fails rolls back to its savepoint alone: the result is committed
+    whatever happens to the placement, and the coordinator's next pass places what waits."""
     with session_scope() as session:
-        return schedule(session)
+        ledger.lock(session)
+        ended = record_end(session, experiment_id, attempt, state, **outcome)
+        dispatches: list[Dispatch] = []
+        if ended is not None:
+            try:
+                with session.begin_nested():
+                    dispatches = schedule(session)
+            except Exception:  # noqa: BLE001 - the result must be kept; the coordinator places them
+                log.exception("placement after experiment %s failed; the coordinator will place the waiting "
+                              "experiments", experiment_id)
+                dispatches = []
+    return learn_length(ended), dispatches
 
 
 def coordinate(task_id: int | None = None) -> list[Dispatch]:

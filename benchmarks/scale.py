@@ -13,8 +13,10 @@ For each backlog size it times:
 - `schedule()` alone (one global pass over the waiting queue, nothing free);
 - `coordinate(task)` for one task (the pass an experiment's end triggers: advance that task,
   then schedule);
-- a hand-over: a running experiment's end recorded (`lifecycle.finish`, which frees its GPU)
-  plus the fast hand-over's placement (`place_waiting`), then the claim of what was placed;
+- a hand-over: a running experiment's end recorded, which frees its GPU, and the placement
+  of what waits on it, in one transaction (`finish_and_place`, what a finishing job runs), and
+  for comparison in two (`lifecycle.finish`, then `schedule()`); each followed, untimed, by
+  the claim of what was placed;
 
 at the largest backlog, the same coordinate(task) passes from 1 and then `--coordinators`
 processes at once (they queue for the scheduler lock, held for one `schedule()`); then, with
@@ -158,12 +160,13 @@ def waiting_count() -> int:
         return s.execute(select(func.count()).select_from(Experiment).where(Experiment.state == "pending")).scalar_one()
 
 
-def hand_over(rng: random.Random) -> tuple[float, int, float]:
-    """End one running experiment, place on what it freed, claim what was placed. Returns the
-    whole hand-over's seconds, how many were placed, and the seconds of the placement alone."""
+def hand_over(rng: random.Random, merged: bool) -> tuple[float, int]:
+    """End one running experiment and place on what it freed, in one transaction (`merged`)
+    or two; then claim what was placed. Returns the hand-over's seconds (the claim excluded)
+    and how many were placed."""
     from sqlalchemy import select
 
-    from app.coordinator import place_waiting
+    from app.coordinator import finish_and_place, schedule
     from app.store import lifecycle
     from app.store.db import session_scope
     from app.store.models import Experiment
@@ -172,14 +175,18 @@ def hand_over(rng: random.Random) -> tuple[float, int, float]:
         ids = s.execute(select(Experiment.id, Experiment.attempt).where(Experiment.state == "running")
                         .limit(200)).all()
     exp_id, attempt = rng.choice(ids)
+    outcome = dict(metrics={}, objective=1.0, slo_ok=True)
     t0 = time.perf_counter()
-    lifecycle.finish(exp_id, attempt, "succeeded", metrics={}, objective=1.0, slo_ok=True)
-    t1 = time.perf_counter()
-    placed = place_waiting()
-    t2 = time.perf_counter()
+    if merged:
+        placed = finish_and_place(exp_id, attempt, "succeeded", **outcome)[1]
+    else:
+        lifecycle.finish(exp_id, attempt, "succeeded", **outcome)
+        with session_scope() as s:
+            placed = schedule(s)
+    seconds = time.perf_counter() - t0
     for d in placed:
         lifecycle.claim(d.experiment_id, d.attempt, worker="bench", host="bench", pid=os.getpid())
-    return t2 - t0, len(placed), t2 - t1
+    return seconds, len(placed)
 
 
 def _coordinate_many(job: tuple[list[int], int, int, float]) -> tuple[list[float], float, float]:
@@ -271,9 +278,10 @@ def main() -> int:
 
         sched, _ = timed(one_schedule, args.passes)
         coord, _ = timed(lambda: coordinate(rng.choice(task_ids)), args.passes)
-        hand = [hand_over(rng) for _ in range(args.passes)]
+        hand = [hand_over(rng, merged=True) for _ in range(args.passes)]
+        split = [hand_over(rng, merged=False) for _ in range(args.passes)]
         rows.append({"waiting": waiting_count(), "schedule": summary(sched), "coordinate_one_task": summary(coord),
-                     "hand_over": summary([h[0] for h in hand]), "hand_over_placement": summary([h[2] for h in hand]),
+                     "hand_over": summary([h[0] for h in hand]), "hand_over_two_transactions": summary([h[0] for h in split]),
                      "hand_over_placed": sum(h[1] for h in hand), "hand_overs": len(hand)})
         print(f"{database}: {rows[-1]}", file=sys.stderr, flush=True)
     concurrent = [contention(task_ids, n, args.passes) for n in (1, args.coordinators)]
@@ -299,12 +307,12 @@ def main() -> int:
         return 0
     print(f"{database}, {args.gpus} simulated GPUs in groups of {GROUP}, {args.tasks} tasks, {args.passes} passes "
           f"per figure, {os.cpu_count()} CPUs; median / p95 ms")
-    print(f"{'waiting':>8} {'schedule()':>16} {'coordinate(task)':>18} {'hand-over':>16} {'of it placing':>16} "
+    print(f"{'waiting':>8} {'schedule()':>16} {'coordinate(task)':>18} {'hand-over':>16} {'in two txns':>16} "
           f"{'placed':>9}")
     for r in rows:
         f = lambda k: f"{r[k]['median_ms']:.1f} / {r[k]['p95_ms']:.1f}"  # noqa: E731
         print(f"{r['waiting']:>8} {f('schedule'):>16} {f('coordinate_one_task'):>18} {f('hand_over'):>16} "
-              f"{f('hand_over_placement'):>16} {r['hand_over_placed']:>4}/{r['hand_overs']:<4}")
+              f"{f('hand_over_two_transactions'):>16} {r['hand_over_placed']:>4}/{r['hand_overs']:<4}")
     fp = result["first_placement"]
     print(f"first pass with every GPU free: {fp['placed']} experiments placed on {fp['gpus_taken']} of "
           f"{fp['free_gpus']} GPUs ({fp['waiting']} waiting) in {fp['seconds'] * 1000:.0f} ms")

@@ -164,9 +164,14 @@ def uniform(home: Path, rng: random.Random) -> dict:
     return parallel
 
 
-def heterogeneous(home: Path, rng: random.Random) -> dict:
-    exps = [(rng.choice([1, 1, 2, 2, 4, 8]), min(12.0, max(1.0, math.exp(rng.gauss(math.log(3.0), 0.6)))))
+def heterogeneous_experiments(rng: random.Random) -> list[tuple[int, float]]:
+    """48 experiments needing 1, 2, 4 or 8 GPUs, lognormal lengths (median 3 s): (GPUs, seconds)."""
+    return [(rng.choice([1, 1, 2, 2, 4, 8]), min(12.0, max(1.0, math.exp(rng.gauss(math.log(3.0), 0.6)))))
             for _ in range(48)]
+
+
+def heterogeneous(home: Path, rng: random.Random) -> dict:
+    exps = heterogeneous_experiments(rng)
     return measure(run_workload(home / "het", 8, [task("heterogeneous", exps, 8)]))
 
 

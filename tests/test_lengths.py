@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from sqlalchemy import select
 
-from app.domain.lengths import LengthModel
+from app.domain.lengths import RIDGE, LengthModel
 from app.domain.placement import Clock, FreeGpu, GroupState, Waiting, plan
 from tests.helpers import mixed_task, submit
 
@@ -63,14 +64,36 @@ def test_a_parameter_a_config_leaves_out_takes_its_usual_value():
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([1, 2, 4, 8]), st.integers(1, 4000)), min_size=4, max_size=30, unique=True),
        st.sampled_from([1, 2, 4, 8]), st.integers(1, 4000))
+@example(seen=[(1, 34), (2, 29), (4, 21), (8, 6), (1, 35)], tp=8, cgbs=35)
 def test_predictions_follow_the_simulators_startup_law(seen, tp, cgbs):
     """The law is linear in the graph size but not in tp (1/tp): a linear fit is not exact, yet
-    within 20 % inside the range seen, where a task-wide average can be off by a factor of 5."""
+    within 20 % where the parameters lie within what was measured, where a task-wide average
+    can be off by a factor of 5. Within: inside the ellipsoid that holds the samples (the
+    point's leverage at most the samples' highest). Outside it, samples that sweep tp and
+    graph size together (larger tp, smaller graphs) can tilt the fit: hypothesis found
+    seen=[(1, 34), (2, 29), (4, 21), (8, 6), (1, 35)] predicting 12.8 s for (8, 35), 5.4 s
+    by the law; the prediction then stays within twice the longest length seen."""
     model = LengthModel.fit([({"tp-size": t, "cuda-graph-max-bs": b}, startup(t, b)) for t, b in seen])
     guess = model.predict({"tp-size": tp, "cuda-graph-max-bs": cgbs})
-    low, high = min(b for _, b in seen), max(b for _, b in seen)
-    if guess is not None and low <= cgbs <= high and {1, 8} <= {t for t, _ in seen}:
+    if guess is None or model.coefficients is None:  # too few samples: only a measured point is predicted
+        return
+    assert guess <= 2 * max(startup(t, b) for t, b in seen)
+    if leverage(model, seen, (tp, cgbs)) <= max(leverage(model, seen, s) for s in seen) and {1, 8} <= {t for t, _ in seen}:
         assert guess == pytest.approx(startup(tp, cgbs), rel=0.2)
+
+
+def leverage(model: LengthModel, seen: list[tuple[int, int]], point: tuple[int, int]) -> float:
+    """The point's leverage in the model's ridge fit over `seen` (the fit's own standardisation)."""
+    def row(tp_cgbs):
+        values = dict(zip(("tp-size", "cuda-graph-max-bs"), tp_cgbs))
+        return np.concatenate([[1.0], (np.array([values[k] for k in model.names], dtype=float) - model.means)
+                               / model.scales])
+
+    x = np.array([row(s) for s in seen])
+    penalty = RIDGE * len(seen) * np.eye(x.shape[1])
+    penalty[0, 0] = 0.0
+    r = row(point)
+    return float(r @ np.linalg.solve(x.T @ x + penalty, r))
 
 
 @pytest.mark.unit
@@ -96,7 +119,8 @@ def test_the_planner_backfills_by_each_experiments_own_length():
 def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     """Four experiments measured (10 s per GPU + 0.25 s per graph batch), then the strategy's
     next ones are created with predicted lengths, and the task's fair-share tag advances by
-    them. (The list strategy has the next round created ahead: eight experiments at first.)"""
+    them. (The list strategy has the next round created ahead: eight experiments at first;
+    the four not yet measured are re-predicted.)"""
     from app.coordinator import coordinate
     from app.store import lifecycle
     from app.store.db import session_scope
@@ -116,7 +140,10 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     coordinate(task_id)
     with session_scope() as s:
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars().all()
-        assert [e.expected_s for e in exps[:8]] == [None] * 8  # created before anything was measured
+        assert [e.expected_s for e in exps[:4]] == [None] * 4  # measured before anything else was
+        # Created ahead before anything was measured, still waiting or running: re-predicted.
+        assert [e.state for e in exps[4:8]] != ["succeeded"] * 4
+        assert [e.expected_s for e in exps[4:8]] == pytest.approx([10.5, 10.75, 11.0, 11.25], rel=0.05)
         fifth, sixth = exps[8], exps[9]
         assert fifth.expected_s == pytest.approx(22.25, rel=0.05)  # 10 s per GPU + 0.25 s per graph batch
         assert sixth.expected_s == pytest.approx(10.25, rel=0.05)  # measured before: its mean

@@ -23,6 +23,7 @@ from app.store import lifecycle
 from app.tools.loadgen import Target, run_benchmark
 from app.config import get_settings
 from app.celery_app import request_coordination, send_experiments
+from app.coordinator import finish_and_place
 from app.domain.states import ExperimentState
 from app.domain.objectives import score
 from app.domain.taskspec import TaskSpec, stored_spec
@@ -224,16 +225,13 @@ def persistently(write: Callable[[], T]) -> T:
     raise AssertionError("unreachable: Retrying either returns or raises")
 
 
-def hand_over() -> None:
-    """The fast hand-over: place waiting experiments on the GPUs this job has just freed and
-    send them now, one broker round trip and one coordinator pass sooner. The coordinator is
-    still asked to advance the task (strategies stay its job) and places anything missed."""
-    from app.coordinator import place_waiting
-
+def send_placed(dispatches: list[Any]) -> None:
+    """Send the jobs placed on the GPUs this job has just freed. They are committed: if the
+    broker is away, the coordinator re-sends what nobody claimed (`stale_dispatches`)."""
     try:
-        send_experiments(place_waiting())
-    except Exception:  # noqa: BLE001 - the coordinator's next pass places them anyway
-        log.exception("fast hand-over failed; the coordinator will place the waiting experiments")
+        send_experiments(dispatches)
+    except Exception:  # noqa: BLE001 - committed work is re-sent by the coordinator's tick
+        log.exception("could not send the experiments placed on the freed GPUs; the coordinator will re-send them")
 
 
 def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
@@ -295,8 +293,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
         outcome = {"state": ExperimentState.FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
                    "failure_kind": "internal"}
     state = outcome.pop("state")
-    task_id = persistently(lambda: lifecycle.finish(experiment_id, attempt, state, engine_log=engine_log,
-                                                    engine_gone=engine_gone, **outcome))
-    hand_over()
+    task_id, placed = persistently(lambda: finish_and_place(experiment_id, attempt, state, engine_log=engine_log,
+                                                            engine_gone=engine_gone, **outcome))
+    send_placed(placed)
     request_coordination(task_id if task_id is not None else claim.task_id)
     return state

@@ -1,7 +1,9 @@
 """An experiment's life as seen by the store: claim, phase changes, end, loss.
 
-Each function is one short transaction. The experiment job calls them from a worker;
-the reaper calls `mark_lost`. Every write is guarded by (state, attempt) so a late or
+Each function is one short transaction, except `record_end`, which runs in its caller's: the
+job's end and the placement of what waits for its GPUs commit together
+(`app.coordinator.finish_and_place`). The experiment job calls them from a worker; the
+reaper calls `mark_lost`. Every write is guarded by (state, attempt) so a late or
 duplicate actor finds nothing to change instead of corrupting a newer attempt.
 """
 from __future__ import annotations
@@ -126,7 +128,17 @@ def record_engine(experiment_id: int, attempt: int, identity: dict[str, Any]) ->
         return exp.state == ExperimentState.RUNNING and exp.attempt == attempt
 
 
-def finish(
+@dataclass(frozen=True)
+class Ended:
+    """An attempt's end as recorded: its task, and its length when it succeeded (what the
+    task's expected experiment length learns from)."""
+
+    task_id: int
+    seconds: float | None
+
+
+def record_end(
+    session: Session,
     experiment_id: int,
     attempt: int,
     state: str,
@@ -138,35 +150,52 @@ def finish(
     failure_kind: str | None = None,
     engine_log: str | None = None,
     engine_gone: bool = True,
-) -> int | None:
-    """Record the end of a running attempt and free its GPUs in the same transaction.
+) -> Ended | None:
+    """Record the end of a running attempt and free its GPUs, in the caller's transaction.
 
     `engine_gone` says the job has stopped its engine (or never started one); if it could not,
-    the GPUs stay fenced until the reaper has stopped it. Returns the task id, or None when
-    this attempt no longer owns the experiment (the reaper declared it lost meanwhile): a
-    late result must not overwrite a newer attempt.
+    the GPUs stay fenced until the reaper has stopped it. Returns None when this attempt no
+    longer owns the experiment (the reaper declared it lost meanwhile): a late result must
+    not overwrite a newer attempt.
     """
+    exp = _lock_experiment(session, experiment_id)
+    if exp is None or exp.state != ExperimentState.RUNNING or exp.attempt != attempt:
+        if engine_gone:
+            _confirm_gone(session, session.execute(select(Attempt).where(
+                Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
+        return None
+    exp.metrics, exp.objective, exp.slo_ok = metrics, objective, slo_ok
+    if engine_log is not None:
+        exp.engine_log = engine_log[-20000:]
+    att = _attempt(session, exp)
+    if att is not None and engine_gone:
+        att.engine_gone_at = utcnow()
+    end_attempt(session, exp, state, error=error, failure_kind=failure_kind)
+    seconds = None
+    if state == ExperimentState.SUCCEEDED and exp.started_at is not None and exp.finished_at is not None:
+        seconds = (exp.finished_at - exp.started_at).total_seconds()
+    return Ended(exp.task_id, seconds)
+
+
+def finish(experiment_id: int, attempt: int, state: str, **outcome: Any) -> int | None:
+    """`record_end` in a transaction of its own, then `learn_length`. Returns the task id, or
+    None when this attempt no longer owns the experiment."""
     with session_scope() as session:
-        exp = _lock_experiment(session, experiment_id)
-        if exp is None or exp.state != ExperimentState.RUNNING or exp.attempt != attempt:
-            if engine_gone:
-                _confirm_gone(session, session.execute(select(Attempt).where(
-                    Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
-            return None
-        exp.metrics, exp.objective, exp.slo_ok = metrics, objective, slo_ok
-        if engine_log is not None:
-            exp.engine_log = engine_log[-20000:]
-        att = _attempt(session, exp)
-        if att is not None and engine_gone:
-            att.engine_gone_at = utcnow()
-        end_attempt(session, exp, state, error=error, failure_kind=failure_kind)
-        task_id, started, ended = exp.task_id, exp.started_at, exp.finished_at
-    if state == ExperimentState.SUCCEEDED and started is not None and ended is not None:
+        ended = record_end(session, experiment_id, attempt, state, **outcome)
+    return learn_length(ended)
+
+
+def learn_length(ended: Ended | None) -> int | None:
+    """After the end is committed: fold a succeeded experiment's length into its task's
+    expected length. Returns the task id (None for an end that was not recorded)."""
+    if ended is None:
+        return None
+    if ended.seconds is not None:
         try:
-            _learn_length(task_id, (ended - started).total_seconds())
+            _learn_length(ended.task_id, ended.seconds)
         except DBAPIError:  # an estimate: the result is stored, and must not be written again
-            log.warning("task %s: could not update its expected experiment length", task_id, exc_info=True)
-    return task_id
+            log.warning("task %s: could not update its expected experiment length", ended.task_id, exc_info=True)
+    return ended.task_id
 
 
 LENGTH_WEIGHT = 0.3  # of the newest length in the moving average
@@ -174,8 +203,8 @@ LENGTH_WEIGHT = 0.3  # of the newest length in the moving average
 
 def _learn_length(task_id: int, seconds: float) -> None:
     """Fold a succeeded experiment's length into its task's expected length, in a transaction
-    of its own: finish() holds the experiment's row lock, the coordinator takes a task's lock
-    before its experiments', and this must not invert that order."""
+    of its own: the end's transaction holds the experiment's row lock, the coordinator takes a
+    task's lock before its experiments', and this must not invert that order."""
     with session_scope() as session:
         session.execute(
             update(Task).where(Task.id == task_id).values(expected_experiment_s=case(

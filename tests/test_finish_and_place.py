@@ -1,0 +1,92 @@
+"""A job's end and the placement of what waits for its GPUs, in one transaction
+(`coordinator.finish_and_place`), on both databases: what it commits together, that a failed
+placement never costs the result, and that a late end places nothing."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, select
+
+from app import coordinator
+from app.coordinator import coordinate, finish_and_place
+from app.store import lifecycle
+from app.store.db import get_engine, session_scope
+from app.store.models import Attempt, Experiment, Gpu
+from app.store.pool import GpuSpec, register_worker
+from tests.helpers import experiments, mixed_task, submit
+
+pytestmark = pytest.mark.process
+
+OK = dict(objective=1.0, slo_ok=True, metrics={})
+
+
+@pytest.fixture
+def one_running(database_url):
+    """One simulated GPU; a two-experiment task (parallel 1): the first running on the GPU,
+    the second created ahead and waiting for it."""
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
+    task_id = submit(mixed_task([{"tp-size": 1}, {"tp-size": 1}], parallel=1))
+    (first,) = coordinate(task_id)
+    assert lifecycle.claim(first.experiment_id, first.attempt, worker="gpu-g@h", host="h", pid=1) is not None
+    assert [e.state for e in experiments(task_id)] == ["running", "pending"]
+    return task_id, first
+
+
+def commits_during(call):
+    """Run `call`, counting the transactions it commits."""
+    engine = get_engine()
+    count = [0]
+
+    def on_commit(_conn):
+        count[0] += 1
+
+    event.listen(engine, "commit", on_commit)
+    try:
+        return call(), count[0]
+    finally:
+        event.remove(engine, "commit", on_commit)
+
+
+def test_the_end_and_the_next_placement_commit_together(one_running):
+    task_id, first = one_running
+    (returned, placed), commits = commits_during(
+        lambda: finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK))
+    # One transaction for the end and the placement, one for the task's expected length.
+    assert commits == 2
+    assert returned == task_id
+    done, second = experiments(task_id)
+    assert [d.experiment_id for d in placed] == [second.id] and placed[0].queue == "gpu.g"
+    assert (done.state, second.state) == ("succeeded", "queued")
+    assert second.gpus == done.gpus and second.queued_at >= done.finished_at
+    with session_scope() as s:
+        assert s.execute(select(Gpu.held_by)).scalars().all() == [second.id]
+        assert s.execute(select(Attempt.state).where(Attempt.experiment_id == second.id)).scalars().all() == ["queued"]
+
+
+def test_a_failed_placement_keeps_the_result_and_frees_the_gpus(one_running, monkeypatch):
+    task_id, first = one_running
+
+    def place_then_fail(session):
+        coordinator_schedule(session)  # writes the placement, then fails: all of it must roll back
+        raise RuntimeError("placement bug")
+
+    coordinator_schedule = coordinator.schedule
+    monkeypatch.setattr(coordinator, "schedule", place_then_fail)
+    assert finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK) == (task_id, [])
+    done, second = experiments(task_id)
+    assert (done.state, done.objective) == ("succeeded", 1.0)
+    assert second.state == "pending" and second.attempt == 0
+    with session_scope() as s:
+        assert s.execute(select(Gpu.held_by)).scalars().all() == [None]
+    monkeypatch.setattr(coordinator, "schedule", coordinator_schedule)
+    (again,) = coordinate(task_id)  # the coordinator's next pass places it
+    assert again.experiment_id == second.id
+
+
+def test_a_late_end_records_and_places_nothing(one_running):
+    task_id, first = one_running
+    with session_scope() as s:
+        lifecycle.mark_lost(s, s.get(Experiment, first.experiment_id), "worker gone")
+    assert finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK) == (None, [])
+    lost, second = experiments(task_id)
+    assert (lost.state, lost.objective) == ("pending", None)  # back in line; the late result is not kept
+    assert second.state == "pending"
