@@ -24,8 +24,8 @@ from app.store import ledger
 from app.celery_app import queue_for
 from app.config import get_settings
 from app.domain.engines.failures import is_infeasible
-from app.store.db import session_scope
-from app.store.lifecycle import end_attempt, learn_length, mark_lost, record_end
+from app.store.db import is_transient, session_scope
+from app.store.lifecycle import Ended, end_attempt, lock_task, mark_lost, record_end
 from app.limits import get_limits
 from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
 from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
@@ -34,6 +34,7 @@ from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
+REPREDICT_CHANGE = 0.05  # a waiting experiment's prediction is renewed when it moves this much
 
 
 @dataclass(frozen=True)
@@ -110,15 +111,26 @@ def advance(session: Session, task: Task) -> None:
         for params in make_strategy(spec).suggest([_trial(e) for e in exps], free):
             session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
             created += 1
-        # What was created or started before the latest results learns from them too: the
-        # reservation weighs when running experiments end and how long waiting ones will take.
-        for exp in exps:
-            if exp.state in EXP_ACTIVE:
-                predicted = lengths.predict(exp.params)
-                if predicted is not None and predicted != exp.expected_s:
-                    exp.expected_s = predicted
+        _repredict(exps, lengths)
     if not active and not created:
         _finish_task(task, list(task.experiments))
+
+
+def _repredict(exps: list[Experiment], lengths: LengthModel) -> None:
+    """What was created before the latest results learns from them too: the reservation
+    weighs how long waiting experiments will take and when running ones end. A waiting
+    experiment's prediction is renewed when it moves by more than REPREDICT_CHANGE; a queued
+    or running one only gets one if it had none (its row is the one its job claims and
+    ends: the coordinator writes it at most once)."""
+    for exp in exps:
+        if exp.state not in EXP_ACTIVE:
+            continue
+        predicted = lengths.predict(exp.params)
+        if predicted is None:
+            continue
+        if exp.expected_s is None or (exp.state == ExperimentState.PENDING
+                                      and abs(predicted - exp.expected_s) > REPREDICT_CHANGE * exp.expected_s):
+            exp.expected_s = predicted
 
 
 def _states(session: Session, task_id: int) -> dict[str, int]:
@@ -342,11 +354,12 @@ def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
 
 
 def finish_and_place(experiment_id: int, attempt: int, state: str,
-                     **outcome: Any) -> tuple[int | None, list[Dispatch]]:
+                     **outcome: Any) -> tuple[Ended | None, list[Dispatch]]:
     """The end of a job, in one transaction: record its result, free its GPUs and place
     waiting experiments on them (placement only, no strategy), so the next experiment is
-    queued without a message to the coordinator and a pass of its own. Returns the task id
-    (None when the attempt no longer owned the experiment) and the jobs to send.
+    queued without a message to the coordinator and a pass of its own. Returns the end as
+    recorded (None when the attempt no longer owned the experiment; the caller passes it to
+    `lifecycle.learn_length` once the jobs are sent) and the jobs to send.
 
     The scheduler's lock is taken first, the order every placing transaction takes its locks
     in. A placement that fails rolls back to its savepoint alone: the result is committed
@@ -363,7 +376,7 @@ def finish_and_place(experiment_id: int, attempt: int, state: str,
                 log.exception("placement after experiment %s failed; the coordinator will place the waiting "
                               "experiments", experiment_id)
                 dispatches = []
-    return learn_length(ended), dispatches
+    return ended, dispatches
 
 
 def coordinate(task_id: int | None = None) -> list[Dispatch]:
@@ -376,11 +389,14 @@ def coordinate(task_id: int | None = None) -> list[Dispatch]:
     for tid in ids:
         try:
             with session_scope() as session:
-                task = session.execute(select(Task).where(Task.id == tid).with_for_update()).scalar_one_or_none()
+                task = lock_task(session, tid)
                 if task is not None and task.status not in TASK_TERMINAL:
                     advance(session, task)
         except Exception as exc:  # noqa: BLE001 - one task's fault must not stop the others
-            _fail_task(tid, exc)
+            if is_transient(exc):  # a deadlock victim, the database away: the next pass tries again
+                log.warning("task %s: the coordinator's pass will be retried: %s", tid, exc)
+            else:
+                _fail_task(tid, exc)
     with session_scope() as session:
         dispatches = schedule(session)
         session.add(PassTiming(seconds=time.perf_counter() - started, placed=len(dispatches)))
@@ -394,7 +410,7 @@ def _fail_task(task_id: int, exc: Exception) -> None:
     reason = f"coordinator error: {type(exc).__name__}: {exc}"[:1000]
     try:
         with session_scope() as session:
-            task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
+            task = lock_task(session, task_id)
             if task is None or task.status in TASK_TERMINAL:
                 return
             for exp in task.experiments:

@@ -8,6 +8,7 @@ from sqlalchemy import delete, select, update
 from app.celery_app import request_coordination
 from app.store import ledger
 from app.store.db import session_scope
+from app.store.lifecycle import lock_task
 from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL
 from app.store.models import Attempt, Experiment, Task, utcnow
 from app.domain.taskspec import TaskSpec
@@ -101,7 +102,7 @@ def _check_time_limits(spec: TaskSpec) -> None:
 def cancel_task(task_id: int) -> str:
     """Cooperative cancellation: mark the task, let the coordinator and the jobs wind down."""
     with session_scope() as session:
-        task = session.get(Task, task_id, with_for_update=True)
+        task = lock_task(session, task_id)
         if task is None:
             raise NotFound("task", task_id)
         if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING, TaskStatus.CANCELLING):
@@ -121,7 +122,7 @@ def update_task(task_id: int, max_parallel_experiments: int | None = None, prior
     from app.domain.taskspec import parse_task
 
     with session_scope() as session:
-        task = session.get(Task, task_id, with_for_update=True)
+        task = lock_task(session, task_id)
         if task is None:
             raise NotFound("task", task_id)
         if task.status in TASK_TERMINAL:
@@ -151,7 +152,7 @@ def retry_failed(task_id: int) -> int:
     ended runs again. A cancelling or cancelled task is refused: cancelling wins.
     """
     with session_scope() as session:
-        task = session.execute(select(Task).where(Task.id == task_id).with_for_update()).scalar_one_or_none()
+        task = lock_task(session, task_id)
         if task is None:
             raise NotFound("task", task_id)
         if task.status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED):

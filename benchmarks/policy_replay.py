@@ -12,8 +12,8 @@ planner is told about them:
 
 - exact: every experiment's true length;
 - learned: what the coordinator does (app.domain.lengths fitted on the finished experiments'
-  parameters and lengths, every unfinished experiment re-predicted at each pass; the task's
-  moving average until the fit can tell);
+  parameters and lengths; waiting experiments re-predicted at each pass, a running one once,
+  when it had no prediction; the task's moving average until the fit can tell);
 - moving average: the task's moving average of finished lengths only (as before per-experiment
   predictions);
 - none: nothing (the reserved start is unknown, so the reservation is strict: strict FIFO);
@@ -49,12 +49,14 @@ def replay(lengths: list[float], params: list[dict], needs: list[int], told: str
     running: dict[int, tuple[float, set[int]]] = {}  # experiment -> (end, GPU indices)
     free, finished = set(range(GPUS)), []
     average: float | None = None
+    kept: dict[int, float | None] = {}  # running experiments' predictions
     while True:
         while created < n and len(pending) + len(running) < 2 * PARALLEL:  # the round created ahead
             pending.append(created)
             created += 1
         if not pending and not running:
             return now
+        expected: dict[int, float | None] = {}
         if told == "greedy first-fit":
             placed = []
             for i in pending:
@@ -69,6 +71,8 @@ def replay(lengths: list[float], params: list[dict], needs: list[int], told: str
             model = LengthModel.fit([(params[i], lengths[i]) for i in finished]) if told == "learned" else None
             expected = {i: lengths[i] if told == "exact" else model.predict(params[i]) if model else None
                         for i in [*pending, *running]}
+            for i in running:  # a running experiment keeps the first prediction it had
+                expected[i] = kept[i] = kept.get(i) if kept.get(i) is not None else expected[i]
             queues: dict[int, list[Waiting]] = {}
             for i in pending:
                 queues.setdefault(needs[i], []).append(Waiting((i,), i, 1, None, expected[i]))
@@ -82,6 +86,7 @@ def replay(lengths: list[float], params: list[dict], needs: list[int], told: str
                           {1: PARALLEL - len(running)})
             placements = [(p.experiment_id, set(p.gpu_ids)) for p in result.placements]
         for i, gpus in placements:
+            kept[i] = expected.get(i)
             pending.remove(i)
             free -= gpus
             running[i] = (now + lengths[i], gpus)

@@ -14,9 +14,10 @@ For each backlog size it times:
 - `coordinate(task)` for one task (the pass an experiment's end triggers: advance that task,
   then schedule);
 - a hand-over: a running experiment's end recorded, which frees its GPU, and the placement
-  of what waits on it, in one transaction (`finish_and_place`, what a finishing job runs), and
-  for comparison in two (`lifecycle.finish`, then `schedule()`); each followed, untimed, by
-  the claim of what was placed;
+  of what waits on it, in one transaction (`finish_and_place`, what a finishing job runs; the
+  task's expected length learns after it), and for comparison as it was done before, in three
+  (`lifecycle.finish`, which records the end and then the expected length, then `schedule()`);
+  each followed, untimed, by the claim of what was placed;
 
 at the largest backlog, the same coordinate(task) passes from 1 and then `--coordinators`
 processes at once (they queue for the scheduler lock, held for one `schedule()`); then, with
@@ -162,7 +163,7 @@ def waiting_count() -> int:
 
 def hand_over(rng: random.Random, merged: bool) -> tuple[float, int]:
     """End one running experiment and place on what it freed, in one transaction (`merged`)
-    or two; then claim what was placed. Returns the hand-over's seconds (the claim excluded)
+    or as before; then claim what was placed. Returns the hand-over's seconds (the claim excluded)
     and how many were placed."""
     from sqlalchemy import select
 
@@ -177,13 +178,15 @@ def hand_over(rng: random.Random, merged: bool) -> tuple[float, int]:
     exp_id, attempt = rng.choice(ids)
     outcome = dict(metrics={}, objective=1.0, slo_ok=True)
     t0 = time.perf_counter()
-    if merged:
-        placed = finish_and_place(exp_id, attempt, "succeeded", **outcome)[1]
+    if merged:  # as a job runs it: the expected length learns after the jobs are sent
+        ended, placed = finish_and_place(exp_id, attempt, "succeeded", **outcome)
+        seconds = time.perf_counter() - t0
+        lifecycle.learn_length(ended)
     else:
         lifecycle.finish(exp_id, attempt, "succeeded", **outcome)
         with session_scope() as s:
             placed = schedule(s)
-    seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
     for d in placed:
         lifecycle.claim(d.experiment_id, d.attempt, worker="bench", host="bench", pid=os.getpid())
     return seconds, len(placed)
@@ -281,7 +284,7 @@ def main() -> int:
         hand = [hand_over(rng, merged=True) for _ in range(args.passes)]
         split = [hand_over(rng, merged=False) for _ in range(args.passes)]
         rows.append({"waiting": waiting_count(), "schedule": summary(sched), "coordinate_one_task": summary(coord),
-                     "hand_over": summary([h[0] for h in hand]), "hand_over_two_transactions": summary([h[0] for h in split]),
+                     "hand_over": summary([h[0] for h in hand]), "hand_over_before": summary([h[0] for h in split]),
                      "hand_over_placed": sum(h[1] for h in hand), "hand_overs": len(hand)})
         print(f"{database}: {rows[-1]}", file=sys.stderr, flush=True)
     concurrent = [contention(task_ids, n, args.passes) for n in (1, args.coordinators)]
@@ -307,12 +310,12 @@ def main() -> int:
         return 0
     print(f"{database}, {args.gpus} simulated GPUs in groups of {GROUP}, {args.tasks} tasks, {args.passes} passes "
           f"per figure, {os.cpu_count()} CPUs; median / p95 ms")
-    print(f"{'waiting':>8} {'schedule()':>16} {'coordinate(task)':>18} {'hand-over':>16} {'in two txns':>16} "
+    print(f"{'waiting':>8} {'schedule()':>16} {'coordinate(task)':>18} {'hand-over':>16} {'before':>16} "
           f"{'placed':>9}")
     for r in rows:
         f = lambda k: f"{r[k]['median_ms']:.1f} / {r[k]['p95_ms']:.1f}"  # noqa: E731
         print(f"{r['waiting']:>8} {f('schedule'):>16} {f('coordinate_one_task'):>18} {f('hand_over'):>16} "
-              f"{f('hand_over_two_transactions'):>16} {r['hand_over_placed']:>4}/{r['hand_overs']:<4}")
+              f"{f('hand_over_before'):>16} {r['hand_over_placed']:>4}/{r['hand_overs']:<4}")
     fp = result["first_placement"]
     print(f"first pass with every GPU free: {fp['placed']} experiments placed on {fp['gpus_taken']} of "
           f"{fp['free_gpus']} GPUs ({fp['waiting']} waiting) in {fp['seconds'] * 1000:.0f} ms")

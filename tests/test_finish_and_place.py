@@ -10,7 +10,7 @@ from app import coordinator
 from app.coordinator import coordinate, finish_and_place
 from app.store import lifecycle
 from app.store.db import get_engine, session_scope
-from app.store.models import Attempt, Experiment, Gpu
+from app.store.models import Attempt, Experiment, Gpu, Task
 from app.store.pool import GpuSpec, register_worker
 from tests.helpers import experiments, mixed_task, submit
 
@@ -48,11 +48,10 @@ def commits_during(call):
 
 def test_the_end_and_the_next_placement_commit_together(one_running):
     task_id, first = one_running
-    (returned, placed), commits = commits_during(
+    (ended, placed), commits = commits_during(
         lambda: finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK))
-    # One transaction for the end and the placement, one for the task's expected length.
-    assert commits == 2
-    assert returned == task_id
+    assert commits == 1  # the end and the placement; the task's expected length learns afterwards
+    assert ended.task_id == task_id and ended.seconds is not None
     done, second = experiments(task_id)
     assert [d.experiment_id for d in placed] == [second.id] and placed[0].queue == "gpu.g"
     assert (done.state, second.state) == ("succeeded", "queued")
@@ -71,7 +70,8 @@ def test_a_failed_placement_keeps_the_result_and_frees_the_gpus(one_running, mon
 
     coordinator_schedule = coordinator.schedule
     monkeypatch.setattr(coordinator, "schedule", place_then_fail)
-    assert finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK) == (task_id, [])
+    ended, placed = finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+    assert (ended.task_id, placed) == (task_id, [])
     done, second = experiments(task_id)
     assert (done.state, done.objective) == ("succeeded", 1.0)
     assert second.state == "pending" and second.attempt == 0
@@ -90,3 +90,46 @@ def test_a_late_end_records_and_places_nothing(one_running):
     lost, second = experiments(task_id)
     assert (lost.state, lost.objective) == ("pending", None)  # back in line; the late result is not kept
     assert second.state == "pending"
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_job_ends_without_waiting_for_its_tasks_coordinator_pass(one_running):
+    """The end updates the experiment row twice, and PostgreSQL then checks its task key
+    (FOR KEY SHARE); the coordinator's pass holds the task's row meanwhile. That check must
+    not wait for the pass (a pass that writes the experiment would deadlock with it): with a
+    lock timeout on every transaction, the end completes while the task is held."""
+    task_id, first = one_running
+    engine = get_engine()
+
+    def lock_timeout(conn):
+        conn.exec_driver_sql("SET LOCAL lock_timeout = '5s'")
+
+    event.listen(engine, "begin", lock_timeout)
+    try:
+        with session_scope() as pass_in_progress:
+            assert lifecycle.lock_task(pass_in_progress, task_id) is not None
+            ended, placed = finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+        assert ended.task_id == task_id and len(placed) == 1
+    finally:
+        event.remove(engine, "begin", lock_timeout)
+
+
+def test_a_transient_database_error_in_a_pass_does_not_fail_the_task(one_running, monkeypatch):
+    """A deadlock victim (PostgreSQL rolls one transaction back) is retried by the next pass;
+    only a real fault of the task's own fails it."""
+    from sqlalchemy.exc import OperationalError
+
+    task_id, first = one_running
+    real_advance = coordinator.advance
+
+    def deadlocked(session, task):
+        raise OperationalError("UPDATE experiments", {}, Exception("deadlock detected"))
+
+    monkeypatch.setattr(coordinator, "advance", deadlocked)
+    coordinate(task_id)
+    with session_scope() as s:
+        assert s.get(Task, task_id).status == "running"
+    monkeypatch.setattr(coordinator, "advance", real_advance)
+    assert lifecycle.finish(first.experiment_id, first.attempt, "succeeded", **OK) == task_id
+    coordinate(task_id)
+    assert [e.state for e in experiments(task_id)] == ["succeeded", "queued"]

@@ -293,8 +293,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
         outcome = {"state": ExperimentState.FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
                    "failure_kind": "internal"}
     state = outcome.pop("state")
-    task_id, placed = persistently(lambda: finish_and_place(experiment_id, attempt, state, engine_log=engine_log,
-                                                            engine_gone=engine_gone, **outcome))
-    send_placed(placed)
+    ended, placed = persistently(lambda: finish_and_place(experiment_id, attempt, state, engine_log=engine_log,
+                                                          engine_gone=engine_gone, **outcome))
+    send_placed(placed)  # first: what waits for these GPUs is the hand-over; the rest can follow
+    task_id = lifecycle.learn_length(ended)
     request_coordination(task_id if task_id is not None else claim.task_id)
     return state

@@ -16,6 +16,7 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import get_settings
@@ -140,6 +141,13 @@ def session_scope(url: str | None = None, readonly: bool = False) -> Iterator[Se
         raise
     finally:
         session.close()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that the same work, done again later, does not meet: the server
+    unreachable or restarting, a deadlock or serialisation failure (PostgreSQL rolls back one
+    of the transactions), SQLite's write lock not had in time. Other errors are bugs."""
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or isinstance(exc, OperationalError))
 
 
 def ping(url: str | None = None) -> None:

@@ -48,6 +48,16 @@ def _attempt(session: Session, exp: Experiment) -> Attempt | None:
 
 
 
+def lock_task(session: Session, task_id: int) -> Task | None:
+    """The task's row, locked against other writers of the task (its coordinator pass, a
+    cancel, an update) with FOR NO KEY UPDATE, which does not hold up foreign-key checks: a
+    job recording its experiment's end updates the experiment row twice in one transaction,
+    and PostgreSQL checks the task key on the second update; under FOR UPDATE that check
+    would wait for the whole coordinator pass, and a pass that writes the experiment
+    would deadlock with it. (SQLite: the write lock serialises everything anyway.)"""
+    return session.execute(select(Task).where(Task.id == task_id).with_for_update(key_share=True)).scalar_one_or_none()
+
+
 def _lock_experiment(session: Session, experiment_id: int) -> Experiment | None:
     return session.execute(
         select(Experiment).where(Experiment.id == experiment_id).with_for_update()

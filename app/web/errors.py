@@ -9,8 +9,9 @@ from werkzeug.exceptions import Conflict as WerkzeugConflict
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.exceptions import NotFound as WerkzeugNotFound
 from werkzeug.exceptions import ServiceUnavailable
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 
+from app.store.db import is_transient
 from app.task_service import Conflict, NotFound
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def _conflict(exc: Conflict):
 def _database_down(exc: DBAPIError):
     """The store cannot be reached (a restart, a fail-over): say so, and when to retry, instead
     of a 500. Other database errors are bugs and stay 500s."""
-    if not exc.connection_invalidated and not isinstance(exc, OperationalError):
+    if not is_transient(exc):
         return _unexpected(exc)
     log.warning("database unavailable on %s %s: %s", request.method, request.path, exc.orig)
     msg = "the database is unavailable; try again in a few seconds"
