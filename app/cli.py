@@ -392,7 +392,7 @@ def coordinator(concurrency: int, loglevel: str) -> None:
 @click.option("--simulated-domains", default=1, show_default=True,
               help="Split the simulated GPUs into this many topology domains (NVLink/PCIe islands).")
 @click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
-@click.option("--slots", type=int, help="Experiments run at once; default: one per GPU (per GPU slot). The Celery pool has one process more.")
+@click.option("--slots", type=int, help="Experiments run at once; default: one per GPU (per GPU slot). The Celery pool has a spare process per four slots (at least one).")
 @click.option("--slots-per-gpu", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Split each GPU between this many engines, each told to use 1/N of its memory "
                    "(several small models on one large GPU).")

@@ -78,6 +78,13 @@ def test_plans_never_give_one_experiment_two_slots_of_a_gpu(gpus, slots, needs, 
 # -- what the engine is told ----------------------------------------------------------------------
 
 @pytest.mark.unit
+def test_the_celery_pool_has_a_spare_process_per_four_slots():
+    from workers.gpu_worker import pool_size
+
+    assert [pool_size(n) for n in (1, 2, 4, 5, 8, 16)] == [2, 3, 5, 7, 10, 20]
+
+
+@pytest.mark.unit
 def test_memory_fraction_is_scaled_to_the_slot():
     sglang, vllm = builtin_engines()["sglang"], builtin_engines()["vllm"]
     assert sglang.on_gpu_share({"tp-size": 1}, 0.5) == {"tp-size": 1, "mem-fraction-static": 0.44}

@@ -1,7 +1,7 @@
 """Start a GPU worker: a Celery worker pinned to one GPU group.
 
 It consumes only `gpu.<group>`, runs at most `slots` experiments at once (the ledger's
-bound; Celery's pool has one spare process for hand-overs), optionally splits each GPU into several slots (several small engines on one
+bound; Celery's pool has spare processes for hand-overs), optionally splits each GPU into several slots (several small engines on one
 large GPU), registers its GPUs in the ledger when ready, reaps engines that no live job
 of this host owns (before taking work, then on every tick), heartbeats from a thread of the
 main process, clears the quarantine of its GPUs once they are free again, and marks itself
@@ -25,6 +25,16 @@ from workers.gpu_discovery import busy_gpus
 from workers.reaper import reap_engines
 
 log = logging.getLogger(__name__)
+
+
+def pool_size(slots: int) -> int:
+    """Celery pool processes for a worker running `slots` experiments at once: one spare per
+    four slots, at least one. With late acks and prefetch 1, a finishing job still holds its
+    process (and its message) while it hands its GPUs on, so the job it places on them is
+    fetched at once only if a process is spare, and experiments that end together (short
+    ones on a large worker) need one each. The ledger, not Celery, bounds how many
+    experiments run."""
+    return slots + max(1, -(-slots // 4))
 
 
 def default_group(host: str, gpus: list[GpuSpec]) -> str:
@@ -125,11 +135,7 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     member.housekeeping()
     worker_ready.connect(member.on_ready, weak=False)
     worker_shutdown.connect(member.on_shutdown, weak=False)
-    # One pool process more than experiments at once: with late acks and prefetch 1, a
-    # finishing job still holds its process (and its message) while it hands its GPUs on, so
-    # the job it places on them would otherwise wait for it to return before being fetched.
-    # The ledger, not Celery, bounds how many experiments run (`slots`).
     run_worker_process([
-        "-Q", queue_for(group), "-c", str(slots + 1), "-n", name,
+        "-Q", queue_for(group), "-c", str(pool_size(slots)), "-n", name,
         "--loglevel", loglevel, "-E", "--without-gossip", "--without-mingle",
     ])
