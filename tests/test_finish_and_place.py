@@ -94,10 +94,11 @@ def test_a_late_end_records_and_places_nothing(one_running):
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_job_ends_without_waiting_for_its_tasks_coordinator_pass(one_running):
-    """The end updates the experiment row twice, and PostgreSQL then checks its task key
-    (FOR KEY SHARE); the coordinator's pass holds the task's row meanwhile. That check must
-    not wait for the pass (a pass that writes the experiment would deadlock with it): with a
-    lock timeout on every transaction, the end completes while the task is held."""
+    """While the coordinator's pass holds the task's row, a job writes the task's experiments:
+    its end (and placement), and any transaction that updates an experiment row twice, after
+    which PostgreSQL checks the task key (FOR KEY SHARE), which FOR UPDATE would make wait for
+    the whole pass (and deadlock with a pass that writes the same experiment). With a lock
+    timeout on every transaction, both complete while the task is held."""
     task_id, first = one_running
     engine = get_engine()
 
@@ -109,7 +110,13 @@ def test_a_job_ends_without_waiting_for_its_tasks_coordinator_pass(one_running):
         with session_scope() as pass_in_progress:
             assert lifecycle.lock_task(pass_in_progress, task_id) is not None
             ended, placed = finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+            with session_scope() as job:
+                exp = job.get(Experiment, placed[0].experiment_id)
+                exp.phase = "starting"
+                job.flush()
+                exp.phase = "benchmarking"  # the second update of the row: the key check
         assert ended.task_id == task_id and len(placed) == 1
+        assert experiments(task_id)[1].phase == "benchmarking"
     finally:
         event.remove(engine, "begin", lock_timeout)
 

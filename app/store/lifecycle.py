@@ -174,13 +174,13 @@ def record_end(
             _confirm_gone(session, session.execute(select(Attempt).where(
                 Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
         return None
+    att = _attempt(session, exp)  # read before anything changes: one UPDATE per row at the end
     exp.metrics, exp.objective, exp.slo_ok = metrics, objective, slo_ok
     if engine_log is not None:
         exp.engine_log = engine_log[-20000:]
-    att = _attempt(session, exp)
     if att is not None and engine_gone:
         att.engine_gone_at = utcnow()
-    end_attempt(session, exp, state, error=error, failure_kind=failure_kind)
+    _end(session, exp, att, state, error, failure_kind)
     seconds = None
     if state == ExperimentState.SUCCEEDED and exp.started_at is not None and exp.finished_at is not None:
         seconds = (exp.finished_at - exp.started_at).total_seconds()
@@ -233,10 +233,14 @@ def end_attempt(session: Session, exp: Experiment, state: str, error: str | None
                 failure_kind: str | None = None) -> None:
     """Final state for the experiment and its current attempt; GPUs go back to the pool
     (fenced while the attempt's engine may still run)."""
+    _end(session, exp, _attempt(session, exp), state, error, failure_kind)
+
+
+def _end(session: Session, exp: Experiment, att: Attempt | None, state: str, error: str | None,
+         failure_kind: str | None) -> None:
     now = utcnow()
     exp.state, exp.phase, exp.finished_at, exp.error = state, None, now, error
     exp.failure_kind = failure_kind
-    att = _attempt(session, exp)
     if att is not None:
         att.state, att.finished_at, att.error, att.failure_kind = state, now, error, failure_kind
     ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
