@@ -50,11 +50,12 @@ def _attempt(session: Session, exp: Experiment) -> Attempt | None:
 
 def lock_task(session: Session, task_id: int) -> Task | None:
     """The task's row, locked against other writers of the task (its coordinator pass, a
-    cancel, an update) with FOR NO KEY UPDATE, which does not hold up foreign-key checks: a
-    job recording its experiment's end updates the experiment row twice in one transaction,
-    and PostgreSQL checks the task key on the second update; under FOR UPDATE that check
-    would wait for the whole coordinator pass, and a pass that writes the experiment
-    would deadlock with it. (SQLite: the write lock serialises everything anyway.)"""
+    cancel, an update) with FOR NO KEY UPDATE, which does not hold up foreign-key checks:
+    when a transaction updates an experiment row a second time (a job's claim or end may, as
+    its end did until `record_end` read the attempt first), PostgreSQL checks the task key
+    (FOR KEY SHARE); under FOR UPDATE that check waits for the whole coordinator pass, and
+    deadlocks with a pass that writes the same experiment. (SQLite: the write lock
+    serialises everything anyway.)"""
     return session.execute(select(Task).where(Task.id == task_id).with_for_update(key_share=True)).scalar_one_or_none()
 
 
