@@ -183,15 +183,16 @@ def _finish_task(task: Task, exps: list[Experiment]) -> None:
         task.error = f"all {len(exps)} experiments ended without success ({', '.join(kinds)})"
 
 
-def schedule(session: Session) -> list[Dispatch]:
+def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
     """Give free GPUs to waiting experiments (priority, then FIFO across all tasks, with one
     reservation and backfill), in the caller's transaction. Returns the jobs to send once that
     transaction has committed.
 
     Reads the head of the waiting queue for each GPU count, only as far as placements go
     (see app.domain.placement), and writes the placements together: its cost follows the
-    number of placements and GPU counts, not the backlog."""
-    scheduler = ledger.lock(session)
+    number of placements and GPU counts, not the backlog. `scheduler`: the scheduler's lock row,
+    when the caller has taken it already."""
+    scheduler = scheduler or ledger.lock(session)
     groups, capacity = ledger.group_states(session)
     now = utcnow()
     clock = _clock(session, now)
@@ -365,13 +366,13 @@ def finish_and_place(experiment_id: int, attempt: int, state: str,
     in. A placement that fails rolls back to its savepoint alone: the result is committed
     whatever happens to the placement, and the coordinator's next pass places what waits."""
     with session_scope() as session:
-        ledger.lock(session)
+        scheduler = ledger.lock(session)
         ended = record_end(session, experiment_id, attempt, state, **outcome)
         dispatches: list[Dispatch] = []
         if ended is not None:
             try:
                 with session.begin_nested():
-                    dispatches = schedule(session)
+                    dispatches = schedule(session, scheduler)
             except Exception:  # noqa: BLE001 - the result must be kept; the coordinator places them
                 log.exception("placement after experiment %s failed; the coordinator will place the waiting "
                               "experiments", experiment_id)

@@ -64,8 +64,8 @@ def test_the_end_and_the_next_placement_commit_together(one_running):
 def test_a_failed_placement_keeps_the_result_and_frees_the_gpus(one_running, monkeypatch):
     task_id, first = one_running
 
-    def place_then_fail(session):
-        coordinator_schedule(session)  # writes the placement, then fails: all of it must roll back
+    def place_then_fail(session, scheduler=None):
+        assert coordinator_schedule(session, scheduler)  # placed and written, then it fails: all of it must roll back
         raise RuntimeError("placement bug")
 
     coordinator_schedule = coordinator.schedule
