@@ -13,9 +13,9 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterator
+from typing import Any, Iterator, MutableMapping
 
-from sqlalchemy import and_, delete, func, insert, or_, select
+from sqlalchemy import Row, Select, and_, delete, func, insert, or_, select, union_all
 from sqlalchemy.orm import Session, joinedload
 
 from app.domain.placement import Clock, Waiting, plan as plan_placements
@@ -197,8 +197,10 @@ def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
     now = utcnow()
     clock = _clock(session, now)
     free_gpus = sum(len(g.free) for g in groups if g.busy_slots < g.slots)
-    queues = {need: _waiting_queue(session, need, free_gpus // need + 1) for need in _waiting_needs(session)}
-    plan = plan_placements(queues, groups, capacity, clock, _Room(session))
+    queues = _waiting_queues(session, free_gpus)
+    room = _Room(session)
+    _read_tasks(queues, room, clock.durations)
+    plan = plan_placements(queues, groups, capacity, clock, room)
     touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
     if not touched:
         return []
@@ -244,7 +246,8 @@ def _from_epoch(seconds: float) -> datetime:
 
 class _Lengths(dict):
     """Expected experiment length per task, read from the store on first use in a pass: the
-    task's moving average, else its time limit (only then is its spec parsed)."""
+    task's moving average, else its time limit (only then is its spec parsed). `_read_tasks`
+    fills it for the tasks at the queues' heads beforehand."""
 
     def __init__(self, session: Session) -> None:
         super().__init__()
@@ -261,19 +264,40 @@ class _Lengths(dict):
 
 class _Room(dict):
     """How many more experiments each task may start now (max_parallel_experiments less what
-    it has queued or running), read from the store on first use in a pass."""
+    it has queued or running), read from the store on first use in a pass. `_read_tasks`
+    fills it for the tasks at the queues' heads beforehand."""
 
     def __init__(self, session: Session) -> None:
         super().__init__()
         self.session = session
 
     def __missing__(self, task_id: int) -> int:
-        limit = self.session.execute(select(Task.max_parallel).where(Task.id == task_id)).scalar_one()
-        busy = self.session.execute(select(func.count()).select_from(Experiment).where(
-            Experiment.task_id == task_id,
-            Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))).scalar_one()
-        self[task_id] = room = limit - busy
-        return room
+        self.read([task_id])
+        if task_id not in self:
+            raise KeyError(task_id)
+        return dict.__getitem__(self, task_id)
+
+    def read(self, task_ids: list[int]) -> dict[int, float | None]:
+        """Room of `task_ids` in one query; returns their expected lengths, read on the way."""
+        busy = (select(func.count()).select_from(Experiment)
+                .where(Experiment.task_id == Task.id, Experiment.state.in_((ExperimentState.QUEUED,
+                                                                            ExperimentState.RUNNING)))
+                .scalar_subquery())
+        lengths = {}
+        for task_id, limit, running, expected in self.session.execute(
+                select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s).where(Task.id.in_(task_ids))):
+            self[task_id], lengths[task_id] = limit - running, expected
+        return lengths
+
+
+def _read_tasks(queues: dict[int, "_Queue"], room: _Room, lengths: MutableMapping[int, float]) -> None:
+    """What the planner asks of each task at the queues' heads (its room, its expected
+    length), for all of them in one query instead of two per task as each comes up."""
+    task_ids = sorted({item.task_id for queue in queues.values() for item in queue.first} - room.keys())
+    if task_ids:
+        for task_id, expected in room.read(task_ids).items():
+            if expected is not None:
+                lengths.setdefault(task_id, expected)
 
 
 def _clock(session: Session, now: datetime) -> Clock:
@@ -303,46 +327,78 @@ def _clock(session: Session, now: datetime) -> Clock:
 
 
 def _waiting_needs(session: Session) -> list[int]:
-    """The GPU counts that waiting experiments need, one index seek each (a loose index scan:
-    a backlog of ten thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks)."""
-    needs: list[int] = []
-    while True:
-        need = session.execute(
-            select(func.min(Experiment.gpus_needed))
-            .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed > (needs[-1] if needs else -1))
-        ).scalar_one_or_none()
-        if need is None:
-            return needs
-        needs.append(need)
+    """The GPU counts that waiting experiments need, in one recursive query that seeks the next
+    larger count in ix_experiments_waiting until none is left (a loose index scan: a backlog
+    of ten thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks, one round trip)."""
+    def smallest_need(*where: Any) -> Select:
+        return (select(Experiment.gpus_needed).where(Experiment.state == ExperimentState.PENDING, *where)
+                .order_by(Experiment.gpus_needed).limit(1))
+
+    needs = select(smallest_need().scalar_subquery().label("need")).cte("needs", recursive=True)
+    needs = needs.union_all(select(smallest_need(Experiment.gpus_needed > needs.c.need).scalar_subquery())
+                            .where(needs.c.need.is_not(None)))
+    return [need for need in session.execute(select(needs.c.need)).scalars() if need is not None]
 
 
-def _waiting_queue(session: Session, need: int, page: int) -> Iterator[Waiting]:
-    """Waiting experiments of running tasks needing `need` GPUs, in queue order (priority
-    first, then fair-share tag, then age), read page by page from ix_experiments_waiting as
-    the planner asks."""
-    after: tuple[int, float, int] | None = None
-    page = max(1, min(page, 1024))
-    while True:
-        query = (
-            select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
-                   Experiment.promised_start, Experiment.expected_s)
-            .join(Task, Task.id == Experiment.task_id)
-            .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
-                   Task.status == TaskStatus.RUNNING)
-        )
-        if after is not None:
-            priority, tag, last = after
-            query = query.where(or_(
-                Experiment.priority < priority,
-                and_(Experiment.priority == priority, or_(
-                    Experiment.share_tag > tag, and_(Experiment.share_tag == tag, Experiment.id > last)))))
-        rows = session.execute(query.order_by(Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
-                               .limit(page)).all()
-        for priority, tag, exp_id, task_id, promised, expected in rows:
-            yield Waiting((-priority, tag, exp_id), exp_id, task_id, _epoch(promised) if promised else None, expected)
-        if len(rows) < page:
-            return
-        after, page = (rows[-1][0], rows[-1][1], rows[-1][2]), min(page * 4, 1024)
+_QUEUE_ORDER = (Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
+_MAX_PAGE = 1024
+
+
+def _queue_rows(need: int, after: tuple[int, float, int] | None = None) -> Select:
+    """Waiting experiments of running tasks needing `need` GPUs, after the key `after`."""
+    query = (
+        select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
+               Experiment.promised_start, Experiment.expected_s, Experiment.gpus_needed)
+        .join(Task, Task.id == Experiment.task_id)
+        .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
+               Task.status == TaskStatus.RUNNING)
+    )
+    if after is not None:
+        priority, tag, last = after
+        query = query.where(or_(
+            Experiment.priority < priority,
+            and_(Experiment.priority == priority, or_(
+                Experiment.share_tag > tag, and_(Experiment.share_tag == tag, Experiment.id > last)))))
+    return query.order_by(*_QUEUE_ORDER)
+
+
+class _Queue:
+    """The waiting queue of one GPU count, in queue order (priority first, then fair-share tag,
+    then age), read page by page from ix_experiments_waiting as the planner asks. Its first
+    page comes with the other counts' (`_waiting_queues`)."""
+
+    def __init__(self, session: Session, need: int, page: int, first: list[Waiting]) -> None:
+        self.session, self.need, self.page, self.first = session, need, page, first
+
+    def __iter__(self) -> Iterator[Waiting]:
+        yield from self.first
+        rows, page = self.first, self.page
+        while len(rows) == page:
+            last = rows[-1]
+            page = min(page * 4, _MAX_PAGE)
+            rows = [_waiting(row) for row in self.session.execute(
+                _queue_rows(self.need, (-last.key[0], last.key[1], last.key[2])).limit(page))]
+            yield from rows
+
+
+def _waiting(row: Row) -> Waiting:
+    priority, tag, exp_id, task_id, promised, expected, _need = row
+    return Waiting((-priority, tag, exp_id), exp_id, task_id, _epoch(promised) if promised else None, expected)
+
+
+def _waiting_queues(session: Session, free_gpus: int) -> dict[int, _Queue]:
+    """The waiting queue of every GPU count waited for. The first page of each (as many as
+    could start on the free GPUs, plus the one that would wait) is read in one statement;
+    the planner rarely reads further."""
+    pages = {need: max(1, min(free_gpus // need + 1, _MAX_PAGE)) for need in _waiting_needs(session)}
+    if not pages:
+        return {}
+    heads = [select(_queue_rows(need).limit(page).subquery()) for need, page in pages.items()]
+    first: dict[int, list[Waiting]] = {need: [] for need in pages}
+    for row in session.execute(heads[0] if len(heads) == 1 else union_all(*heads)):
+        first[row.gpus_needed].append(_waiting(row))
+    return {need: _Queue(session, need, page, sorted(first[need], key=lambda w: w.key))
+            for need, page in pages.items()}
 
 
 def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:

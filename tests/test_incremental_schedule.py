@@ -106,20 +106,28 @@ def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_ur
     assert failed == set(expected.impossible)
 
 
-def test_the_waiting_queue_pages_in_priority_then_age_order(database_url):
-    from app.coordinator import _waiting_queue
+def test_the_waiting_queues_page_in_priority_then_age_order(database_url):
+    """Every GPU count waited for has its queue (the first pages of all of them read in one
+    statement, the rest page by page), each in priority, fair-share tag, age order, however
+    many GPUs are free (which sets the first page's size)."""
+    from app.coordinator import _waiting_queues
     from app.store.db import session_scope
     from app.store.models import Experiment, Task
 
     _store(random.Random(11))
     with session_scope() as s:
-        for need in (1, 2, 4, 8):
-            whole = s.execute(select(Experiment.id).join(Task)
-                              .where(Experiment.state == "pending", Experiment.gpus_needed == need,
-                                     Task.status == "running")
-                              .order_by(Experiment.priority.desc(), Experiment.share_tag, Experiment.id)).scalars().all()
-            for page in (1, 2, 1000):
-                assert [w.experiment_id for w in _waiting_queue(s, need, page)] == whole, (need, page)
+        whole: dict[int, list[int]] = {}
+        for need, exp_id in s.execute(select(Experiment.gpus_needed, Experiment.id).join(Task)
+                                      .where(Experiment.state == "pending", Task.status == "running")
+                                      .order_by(Experiment.priority.desc(), Experiment.share_tag, Experiment.id)):
+            whole.setdefault(need, []).append(exp_id)
+        pending_needs = set(s.execute(select(Experiment.gpus_needed).where(Experiment.state == "pending")).scalars())
+        assert len(whole) >= 3
+        for free in (0, 1, 5, 100_000):
+            queues = _waiting_queues(s, free)
+            assert set(queues) == pending_needs, free  # a count only a cancelling task waits for reads empty
+            assert {need: [w.experiment_id for w in q] for need, q in queues.items() if need in whole} == whole, free
+            assert all(not list(q) for need, q in queues.items() if need not in whole)
 
 
 def test_placement_keeps_a_multi_gpu_experiment_within_one_topology_domain(database_url):
@@ -156,3 +164,68 @@ def test_placement_keeps_a_multi_gpu_experiment_within_one_topology_domain(datab
     assert held == {ids[0]: [0, 3], ids[1]: [4, 5, 6, 7]}
     gpus = create_app({"TESTING": True}).test_client().get("/api/pool").json["gpus"]
     assert [g["domain"] for g in sorted(gpus, key=lambda g: g["index"])] == ["sim-d0"] * 4 + ["sim-d1"] * 4
+
+
+def _empty_store() -> None:
+    """Every row gone but the scheduler's lock (whose virtual time starts again)."""
+    from sqlalchemy import delete, update
+
+    from app.store.db import session_scope
+    from app.store.models import Base, Lock
+
+    with session_scope() as s:
+        for table in reversed(Base.metadata.sorted_tables):
+            if table is not Lock.__table__:
+                s.execute(delete(table))
+        s.execute(update(Lock).values(value=None))
+
+
+def _reads_of_one_pass(tasks: int, needs: list[int], free: int) -> tuple[int, int]:
+    """A worker of 8 GPUs with `free` of them free, `tasks` running tasks with experiments
+    waiting for each of `needs` GPUs: the statements that read (SELECT / WITH) in one
+    schedule(), and how many experiments it placed."""
+    from sqlalchemy import event
+
+    from app.coordinator import schedule
+    from app.domain.taskspec import parse_task
+    from app.store import pool
+    from app.store.db import get_engine, session_scope
+    from app.store.models import Experiment, Gpu, Task
+    from app.task_service import create_task
+    from tests.helpers import mixed_task
+
+    specs = [pool.GpuSpec(i, "Simulated H100-80GB", 81_559, f"u{i}", True) for i in range(8)]
+    pool.register_worker("w", "h-sim", "h", "gpu.h-sim", 8, specs, "inc", 1)
+    ids = [create_task(parse_task(mixed_task([{"tp-size": 1}], parallel=8)), enqueue=False) for _ in range(tasks)]
+    with session_scope() as s:
+        for task_id in ids:
+            s.get(Task, task_id).status = "running"
+        holder = Experiment(task_id=ids[0], seq=1, params={}, gpus_needed=8 - free, state="running", group="h-sim",
+                            attempt=1, simulated=True)
+        s.add(holder)
+        s.add_all(Experiment(task_id=task_id, seq=2 + i, params={}, gpus_needed=need, state="pending", simulated=True)
+                  for task_id in ids for i, need in enumerate(needs * 3))
+        s.flush()
+        for gpu in s.execute(select(Gpu).where(Gpu.index >= free)).scalars():
+            gpu.held_by = holder.id
+    reads = []
+    listener = lambda _c, _cur, statement, *_a: reads.append(statement)  # noqa: E731
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    try:
+        with session_scope() as s:
+            placed = schedule(s)
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+    return sum(1 for r in reads if r.lstrip().upper().startswith(("SELECT", "WITH"))), len(placed)
+
+
+@pytest.mark.parametrize("free", [0, 3])
+def test_a_pass_reads_the_same_few_statements_however_many_gpu_counts_and_tasks_wait(database_url, free):
+    """The GPU counts waited for are found in one statement, the head of every count's queue
+    is read in one, and what the planner asks of the tasks at the heads in one: one task
+    waiting for one GPU count costs a pass as many reads as three tasks waiting for four."""
+    small, placed_small = _reads_of_one_pass(1, [1], free)
+    _empty_store()
+    large, placed_large = _reads_of_one_pass(3, [1, 2, 4, 8], free)
+    assert placed_small == free and (placed_large > 0) == (free > 0)
+    assert large == small, (small, large)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, case, delete, func, insert, select, update
+from sqlalchemy import Select, case, delete, func, insert, literal, select, union_all, update
 from sqlalchemy.orm import Session
 
 from app.domain.placement import FreeGpu, GroupState
@@ -37,31 +37,33 @@ def lock(session: Session, name: str = "scheduler") -> Lock:
 
 def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
     """Online groups with their free GPUs (free slots of GPUs, where GPUs are split) and busy
-    slots, plus every group's size in physical GPUs: counts
-    come from grouped queries and only the free GPUs are read row by row, so a pass over a
-    busy pool of a thousand GPUs reads almost none."""
-    capacity: dict[str, int] = {}
-    online_gpus: dict[str, int] = {}
-    # Physical GPUs: slot 0 of each (a GPU split into slots has one row per slot).
-    for group, total, online in session.execute(
-        select(Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0)))
-        .where(Gpu.slot == 0).group_by(Gpu.group)
-    ):
-        capacity[group], online_gpus[group] = total, int(online or 0)
-    slots: dict[str, int] = defaultdict(int)
-    for group, total in session.execute(
-        select(Worker.group, func.sum(Worker.slots)).where(Worker.online.is_(True)).group_by(Worker.group)
-    ):
-        slots[group] = int(total or 0)
+    slots, plus every group's size in physical GPUs: counts come from grouped queries (one
+    round trip) and only the free GPUs are read row by row, so a pass over a busy pool of a
+    thousand GPUs reads almost none."""
     from app.store.models import Experiment  # local: the model module imports nothing from here
 
+    capacity: dict[str, int] = {}
+    online_gpus: dict[str, int] = {}
+    slots: dict[str, int] = defaultdict(int)
     busy: dict[str, int] = defaultdict(int)
-    for group, count in session.execute(
-        select(Experiment.group, func.count())
-        .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
-        .group_by(Experiment.group)
-    ):
-        busy[group] = count
+    # Three grouped counts in one round trip: physical GPUs (slot 0 of each: a GPU split
+    # into slots has one row per slot) and how many are online, online workers' slots, and
+    # experiments holding slots.
+    counts = union_all(
+        select(literal("gpus"), Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0)))
+        .where(Gpu.slot == 0).group_by(Gpu.group),
+        select(literal("slots"), Worker.group, func.sum(Worker.slots), literal(0))
+        .where(Worker.online.is_(True)).group_by(Worker.group),
+        select(literal("busy"), Experiment.group, func.count(), literal(0))
+        .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING))).group_by(Experiment.group),
+    )
+    for kind, group, count, online in session.execute(counts):
+        if kind == "gpus":
+            capacity[group], online_gpus[group] = int(count), int(online or 0)
+        elif kind == "slots":
+            slots[group] = int(count or 0)
+        else:
+            busy[group] = int(count)
     online = {g: GroupState(g, online_gpus[g], slots[g], busy[g]) for g in slots if online_gpus.get(g)}
     free = session.execute(
         select(Gpu.id, Gpu.group, Gpu.index, Gpu.utilization, Gpu.domain)
