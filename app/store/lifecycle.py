@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, select, update
+from sqlalchemy import and_, case, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -46,8 +46,6 @@ def _attempt(session: Session, exp: Experiment) -> Attempt | None:
     ).scalar_one_or_none()
 
 
-
-
 def lock_task(session: Session, task_id: int) -> Task | None:
     """The task's row, locked against other writers of the task (its coordinator pass, a
     cancel, an update) with FOR NO KEY UPDATE, which does not hold up foreign-key checks:
@@ -73,12 +71,19 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
     mid-run (its pid is gone) marks that attempt lost so the coordinator retries it.
     """
     with session_scope() as session:
-        exp = _lock_experiment(session, experiment_id)
-        if exp is None or exp.attempt != attempt:
+        # One statement on the hand-over's path: the experiment locked (FOR UPDATE OF it alone),
+        # its task and the attempt this job was sent for.
+        row = session.execute(
+            select(Experiment, Task, Attempt)
+            .join(Task, Task.id == Experiment.task_id)
+            .outerjoin(Attempt, and_(Attempt.experiment_id == Experiment.id, Attempt.number == attempt))
+            .where(Experiment.id == experiment_id)
+            .with_for_update(of=Experiment)
+        ).first()
+        if row is None or row.Experiment.attempt != attempt:
             return None
-        task = session.get(Task, exp.task_id)
+        exp, task, att = row
         if exp.state == ExperimentState.RUNNING:
-            att = _attempt(session, exp)
             if att is not None and att.worker == worker and not pid_alive(att.pid):
                 mark_lost(session, exp, "the worker process running it died")
             return None
@@ -90,7 +95,6 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
         now = utcnow()
         exp.state, exp.phase, exp.started_at = ExperimentState.RUNNING, "deploying", now
         exp.worker, exp.host = worker, host
-        att = _attempt(session, exp)
         att.state, att.started_at, att.worker, att.host, att.pid = ExperimentState.RUNNING, now, worker, host, pid
         gpus = session.execute(select(Gpu).where(Gpu.held_by == exp.id).order_by(Gpu.index)).scalars().all()
         return Claim(
