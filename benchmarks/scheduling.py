@@ -18,17 +18,23 @@ Per workload: makespan (first submission to last end) ÷ the lower bound compute
 *measured* lengths (max(GPU-seconds ÷ GPUs, the longest experiment)), GPU utilisation, and
 the hand-over gap: for each experiment that was waiting when its GPUs became free, the time
 from the last of them being freed to its claim on the worker, split into placement (freed →
-queued) and delivery (queued → claimed). Median and p95.
+queued) and delivery (queued → claimed). Median and p95. Delivery is split further with the
+Celery events the stack sends for Flower, captured from its broker during the run: queued →
+sent (the rest of the placing transaction, its commit and the publish), sent → received
+(broker to the worker's main process), received → started (handed to a pool process) and
+started → claimed (the claim's transaction).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import os
 import random
 import statistics
 import sys
+import threading
 import time
 import urllib.request
 from datetime import datetime
@@ -74,6 +80,48 @@ def ts(value: str | None) -> float | None:
     return datetime.fromisoformat(value.rstrip("Z")).timestamp() if value else None
 
 
+class JobEvents:
+    """When each experiment job was sent, received by its worker and started in a pool process,
+    from the Celery events the stack sends (for Flower), captured in a thread during a run."""
+
+    KINDS = ("task-sent", "task-received", "task-started")
+
+    def __init__(self, broker_url: str) -> None:
+        from app.celery_app import RUN_EXPERIMENT, app
+
+        self.job_name = RUN_EXPERIMENT
+        self.by_uuid: dict[str, dict] = {}
+        self.connection = app.connection_for_read(broker_url)
+        self.receiver = app.events.Receiver(self.connection, handlers={k: self._on for k in self.KINDS})
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._capture, daemon=True)
+
+    def _capture(self) -> None:
+        for _ in self.receiver.itercapture(limit=None, timeout=None, wakeup=False):
+            self.ready.set()  # consuming: every event from now on is seen
+
+    def _on(self, event: dict) -> None:
+        self.by_uuid.setdefault(event["uuid"], {})[event["type"]] = event
+
+    def start(self) -> "JobEvents":
+        self.thread.start()
+        if not self.ready.wait(30):
+            raise SystemExit("could not consume the stack's Celery events")
+        return self
+
+    def stop(self) -> dict[tuple[int, int], dict[str, float]]:
+        """Per (experiment, attempt): the time of each event."""
+        self.receiver.should_stop = True
+        self.connection.release()
+        out: dict[tuple[int, int], dict[str, float]] = {}
+        for events in list(self.by_uuid.values()):
+            named = [e for e in events.values() if e.get("name") == self.job_name and e.get("args")]
+            if named:
+                exp_id, attempt = ast.literal_eval(named[0]["args"])
+                out[(exp_id, attempt)] = {kind: e["timestamp"] for kind, e in events.items()}
+        return out
+
+
 def run_workload(home: Path, gpus: int, tasks: list[dict]) -> dict:
     """Start a stack of `gpus` simulated GPUs, submit `tasks` at once, wait, read the store."""
     from sqlalchemy import select
@@ -102,6 +150,7 @@ def run_workload(home: Path, gpus: int, tasks: list[dict]) -> dict:
             if time.monotonic() > deadline:
                 raise SystemExit(f"the stack did not come up; see {home / 'logs'}")
             time.sleep(0.2)
+        events = JobEvents(stack.broker_url).start()
         submitted = time.time()
         ids = [post(base, t) for t in tasks]
         while True:
@@ -113,9 +162,14 @@ def run_workload(home: Path, gpus: int, tasks: list[dict]) -> dict:
                     break
             time.sleep(0.5)
         reports = [load_report(i) for i in ids]
+        jobs = events.stop()
     finally:
         stack.stop()
-    return {"gpus": gpus, "submitted": submitted, "reports": reports}
+    return {"gpus": gpus, "submitted": submitted, "reports": reports, "jobs": jobs}
+
+
+DELIVERY_STEPS = [("commit_and_send", "queued", "task-sent"), ("broker", "task-sent", "task-received"),
+                  ("to_pool", "task-received", "task-started"), ("claim", "task-started", "claimed")]
 
 
 def measure(run: dict) -> dict:
@@ -133,6 +187,7 @@ def measure(run: dict) -> dict:
     makespan = max(end for _, end, _, _ in runs) - t0
     bound = max(gpu_seconds / gpus, max(lengths))
     gaps, placement, delivery = [], [], []
+    steps: dict[str, list[float]] = {step: [] for step, _, _ in DELIVERY_STEPS}
     freed_at: dict[str, float] = {}
     for start, end, labels, e in sorted(runs, key=lambda r: r[0]):
         previous = [freed_at[g] for g in labels if g in freed_at]
@@ -143,6 +198,11 @@ def measure(run: dict) -> dict:
                 gaps.append(start - free)
                 placement.append(queued - free)
                 delivery.append(start - queued)
+                moments = {"queued": queued, "claimed": start,
+                           **run["jobs"].get((e["id"], e["attempt_history"][-1]["number"]), {})}
+                for step, since, until in DELIVERY_STEPS:
+                    if since in moments and until in moments:
+                        steps[step].append(moments[until] - moments[since])
         for g in labels:
             freed_at[g] = end
     ms = lambda xs, q: None if not xs else round(percentile(xs, q) * 1000, 1)  # noqa: E731
@@ -151,7 +211,8 @@ def measure(run: dict) -> dict:
         "ratio": round(makespan / bound, 3), "utilisation": round(gpu_seconds / (gpus * makespan), 3),
         "mean_length_s": round(statistics.mean(lengths), 2),
         "handover_ms": {"n": len(gaps), "median": ms(gaps, 0.5), "p95": ms(gaps, 0.95),
-                        "placement_median": ms(placement, 0.5), "delivery_median": ms(delivery, 0.5)},
+                        "placement_median": ms(placement, 0.5), "delivery_median": ms(delivery, 0.5),
+                        "delivery_steps_median": {step: ms(xs, 0.5) for step, xs in steps.items()}},
         "runs": runs,
     }
 
