@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterator, MutableMapping
 
 from sqlalchemy import Row, Select, and_, delete, func, insert, or_, select, union_all
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, defer, joinedload
 
 from app.domain.placement import Clock, Waiting, plan as plan_placements
 from app.domain.lengths import LengthModel
@@ -35,6 +35,7 @@ from app.domain.taskspec import TaskSpec
 
 log = logging.getLogger(__name__)
 REPREDICT_CHANGE = 0.05  # a waiting experiment's prediction is renewed when it moves this much
+_UNREAD = (defer(Experiment.metrics), defer(Experiment.engine_log))  # what a pass never needs of an experiment
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def advance(session: Session, task: Task) -> None:
     created = 0
     if free > 0:
         spec = task.parsed_spec
-        exps = list(task.experiments)
+        exps = _history(session, task.id)
         virtual = _virtual_time(session)
         lengths = LengthModel.fit([(e.params, (e.finished_at - e.started_at).total_seconds()) for e in exps
                                    if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
@@ -114,6 +115,14 @@ def advance(session: Session, task: Task) -> None:
         _repredict(exps, lengths)
     if not active and not created:
         _finish_task(task, list(task.experiments))
+
+
+def _history(session: Session, task_id: int) -> list[Experiment]:
+    """The task's experiments as the strategy and the length model read them: without their
+    measurements and engine logs (up to 20 KB each), which a task's next step never needs and
+    which would otherwise be read again at every experiment's end."""
+    return list(session.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)
+                                .options(*_UNREAD)).scalars())
 
 
 def _repredict(exps: list[Experiment], lengths: LengthModel) -> None:
@@ -406,7 +415,8 @@ def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
     out: dict[int, Experiment] = {}
     for i in range(0, len(ids), 500):
         out.update((e.id, e) for e in session.execute(
-            select(Experiment).where(Experiment.id.in_(ids[i:i + 500])).options(joinedload(Experiment.task))).scalars())
+            select(Experiment).where(Experiment.id.in_(ids[i:i + 500])).options(joinedload(Experiment.task), *_UNREAD))
+            .scalars())
     return out
 
 

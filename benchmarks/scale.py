@@ -17,7 +17,7 @@ For each backlog size it times:
   of what waits on it, in one transaction (`finish_and_place`, what a finishing job runs; the
   task's expected length learns after it), and for comparison as it was done before, in three
   (`lifecycle.finish`, which records the end and then the expected length, then `schedule()`);
-  each followed, untimed, by the claim of what was placed;
+  each followed, untimed, by the claim of what was placed; with the statements each sends;
 
 at the largest backlog, the same coordinate(task) passes from 1 and then `--coordinators`
 processes at once (they queue for the scheduler lock, held for one `schedule()`); then, with
@@ -161,10 +161,35 @@ def waiting_count() -> int:
         return s.execute(select(func.count()).select_from(Experiment).where(Experiment.state == "pending")).scalar_one()
 
 
-def hand_over(rng: random.Random, merged: bool) -> tuple[float, int]:
+class Statements:
+    """Counts the statements sent to the database while in use (`with`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def _one(self, *_args) -> None:
+        self.count += 1
+
+    def __enter__(self) -> "Statements":
+        from sqlalchemy import event
+
+        from app.store.db import get_engine
+
+        event.listen(get_engine(), "before_cursor_execute", self._one)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        from sqlalchemy import event
+
+        from app.store.db import get_engine
+
+        event.remove(get_engine(), "before_cursor_execute", self._one)
+
+
+def hand_over(rng: random.Random, merged: bool) -> tuple[float, int, int]:
     """End one running experiment and place on what it freed, in one transaction (`merged`)
-    or as before; then claim what was placed. Returns the hand-over's seconds (the claim excluded)
-    and how many were placed."""
+    or as before; then claim what was placed. Returns the hand-over's seconds and statements
+    (the claim excluded) and how many were placed."""
     from sqlalchemy import select
 
     from app.coordinator import finish_and_place, schedule
@@ -177,19 +202,21 @@ def hand_over(rng: random.Random, merged: bool) -> tuple[float, int]:
                         .limit(200)).all()
     exp_id, attempt = rng.choice(ids)
     outcome = dict(metrics={}, objective=1.0, slo_ok=True)
-    t0 = time.perf_counter()
-    if merged:  # as a job runs it: the expected length learns after the jobs are sent
-        ended, placed = finish_and_place(exp_id, attempt, "succeeded", **outcome)
-        seconds = time.perf_counter() - t0
+    with Statements() as statements:
+        t0 = time.perf_counter()
+        if merged:  # as a job runs it: the expected length learns after the jobs are sent
+            ended, placed = finish_and_place(exp_id, attempt, "succeeded", **outcome)
+            seconds = time.perf_counter() - t0
+        else:
+            lifecycle.finish(exp_id, attempt, "succeeded", **outcome)
+            with session_scope() as s:
+                placed = schedule(s)
+            seconds = time.perf_counter() - t0
+    if merged:
         lifecycle.learn_length(ended)
-    else:
-        lifecycle.finish(exp_id, attempt, "succeeded", **outcome)
-        with session_scope() as s:
-            placed = schedule(s)
-        seconds = time.perf_counter() - t0
     for d in placed:
         lifecycle.claim(d.experiment_id, d.attempt, worker="bench", host="bench", pid=os.getpid())
-    return seconds, len(placed)
+    return seconds, len(placed), statements.count
 
 
 def _coordinate_many(job: tuple[list[int], int, int, float]) -> tuple[list[float], float, float]:
@@ -285,7 +312,9 @@ def main() -> int:
         split = [hand_over(rng, merged=False) for _ in range(args.passes)]
         rows.append({"waiting": waiting_count(), "schedule": summary(sched), "coordinate_one_task": summary(coord),
                      "hand_over": summary([h[0] for h in hand]), "hand_over_before": summary([h[0] for h in split]),
-                     "hand_over_placed": sum(h[1] for h in hand), "hand_overs": len(hand)})
+                     "hand_over_placed": sum(h[1] for h in hand), "hand_overs": len(hand),
+                     "hand_over_statements": statistics.median(h[2] for h in hand),
+                     "hand_over_before_statements": statistics.median(h[2] for h in split)})
         print(f"{database}: {rows[-1]}", file=sys.stderr, flush=True)
     concurrent = [contention(task_ids, n, args.passes) for n in (1, args.coordinators)]
     free_everything()
@@ -311,11 +340,12 @@ def main() -> int:
     print(f"{database}, {args.gpus} simulated GPUs in groups of {GROUP}, {args.tasks} tasks, {args.passes} passes "
           f"per figure, {os.cpu_count()} CPUs; median / p95 ms")
     print(f"{'waiting':>8} {'schedule()':>16} {'coordinate(task)':>18} {'hand-over':>16} {'before':>16} "
-          f"{'placed':>9}")
+          f"{'placed':>9} {'statements (before)':>20}")
     for r in rows:
         f = lambda k: f"{r[k]['median_ms']:.1f} / {r[k]['p95_ms']:.1f}"  # noqa: E731
         print(f"{r['waiting']:>8} {f('schedule'):>16} {f('coordinate_one_task'):>18} {f('hand_over'):>16} "
-              f"{f('hand_over_before'):>16} {r['hand_over_placed']:>4}/{r['hand_overs']:<4}")
+              f"{f('hand_over_before'):>16} {r['hand_over_placed']:>4}/{r['hand_overs']:<4} "
+              f"{r['hand_over_statements']:>8g} ({r['hand_over_before_statements']:g})")
     fp = result["first_placement"]
     print(f"first pass with every GPU free: {fp['placed']} experiments placed on {fp['gpus_taken']} of "
           f"{fp['free_gpus']} GPUs ({fp['waiting']} waiting) in {fp['seconds'] * 1000:.0f} ms")

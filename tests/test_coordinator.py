@@ -238,3 +238,30 @@ def test_a_confirmed_stop_unfences_at_once(pool):
     lifecycle.engine_stopped(lost_id)
     (again,) = coordinate(task_id)
     assert again.attempt == 2
+
+
+def test_a_tasks_next_step_does_not_read_its_measurements_or_engine_logs(pool):
+    """The pass an experiment's end triggers reads the task's history for the strategy and the
+    length model, not what the experiments measured or logged (up to 20 KB each): those
+    would be read again at every end of a long task."""
+    from sqlalchemy import event
+
+    from app.store.db import get_engine
+
+    task_id = submit(mixed_task([{"tp-size": 1}] * 8, parallel=2))
+    (d, *_) = coordinate(task_id)
+    claim = lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    assert claim is not None
+    lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True,
+                     metrics={"scenarios": ["x" * 1000]}, engine_log="engine said " * 100)
+    statements: list[str] = []
+    listener = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    try:
+        coordinate(task_id)
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+    assert len(experiments(task_id)) == 5  # the step ran: the next one was created
+    reads = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM experiments" in s]
+    assert any("experiments.params" in s for s in reads)  # the history was read
+    assert not any("experiments.metrics" in s or "experiments.engine_log" in s for s in reads)
