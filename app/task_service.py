@@ -8,7 +8,7 @@ from sqlalchemy import delete, select, update
 from app.celery_app import request_coordination
 from app.store import ledger
 from app.store.db import session_scope
-from app.store.lifecycle import lock_task
+from app.store.lifecycle import back_to_pending, lock_task
 from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL
 from app.store.models import Attempt, Experiment, Task, utcnow
 from app.domain.taskspec import TaskSpec
@@ -166,11 +166,7 @@ def retry_failed(task_id: int) -> int:
         if not failed:
             raise Conflict(f"task {task_id} has no failed or timed-out experiment to retry")
         for exp in failed:
-            ledger.release(session, exp.id)  # normally already free; never leave a GPU held
-            exp.state, exp.phase, exp.error, exp.wait_reason = ExperimentState.PENDING, None, None, None
-            exp.objective, exp.slo_ok, exp.metrics = None, None, None
-            exp.finished_at, exp.started_at, exp.queued_at = None, None, None
-            exp.gpus, exp.group, exp.worker, exp.host = [], None, None, None
+            back_to_pending(session, exp)
         if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING):  # completed or failed: it runs again
             task.status, task.finished_at, task.error = TaskStatus.RUNNING, None, None
             if task.started_at is None:

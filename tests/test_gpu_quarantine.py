@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.cli import main as cli
 from app.coordinator import coordinate
 from app.store.db import session_scope
-from app.store.models import Attempt, Experiment, Gpu, utcnow
+from app.store.models import Attempt, Experiment, Gpu, Task, utcnow
 from app.store.pool import GpuSpec, register_worker
 from app.task_service import create_task
 from app.domain.taskspec import parse_task
@@ -129,6 +129,35 @@ def test_busy_gpu_is_quarantined_and_the_experiment_placed_again(db, nvml, monke
     assert CliRunner().invoke(cli, ["gpus", "clear", f"{HOST}:{index}"]).output == f"GPU {HOST}:{index}: quarantine cleared\n"
     with session_scope() as s:
         assert s.execute(select(Gpu).where(Gpu.quarantined_at.is_not(None))).first() is None
+
+
+@pytest.mark.parametrize("fault", ["gpu check", "stored spec"])
+def test_a_fault_between_claim_and_launch_ends_the_attempt_and_frees_its_gpus(db, nvml, monkeypatch, fault):
+    """The claim commits `running` and holds the GPUs: whatever raises after it (the NVML
+    check, the spec read back from the store) must end the attempt, not strand it until the
+    reaper's timeout."""
+    from workers.experiment_job import execute
+
+    register_worker("gpu-real@h", "real", HOST, "gpu.real", 2,
+                    [GpuSpec(i, "NVIDIA H100", 81920, f"GPU-{i}", False) for i in range(2)], "inc", 1)
+    task_id = create_task(parse_task(mixed_task([{"tp-size": 1}], parallel=1)), enqueue=False)
+    (first,) = coordinate(task_id)
+    if fault == "gpu check":
+        def broken(_handle):
+            raise RuntimeError("driver went away")
+
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", broken)
+    else:
+        with session_scope() as s:
+            s.get(Task, task_id).spec = {**s.get(Task, task_id).spec, "deployment_mode": "nonsense"}
+
+    assert execute(first.experiment_id, first.attempt, worker="gpu-real@h", host=HOST) == "failed"
+    with session_scope() as s:
+        exp = s.get(Experiment, first.experiment_id)
+        (att,) = s.execute(select(Attempt)).scalars().all()
+        assert (exp.state, exp.failure_kind, att.state) == ("failed", "internal", "failed")
+        assert "driver went away" in exp.error if fault == "gpu check" else "deployment_mode" in exp.error
+        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None) | Gpu.fenced_by.is_not(None))).first() is None
 
 
 def test_the_worker_clears_a_quarantine_once_the_gpu_is_free(db, nvml):

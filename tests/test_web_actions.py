@@ -112,6 +112,24 @@ def test_retry_brings_a_failed_task_back_and_refuses_what_it_should(pool):
         retry_failed(other)
 
 
+def test_a_retried_experiment_forgets_why_it_failed(pool):
+    """Back to pending means back to pending: a retried experiment that failed at start-up
+    (KV cache too small) must not wait with its old failure kind, or a strategy reading the
+    history would steer away from the configuration it is about to run again."""
+    from app.coordinator import _trial
+
+    task_id = finished_task(("failed",))
+    with session_scope() as s:
+        exp = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalar_one()
+        exp.failure_kind = "kv_cache"
+        assert _trial(exp).infeasible
+    assert retry_failed(task_id) == 1
+    with session_scope() as s:
+        exp = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalar_one()
+        assert (exp.state, exp.failure_kind, exp.slo_ok) == ("pending", None, None)
+        assert not _trial(exp).infeasible
+
+
 # ---- delete -----------------------------------------------------------------------------
 
 

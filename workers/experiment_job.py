@@ -235,32 +235,35 @@ def send_placed(dispatches: list[Any]) -> None:
 
 
 def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
+    """Run one claimed attempt to its recorded end. Everything after the claim is inside the
+    `try`: the claim has committed `running` and holds the GPUs, so whatever raises (the
+    NVML check, the replan, the stored spec) must still end the attempt and free them."""
     claim = lifecycle.claim(experiment_id, attempt, worker=worker, host=host, pid=os.getpid())
     if claim is None:
         log.info("experiment %s attempt %s: nothing to claim (duplicate or stale)", experiment_id, attempt)
         return "skipped"
-    busy = _gpus_busy(claim)
-    if busy:
-        log.warning("experiment %s: GPU(s) busy before launch, quarantining and placing it again: %s",
-                    experiment_id, "; ".join(busy.values()))
-        request_coordination(lifecycle.replan(experiment_id, attempt, busy) or claim.task_id)
-        return "replanned"
-    spec = stored_spec(claim.spec)
     stop = StopPoller(experiment_id)
     outcome: dict[str, Any] = {"state": ExperimentState.FAILED}
     runtime: Runtime | None = None
     deployment: Deployment | None = None
     engine_log: str | None = None
     engine_gone = True
+    timeout = claim.spec.get("optimization", {}).get("timeout_per_iteration")
     try:
         try:
+            busy = _gpus_busy(claim)
+            if busy:
+                log.warning("experiment %s: GPU(s) busy before launch, quarantining and placing it again: %s",
+                            experiment_id, "; ".join(busy.values()))
+                request_coordination(lifecycle.replan(experiment_id, attempt, busy) or claim.task_id)
+                return "replanned"
+            spec = stored_spec(claim.spec)
             runtime = get_runtime(spec.deployment_mode)
             deployment = runtime.start(engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices,
                                                          claim.gpu_share))
             if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
                 raise ExperimentCancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
-            timeout = float(spec.optimization.timeout_per_iteration)
-            runtime.wait_ready(deployment, timeout=timeout, should_stop=stop)
+            runtime.wait_ready(deployment, timeout=float(spec.optimization.timeout_per_iteration), should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
             watch = EngineWatch(stop, runtime, deployment)
             scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch, on_level=watch.between_levels)
@@ -283,7 +286,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             if runtime is not None and deployment is not None:
                 engine_log, engine_gone = _stop_engine(runtime, deployment)
     except SoftTimeLimitExceeded:
-        outcome = {"state": ExperimentState.TIMED_OUT, "error": f"exceeded timeout_per_iteration ({spec.optimization.timeout_per_iteration}s)"}
+        outcome = {"state": ExperimentState.TIMED_OUT, "error": f"exceeded timeout_per_iteration ({timeout}s)"}
     except ExperimentCancelled:
         outcome = {"state": ExperimentState.CANCELLED, "error": "cancelled"}
     except EngineError as exc:

@@ -259,15 +259,15 @@ def mark_lost(session: Session, exp: Experiment, reason: str) -> None:
     now = utcnow()
     if att is not None:
         att.state, att.finished_at, att.error, att.failure_kind = AttemptState.LOST, now, reason, "worker_lost"
-    ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
+    fence = att.id if _engine_may_run(att) else None
     max_attempts = exp.task.parsed_spec.optimization.max_attempts
     lost = sum(1 for a in exp.attempts if a.state == AttemptState.LOST)
     if lost >= max_attempts:
+        ledger.release(session, exp.id, fence=fence)
         exp.state, exp.phase, exp.finished_at = ExperimentState.FAILED, None, now
         exp.error, exp.failure_kind = f"lost {lost} time(s), giving up: {reason}", "worker_lost"
     else:
-        exp.state, exp.phase, exp.gpus, exp.group = ExperimentState.PENDING, None, [], None
-        exp.error = f"attempt {exp.attempt} lost: {reason}; retrying"
+        back_to_pending(session, exp, error=f"attempt {exp.attempt} lost: {reason}; retrying", fence=fence)
 
 
 def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None:
@@ -288,10 +288,32 @@ def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None
         att = _attempt(session, exp)
         if att is not None:
             att.state, att.finished_at, att.error, att.engine_gone_at = AttemptState.REPLANNED, now, reason, now
-        ledger.release(session, exp.id)
-        exp.state, exp.phase, exp.gpus, exp.group = ExperimentState.PENDING, None, [], None
-        exp.wait_reason = f"{reason}; placing it again"[:300]
+        back_to_pending(session, exp, wait_reason=f"{reason}; placing it again"[:300])
         return exp.task_id
+
+
+def back_to_pending(session: Session, exp: Experiment, *, error: str | None = None,
+                    wait_reason: str | None = None, fence: int | None = None) -> None:
+    """The experiment waits for GPUs again, as a new attempt of the same row: everything its
+    last attempt left on it is cleared (the attempt rows keep that history), so nothing reads
+    it as the outcome of the attempt to come (a strategy would steer away from a retried
+    configuration still marked infeasible). Its GPUs go back to the pool, fenced by `fence`
+    (an attempt whose engine may still run on them) until that engine is confirmed gone."""
+    ledger.release(session, exp.id, fence=fence)
+    exp.state, exp.phase, exp.error, exp.wait_reason = ExperimentState.PENDING, None, error, wait_reason
+    exp.objective, exp.slo_ok, exp.metrics, exp.failure_kind = None, None, None, None
+    exp.queued_at, exp.started_at, exp.finished_at, exp.promised_start = None, None, None, None
+    exp.gpus, exp.group, exp.worker, exp.host = [], None, None, None
+
+
+def cancel_unstarted(session: Session, task_id: int, error: str) -> None:
+    """End the task's experiments that have not started (waiting, or queued and not yet
+    claimed: a claim that comes later finds them cancelled); running ones end on their own."""
+    unstarted = session.execute(select(Experiment).where(
+        Experiment.task_id == task_id,
+        Experiment.state.in_((ExperimentState.PENDING, ExperimentState.QUEUED)))).scalars().all()
+    for exp in unstarted:
+        end_experiment(session, exp, ExperimentState.CANCELLED, error=error)
 
 
 def _confirm_gone(session: Session, att: Attempt | None) -> None:
