@@ -19,13 +19,13 @@ from sqlalchemy import Row, Select, and_, delete, func, insert, or_, select, uni
 from sqlalchemy.orm import Session, defer, joinedload
 
 from app.domain.placement import Clock, Waiting, plan as plan_placements
-from app.domain.lengths import LengthModel
+from app.domain.lengths import LengthModel, expected_length
 from app.store import ledger
 from app.celery_app import queue_for
 from app.config import get_settings
 from app.domain.engines.failures import is_infeasible
 from app.store.db import is_transient, session_scope
-from app.store.lifecycle import Ended, end_attempt, lock_task, mark_lost, record_end
+from app.store.lifecycle import Ended, cancel_unstarted, end_experiment, end_reported, end_task, lock_task, mark_lost
 from app.limits import get_limits
 from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
 from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
@@ -80,11 +80,7 @@ def advance(session: Session, task: Task) -> None:
     pool can run at once (more waiting rows would only queue), and AUTOTUNER_MAX_NEW_PER_PASS
     per pass (a short write transaction; the next pass creates the rest)."""
     if task.status == TaskStatus.CANCELLING:
-        unstarted = session.execute(select(Experiment).where(
-            Experiment.task_id == task.id,
-            Experiment.state.in_((ExperimentState.PENDING, ExperimentState.QUEUED)))).scalars().all()
-        for exp in unstarted:
-            end_attempt(session, exp, ExperimentState.CANCELLED, error="task cancelled")
+        cancel_unstarted(session, task.id, "task cancelled")
         if not _states(session, task.id).get(ExperimentState.RUNNING):
             task.status, task.finished_at = TaskStatus.CANCELLED, utcnow()
         return
@@ -98,7 +94,7 @@ def advance(session: Session, task: Task) -> None:
     parallel = min(task.max_parallel, pool_capacity(session))
     # A strategy that does not learn from results gets the next round created ahead: the
     # scheduler holds the task to max_parallel running (its `room`), and a job that ends hands
-    # its GPUs straight to a waiting experiment of its task (finish_and_place).
+    # its GPUs straight to a waiting experiment of its task (end_and_place).
     learns = getattr(STRATEGIES.get(task.strategy), "learns_from_results", True)
     ahead = 0 if learns else parallel
     free = min(parallel + ahead - active, task.max_iterations - total, get_limits().max_new_per_pass)
@@ -114,7 +110,7 @@ def advance(session: Session, task: Task) -> None:
             created += 1
         _repredict(exps, lengths)
     if not active and not created:
-        _finish_task(task, list(task.experiments))
+        end_task(task, list(task.experiments))
 
 
 def _history(session: Session, task_id: int) -> list[Experiment]:
@@ -157,7 +153,7 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual:
     `expected`: its predicted length (app.domain.lengths), if the task's history can tell."""
     gpus = spec.gpus_needed(params)
     tag = max(virtual, task.share_finish or 0.0)
-    length = expected or task.expected_experiment_s or float(spec.optimization.timeout_per_iteration)
+    length = expected_length(expected, task.expected_experiment_s, float(spec.optimization.timeout_per_iteration))
     task.share_finish = tag + gpus * length
     return Experiment(
         task=task,
@@ -177,19 +173,6 @@ def _virtual_time(session: Session) -> float:
     that was idle (or new) starts, so it neither jumps ahead of the others nor pays for the
     time it was not asking for GPUs."""
     return session.execute(select(Lock.value).where(Lock.name == "scheduler")).scalar_one_or_none() or 0.0
-
-
-def _finish_task(task: Task, exps: list[Experiment]) -> None:
-    task.finished_at = utcnow()
-    if any(e.state == ExperimentState.SUCCEEDED for e in exps):
-        task.status = TaskStatus.COMPLETED
-        return
-    task.status = TaskStatus.FAILED
-    if not exps:
-        task.error = "the strategy suggested no experiment"
-    else:
-        kinds = sorted({e.state for e in exps})
-        task.error = f"all {len(exps)} experiments ended without success ({', '.join(kinds)})"
 
 
 def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
@@ -220,7 +203,7 @@ def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
     if reserved is not None and reserved.start != float("inf") and by_id[reserved.experiment_id].promised_start is None:
         by_id[reserved.experiment_id].promised_start = _from_epoch(reserved.start)
     for exp_id, reason in plan.impossible.items():
-        end_attempt(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
+        end_experiment(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
     grants = [(p.experiment_id, by_id[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
     taken = ledger.take_all(session, grants)
     dispatches = []
@@ -266,8 +249,8 @@ class _Lengths(dict):
         task = self.session.get(Task, task_id)
         if task is None:
             raise KeyError(task_id)
-        self[task_id] = length = (task.expected_experiment_s
-                                  or float(task.parsed_spec.optimization.timeout_per_iteration))
+        self[task_id] = length = expected_length(None, task.expected_experiment_s,
+                                                 float(task.parsed_spec.optimization.timeout_per_iteration))
         return length
 
 
@@ -420,7 +403,7 @@ def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
     return out
 
 
-def finish_and_place(experiment_id: int, attempt: int, state: str,
+def end_and_place(experiment_id: int, attempt: int, state: str,
                      **outcome: Any) -> tuple[Ended | None, list[Dispatch]]:
     """The end of a job, in one transaction: record its result, free its GPUs and place
     waiting experiments on them (placement only, no strategy), so the next experiment is
@@ -433,7 +416,7 @@ def finish_and_place(experiment_id: int, attempt: int, state: str,
     whatever happens to the placement, and the coordinator's next pass places what waits."""
     with session_scope() as session:
         scheduler = ledger.lock(session)
-        ended = record_end(session, experiment_id, attempt, state, **outcome)
+        ended = end_reported(session, experiment_id, attempt, state, **outcome)
         dispatches: list[Dispatch] = []
         if ended is not None:
             try:
@@ -480,9 +463,7 @@ def _fail_task(task_id: int, exc: Exception) -> None:
             task = lock_task(session, task_id)
             if task is None or task.status in TASK_TERMINAL:
                 return
-            for exp in task.experiments:
-                if exp.state in (ExperimentState.PENDING, ExperimentState.QUEUED):
-                    end_attempt(session, exp, ExperimentState.CANCELLED, error="task failed: " + reason)
+            cancel_unstarted(session, task_id, "task failed: " + reason)
             task.status, task.finished_at, task.error = TaskStatus.FAILED, utcnow(), reason
     except Exception:  # noqa: BLE001 - e.g. the database is down: the next pass tries again
         log.exception("task %s: could not be marked failed", task_id)
@@ -515,7 +496,7 @@ def reap(session: Session) -> None:
             continue
         hard_deadline = _timeout(exp) + 2 * settings.time_limit_grace
         if exp.state == ExperimentState.RUNNING and exp.started_at and exp.started_at + timedelta(seconds=hard_deadline) < now:
-            end_attempt(session, exp, ExperimentState.TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
+            end_experiment(session, exp, ExperimentState.TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
 
 
 def stale_dispatches(session: Session) -> list[Dispatch]:

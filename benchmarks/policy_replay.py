@@ -40,9 +40,8 @@ POLICIES = ("exact", "learned", "moving average", "none", "greedy first-fit")
 
 def replay(lengths: list[float], params: list[dict], needs: list[int], told: str) -> float:
     """Makespan of one replay (seconds from the first pass)."""
-    from app.domain.lengths import LengthModel
+    from app.domain.lengths import LengthModel, learned
     from app.domain.placement import Clock, FreeGpu, GroupState, Waiting, plan
-    from app.store.lifecycle import LENGTH_WEIGHT
 
     n, created, now = len(lengths), 0, 0.0
     pending: list[int] = []
@@ -94,7 +93,7 @@ def replay(lengths: list[float], params: list[dict], needs: list[int], told: str
         now, gpus = running.pop(done)
         free |= gpus
         finished.append(done)
-        average = lengths[done] if average is None else (1 - LENGTH_WEIGHT) * average + LENGTH_WEIGHT * lengths[done]
+        average = learned(average, lengths[done])
 
 
 def main() -> int:

@@ -14,9 +14,9 @@ For each backlog size it times:
 - `coordinate(task)` for one task (the pass an experiment's end triggers: advance that task,
   then schedule);
 - a hand-over: a running experiment's end recorded, which frees its GPU, and the placement
-  of what waits on it, in one transaction (`finish_and_place`, what a finishing job runs; the
+  of what waits on it, in one transaction (`end_and_place`, what a finishing job runs; the
   task's expected length learns after it), and for comparison as it was done before, in three
-  (`lifecycle.finish`, which records the end and then the expected length, then `schedule()`);
+  (`lifecycle.end_reported` in a transaction of its own, then the expected length, then `schedule()`);
   each followed, untimed, by the claim of what was placed; with the statements each sends;
 
 at the largest backlog, the same coordinate(task) passes from 1 and then `--coordinators`
@@ -192,7 +192,7 @@ def hand_over(rng: random.Random, merged: bool) -> tuple[float, int, int]:
     (the claim excluded) and how many were placed."""
     from sqlalchemy import select
 
-    from app.coordinator import finish_and_place, schedule
+    from app.coordinator import end_and_place, schedule
     from app.store import lifecycle
     from app.store.db import session_scope
     from app.store.models import Experiment
@@ -205,10 +205,12 @@ def hand_over(rng: random.Random, merged: bool) -> tuple[float, int, int]:
     with Statements() as statements:
         t0 = time.perf_counter()
         if merged:  # as a job runs it: the expected length learns after the jobs are sent
-            ended, placed = finish_and_place(exp_id, attempt, "succeeded", **outcome)
+            ended, placed = end_and_place(exp_id, attempt, "succeeded", **outcome)
             seconds = time.perf_counter() - t0
         else:
-            lifecycle.finish(exp_id, attempt, "succeeded", **outcome)
+            with session_scope() as s:
+                ended = lifecycle.end_reported(s, exp_id, attempt, "succeeded", **outcome)
+            lifecycle.learn_length(ended)
             with session_scope() as s:
                 placed = schedule(s)
             seconds = time.perf_counter() - t0

@@ -162,6 +162,31 @@ def task_status(task_id: int) -> str:
         return s.get(Task, task_id).status
 
 
+OK = {"objective": 1.0, "slo_ok": True, "metrics": {}}
+
+
+def run_attempt(d, state: str = "succeeded", *, seconds: float | None = None, worker: str = "gpu-g@h",
+                **outcome) -> list:
+    """What an experiment job does, without an engine: claim the dispatched attempt, then end
+    it the way the job does (`end_and_place`, then `learn_length`). `seconds`: how long it
+    ran (its start is moved back by that much); `outcome`: the result (a success by
+    default). Returns the jobs placed on the GPUs it freed (committed, not sent)."""
+    from datetime import timedelta
+
+    from app.coordinator import end_and_place
+    from app.store import lifecycle
+    from app.store.db import session_scope
+    from app.store.models import Experiment
+
+    assert lifecycle.claim(d.experiment_id, d.attempt, worker=worker, host="h", pid=1) is not None
+    if seconds is not None:
+        with session_scope() as s:
+            s.get(Experiment, d.experiment_id).started_at -= timedelta(seconds=seconds)
+    ended, placed = end_and_place(d.experiment_id, d.attempt, state, **(outcome or (OK if state == "succeeded" else {})))
+    lifecycle.learn_length(ended)
+    return placed
+
+
 def attempt_of(session, task_id: int, number: int):
     """The attempt `number` of the task's (single) experiment, or None."""
     from sqlalchemy import select

@@ -8,13 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from app.store import lifecycle
-from app.coordinator import coordinate, tick
+from app.coordinator import coordinate, end_and_place, tick
 from app.domain.placement import CAPPED
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.store.pool import GpuSpec, register_worker
 from app.task_service import cancel_task
-from tests.helpers import experiments, mixed_task, submit
+from tests.helpers import experiments, mixed_task, run_attempt, submit
 
 pytestmark = pytest.mark.unit
 
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.unit
 def pool(db, monkeypatch):
     monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
     register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc1", 1)
-
-
-def run_ok(d, worker="gpu-g@h") -> None:
-    claim = lifecycle.claim(d.experiment_id, d.attempt, worker=worker, host="h", pid=1)
-    assert claim is not None
-    lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
 
 
 def test_coordinate_is_idempotent_and_respects_max_parallel(pool):
@@ -54,7 +48,7 @@ def test_time_limits_come_from_the_task(pool, monkeypatch):
 def test_task_completes_when_the_list_is_done_and_best_is_set(pool):
     task_id = submit(mixed_task([{"tp-size": 1}, {"tp-size": 2}], parallel=4))
     for d in coordinate(task_id):
-        run_ok(d)
+        run_attempt(d)
     assert coordinate(task_id) == []
     with session_scope() as s:
         assert s.get(Task, task_id).status == "completed"
@@ -64,8 +58,7 @@ def test_task_completes_when_the_list_is_done_and_best_is_set(pool):
 def test_all_failed_means_task_failed(pool):
     task_id = submit(mixed_task([{"tp-size": 1}]))
     (d,) = coordinate(task_id)
-    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
-    lifecycle.finish(d.experiment_id, d.attempt, "failed", error="boom")
+    run_attempt(d, "failed", error="boom")
     coordinate(task_id)
     with session_scope() as s:
         task = s.get(Task, task_id)
@@ -156,7 +149,8 @@ def test_running_experiment_sees_cancellation(pool):
     coordinate(task_id)
     with session_scope() as s:
         assert s.get(Task, task_id).status == "cancelling"  # waits for the running one
-    lifecycle.finish(d.experiment_id, d.attempt, "cancelled", error="cancelled")
+    ended, _ = end_and_place(d.experiment_id, d.attempt, "cancelled", error="cancelled")
+    assert ended is not None
     coordinate(task_id)
     with session_scope() as s:
         assert s.get(Task, task_id).status == "cancelled"
@@ -250,10 +244,7 @@ def test_a_tasks_next_step_does_not_read_its_measurements_or_engine_logs(pool):
 
     task_id = submit(mixed_task([{"tp-size": 1}] * 8, parallel=2))
     (d, *_) = coordinate(task_id)
-    claim = lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
-    assert claim is not None
-    lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True,
-                     metrics={"scenarios": ["x" * 1000]}, engine_log="engine said " * 100)
+    run_attempt(d, objective=1.0, slo_ok=True, metrics={"scenarios": ["x" * 1000]}, engine_log="engine said " * 100)
     statements: list[str] = []
     listener = lambda _c, _cur, statement, *_a: statements.append(statement)  # noqa: E731
     event.listen(get_engine(), "before_cursor_execute", listener)

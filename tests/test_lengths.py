@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from app.domain.lengths import RIDGE, LengthModel
 from app.domain.placement import Clock, FreeGpu, GroupState, Waiting, plan
-from tests.helpers import mixed_task, submit
+from tests.helpers import mixed_task, run_attempt, submit
 
 
 def startup(tp: int, cgbs: int) -> float:
@@ -122,7 +122,6 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     them. (The list strategy has the next round created ahead: eight experiments at first;
     the four not yet measured are re-predicted.)"""
     from app.coordinator import coordinate
-    from app.store import lifecycle
     from app.store.db import session_scope
     from app.store.models import Experiment, Task
 
@@ -132,11 +131,10 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     first = coordinate(task_id)
     assert len(first) == 4
     for d in first:
-        claim = lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
         with session_scope() as s:  # a length of 10 s per GPU, as if it had started that long ago
             exp = s.get(Experiment, d.experiment_id)
-            exp.started_at -= timedelta(seconds=10.0 * exp.gpus_needed + 0.25 * exp.params["cuda-graph-max-bs"])
-        lifecycle.finish(d.experiment_id, claim.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
+            seconds = 10.0 * exp.gpus_needed + 0.25 * exp.params["cuda-graph-max-bs"]
+        run_attempt(d, seconds=seconds)
     coordinate(task_id)
     with session_scope() as s:
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars().all()

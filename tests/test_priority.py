@@ -10,22 +10,9 @@ from app.coordinator import coordinate
 from app.domain.taskspec import TaskSpecError
 from app.store import lifecycle
 from app.task_service import Conflict, update_task
-from tests.helpers import build_app, experiments, mixed_task, submit
+from tests.helpers import build_app, experiments, mixed_task, run_attempt, submit
 
 pytestmark = pytest.mark.unit
-
-
-def run_ok(d, seconds: float = 60.0) -> None:
-    """Run the dispatched experiment as if it had taken `seconds` (its measured length)."""
-    from datetime import timedelta
-
-    from app.store.db import session_scope
-    from app.store.models import Experiment
-
-    assert lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1) is not None
-    with session_scope() as s:
-        s.get(Experiment, d.experiment_id).started_at -= timedelta(seconds=seconds)
-    lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
 
 
 def whole_pool_task(n: int, priority: int = 0) -> dict:
@@ -39,13 +26,11 @@ def test_freed_gpus_go_to_the_highest_priority_then_the_oldest(pool):
     (running,) = coordinate(low)  # the 8-GPU pool holds one; the rest wait
     high = submit(whole_pool_task(1, priority=5))
     assert coordinate(high) == []
-    run_ok(running)
-    (nxt,) = coordinate(None)
+    (nxt,) = run_attempt(running, seconds=60)  # the end places what waits on the GPUs it frees
     assert nxt.experiment_id == experiments(high)[0].id  # younger, but higher priority
     # Raised while it runs, the first task's priority puts its waiting experiment first.
     assert update_task(low, priority=10) == {"id": low, "max_parallel_experiments": 3, "priority": 10}
-    run_ok(nxt)
-    (after,) = coordinate(None)
+    (after,) = run_attempt(nxt, seconds=60)
     assert after.experiment_id in {e.id for e in experiments(low)}
 
 
@@ -103,13 +88,13 @@ def test_tasks_of_equal_priority_share_the_pool_by_gpu_seconds(pool):
     big = submit(mixed_task([{"tp-size": 8}] * 12, parallel=8))
     small = submit(mixed_task([{"tp-size": 1}] * 48, parallel=8))
     used = {big: 0, small: 0}
+    placed_by_ends: list = []
     for _ in range(8):
-        dispatches = coordinate(big) + coordinate(small)
+        dispatches = placed_by_ends + coordinate(big) + coordinate(small)
         for d in dispatches:
             exp = next(e for t in (big, small) for e in experiments(t) if e.id == d.experiment_id)
             used[exp.task_id] += exp.gpus_needed  # each runs one unit of time
-        for d in dispatches:
-            run_ok(d)
+        placed_by_ends = [placed for d in dispatches for placed in run_attempt(d, seconds=60)]
     share = used[small] / (used[big] + used[small])
     assert 0.4 <= share <= 0.6, used
 
@@ -127,24 +112,19 @@ def test_a_task_learns_its_experiments_length_and_a_failed_update_loses_no_resul
     task = submit(mixed_task([{"tp-size": 1}] * 3, parallel=3))
     first, second, third = coordinate(task)
 
-    def run_for(d, seconds: float):
-        assert lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1) is not None
-        with session_scope() as s:
-            exp = s.get(Experiment, d.experiment_id)
-            exp.started_at -= timedelta(seconds=seconds)
-        return lifecycle.finish(d.experiment_id, d.attempt, "succeeded", objective=1.0, slo_ok=True, metrics={})
-
     def expected() -> float:
         with session_scope() as s:
             return s.get(Task, task).expected_experiment_s
 
-    assert run_for(first, 100) == task and expected() == pytest.approx(100, abs=1)
-    assert run_for(second, 200) == task and expected() == pytest.approx(0.7 * 100 + 0.3 * 200, abs=1)
+    run_attempt(first, seconds=100)
+    assert expected() == pytest.approx(100, abs=1)
+    run_attempt(second, seconds=200)
+    assert expected() == pytest.approx(0.7 * 100 + 0.3 * 200, abs=1)
 
     def down(*_args):
         raise OperationalError("UPDATE tasks", {}, Exception("server closed the connection"))
 
     monkeypatch.setattr(lifecycle, "_learn_length", down)
-    assert run_for(third, 300) == task  # the result counts; the estimate keeps its last value
+    run_attempt(third, seconds=300)  # the result counts; the estimate keeps its last value
     assert expected() == pytest.approx(130, abs=1)
     assert [e.state for e in experiments(task)] == ["succeeded"] * 3

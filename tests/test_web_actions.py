@@ -15,7 +15,8 @@ from app.coordinator import coordinate
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task
 from app.task_service import Conflict, NotFound, delete_task, retry_failed
-from tests.helpers import USER, VIEWER, bearer, build_app, csrf_from, experiments, login, mixed_task, submit, task_status
+from tests.helpers import (USER, VIEWER, bearer, build_app, csrf_from, experiments, login, mixed_task, run_attempt, submit,
+                           task_status)
 
 pytestmark = pytest.mark.unit
 
@@ -32,11 +33,6 @@ def metrics(tput: float) -> dict:
             "score": {"objective": tput, "slo_ok": True, "penalty": 0.0, "violations": []}, "simulated": True}
 
 
-def end(d, state: str, **kw) -> None:
-    assert lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1) is not None
-    lifecycle.finish(d.experiment_id, d.attempt, state, **kw)
-
-
 def finished_task(states=("succeeded", "failed", "timed_out", "succeeded")) -> int:
     """A task of len(states) experiments, all ended in the given states, coordinated to its end."""
     configs = [{"tp-size": 1, "max-running-requests": 16 * (i + 1)} for i in range(len(states))]
@@ -47,9 +43,9 @@ def finished_task(states=("succeeded", "failed", "timed_out", "succeeded")) -> i
     assert len(dispatches) == len(states)
     for i, (d, state) in enumerate(zip(dispatches, states)):
         if state == "succeeded":
-            end(d, state, objective=100.0 + i, slo_ok=True, metrics=metrics(100.0 + i))
+            run_attempt(d, state, objective=100.0 + i, slo_ok=True, metrics=metrics(100.0 + i))
         else:
-            end(d, state, error=f"{state} on purpose", metrics={"partial": True})
+            run_attempt(d, state, error=f"{state} on purpose", metrics={"partial": True})
     coordinate(task_id)
     assert task_status(task_id) in ("completed", "failed")
     return task_id
@@ -89,7 +85,7 @@ def test_retry_resets_only_failed_and_timed_out_and_the_coordinator_runs_them_ag
         ).all()
         assert [tuple(n) for n in numbers] == [(1, "timed_out"), (2, "queued")]
     for d in dispatches:
-        end(d, "succeeded", objective=50.0, slo_ok=True, metrics=metrics(50.0))
+        run_attempt(d, "succeeded", objective=50.0, slo_ok=True, metrics=metrics(50.0))
     assert coordinate(task_id) == []
     assert task_status(task_id) == "completed"
     assert [e.state for e in experiments(task_id)] == ["succeeded"] * 4

@@ -23,7 +23,7 @@ from app.store import lifecycle
 from app.tools.loadgen import Target, run_benchmark
 from app.config import get_settings
 from app.celery_app import request_coordination, send_experiments
-from app.coordinator import finish_and_place
+from app.coordinator import end_and_place
 from app.domain.states import ExperimentState
 from app.domain.objectives import score
 from app.domain.taskspec import TaskSpec, stored_spec
@@ -296,7 +296,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
         outcome = {"state": ExperimentState.FAILED, "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}",
                    "failure_kind": "internal"}
     state = outcome.pop("state")
-    ended, placed = persistently(lambda: finish_and_place(experiment_id, attempt, state, engine_log=engine_log,
+    ended, placed = persistently(lambda: end_and_place(experiment_id, attempt, state, engine_log=engine_log,
                                                           engine_gone=engine_gone, **outcome))
     send_placed(placed)  # first: what waits for these GPUs is the hand-over; the rest can follow
     task_id = lifecycle.learn_length(ended)

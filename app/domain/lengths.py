@@ -11,7 +11,12 @@ budget) is fixed, so the task's own finished experiments predict the next ones w
   small ridge, of length on the numeric parameters (booleans as 0/1), kept within half the
   shortest and twice the longest length seen, so a wild extrapolation cannot claim a group
   for ever nor promise a start that will not come;
-- else nothing: the caller falls back to the moving average, or the time limit.
+- else nothing: the task's moving average of its succeeded experiments' lengths
+  (`learned`), else the task's time limit (`expected_length`).
+
+This module is the one place that decides an expected length: the coordinator asks
+`expected_length` for a new experiment's fair-share tag and the planner's clock, the store
+folds each succeeded length into the task's average with `learned`.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+LENGTH_WEIGHT = 0.3  # of the newest length in a task's moving average
 RIDGE = 1e-3  # on standardised features: keeps collinear parameters (tp and dp swept together) solvable
 
 
@@ -89,3 +95,16 @@ class LengthModel:
         guess = float(self.coefficients[0] + self.coefficients[1:] @ ((values - self.means) / self.scales))
         low, high = self.bounds
         return min(max(guess, low), high)
+
+
+def learned(average: float | None, seconds: float) -> float:
+    """A task's moving-average experiment length once a succeeded one of `seconds` is folded in."""
+    return seconds if average is None else (1 - LENGTH_WEIGHT) * average + LENGTH_WEIGHT * seconds
+
+
+def expected_length(own: float | None, task_average: float | None, time_limit: float) -> float:
+    """How long an experiment is expected to hold its GPUs: its own prediction
+    (`LengthModel.predict`), else its task's moving average, else its task's time limit."""
+    if own is not None:
+        return own
+    return task_average if task_average is not None else time_limit

@@ -1,10 +1,14 @@
-"""An experiment's life as seen by the store: claim, phase changes, end, loss.
+"""Every change of an experiment's or a task's state, in one module: claim, phase changes,
+ends, loss, replan, back to pending, cancellation of what has not started.
 
-Each function is one short transaction, except `record_end`, which runs in its caller's: the
-job's end and the placement of what waits for its GPUs commit together
-(`app.coordinator.finish_and_place`). The experiment job calls them from a worker; the
-reaper calls `mark_lost`. Every write is guarded by (state, attempt) so a late or
-duplicate actor finds nothing to change instead of corrupting a newer attempt.
+Ends are named by who decides them: `end_reported` records the end a job reports (in its
+caller's transaction: the job's end and the placement of what waits for its GPUs commit
+together, `app.coordinator.end_and_place`); `end_experiment` is an end the system decides
+(cancelled, impossible to place, timed out); `end_task` ends a task whose experiments are
+all over. An experiment that runs again goes through `back_to_pending`, whoever retries it
+(a lost worker, a busy GPU, an operator's retry). Every write to an experiment is guarded by
+(state, attempt) so a late or duplicate actor finds nothing to change instead of corrupting
+a newer attempt.
 """
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, case, select, update
+from sqlalchemy import and_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from app.domain import lengths
 from app.store import ledger
 from app.processes import pid_alive
 from app.store.db import session_scope
@@ -50,7 +55,7 @@ def lock_task(session: Session, task_id: int) -> Task | None:
     """The task's row, locked against other writers of the task (its coordinator pass, a
     cancel, an update) with FOR NO KEY UPDATE, which does not hold up foreign-key checks:
     when a transaction updates an experiment row a second time (a job's claim or end may, as
-    its end did until `record_end` read the attempt first), PostgreSQL checks the task key
+    its end did until `end_reported` read the attempt first), PostgreSQL checks the task key
     (FOR KEY SHARE); under FOR UPDATE that check waits for the whole coordinator pass, and
     deadlocks with a pass that writes the same experiment. (SQLite: the write lock
     serialises everything anyway.)"""
@@ -90,7 +95,7 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
         if exp.state != ExperimentState.QUEUED:
             return None
         if task.status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED):
-            end_attempt(session, exp, ExperimentState.CANCELLED, error="task cancelled before it started")
+            end_experiment(session, exp, ExperimentState.CANCELLED, error="task cancelled before it started")
             return None
         now = utcnow()
         exp.state, exp.phase, exp.started_at = ExperimentState.RUNNING, "deploying", now
@@ -152,7 +157,7 @@ class Ended:
     seconds: float | None
 
 
-def record_end(
+def end_reported(
     session: Session,
     experiment_id: int,
     attempt: int,
@@ -185,19 +190,11 @@ def record_end(
         exp.engine_log = engine_log[-20000:]
     if att is not None and engine_gone:
         att.engine_gone_at = utcnow()
-    _end(session, exp, att, state, error, failure_kind)
+    _close(session, exp, att, state, error, failure_kind)
     seconds = None
     if state == ExperimentState.SUCCEEDED and exp.started_at is not None and exp.finished_at is not None:
         seconds = (exp.finished_at - exp.started_at).total_seconds()
     return Ended(exp.task_id, seconds)
-
-
-def finish(experiment_id: int, attempt: int, state: str, **outcome: Any) -> int | None:
-    """`record_end` in a transaction of its own, then `learn_length`. Returns the task id, or
-    None when this attempt no longer owns the experiment."""
-    with session_scope() as session:
-        ended = record_end(session, experiment_id, attempt, state, **outcome)
-    return learn_length(ended)
 
 
 def learn_length(ended: Ended | None) -> int | None:
@@ -213,19 +210,15 @@ def learn_length(ended: Ended | None) -> int | None:
     return ended.task_id
 
 
-LENGTH_WEIGHT = 0.3  # of the newest length in the moving average
-
-
 def _learn_length(task_id: int, seconds: float) -> None:
-    """Fold a succeeded experiment's length into its task's expected length, in a transaction
-    of its own: the end's transaction holds the experiment's row lock, the coordinator takes a
-    task's lock before its experiments', and this must not invert that order."""
+    """Fold a succeeded experiment's length into its task's expected length
+    (`lengths.learned`), in a transaction of its own: the end's transaction holds the
+    experiment's row lock, the coordinator takes a task's lock before its experiments', and
+    this must not invert that order."""
     with session_scope() as session:
-        session.execute(
-            update(Task).where(Task.id == task_id).values(expected_experiment_s=case(
-                (Task.expected_experiment_s.is_(None), seconds),
-                else_=(1 - LENGTH_WEIGHT) * Task.expected_experiment_s + LENGTH_WEIGHT * seconds))
-            .execution_options(synchronize_session=False))
+        task = lock_task(session, task_id)
+        if task is not None:
+            task.expected_experiment_s = lengths.learned(task.expected_experiment_s, seconds)
 
 
 def _engine_may_run(att: Attempt | None) -> bool:
@@ -234,14 +227,14 @@ def _engine_may_run(att: Attempt | None) -> bool:
     return att is not None and att.started_at is not None and att.engine_gone_at is None
 
 
-def end_attempt(session: Session, exp: Experiment, state: str, error: str | None = None,
+def end_experiment(session: Session, exp: Experiment, state: str, error: str | None = None,
                 failure_kind: str | None = None) -> None:
     """Final state for the experiment and its current attempt; GPUs go back to the pool
     (fenced while the attempt's engine may still run)."""
-    _end(session, exp, _attempt(session, exp), state, error, failure_kind)
+    _close(session, exp, _attempt(session, exp), state, error, failure_kind)
 
 
-def _end(session: Session, exp: Experiment, att: Attempt | None, state: str, error: str | None,
+def _close(session: Session, exp: Experiment, att: Attempt | None, state: str, error: str | None,
          failure_kind: str | None) -> None:
     now = utcnow()
     exp.state, exp.phase, exp.finished_at, exp.error = state, None, now, error
@@ -249,6 +242,21 @@ def _end(session: Session, exp: Experiment, att: Attempt | None, state: str, err
     if att is not None:
         att.state, att.finished_at, att.error, att.failure_kind = state, now, error, failure_kind
     ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
+
+
+def end_task(task: Task, exps: list[Experiment]) -> None:
+    """The task's end once none of its experiments is active and the strategy suggests no
+    more: completed if any succeeded, else failed with what its experiments ended as."""
+    task.finished_at = utcnow()
+    if any(e.state == ExperimentState.SUCCEEDED for e in exps):
+        task.status = TaskStatus.COMPLETED
+        return
+    task.status = TaskStatus.FAILED
+    if not exps:
+        task.error = "the strategy suggested no experiment"
+    else:
+        kinds = sorted({e.state for e in exps})
+        task.error = f"all {len(exps)} experiments ended without success ({', '.join(kinds)})"
 
 
 def mark_lost(session: Session, exp: Experiment, reason: str) -> None:

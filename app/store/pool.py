@@ -13,7 +13,8 @@ from sqlalchemy import select
 from app.config import host_name
 from app.store import ledger
 from app.store.db import session_scope
-from app.store.lifecycle import mark_lost, pid_alive
+from app.processes import pid_alive
+from app.store.lifecycle import mark_lost
 from app.domain.states import ExperimentState
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 

@@ -1,5 +1,5 @@
 """A job's end and the placement of what waits for its GPUs, in one transaction
-(`coordinator.finish_and_place`), on both databases: what it commits together, that a failed
+(`coordinator.end_and_place`), on both databases: what it commits together, that a failed
 placement never costs the result, and that a late end places nothing."""
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import pytest
 from sqlalchemy import event, select
 
 from app import coordinator
-from app.coordinator import coordinate, finish_and_place
+from app.coordinator import coordinate, end_and_place
 from app.store import lifecycle
 from app.store.db import get_engine, session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task
 from app.store.pool import GpuSpec, register_worker
-from tests.helpers import experiments, mixed_task, submit
+from tests.helpers import OK, experiments, mixed_task, submit
 
 pytestmark = pytest.mark.process
 
-OK = dict(objective=1.0, slo_ok=True, metrics={})
 
 
 @pytest.fixture
@@ -49,7 +48,7 @@ def commits_during(call):
 def test_the_end_and_the_next_placement_commit_together(one_running):
     task_id, first = one_running
     (ended, placed), commits = commits_during(
-        lambda: finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK))
+        lambda: end_and_place(first.experiment_id, first.attempt, "succeeded", **OK))
     assert commits == 1  # the end and the placement; the task's expected length learns afterwards
     assert ended.task_id == task_id and ended.seconds is not None
     done, second = experiments(task_id)
@@ -70,7 +69,7 @@ def test_a_failed_placement_keeps_the_result_and_frees_the_gpus(one_running, mon
 
     coordinator_schedule = coordinator.schedule
     monkeypatch.setattr(coordinator, "schedule", place_then_fail)
-    ended, placed = finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+    ended, placed = end_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
     assert (ended.task_id, placed) == (task_id, [])
     done, second = experiments(task_id)
     assert (done.state, done.objective) == ("succeeded", 1.0)
@@ -86,7 +85,7 @@ def test_a_late_end_records_and_places_nothing(one_running):
     task_id, first = one_running
     with session_scope() as s:
         lifecycle.mark_lost(s, s.get(Experiment, first.experiment_id), "worker gone")
-    assert finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK) == (None, [])
+    assert end_and_place(first.experiment_id, first.attempt, "succeeded", **OK) == (None, [])
     lost, second = experiments(task_id)
     assert (lost.state, lost.objective) == ("pending", None)  # back in line; the late result is not kept
     assert second.state == "pending"
@@ -109,7 +108,7 @@ def test_a_job_ends_without_waiting_for_its_tasks_coordinator_pass(one_running):
     try:
         with session_scope() as pass_in_progress:
             assert lifecycle.lock_task(pass_in_progress, task_id) is not None
-            ended, placed = finish_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+            ended, placed = end_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
             with session_scope() as job:
                 exp = job.get(Experiment, placed[0].experiment_id)
                 exp.phase = "starting"
@@ -137,6 +136,6 @@ def test_a_transient_database_error_in_a_pass_does_not_fail_the_task(one_running
     with session_scope() as s:
         assert s.get(Task, task_id).status == "running"
     monkeypatch.setattr(coordinator, "advance", real_advance)
-    assert lifecycle.finish(first.experiment_id, first.attempt, "succeeded", **OK) == task_id
-    coordinate(task_id)
+    ended, _placed = end_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+    assert ended.task_id == task_id
     assert [e.state for e in experiments(task_id)] == ["succeeded", "queued"]
