@@ -147,7 +147,7 @@ def submit(file: str, wait: bool, as_json: bool, deployment_mode: str | None, en
 @friendly_errors
 def status(task_id: int | None, as_json: bool) -> None:
     """One task in detail, or the list of tasks."""
-    from app.console import load_report
+    from app.console import fmt, load_report
     from app.store.db import session_scope
     from app.serializers import list_tasks
 
@@ -161,7 +161,7 @@ def status(task_id: int | None, as_json: bool) -> None:
         return
     for t in tasks:
         c = t["counts"]
-        best = f"best {t['best']['objective']:.4g}" if t["best"] else "no best yet"
+        best = f"best {fmt(t['best']['value'])} {t['objective_unit']}" if t["best"] else "no best yet"
         click.echo(
             f"{t['id']:>5}  {t['status']:<10} {t['name']:<30} "
             f"{c['succeeded']}/{t['max_iterations']} ok, {c['running']} running  {best}"

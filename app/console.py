@@ -12,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.store.db import session_scope
-from app.domain.objectives import OBJECTIVES
 from app.domain.states import TASK_TERMINAL, ExperimentState
 from app.store.models import Task
 from app.serializers import task_dict
@@ -95,9 +94,9 @@ def print_summary(report: dict[str, Any]) -> None:
     table.add_column("value")
     for name, value in best["params"].items():
         table.add_row(name, fmt(value))
-    objective = OBJECTIVES.get(report["objective"])
-    unit = objective.unit if objective else ""
-    table.add_row(f"[bold]{report['objective']}[/bold]", f"[bold]{fmt(best['objective'])} {unit}[/bold]")
+    penalty = f" (score with SLO penalty {fmt(best['objective'])})" if best.get("penalty") else ""
+    table.add_row(f"[bold]{report['objective_label']}[/bold]",
+                  f"[bold]{fmt(best['value'])} {report['objective_unit']}[/bold]{penalty}")
     table.add_row("GPUs", ", ".join(best["gpus"]) or "-")
     err.print(table)
     err.print("Launch command:")

@@ -1,6 +1,7 @@
 """A task as a file to keep or share: the JSON export (spec, summary, every experiment with
-metrics) and the CSV of experiments (one column per parameter, key metrics at the scored
-level). Used by the pages' downloads and by the API; no web code here."""
+metrics) and the CSV of experiments (one column per parameter, each objective's measured
+figure under a header that names its unit, the ranking score and its SLO penalty, key metrics
+at the scored level). Used by the pages' downloads and by the API; no web code here."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,8 @@ import io
 import json
 from typing import Any
 
-from app.domain.objectives import scored_level
-from app.serializers import experiment_dict, iso, task_dict
+from app.domain.objectives import OBJECTIVES, scored_level
+from app.serializers import experiment_dict, figure, iso, task_dict
 from app.store.models import Task, utcnow
 
 EXPORT_FORMAT = "autotuner-task-export/1"
@@ -19,8 +20,8 @@ CSV_METRICS = (
     "mean_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms", "mean_itl_ms", "mean_e2el_ms", "p99_e2el_ms",
     "goodput",
 )
-CSV_FIXED = ("seq", "state", "attempts", "gpus", "worker", "started_at", "finished_at", "objective", "slo_ok",
-             "scored_level", "error")
+CSV_FIXED = ("seq", "state", "attempts", "gpus", "worker", "started_at", "finished_at", "objective", "slo_penalty",
+             "slo_ok", "scored_level", "error")
 
 
 def export_document(session, task: Task) -> dict[str, Any]:
@@ -69,7 +70,9 @@ def export_csv(task: Task) -> str:
         scenarios += [name for name, _ in _scored(exp.metrics, at) if name not in scenarios]
     prefix = (lambda s: f"{s} ") if len(scenarios) > 1 else (lambda s: "")
     metric_cols = [(s, m, f"{prefix(s)}{m}") for s in scenarios for m in CSV_METRICS]
-    header = ["seq", "state", "attempts", *param_cols, "gpus", "worker", "started_at", "finished_at", "objective",
+    objectives = task.parsed_spec.objective_names
+    header = ["seq", "state", "attempts", *param_cols, "gpus", "worker", "started_at", "finished_at",
+              *(f"{name} ({OBJECTIVES[name].unit})" for name in objectives), "objective", "slo_penalty",
               "slo_ok", "scored_level", *(c for _, _, c in metric_cols), "error"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -80,8 +83,9 @@ def export_csv(task: Task) -> str:
         levels = {_level_label(lv) for lv in scored.values()} - {""}
         row = [
             exp.seq, exp.state, exp.attempt, *(_cell(v) for v in values), " ".join(exp.gpus or []),
-            _cell(exp.worker), iso(exp.started_at) or "", iso(exp.finished_at) or "", _cell(exp.objective),
-            _cell(exp.slo_ok), ", ".join(sorted(levels)),
+            _cell(exp.worker), iso(exp.started_at) or "", iso(exp.finished_at) or "",
+            *(_cell(figure(exp.measured, exp.objective if i == 0 else None, name)) for i, name in enumerate(objectives)),
+            _cell(exp.objective), _cell(exp.penalty), _cell(exp.slo_ok), ", ".join(sorted(levels)),
             *(_cell(scored.get(s, {}).get(m)) for s, m, _ in metric_cols),
             _cell(exp.error),
         ]

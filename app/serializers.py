@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, selectinload
 from app.domain.engines.failures import is_infeasible, label as failure_label
 from app.domain.states import EXP_STATES
 from app.store.models import Experiment, Gpu, Task, Worker, gpu_label, utcnow
-from app.domain.objectives import direction
+from app.domain.objectives import OBJECTIVES, direction
 
 
 def iso(value: datetime | None) -> str | None:
@@ -45,6 +45,8 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
         "started_at": iso(exp.started_at),
         "finished_at": iso(exp.finished_at),
         "objective": exp.objective,
+        "measured": exp.measured,
+        "penalty": exp.penalty,
         "slo_ok": exp.slo_ok,
         "error": exp.error,
         "failure_kind": exp.failure_kind,
@@ -101,10 +103,25 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
     return _summary(task, counts_by_task(session, [task.id])[task.id], best_experiment(session, task), experiments)
 
 
+def figure(measured: dict[str, float] | None, score: float | None, objective: str) -> float | None:
+    """An experiment's figure for `objective` in its unit: what it measured, or (stored before
+    measured figures were kept) its score, which is the figure when no SLO was broken."""
+    if measured and objective in measured:
+        return measured[objective]
+    return score if not measured else None
+
+
+def objectives_of(task: Task) -> list[dict[str, Any]]:
+    """The task's objectives with their units: how every view names and labels them."""
+    return [{"name": o.name, "unit": o.unit, "label": o.label, "direction": o.direction}
+            for o in (OBJECTIVES[name] for name in task.parsed_spec.objective_names)]
+
+
 def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experiments: bool) -> dict[str, Any]:
     best_out = None
     if best is not None:
-        best_out = experiment_dict(best) | {"launch_command": task.parsed_spec.launch_command(best.params)}
+        best_out = experiment_dict(best) | {"launch_command": task.parsed_spec.launch_command(best.params),
+                                            "value": figure(best.measured, best.objective, task.objective)}
     end = task.finished_at or utcnow()
     out = {
         "id": task.id,
@@ -116,6 +133,9 @@ def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experi
         "strategy": task.strategy,
         "objective": task.objective,
         "objective_direction": direction(task.objective),
+        "objective_unit": OBJECTIVES[task.objective].unit,
+        "objective_label": OBJECTIVES[task.objective].label,
+        "objectives": objectives_of(task),
         "max_parallel_experiments": task.max_parallel,
         "priority": task.priority,
         "max_iterations": task.max_iterations,

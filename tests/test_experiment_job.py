@@ -75,3 +75,40 @@ def test_open_loop_task_runs_rates_on_the_sim_engine_in_modelled_time():
     assert all(lv["max_in_flight"] <= 4 for lv in levels)
     assert levels[0]["goodput_slo"] == {"ttft": 5000.0}
     assert levels[0]["good_requests"] is not None
+
+
+@pytest.mark.process
+def test_sustainable_rate_searches_rates_on_the_sim_engine_and_reports_both_sides():
+    """maximize_sustainable_rate: the job tries the rates the bounded search picks against a
+    real sim engine, judges each against the SLO as it ends, and the score is the highest rate
+    that met it, with the lowest that did not."""
+    from app.domain.objectives import measure_all, sustains
+    from app.domain.ratesearch import next_rate
+    from workers.experiment_job import benchmark
+    from workers.runtimes.process import ProcessRuntime
+
+    data = mixed_task([{"tp-size": 1}])
+    data["sim"] = {"time_scale": 0.1, "startup_seconds": 0}
+    data["benchmark"].update(rate_search={"low": 2.0, "high": 400.0, "steps": 3}, max_requests_per_iteration=40,
+                             traffic_scenarios=["D(1024,64)"])
+    data["optimization"]["objective"] = "maximize_sustainable_rate"
+    data["slo"] = {"ttft": {"threshold": 0.3}}
+    spec = parse_task(data)
+    runtime = ProcessRuntime(name="sim")
+    deployment = runtime.start(engine_request(spec, 1, 1, {"tp-size": 1}, [0]))
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        (scenario,) = benchmark(spec, deployment, 1, lambda: False)
+    finally:
+        runtime.stop(deployment)
+    levels, slo = scenario["levels"], spec.to_dict()["slo"]
+    tried: dict[float, bool] = {}
+    for level in levels:  # each rate is the one the search asks for after the ones before it
+        assert level["request_rate"] == next_rate(tried, 2.0, 400.0, 3)
+        tried[level["request_rate"]] = sustains(level, slo)
+    assert next_rate(tried, 2.0, 400.0, 3) is None and tried[2.0] and not tried[400.0] and len(tried) > 2
+    result, measured = measure_all([levels], spec.objective_names, slo)
+    (bracket,) = result.bracket
+    assert result.objective == measured["maximize_sustainable_rate"] == bracket["passed"] == bracket["rate"]
+    assert bracket["failed"] == min(r for r, ok in tried.items() if not ok and r > bracket["passed"])
+    assert result.penalty == 0 and result.slo_ok

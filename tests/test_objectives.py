@@ -72,3 +72,78 @@ def test_a_level_with_too_many_errors_has_no_objective_whatever_the_objective():
         result = score([[broken]], objective)
         assert result.objective is None and not result.slo_ok
         assert "3105 of 3129 requests failed" in result.problem
+
+
+def test_every_objective_has_a_unit_a_label_and_a_direction():
+    from app.domain.objectives import OBJECTIVES
+
+    assert {"minimize_latency", "maximize_throughput", "minimize_ttft", "minimize_tpot"} <= set(OBJECTIVES)
+    for o in OBJECTIVES.values():
+        assert o.unit and o.label and o.direction in ("minimize", "maximize"), o
+        assert o.show(1.5) == f"1.5 {o.unit}"
+
+
+def test_the_original_objectives_keep_their_meaning():
+    """The original format's four objectives read the same figures in the same units."""
+    from app.domain.objectives import OBJECTIVES
+
+    assert [(o.metric, o.factor, o.unit, o.direction) for o in map(OBJECTIVES.get, (
+        "minimize_latency", "maximize_throughput", "minimize_ttft", "minimize_tpot"))] == [
+        ("mean_e2el_ms", 1e-3, "s", "minimize"), ("output_throughput_per_gpu", 1.0, "tok/s/GPU", "maximize"),
+        ("mean_ttft_ms", 1e-3, "s", "minimize"), ("mean_tpot_ms", 1e-3, "s", "minimize")]
+
+
+@pytest.mark.parametrize("objective,expected", [
+    ("minimize_p50_e2el", 1.9), ("minimize_p90_e2el", 2.5), ("minimize_p99_e2el", 3.0),
+    ("minimize_p99_ttft", 0.4), ("minimize_p90_tpot", 30.0), ("minimize_p99_itl", 60.0), ("maximize_goodput", 7.5),
+])
+def test_percentile_and_goodput_objectives_read_their_figures_in_their_units(objective, expected):
+    lv = level(p99_ttft_ms=400.0, p90_tpot_ms=30.0, p99_itl_ms=60.0, goodput=7.5)
+    s = score_level(lv, objective)
+    assert s.objective == s.measured == pytest.approx(expected)
+
+
+def test_cost_per_million_output_tokens_compares_gpu_counts_on_price():
+    """$2.50 per GPU-hour at 500 output tok/s per GPU: 2.5 / 3600 / 500 * 1e6 = $1.389 per
+    million tokens, whether the engine has 1 GPU or 8 (the figure is per GPU)."""
+    s = score_level(level(), "minimize_cost", price=2.5)
+    assert s.measured == pytest.approx(2.5 / 3600 / 500 * 1e6)
+    slower = score_level(level(output_throughput_per_gpu=250.0), "minimize_cost", price=2.5)
+    assert slower.measured == pytest.approx(2 * s.measured)
+    assert score_level(level(), "minimize_cost").objective is None  # no price: no figure
+
+
+def test_measured_figure_stays_apart_from_the_penalised_score():
+    slo = {"latency": {"p90": {"threshold": 2.0}}, "steepness": 0.1}
+    s = score([[level()]], "minimize_latency", slo)
+    assert s.measured == pytest.approx(2.0) and s.objective == pytest.approx(2.0 * (1 + s.penalty)) and s.penalty > 5
+
+
+def test_sustainable_rate_is_the_highest_rate_meeting_every_slo_with_both_sides():
+    from app.domain.objectives import sustainable_rate
+
+    slo = {"ttft": {"threshold": 0.5}}
+    rates = [level(request_rate=r, concurrency=None, mean_ttft_ms=ms) for r, ms in
+             ((1.0, 100.0), (16.0, 2000.0), (4.0, 300.0), (8.0, 700.0))]
+    assert sustainable_rate(rates, slo) == {"rate": 4.0, "passed": 4.0, "failed": 8.0}
+    s = score([rates], "maximize_sustainable_rate", slo)
+    assert s.objective == s.measured == 4.0 and s.bracket == [{"rate": 4.0, "passed": 4.0, "failed": 8.0}]
+    too_slow = [level(request_rate=1.0, concurrency=None, mean_ttft_ms=900.0)]
+    assert sustainable_rate(too_slow, slo) == {"rate": 0.0, "passed": None, "failed": 1.0}
+    erroring = [level(request_rate=1.0, concurrency=None, errors=5)]  # errors are not sustained
+    assert sustainable_rate(erroring, slo)["passed"] is None
+
+
+def test_rate_search_is_bounded_and_brackets_the_answer():
+    from app.domain.ratesearch import next_rate
+
+    truth = 13.0  # rates up to this meet the SLOs
+    tried: dict[float, bool] = {}
+    while (rate := next_rate(tried, 1.0, 64.0, 4)) is not None:
+        tried[rate] = rate <= truth
+    assert list(tried)[:2] == [1.0, 64.0] and len(tried) == 6  # low, high, then 4 halvings at most
+    passed = max(r for r, ok in tried.items() if ok)
+    failed = min(r for r, ok in tried.items() if not ok)
+    assert passed <= truth < failed and failed / passed < 64 / 2 ** 4
+    assert next_rate({1.0: False}, 1.0, 64.0, 4) is None  # nothing sustained at the lowest rate
+    assert next_rate({1.0: True, 64.0: True}, 1.0, 64.0, 4) is None  # the upper bound was sustained

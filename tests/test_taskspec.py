@@ -504,3 +504,25 @@ def test_any_input_gives_a_spec_or_a_task_spec_error(overrides, dropped):
         assert exc.errors and all(isinstance(e["loc"], list) and e["msg"] for e in exc.errors)
         return
     assert parse_task(spec.to_dict()).to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize("objective,extra,loc", [
+    ("maximize_goodput", {}, "optimization.objective"),  # goodput counts requests meeting the SLOs
+    ("minimize_cost", {}, "optimization.gpu_price_per_hour"),
+    ("maximize_sustainable_rate", {"slo": {"ttft": {"threshold": 1.0}}}, "benchmark.rate_search"),
+    ("maximize_sustainable_rate", {"slo": {"ttft": {"threshold": 1.0}},
+                                   "benchmark": {"rate_search": {"low": 8, "high": 2}}}, "benchmark.rate_search"),
+])
+def test_an_objective_missing_what_its_figure_needs_is_a_field_error(objective, extra, loc):
+    with pytest.raises(TaskSpecError) as info:
+        parse_task(minimal(optimization={"objective": objective}, **extra))
+    assert locs(info.value) == [loc]
+
+
+def test_new_objectives_load_with_what_they_need():
+    cost = parse_task(minimal(optimization={"objective": "minimize_cost", "gpu_price_per_hour": 2.5}))
+    assert cost.objective_names == ["minimize_cost"] and not cost.uses_rate_search
+    rate = parse_task(minimal(optimization={"objective": "maximize_sustainable_rate"},
+                              slo={"ttft": {"threshold": 1.0}}, benchmark={"rate_search": {"low": 1, "high": 32}}))
+    assert rate.uses_rate_search and rate.benchmark.rate_search.steps == 4
+    assert parse_task(rate.to_dict()).to_dict() == rate.to_dict()

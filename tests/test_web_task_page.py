@@ -524,3 +524,124 @@ def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
         server.shutdown()
         thread.join(timeout=5)
     assert not errors, errors
+
+
+# -- objectives with their units, measured figures --------------------------------------------
+
+def spec_for(objective: str) -> dict:
+    """A task with `objective` and what its figure needs (SLOs, a GPU price, rate bounds)."""
+    from app.domain.objectives import OBJECTIVES
+
+    needs = OBJECTIVES[objective].needs
+    data = spec_dict(objective, objective_level=None if needs == "rate_search" else 32,
+                     slo={"ttft": {"threshold": 1.0}} if needs in ("slo", "rate_search") else None)
+    if needs == "price":
+        data["optimization"]["gpu_price_per_hour"] = 2.5
+    if needs == "rate_search":
+        data["benchmark"]["rate_search"] = {"low": 1, "high": 64}
+    return data
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("objective", sorted(__import__("app.domain.objectives", fromlist=["OBJECTIVES"]).OBJECTIVES))
+def test_every_objective_has_its_unit_wherever_it_is_shown(client, objective):
+    """Task page, task list, experiment page, JSON API, charts feed, CSV export, the CLI's
+    summary and its task list: the figure always comes with its unit."""
+    from click.testing import CliRunner
+
+    from app import cli, console
+    from app.domain.objectives import OBJECTIVES
+
+    o = OBJECTIVES[objective]
+    task_id = make_task(spec_for(objective))
+    (exp_id,) = add_experiments(task_id, [{"objective": 1.2345, "measured": {objective: 1.2345}, "penalty": 0.0,
+                                           "slo_ok": True, "metrics": metrics_for(1.2345, 50.0)}])
+    shown, titled = f"1.234 {o.unit}", f"{o.label} ({o.unit})"
+    page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert titled in page and shown in page
+    assert shown in client.get("/").get_data(as_text=True)
+    assert shown in client.get(f"/experiments/{exp_id}").get_data(as_text=True)
+    api = client.get(f"/api/tasks/{task_id}").json
+    assert api["objective_unit"] == o.unit and api["objectives"] == [
+        {"name": objective, "unit": o.unit, "label": o.label, "direction": o.direction}]
+    assert api["best"]["value"] == 1.2345
+    charts = client.get(f"/api/tasks/{task_id}/charts").json
+    assert charts["objective_unit"] == charts["objective"]["unit"] == charts["params"]["unit"] == o.unit
+    header = client.get(f"/tasks/{task_id}/export.csv").get_data(as_text=True).splitlines()[0]
+    assert f"{objective} ({o.unit})" in header
+    with console.err.capture() as captured:
+        console.print_summary(console.load_report(task_id))
+    assert shown in captured.get()
+    listed = CliRunner().invoke(cli.main, ["status"])
+    assert listed.exit_code == 0 and shown in listed.output
+
+
+@pytest.mark.unit
+def test_charts_plot_measured_figures_and_mark_slo_breaking_points(db):
+    """The quickstart's case: a TTFT of 8.7 s that broke the SLO is plotted at 8.7 s (marked,
+    its penalised score of 9,955 shown as the score), not on the axis of the best's 4.94 s."""
+    task_id = make_task(spec_dict("minimize_ttft", slo={"tpot": {"threshold": 0.03}}))
+    add_experiments(task_id, [
+        {"objective": 4.94, "measured": {"minimize_ttft": 4.94}, "penalty": 0.0, "slo_ok": True},
+        {"objective": 9955.0, "measured": {"minimize_ttft": 8.7}, "penalty": 1143.3, "slo_ok": True},
+        {"objective": 1567.0, "measured": {"minimize_ttft": 3.1}, "penalty": 504.5, "slo_ok": False},
+        {"objective": 6.0, "slo_ok": True},  # stored before measured figures were kept: its score is its figure
+    ])
+    o = charts_of(task_id)["objective"]
+    assert o["unit"] == "s"
+    by_seq = {p["seq"]: p for p in o["points"]}
+    assert (by_seq[1]["y"], by_seq[1]["slo"]) == (4.94, "met")
+    assert (by_seq[2]["y"], by_seq[2]["score"], by_seq[2]["slo"]) == (8.7, 9955.0, "penalised")
+    assert by_seq[4]["y"] == 6.0
+    (mark,) = o["marks"]
+    assert (mark["seq"], mark["y"], mark["slo"]) == (3, 3.1, "broken")
+    assert [b["y"] for b in o["best"]] == [4.94, 4.94]  # the penalty ranks: 8.7 s never led
+    params = charts_of(task_id)["params"]["params"][0]["points"]
+    assert sorted((p["y"], p["slo"]) for p in params) == [(3.1, "broken"), (4.94, "met"), (6.0, "met"),
+                                                          (8.7, "penalised")]
+
+
+@pytest.mark.process
+@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+def test_best_launch_command_wraps_beside_its_copy_button_at_1360_px(flask_app, tmp_path):
+    """A long launch command stays inside its box at 1,360 px: it wraps instead of running
+    on under the Copy button (a screenshot is left in the test's temporary folder)."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    data = spec_dict()
+    data["parameters"] = {f"{name}": [value] for name, value in (
+        ("max-running-requests", 256), ("schedule-policy", "lpm"), ("chunked-prefill-size", 16384),
+        ("mem-fraction-static", 0.88), ("max-prefill-tokens", 32768), ("schedule-conservativeness", 0.7),
+        ("cuda-graph-max-bs", 256), ("num-continuous-decode-steps", 4), ("stream-interval", 8))}
+    data["parameters"]["max-running-requests"] = [16, 256]
+    task_id = make_task(data)
+    add_experiments(task_id, [{"objective": 900.0, "measured": {"maximize_throughput": 900.0}, "slo_ok": True,
+                               "params": {**{k: v[0] for k, v in data["parameters"].items()}},
+                               "metrics": metrics_for(900.0, 50.0)}])
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
+            page.wait_for_function("() => document.querySelector('#best-command') && typeof Chart !== 'undefined'")
+            box = page.evaluate("""() => {
+                const pre = document.getElementById('best-command'), btn = document.getElementById('copy-command');
+                const p = pre.getBoundingClientRect(), b = btn.getBoundingClientRect();
+                return {preRight: p.right, buttonLeft: b.left, scroll: pre.scrollWidth, client: pre.clientWidth,
+                        lines: Math.round(p.height / parseFloat(getComputedStyle(pre).lineHeight || 16)),
+                        text: pre.textContent, page: document.documentElement.scrollWidth};
+            }""")
+            page.locator("#best-section").screenshot(path=str(tmp_path / "best-command.png"))
+            browser.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert box["preRight"] <= box["buttonLeft"], box
+    assert box["scroll"] <= box["client"] and box["page"] <= 1360, box
+    assert "--stream-interval 8" in box["text"]  # wrapped, not cut: the whole command is there

@@ -25,7 +25,8 @@ from app.config import get_settings
 from app.celery_app import request_coordination, send_experiments
 from app.coordinator import end_and_place
 from app.domain.states import ExperimentState
-from app.domain.objectives import score
+from app.domain.objectives import measure_all, sustains
+from app.domain.ratesearch import next_rate
 from app.domain.taskspec import TaskSpec, stored_spec
 from workers.gpu_discovery import busy_gpus
 from workers.runtimes import get_runtime
@@ -169,20 +170,48 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
             api=bench.api,
             goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
         )
-        levels = run_benchmark(
-            target,
-            None if bench.request_rate else list(bench.num_concurrency),
-            request_rates=[r / scale for r in bench.request_rate] if bench.request_rate else None,
-            burstiness=bench.burstiness,
-            max_concurrency=bench.max_concurrency,
-            warmup_requests=bench.warmup_requests,
-            should_stop=should_stop,
-            on_level=on_level,
-        )
-        results.append({"scenario": scenario, "levels": [to_simulated_time(lv, scale) for lv in levels]})
+        if bench.rate_search is not None and spec.uses_rate_search:
+            levels = _search_rates(spec, target, scale, should_stop, on_level)
+        else:
+            levels = [to_simulated_time(lv, scale) for lv in run_benchmark(
+                target,
+                None if bench.request_rate else list(bench.num_concurrency),
+                request_rates=[r / scale for r in bench.request_rate] if bench.request_rate else None,
+                burstiness=bench.burstiness,
+                max_concurrency=bench.max_concurrency,
+                warmup_requests=bench.warmup_requests,
+                should_stop=should_stop,
+                on_level=on_level,
+            )]
+        results.append({"scenario": scenario, "levels": levels})
         if should_stop():
             break
     return results
+
+
+def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
+                  on_level: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+    """One open-loop level per rate the bounded search picks (app.domain.ratesearch), each
+    judged against the task's SLOs as it ends; the levels in the order they ran."""
+    bench, slo = spec.benchmark, spec.to_dict().get("slo")
+    search = bench.rate_search
+    assert search is not None
+    tried: dict[float, bool] = {}
+    levels: list[dict[str, Any]] = []
+    while (rate := next_rate(tried, search.low, search.high, search.steps)) is not None and not should_stop():
+        ran = run_benchmark(target, None, request_rates=[rate / scale], burstiness=bench.burstiness,
+                            max_concurrency=bench.max_concurrency,
+                            warmup_requests=bench.warmup_requests if not levels else 0,
+                            should_stop=should_stop, on_level=on_level)
+        if not ran:
+            break
+        level = to_simulated_time(ran[0], scale)
+        level["request_rate"] = rate  # the rate asked for, not its wall-clock conversion back
+        levels.append(level)
+        tried[rate] = sustains(level, slo)
+        if level.get("stopped_early"):
+            break
+    return levels
 
 
 def _stop_engine(runtime: Runtime, deployment: Deployment) -> tuple[str, bool]:
@@ -270,14 +299,17 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             watch.check()
             if stop():
                 raise ExperimentCancelled()
-            result = score([s["levels"] for s in scenarios], spec.optimization.objective, spec.to_dict().get("slo"),
-                           at=spec.optimization.objective_level)
+            result, measured = measure_all([s["levels"] for s in scenarios], spec.objective_names,
+                                           spec.to_dict().get("slo"), spec.optimization.objective_level,
+                                           spec.optimization.gpu_price_per_hour)
             ok = result.objective is not None
             outcome = {
                 "state": ExperimentState.SUCCEEDED if ok else ExperimentState.FAILED,
                 "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated,
                             **({"gpu_share": claim.gpu_share} if claim.gpu_share < 1 else {})},
                 "objective": result.objective,
+                "measured": measured if ok else None,
+                "penalty": result.penalty if ok else None,
                 "slo_ok": result.slo_ok,
                 "error": None if ok else result.problem,
                 "failure_kind": None if ok else "bad_measurement",

@@ -166,6 +166,8 @@ def end_reported(
     metrics: dict[str, Any] | None = None,
     objective: float | None = None,
     slo_ok: bool | None = None,
+    measured: dict[str, float] | None = None,
+    penalty: float | None = None,
     error: str | None = None,
     failure_kind: str | None = None,
     engine_log: str | None = None,
@@ -185,7 +187,7 @@ def end_reported(
                 Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
         return None
     att = _attempt(session, exp)  # read before anything changes: one UPDATE per row at the end
-    exp.metrics, exp.objective, exp.slo_ok = metrics, objective, slo_ok
+    exp.metrics, exp.objective, exp.slo_ok, exp.measured, exp.penalty = metrics, objective, slo_ok, measured, penalty
     if engine_log is not None:
         exp.engine_log = engine_log[-20000:]
     if att is not None and engine_gone:
@@ -309,7 +311,7 @@ def back_to_pending(session: Session, exp: Experiment, *, error: str | None = No
     (an attempt whose engine may still run on them) until that engine is confirmed gone."""
     ledger.release(session, exp.id, fence=fence)
     exp.state, exp.phase, exp.error, exp.wait_reason = ExperimentState.PENDING, None, error, wait_reason
-    exp.objective, exp.slo_ok, exp.metrics, exp.failure_kind = None, None, None, None
+    exp.objective, exp.slo_ok, exp.metrics, exp.failure_kind, exp.measured, exp.penalty = None, None, None, None, None, None
     exp.queued_at, exp.started_at, exp.finished_at, exp.promised_start = None, None, None, None
     exp.gpus, exp.group, exp.worker, exp.host = [], None, None, None
 

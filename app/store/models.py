@@ -104,6 +104,10 @@ class Experiment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     objective: Mapped[float | None] = mapped_column(Float, nullable=True)
     slo_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # Each of the task's objectives' figure in its unit, without the SLO penalty that
+    # `objective` (the ranking score) carries; `penalty` is that penalty.
+    measured: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    penalty: Mapped[float | None] = mapped_column(Float, nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)

@@ -7,13 +7,15 @@ unbounded payload. Times are seconds since the task started (`origin` in the res
 
 The series:
 
-* `objective`: every finished experiment in finish-time order. Eligible ones (succeeded, an
-  objective, SLOs met) are points; the running best follows the task's direction; failed,
-  timed-out, cancelled and SLO-ineligible ones are `marks` (they never become the best).
+* `objective`: every finished experiment in finish-time order, at its measured figure in the
+  objective's unit (`unit`). Eligible ones (succeeded, an objective, no hard SLO broken) are
+  points, those that broke a soft SLO marked as such with the penalised score that ranks them;
+  the running best follows the scores in the task's direction; failed, timed-out, cancelled
+  and hard-SLO-ineligible ones are `marks` (they never become the best).
 * `pareto`: per traffic scenario, output throughput per GPU against p99 TTFT at the scored
   level (`objective_level`, else the highest), with the Pareto front (max throughput,
   min p99 TTFT) over all plotted points.
-* `params`: per parameter, (value, objective) pairs of experiments that have an objective.
+* `params`: per parameter, (value, measured figure) pairs of experiments that have an objective.
 * `timeline`: who held which GPU when, from `GpuAllocation` (open holds end "now").
 """
 from __future__ import annotations
@@ -28,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from app.domain.states import ExperimentState
 from app.store.models import Experiment, Gpu, GpuAllocation, Task, gpu_label, utcnow
-from app.domain.objectives import direction, eligible, scored_level
+from app.domain.objectives import OBJECTIVES, direction, eligible, scored_level
+from app.serializers import figure
 
 MAX_POINTS = 2000  # per series
 
@@ -72,12 +75,23 @@ def _origin(task: Task) -> datetime:
 
 # -- 1. objective per experiment, with the running best -------------------------------------
 
+def slo_mark(slo_ok: bool | None, penalty: float | None) -> str:
+    """How an experiment fared against the SLOs: "met", "penalised" (a soft SLO broken: its
+    score carries the penalty and it may still rank first) or "broken" (a hard SLO: ineligible)."""
+    if slo_ok is False:
+        return "broken"
+    return "penalised" if penalty else "met"
+
+
 def objective_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str, Any]:
+    """Each point's `y` is the measured figure in the objective's unit; `score` is what ranks
+    it (the figure with the SLO penalty applied) and `slo` says why the two differ. SLO-breaking
+    points are marked, not inflated: a TTFT of 8.7 s sits at 8.7 s, not at its penalised score."""
     origin = _origin(task)
     minimize = direction(task.objective) == "minimize"
     rows = session.execute(
         select(Experiment.id, Experiment.seq, Experiment.state, Experiment.finished_at, Experiment.objective,
-               Experiment.slo_ok)
+               Experiment.slo_ok, Experiment.measured, Experiment.penalty)
         .where(Experiment.task_id == task.id, Experiment.finished_at.is_not(None))
         .order_by(Experiment.finished_at, Experiment.seq)
     ).all()
@@ -86,20 +100,27 @@ def objective_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dic
     best_line: list[dict[str, Any]] = []
     improved: set[int] = set()
     best: float | None = None
-    for exp_id, seq, state, finished_at, objective, slo_ok in rows:
+    best_y: float | None = None
+    for exp_id, seq, state, finished_at, objective, slo_ok, measured, penalty in rows:
         t = _secs(finished_at, origin)
+        y = _r(figure(measured, objective, task.objective))
         if not eligible(state, objective, slo_ok):
-            marks.append({"t": t, "seq": seq, "id": exp_id, "state": state, "slo_ok": slo_ok, "y": _r(objective)})
+            marks.append({"t": t, "seq": seq, "id": exp_id, "state": state, "slo_ok": slo_ok, "y": y,
+                          "score": _r(objective), "slo": slo_mark(slo_ok, penalty)})
             continue
         if best is None or (objective < best if minimize else objective > best):
-            best = objective
+            best, best_y = objective, y
             improved.add(len(points))
-            best_line.append({"t": t, "y": _r(best), "seq": seq, "id": exp_id})
-        points.append({"t": t, "y": _r(objective), "seq": seq, "id": exp_id})
+            best_line.append({"t": t, "y": best_y, "score": _r(best), "seq": seq, "id": exp_id})
+        points.append({"t": t, "y": y, "score": _r(objective), "penalty": _r(penalty), "slo": slo_mark(slo_ok, penalty),
+                       "seq": seq, "id": exp_id})
     if best_line and points and points[-1]["t"] != best_line[-1]["t"]:
-        best_line.append({"t": points[-1]["t"], "y": _r(best), "seq": best_line[-1]["seq"], "id": best_line[-1]["id"]})
+        best_line.append(dict(best_line[-1], t=points[-1]["t"]))
+    o = OBJECTIVES[task.objective]
     return {
         "direction": "minimize" if minimize else "maximize",
+        "unit": o.unit,
+        "label": o.label,
         "points": _keep_then_thin(points, improved, cap),
         "best": thin(best_line, cap),
         "marks": thin(marks, cap),
@@ -209,7 +230,8 @@ def param_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
     """With more than `cap` experiments, the best quarter of `cap` (in the task's direction)
     plus an even spread of the rest; only their parameters are read."""
     rows = session.execute(
-        select(Experiment.id, Experiment.seq, Experiment.objective, Experiment.slo_ok)
+        select(Experiment.id, Experiment.seq, Experiment.objective, Experiment.slo_ok, Experiment.measured,
+               Experiment.penalty)
         .where(Experiment.task_id == task.id, Experiment.state == ExperimentState.SUCCEEDED, Experiment.objective.is_not(None))
         .order_by(Experiment.seq)
     ).all()
@@ -227,10 +249,12 @@ def param_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
             select(Experiment.id, Experiment.params).where(Experiment.id.in_(ids[start:start + 500]))
         ).all())
     series: dict[str, list[dict[str, Any]]] = {}
-    for exp_id, seq, objective, slo_ok in rows:
+    for exp_id, seq, objective, slo_ok, measured, penalty in rows:
+        y = _r(figure(measured, objective, task.objective))
         for name, value in (params_of.get(exp_id) or {}).items():
             series.setdefault(name, []).append(
-                {"x": value, "y": _r(objective), "seq": seq, "id": exp_id, "slo_ok": slo_ok is not False}
+                {"x": value, "y": y, "score": _r(objective), "seq": seq, "id": exp_id, "slo_ok": slo_ok is not False,
+                 "slo": slo_mark(slo_ok, penalty)}
             )
     out = []
     for name, pts in series.items():
@@ -243,7 +267,7 @@ def param_series(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
             "points": pts,
             "total_points": total,
         })
-    return {"objective": task.objective, "params": out}
+    return {"objective": task.objective, "unit": OBJECTIVES[task.objective].unit, "params": out}
 
 
 # -- 4. the GPU timeline --------------------------------------------------------------------
@@ -283,6 +307,8 @@ def task_charts(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str
     return {
         "task_id": task.id,
         "objective_name": task.objective,
+        "objective_unit": OBJECTIVES[task.objective].unit,
+        "objective_label": OBJECTIVES[task.objective].label,
         "origin": origin.isoformat(timespec="milliseconds") + "Z",
         "max_points": cap,
         "objective": objective_series(session, task, cap),

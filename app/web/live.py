@@ -21,7 +21,7 @@ from app.web.lookup import get_or_404
 from app.domain.states import TASK_TERMINAL, EXP_STATES
 from app.store.models import Experiment, Task
 from app.domain.objectives import OBJECTIVES, level_value, score_level, scored_level
-from app.serializers import experiment_dict, task_dict
+from app.serializers import experiment_dict, objectives_of, task_dict
 
 bp = Blueprint("live", __name__)
 
@@ -132,8 +132,12 @@ def _spec_bits(task: Task, params: dict[str, Any]) -> tuple[list[str] | None, di
             f"launch command unavailable: {exc}"
 
 
+def _price(task: Task) -> float | None:
+    return ((task.spec or {}).get("optimization") or {}).get("gpu_price_per_hour")
+
+
 def scored_levels(metrics: dict[str, Any] | None, objective: str, slo: dict | None,
-                  at: float | None) -> list[dict[str, Any]]:
+                  at: float | None, price: float | None = None) -> list[dict[str, Any]]:
     """Each scenario's levels with the SLO verdict of each and which one the objective reads."""
     out = []
     for sc in (metrics or {}).get("scenarios") or []:
@@ -141,7 +145,7 @@ def scored_levels(metrics: dict[str, Any] | None, objective: str, slo: dict | No
         scored = scored_level(levels, at) if levels else None
         rows = []
         for lv in levels:
-            verdict = score_level(lv, objective, slo) if objective in OBJECTIVES else None
+            verdict = score_level(lv, objective, slo, price) if objective in OBJECTIVES else None
             rows.append({
                 "level": lv,
                 "load": level_value(lv),
@@ -164,9 +168,11 @@ def experiment_page(experiment_id: int):
             exp=experiment_dict(exp, metrics=True),
             task_name=task.name,
             task_objective=task.objective,
+            objectives=objectives_of(task),
+            unit=OBJECTIVES[task.objective].unit,
             launch_command=command,
             launch_problem=problem,
             slo=slo,
-            scenarios=scored_levels(exp.metrics, task.objective, slo, at),
+            scenarios=scored_levels(exp.metrics, task.objective, slo, at, _price(task)),
             objective_level=at,
         )

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from app.domain.engines import SIMULATOR, EngineSpec, builtin_engines, engines, get_engine
 from app.domain.engines.registry import SIM_MODELLED_FLAGS
+from app.domain.objectives import OBJECTIVES
 from app.limits import env_name, get_limits
 
 from .domains import Choice, Domain, FloatRange, IntRange
@@ -400,6 +401,41 @@ def _objective_level(sections: dict[str, Any], out: _Collector) -> None:
         out.note("benchmark.request_rate is set: levels are request rates; num_concurrency is not used")
 
 
+def _has_slo(sections: dict[str, Any]) -> bool:
+    slo = sections.get("slo")
+    return slo is not None and bool(slo.ttft or slo.tpot or (slo.latency and any(
+        getattr(slo.latency, p) for p in ("p50", "p90", "p95", "p99"))))
+
+
+def _objective_needs(sections: dict[str, Any], out: _Collector) -> None:
+    """What an objective's figure is made of must be in the task (app.domain.objectives:
+    `Objective.needs`): SLOs for goodput and the sustainable rate, a GPU price for cost, the
+    search's bounds for the sustainable rate."""
+    opt: Optimization = sections.get("optimization") or Optimization()
+    bench: Benchmark = sections.get("benchmark") or Benchmark()
+    names = [opt.objective]
+    loc: Loc = ["optimization", "objective"]
+    needed = {OBJECTIVES[name].needs: name for name in names}
+    for needs, name in needed.items():
+        if needs in ("slo", "rate_search") and not _has_slo(sections):
+            out.error(loc, f"{name} counts what meets the task's SLOs: give the task an slo section "
+                      "(ttft, tpot or latency)")
+        if needs == "price" and opt.gpu_price_per_hour is None:
+            out.error(["optimization", "gpu_price_per_hour"], f"{name} needs what one GPU costs per hour (in dollars)")
+    if "rate_search" in needed:
+        search = bench.rate_search
+        if search is None:
+            out.error(["benchmark", "rate_search"], "maximize_sustainable_rate needs the bounds of its search: "
+                      "{\"low\": <req/s>, \"high\": <req/s>}")
+        elif search.low >= search.high:
+            out.error(["benchmark", "rate_search"], f"low ({search.low:g}) must be below high ({search.high:g})")
+        if opt.objective_level is not None:
+            out.error(["optimization", "objective_level"],
+                      "maximize_sustainable_rate reads every rate its search tried, not one level")
+    elif bench.rate_search is not None:
+        out.note("benchmark.rate_search is only used by the objective maximize_sustainable_rate")
+
+
 def _derive(sections: dict[str, Any], failed: set[str] = frozenset()) -> _Derived:
     """Everything computed from more than one section; tolerant of sections that failed."""
     out, d = _Collector(), _Derived()
@@ -412,5 +448,7 @@ def _derive(sections: dict[str, Any], failed: set[str] = frozenset()) -> _Derive
         _optimization(sections, failed, d, out)
     if not failed.intersection(("optimization", "benchmark")):
         _objective_level(sections, out)
+        if "slo" not in failed:
+            _objective_needs(sections, out)
     d.errors, d.notes = out.errors, out.notes
     return d

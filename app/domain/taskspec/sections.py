@@ -52,6 +52,16 @@ Seconds = Annotated[Float, Field(gt=0), at_most("max_seconds")]
 TrafficScenario = Annotated[str, Field(max_length=100), AfterValidator(_traffic)]
 
 
+class RateSearch(BaseModel):
+    """Bounds of the search for the highest sustainable request rate (req/s; see
+    app.domain.ratesearch): tried between `low` and `high`, `steps` halvings at most."""
+
+    model_config = _STRICT
+    low: RequestRate
+    high: RequestRate
+    steps: Annotated[Int, Field(ge=1, le=10)] = 4
+
+
 class Benchmark(BaseModel):
     model_config = _STRICT
     # These three may become benchmark-client argv, so they follow the argv value rules.
@@ -71,6 +81,8 @@ class Benchmark(BaseModel):
     max_time_per_iteration: Seconds = 60.0
     max_requests_per_iteration: Annotated[PosInt, at_most("max_requests")] = 100
     additional_params: dict[str, Any] = Field(default_factory=dict)
+    # Objective maximize_sustainable_rate: the levels are the rates this search tries.
+    rate_search: RateSearch | None = None
 
     @property
     def levels(self) -> list[float]:
@@ -102,6 +114,9 @@ class Optimization(BaseModel):
     # Which load level the objective reads (a value of num_concurrency or request_rate);
     # default: the highest level.
     objective_level: Annotated[Float, Field(gt=0)] | None = None
+    # What one GPU costs per hour, in dollars: the objective minimize_cost (dollars per
+    # million output tokens) needs it, so a 1-GPU and an 8-GPU answer compare on cost.
+    gpu_price_per_hour: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] | None = None
 
 
 class QuantConfig(BaseModel):

@@ -102,6 +102,16 @@ class TaskSpec(BaseModel):
     def objective_direction(self) -> Literal["minimize", "maximize"]:
         return OBJECTIVES[self.optimization.objective].direction  # type: ignore[return-value]
 
+    @property
+    def objective_names(self) -> list[str]:
+        """The objectives in order (each has its measured figure kept)."""
+        return [self.optimization.objective]
+
+    @property
+    def uses_rate_search(self) -> bool:
+        """The levels are the rates of a search for the highest sustainable rate."""
+        return OBJECTIVES[self.optimization.objective].needs == "rate_search"
+
     def grid_size(self) -> int | None:
         """Number of distinct parameter sets of the search space; None if it is infinite."""
         if any(not dom.is_finite for dom in self._search_space.values()):

@@ -82,8 +82,9 @@
       return;
     }
     const rows = Object.entries(b.params).map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: String(v) })));
-    rows.push(el("tr", {}, el("th", { text: t.objective }),
-      el("td", {}, el("strong", { text: g4(b.objective) }), " (experiment ",
+    rows.push(el("tr", {}, el("th", { text: `${t.objective_label} (${t.objective_unit})` }),
+      el("td", {}, el("strong", { id: "best-value", text: `${g4(b.value)} ${t.objective_unit}` }),
+        ...(b.penalty ? [` (score with SLO penalty ${g4(b.objective)})`] : []), " (experiment ",
         el("a", { class: "exp-link", href: `/experiments/${b.id}`, text: `#${b.seq}` }), ")")));
     rows.push(el("tr", {}, el("th", { text: "GPUs" }), el("td", { text: (b.gpus || []).join(", ") })));
     const command = b.launch_command_shell || (b.launch_command || []).join(" ");
@@ -120,8 +121,11 @@
     const body = $("experiments-body");
     const rows = p.experiments.map((e) => {
       const km = e.key_metrics || {};
-      const objective = el("td", { class: "num" }, e.objective === null ? "" : g4(e.objective));
-      if (e.objective !== null && e.slo_ok === false) objective.append(" ", el("span", { class: "error", text: "SLO" }));
+      const value = e.measured ? e.measured[objectiveName] : e.objective;
+      const objective = el("td", { class: "num" }, value === null || value === undefined ? "" : g4(value));
+      if (e.objective !== null && (e.slo_ok === false || e.penalty)) {
+        objective.append(" ", el("span", { class: "error", title: `score with SLO penalty ${g4(e.objective)}`, text: "SLO" }));
+      }
       const why = e.error || e.wait_reason || "";
       return el("tr", { class: e.state, "data-seq": String(e.seq) },
         el("td", {}, el("a", { class: "exp-link", href: `/experiments/${e.id}`, text: String(e.seq) })),
@@ -162,8 +166,9 @@
     const d = ctx.raw || {};
     const parts = [d.seq !== undefined ? `#${d.seq}` : ctx.dataset.label];
     if (Array.isArray(d.x)) parts.push(`${d.gpu || ""} ${fmt(d.x[0], 1)}–${fmt(d.x[1], 1)} s ${d.state || ""}`);
-    else parts.push(`${typeof d.x === "number" ? g4(d.x) : d.x}, ${g4(d.y)}`);
+    else parts.push(`${typeof d.x === "number" ? g4(d.x) : d.x}, ${g4(d.y)}${d.unit ? " " + d.unit : ""}`);
     if (d.state && !Array.isArray(d.x)) parts.push(d.state);
+    if (d.score !== undefined && d.score !== null && d.score !== d.y) parts.push(`(score with SLO penalty ${g4(d.score)})`);
     return parts.join(" ");
   }
 
@@ -195,27 +200,36 @@
     return charts[key];
   }
 
+  const axisTitle = (c) => `${c.objective_label} (${c.objective_unit})`;
+
+  // Measured figures in the objective's unit; SLO-breaking points are marked, not inflated
+  // by their penalty (the penalised score that ranks them is in the tooltip).
   function drawObjective(c) {
     const o = c.objective;
-    const asXY = (p) => ({ x: p.t, y: p.y, seq: p.seq, id: p.id });
-    const sloFailed = o.marks.filter((m) => m.y !== null).map((m) => ({ x: m.t, y: m.y, seq: m.seq, id: m.id, state: "SLO not met" }));
+    const asXY = (p) => ({ x: p.t, y: p.y, seq: p.seq, id: p.id, score: p.score, slo: p.slo });
+    const met = o.points.filter((p) => p.slo === "met").map(asXY);
+    const penalised = o.points.filter((p) => p.slo !== "met").map((p) => Object.assign(asXY(p), { state: "soft SLO broken" }));
+    const broken = o.marks.filter((m) => m.y !== null).map((m) => Object.assign(asXY(m), { state: "hard SLO broken" }));
     const failed = o.marks.filter((m) => m.y === null).map((m) => ({ x: m.t, y: 0.04, seq: m.seq, id: m.id, state: m.state }));
     upsert("objective", $("chart-objective"), {
       type: "scatter",
       data: {
         datasets: [
-          { label: `${c.objective_name} (${o.direction})`, data: o.points.map(asXY), backgroundColor: "#1f5fbf", pointRadius: 3 },
+          { label: `measured, SLOs met (${o.direction})`, data: met, backgroundColor: "#1f5fbf", pointRadius: 3 },
           { label: "running best", data: o.best.map(asXY), type: "line", stepped: "after", borderColor: "#18794e",
             backgroundColor: "#18794e", pointRadius: 0, borderWidth: 2 },
-          { label: "SLO not met", data: sloFailed, backgroundColor: "#e0a100", pointStyle: "triangle", pointRadius: 4 },
+          { label: "soft SLO broken (ranked by penalised score)", data: penalised, backgroundColor: "#e0a100",
+            pointStyle: "triangle", pointRadius: 5 },
+          { label: "hard SLO broken (never the best)", data: broken, backgroundColor: "#c0292b", pointStyle: "triangle",
+            pointRadius: 5 },
           { label: "failed / timed out / cancelled", data: failed, yAxisID: "marks", backgroundColor: "#c0292b",
             borderColor: "#c0292b", pointStyle: "crossRot", pointRadius: 5 },
         ],
       },
-      options: baseOptions("seconds since the task started (finish time)", c.objective_name, {
+      options: baseOptions("seconds since the task started (finish time)", axisTitle(c), {
         scales: {
           x: { type: "linear", title: { display: true, text: "seconds since the task started (finish time)" } },
-          y: { type: "linear", title: { display: true, text: c.objective_name } },
+          y: { type: "linear", title: { display: true, text: axisTitle(c) } },
           marks: { type: "linear", display: false, min: 0, max: 1 },
         },
       }),
@@ -256,9 +270,10 @@
         box.append(node);
         entry = paramCharts[p.name] = { node, canvas, chart: null };
       }
-      const data = p.points.map((pt) => ({ x: p.numeric ? pt.x : String(pt.x), y: pt.y, seq: pt.seq, id: pt.id }));
-      const colors = p.points.map((pt) => (pt.slo_ok ? "#1f5fbf" : "#e0a100"));
-      const options = baseOptions(p.name, c.objective_name, {
+      const data = p.points.map((pt) => ({ x: p.numeric ? pt.x : String(pt.x), y: pt.y, seq: pt.seq, id: pt.id,
+        score: pt.score, unit: c.objective_unit, state: pt.slo === "met" ? "" : `SLO ${pt.slo}` }));
+      const colors = p.points.map((pt) => (pt.slo === "met" ? "#1f5fbf" : pt.slo === "penalised" ? "#e0a100" : "#c0292b"));
+      const options = baseOptions(p.name, axisTitle(c), {
         plugins: { legend: { display: false }, tooltip: { callbacks: { label: tooltipLabel } } },
       });
       if (!p.numeric) options.scales.x = { type: "category", labels: p.values.map(String), offset: true, title: { display: true, text: p.name } };
