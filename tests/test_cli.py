@@ -103,6 +103,9 @@ def test_run_quickstart_on_the_embedded_default(tmp_path):
     eligible = [e["objective"] for e in report["experiments"] if e["slo_ok"] is not False]
     assert best["objective"] == min(eligible)
     assert best["launch_command"][:3] == ["python", "-m", "sglang.launch_server"]
+    assert report["objective_unit"] == "s" and best["value"] == best["measured"]["minimize_ttft"]
+    for exp in report["experiments"]:  # the measured figure, and the score it ranks by with the SLO penalty
+        assert exp["objective"] == pytest.approx(exp["measured"]["minimize_ttft"] * (1 + exp["penalty"]))
     for exp in report["experiments"]:
         assert {"params", "state", "attempts", "gpus", "worker", "started_at", "finished_at", "objective", "error"} <= set(exp)
         assert all(":" in g for g in exp["gpus"])  # host:index
