@@ -102,7 +102,7 @@ def test_form_to_task_builds_values_int_and_float_rows_and_slos():
             {"name": "enable-torch-compile", "kind": "values", "values": "true, false"},
             {"name": "chunked-prefill-size", "kind": "int", "low": "512", "high": "4096", "step": "512"},
             {"name": "mem-fraction-static", "kind": "float", "low": "0.7", "high": "0.9"},
-            {"name": "max-running-requests", "kind": "int", "low": "16", "high": "256", "log": "log"},
+            {"name": "max-running-requests", "kind": "int", "low": "16", "high": "256", "log": "true"},
             {},
         ])
     task = form_to_task(md)
@@ -245,7 +245,7 @@ def test_clone_prefills_the_form(client):
     assert 'value="meta-llama/Meta-Llama-3-8B-Instruct"' in page
     assert re.search(r'<option selected value="sim">', page) or 'value="sim" selected' in page
     assert 'value="D(100,100), N(480,240)/(300,150)"' in page and 'value="8, 32"' in page
-    assert 'id="slo_ttft" name="slo_ttft" size="6" type="text" value="1.5"' in page
+    assert 'id="slo_ttft" name="slo_ttft" type="text" value="1.5"' in page
     assert re.search(r'id="slo_ttft_hard_fail" name="slo_ttft_hard_fail" type="checkbox" value="y"', page) and "checked" in page
     assert 'name="param_name" value="tp-size"' in page and 'value="1, 2"' in page
     assert 'name="param_name" value="chunked-prefill-size"' in page
@@ -328,3 +328,41 @@ benchmark: {traffic_scenarios: ["D(1024,256)"], num_concurrency: [8, 32]}
     filled = client.post("/api/tasks/parse?form=1", json={"task_name": "x", "model": {"id_or_path": "m"},
                                                           "optimization": {"objective": "fastest"}})
     assert filled.status_code == 200 and filled.json["form"]["objective"] == "fastest" and filled.json["errors"]
+
+
+def test_a_field_declared_on_the_model_reaches_every_edge(app):
+    """A task field is declared once, on the model, with its form label: the form, both
+    conversions, the error mapping, the page's fieldsets and the OpenAPI document follow."""
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from app.domain.taskspec import TaskSpec
+    from app.domain.taskspec.fields import OnForm, form_fields
+    from app.domain.taskspec.sections import Optimization
+    from app.domain.taskspec.values import PosInt
+    from app.web.api.openapi import task_schemas
+    from app.web.forms import form_class, sections
+    from app.web.submit import map_errors
+
+    class PatientOptimization(Optimization):
+        patience: Annotated[PosInt | None, OnForm("Patience (experiments)")] = None
+
+    class PatientSpec(TaskSpec):
+        optimization: PatientOptimization = Field(default_factory=PatientOptimization)
+
+    (field,) = [f for f in form_fields(PatientSpec) if f.name == "patience"]
+    assert (field.path, field.kind, field.section) == (("optimization", "patience"), "number", "optimization")
+    assert field in sections(PatientSpec)["optimization"]["fields"]
+    with app.test_request_context():
+        assert form_class(PatientSpec)(formdata=None).patience.label.text == "Patience (experiments)"
+    task = form_to_task(form_data(patience="5"), model=PatientSpec)
+    assert task["optimization"]["patience"] == 5
+    assert PatientSpec.model_validate(task).optimization.patience == 5
+    assert task_to_form(task, model=PatientSpec)[0]["patience"] == "5"
+    fields, _, summary = map_errors([{"loc": ["optimization", "patience"], "msg": "must be positive"}], [], PatientSpec)
+    assert fields == {"patience": ["must be positive"]} and summary == []
+    schemas = task_schemas(PatientSpec)
+    assert schemas["PatientOptimization"]["properties"]["patience"]["anyOf"][0]["type"] == "integer"
+    # Not on the base model: nothing of it leaks into the real form.
+    assert "patience" not in {f.name for f in form_fields(TaskSpec)}

@@ -1,5 +1,5 @@
-"""The New task form: scalar fields (Flask-WTF, for CSRF and rendering) and the pure
-conversions between the submitted form and a task dict.
+"""The New task form, built from the task model's form fields (app.domain.taskspec.fields),
+and the pure conversions between the submitted form and a task dict.
 
 `form_to_task(form_data)` builds the task dict that `parse_task` validates; it does not
 validate anything itself: text that is not a number stays text, so `parse_task` reports it
@@ -10,6 +10,10 @@ the optional `problems` list with a `["form", ...]` path.
 `task_to_form(task)` is the inverse (clone, fill from a file): scalar values, parameter
 rows, and `extra`, every part of the task the form has no field for (kept in the
 `extra_json` box so that nothing is lost on the way back).
+
+Every function takes the model (`TaskSpec` by default): a field declared on it with an
+`OnForm` marker is on the form, in both conversions and in the error mapping, with no
+other edit.
 """
 from __future__ import annotations
 
@@ -17,14 +21,20 @@ import copy
 import json
 import math
 import re
+from functools import lru_cache
 from typing import Any, Mapping
 
 from flask_wtf import FlaskForm
+from pydantic import BaseModel
 from wtforms import BooleanField, SelectField, StringField, TextAreaField
 
+from app.domain.engines import SIMULATOR, builtin_engines, engines
 from app.domain.objectives import OBJECTIVES
 from app.domain.strategies import STRATEGIES
+from app.domain.taskspec import TaskSpec
 from app.domain.taskspec.documents import DocumentError, load_text
+from app.domain.taskspec.fields import FormField, form_fields
+from app.domain.taskspec.normalise import param_kind
 
 try:  # WTForms >= 3.3 deprecates (value, label) tuples
     from wtforms.fields.choices import SelectChoice
@@ -35,95 +45,85 @@ except ImportError:  # pragma: no cover - older WTForms
 def _choices(pairs: list[tuple[str, str]]) -> list[Any]:
     return [SelectChoice(v, label) for v, label in pairs] if SelectChoice is not None else list(pairs)
 
-DEPLOYMENT_MODES = [("docker", "docker"), ("process", "process (local subprocess)"), ("sim", "sim (simulated)")]
-STRATEGY_CHOICES = [(name, cls.label) for name, cls in STRATEGIES.items()]
-OBJECTIVE_CHOICES = [(o.name, o.label) for o in OBJECTIVES.values()]
-PARAM_KINDS = ("values", "int", "float")
-SLO_KEYS = ("ttft", "tpot", "p90", "p99")
+
 PARAM_FIELDS = ("param_name", "param_kind", "param_values", "param_low", "param_high", "param_step", "param_log")
-
-# Form field -> path in the task dict (scalar fields and comma lists).
-FIELD_PATHS: dict[str, tuple[str, ...]] = {
-    "task_name": ("task_name",),
-    "description": ("description",),
-    "model": ("model", "id_or_path"),
-    "base_runtime": ("base_runtime",),
-    "runtime_image_tag": ("runtime_image_tag",),
-    "deployment_mode": ("deployment_mode",),
-    "sim_time_scale": ("sim", "time_scale"),
-    "sim_startup_seconds": ("sim", "startup_seconds"),
-    "strategy": ("optimization", "strategy"),
-    "objective": ("optimization", "objective"),
-    "max_iterations": ("optimization", "max_iterations"),
-    "max_parallel_experiments": ("optimization", "max_parallel_experiments"),
-    "timeout_per_iteration": ("optimization", "timeout_per_iteration"),
-    "list_configs": ("optimization", "configs"),
-    "traffic_scenarios": ("benchmark", "traffic_scenarios"),
-    "num_concurrency": ("benchmark", "num_concurrency"),
-    "request_rate": ("benchmark", "request_rate"),
-    "max_requests_per_iteration": ("benchmark", "max_requests_per_iteration"),
-    "max_time_per_iteration": ("benchmark", "max_time_per_iteration"),
-}
-SLO_PATHS: dict[str, tuple[str, ...]] = {
-    "ttft": ("slo", "ttft"), "tpot": ("slo", "tpot"), "p90": ("slo", "latency", "p90"), "p99": ("slo", "latency", "p99"),
-}
-LIST_FIELDS = {"traffic_scenarios", "num_concurrency", "request_rate"}
-TEXT_FIELDS = {"task_name", "description", "model", "runtime_image_tag", "base_runtime", "deployment_mode",
-               "strategy", "objective"}
+ROW_VALUES = ("name", "values", "low", "high", "step")  # a row with none of these is blank
+BLANK_ROW = {"name": "", "kind": "values", "values": "", "low": "", "high": "", "step": "", "log": ""}
+TRUE_WORDS = frozenset({"y", "yes", "on", "true", "1"})  # a checked box or a chosen "log" scale
+SECTIONS = {"general": "Task", "engine": "Model and engine", "optimization": "Optimization",
+            "benchmark": "Benchmark", "slos": "SLOs (seconds, optional)"}
 
 
-class NewTaskForm(FlaskForm):
-    """Scalar fields of the New task page; ids equal names. Parameter rows are a repeated
-    group read from the request by `param_rows`."""
+def hard_fail_name(field: FormField) -> str:
+    """The check box of an SLO target field."""
+    return f"{field.name}_hard_fail"
 
-    class Meta:
-        csrf_field_name = "csrf_token"
 
-    task_name = StringField("Task name")
-    description = StringField("Description")
-    model = StringField("Model (Hugging Face id or path)")
-    base_runtime = SelectField("Engine", default="sglang")
-    runtime_image_tag = StringField("Image tag (docker)")
-    deployment_mode = SelectField("Deployment mode", choices=_choices(DEPLOYMENT_MODES), default="docker")
-    sim_time_scale = StringField("Simulated time scale")
-    sim_startup_seconds = StringField("Simulated startup (s)")
-    strategy = SelectField("Strategy", choices=_choices(STRATEGY_CHOICES), default="grid_search")
-    objective = SelectField("Objective", choices=_choices(OBJECTIVE_CHOICES), default="minimize_latency")
-    max_iterations = StringField("Max experiments (iterations)")
-    max_parallel_experiments = StringField("Max parallel experiments", default="1")
-    timeout_per_iteration = StringField("Timeout per experiment (s)", default="600")
-    list_configs = TextAreaField("Configurations for strategy list (JSON list of objects)")
-    traffic_scenarios = StringField("Traffic scenarios (comma separated)", default="D(100,100)")
-    num_concurrency = StringField("Concurrency levels (comma separated)", default="1")
-    request_rate = StringField("Request rates, req/s (comma separated; replaces concurrency levels)")
-    max_requests_per_iteration = StringField("Max requests per level", default="100")
-    max_time_per_iteration = StringField("Max time per level (s)", default="60")
-    slo_ttft = StringField("TTFT (s)")
-    slo_ttft_hard_fail = BooleanField("hard fail")
-    slo_tpot = StringField("TPOT (s)")
-    slo_tpot_hard_fail = BooleanField("hard fail")
-    slo_p90 = StringField("p90 latency (s)")
-    slo_p90_hard_fail = BooleanField("hard fail")
-    slo_p99 = StringField("p99 latency (s)")
-    slo_p99_hard_fail = BooleanField("hard fail")
-    extra_json = TextAreaField("Other settings (JSON merged into the task)")
+def choices_of(field: FormField, current: str | None = None) -> list[tuple[str, str]]:
+    """(value, label) of a choice field: a registry's entries, or the values its type allows."""
+    if field.choices == "strategies":
+        return [(name, cls.label) for name, cls in STRATEGIES.items()]
+    if field.choices == "objectives":
+        return [(o.name, o.label) for o in OBJECTIVES.values()]
+    if field.choices == "engines":
+        return runtime_choices(current)
+    return [(str(v), str(v)) for v in field.choices or ()]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.base_runtime.choices = _choices(runtime_choices(self.base_runtime.data))
+
+def display(value: Any) -> str:
+    """A model default as the form shows it: lists comma separated, 600.0 as 600."""
+    if isinstance(value, list):
+        return ", ".join(display(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "" if value is None else str(value)
+
+
+@lru_cache(maxsize=None)
+def form_class(model: type[BaseModel] = TaskSpec) -> type[FlaskForm]:
+    """The WTForms class of the New task page for `model`: one field per form field (an SLO
+    target adds its hard-fail box), and the "Other settings" JSON box. Ids equal names;
+    parameter rows are a repeated group read from the request by `param_rows`."""
+    fields = form_fields(model)
+
+    class NewTaskForm(FlaskForm):
+        class Meta:
+            csrf_field_name = "csrf_token"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for field in fields:  # registries that can change while the server runs (engines file)
+                if field.kind == "choice":
+                    self[field.name].choices = _choices(choices_of(field, self[field.name].data))
+
+    for field in fields:
+        if field.kind == "choice":
+            setattr(NewTaskForm, field.name, SelectField(field.label, default=field.default))
+        elif field.kind == "json":
+            setattr(NewTaskForm, field.name, TextAreaField(field.label))
+        else:
+            setattr(NewTaskForm, field.name, StringField(field.label, default=display(field.default) or None))
+        if field.kind == "target":
+            setattr(NewTaskForm, hard_fail_name(field), BooleanField("hard fail"))
+    NewTaskForm.extra_json = TextAreaField("Other settings (JSON merged into the task)")
+    return NewTaskForm
+
+
+def sections(model: type[BaseModel] = TaskSpec) -> dict[str, dict[str, Any]]:
+    """The page's fieldsets in order, each with its legend and form fields."""
+    out = {key: {"legend": legend, "fields": []} for key, legend in SECTIONS.items()}
+    for field in form_fields(model):
+        out.setdefault(field.section, {"legend": field.section.capitalize(), "fields": []})["fields"].append(field)
+    return out
 
 
 def runtime_choices(current: str | None = None) -> list[tuple[str, str]]:
     """The registry's engines (an operator's engines file included), the simulated engine, and
     the value a loaded file names if it is none of those (an OME runtime name), so the form
     shows what the file says."""
-    from app.domain.engines import SIMULATOR, engines
-
     try:
         known = engines()
     except ValueError:  # a broken engines file: submission reports it, the page still renders
-        from app.domain.engines import builtin_engines
-
         known = builtin_engines()
     pairs = [(name, spec.label) for name, spec in known.items()] + [(SIMULATOR.name, SIMULATOR.label)]
     if current and current not in {name for name, _ in pairs}:
@@ -151,7 +151,7 @@ def _getlist(data: Mapping[str, Any], key: str) -> list[str]:
 
 
 def _checked(data: Mapping[str, Any], key: str) -> bool:
-    return _get(data, key).lower() in ("y", "yes", "on", "true", "1")
+    return _get(data, key).lower() in TRUE_WORDS
 
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -204,14 +204,15 @@ def param_rows(form_data: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def _row_is_blank(row: Mapping[str, str]) -> bool:
-    return not any(row.get(k) for k in ("name", "values", "low", "high", "step"))
+def row_is_blank(row: Mapping[str, str]) -> bool:
+    """A parameter row left empty: skipped on submission and not shown again."""
+    return not any(row.get(k) for k in ROW_VALUES)
 
 
 def row_to_domain(row: Mapping[str, str]) -> Any:
     """One parameter row -> the task file's definition of that parameter."""
     kind = row.get("kind") or "values"
-    log = (row.get("log") or "").lower() in ("log", "on", "true", "1", "y")
+    log = _checked(row, "log")
     if kind in ("int", "float"):
         domain: dict[str, Any] = {"type": kind}
         for key in ("low", "high") + (("step",) if kind == "int" else ()):
@@ -240,7 +241,27 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def form_to_task(form_data: Mapping[str, Any], problems: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _value(field: FormField, text: str, form_data: Mapping[str, Any], problems: list[dict[str, Any]]) -> Any:
+    """The task value of one filled-in field (None, with a problem, when it cannot be read)."""
+    if field.kind == "json":
+        try:
+            return load_text(text, as_json=True)
+        except DocumentError as exc:
+            problems.append({"loc": ["form", field.name], "msg": str(exc)})
+            return None
+    if field.kind == "list_text":
+        return split_list(text)
+    if field.kind == "list_number":
+        return [parse_number(v) for v in split_list(text)]
+    if field.kind == "number":
+        return parse_number(text)
+    if field.kind == "target":
+        return {"threshold": parse_number(text), "hard_fail": _checked(form_data, hard_fail_name(field))}
+    return text
+
+
+def form_to_task(form_data: Mapping[str, Any], problems: list[dict[str, Any]] | None = None,
+                 model: type[BaseModel] = TaskSpec) -> dict[str, Any]:
     """Build the task dict from the submitted form (a werkzeug MultiDict, or a plain dict
     whose param_* values are lists). Pure: no validation beyond what the dict cannot hold;
     those problems are appended to `problems` with paths under ["form", ...]."""
@@ -257,35 +278,16 @@ def form_to_task(form_data: Mapping[str, Any], problems: list[dict[str, Any]] | 
         if not isinstance(extra, dict):
             problems.append({"loc": ["form", "extra_json"], "msg": "must be a JSON object"})
             extra = {}
-    for field, path in FIELD_PATHS.items():
-        text = _get(form_data, field)
-        if not text:
-            continue
-        if field == "list_configs":
-            try:
-                value: Any = load_text(text, as_json=True)
-            except DocumentError as exc:
-                problems.append({"loc": ["form", "list_configs"], "msg": str(exc)})
-                continue
-        elif field in LIST_FIELDS:
-            items = split_list(text)
-            value = items if field == "traffic_scenarios" else [parse_number(v) for v in items]
-        elif field in TEXT_FIELDS:
-            value = text
-        else:
-            value = parse_number(text)
-        _set(task, path, value)
-    slo: dict[str, Any] = {}
-    for key in SLO_KEYS:
-        text = _get(form_data, f"slo_{key}")
+    fields = form_fields(model)
+    for field in fields:
+        text = _get(form_data, field.name)
         if text:
-            _set(slo, SLO_PATHS[key][1:], {"threshold": parse_number(text),
-                                            "hard_fail": _checked(form_data, f"slo_{key}_hard_fail")})
-    if slo:
-        task["slo"] = slo
+            value = _value(field, text, form_data, problems)
+            if value is not None:
+                _set(task, field.path, value)
     parameters: dict[str, Any] = {}
     for i, row in enumerate(param_rows(form_data)):
-        if _row_is_blank(row):
+        if row_is_blank(row):
             continue
         name = row["name"]
         if not name:
@@ -297,15 +299,23 @@ def form_to_task(form_data: Mapping[str, Any], problems: list[dict[str, Any]] | 
         parameters[name] = row_to_domain(row)
     task["parameters"] = parameters
     task = _merge(extra, task)
-    # An SLO target kept from the extra JSON whose threshold was cleared on the form is gone.
-    if isinstance(task.get("slo"), dict):
-        for key in SLO_KEYS:
-            path = SLO_PATHS[key][1:]
-            parent = task["slo"] if len(path) == 1 else task["slo"].get(path[0])
-            if isinstance(parent, dict) and isinstance(parent.get(path[-1]), dict) and "threshold" not in parent[path[-1]]:
-                del parent[path[-1]]
-        if isinstance(task["slo"].get("latency"), dict) and not task["slo"]["latency"]:
-            del task["slo"]["latency"]
+    # An SLO target kept from the extra JSON whose threshold was cleared on the form is gone,
+    # and so are the sections it leaves empty below the top level.
+    for field in fields:
+        if field.kind == "target":
+            parents = [task]
+            for key in field.path[:-1]:
+                parent = parents[-1].get(key)
+                if not isinstance(parent, dict):
+                    break
+                parents.append(parent)
+            else:
+                target = parents[-1].get(field.path[-1])
+                if isinstance(target, dict) and "threshold" not in target:
+                    del parents[-1][field.path[-1]]
+                    for parent, key in reversed(list(zip(parents[1:-1], field.path[1:-1]))):
+                        if not parent.get(key):
+                            del parent[key]
     return task
 
 
@@ -321,15 +331,15 @@ def format_value(value: Any) -> str:
 
 
 def domain_to_row(name: str, raw: Any) -> dict[str, str]:
-    row = {"name": name, "kind": "values", "values": "", "low": "", "high": "", "step": "", "log": ""}
+    row = dict(BLANK_ROW, name=name)
     if isinstance(raw, dict):
-        kind = raw.get("type", "choice" if "values" in raw else None)
-        if kind in ("int", "integer", "float", "continuous"):
-            row["kind"] = "int" if kind in ("int", "integer") else "float"
+        kind = param_kind(raw.get("type", "choice" if "values" in raw else None))
+        if kind in ("int", "float"):
+            row["kind"] = kind
             for key in ("low", "high", "step"):
-                if raw.get(key) is not None and not (key == "step" and row["kind"] == "float"):
+                if raw.get(key) is not None and not (key == "step" and kind == "float"):
                     row[key] = format_value(raw[key])
-            row["log"] = "log" if raw.get("log") else ""
+            row["log"] = "true" if raw.get("log") else ""
             return row
         raw = raw.get("values", [])
     values = raw if isinstance(raw, list) else [raw]
@@ -353,26 +363,27 @@ def _prune(d: Any) -> Any:
     return d
 
 
-def task_to_form(task: Mapping[str, Any]) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, Any]]:
-    """A task dict -> (scalar field values, parameter rows, extra: the rest of the task)."""
+def task_to_form(task: Mapping[str, Any], model: type[BaseModel] = TaskSpec
+                 ) -> tuple[dict[str, Any], list[dict[str, str]], dict[str, Any]]:
+    """A task dict -> (form field values, parameter rows, extra: the rest of the task)."""
     rest = copy.deepcopy(dict(task))
     data: dict[str, Any] = {}
-    for field, path in FIELD_PATHS.items():
-        value = _pop(rest, path)
+    for field in form_fields(model):
+        if field.kind == "target":
+            value = _pop(rest, field.path + ("threshold",))
+            if value is not None:
+                data[field.name] = format_value(value)
+                data[hard_fail_name(field)] = bool(_pop(rest, field.path + ("hard_fail",)))
+            continue
+        value = _pop(rest, field.path)
         if value is None:
             continue
-        if field == "list_configs":
-            data[field] = json.dumps(value)
-        elif field in LIST_FIELDS:
-            data[field] = ", ".join(format_value(v) for v in (value if isinstance(value, list) else [value]))
+        if field.kind == "json":
+            data[field.name] = json.dumps(value)
+        elif field.kind in ("list_text", "list_number"):
+            data[field.name] = ", ".join(format_value(v) for v in (value if isinstance(value, list) else [value]))
         else:
-            data[field] = format_value(value)
-    for key in SLO_KEYS:
-        path = SLO_PATHS[key]
-        target = _pop(rest, path + ("threshold",))
-        if target is not None:
-            data[f"slo_{key}"] = format_value(target)
-            data[f"slo_{key}_hard_fail"] = bool(_pop(rest, path + ("hard_fail",)))
+            data[field.name] = format_value(value)
     params = rest.pop("parameters", None) or {}
     rows = [domain_to_row(str(name), raw) for name, raw in params.items()] if isinstance(params, dict) else []
     return data, rows, _prune(rest)

@@ -13,22 +13,17 @@ import json
 from typing import Any
 
 from flask import Blueprint, abort, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from pydantic import BaseModel
 
 from app.store.db import session_scope
 from app.web.lookup import get_or_404
 from app.store.models import Task
-from app.domain.taskspec import TaskSpecError, format_loc, parse_task
+from app.domain.taskspec import TaskSpec, TaskSpecError, format_loc, parse_task
 from app.web.auth import may_write
 from app.web.inputs import MAX_ID
-from app.web.forms import (
-    FIELD_PATHS,
-    SLO_KEYS,
-    SLO_PATHS,
-    NewTaskForm,
-    form_to_task,
-    param_rows,
-    task_to_form,
-)
+from app.domain.taskspec.fields import form_fields
+from app.web.forms import BLANK_ROW, form_class, form_to_task, param_rows, row_is_blank, sections, task_to_form
 
 bp = Blueprint("submit", __name__)
 
@@ -38,22 +33,18 @@ MIN_ROWS = 3  # empty parameter rows shown without JavaScript
 # -- errors -> fields ------------------------------------------------------------------------
 
 
-def _field_for(loc: list[Any]) -> tuple[str | None, list[Any]]:
-    """The form field an error path belongs to, and the rest of the path."""
-    for key in SLO_KEYS:
-        path = list(SLO_PATHS[key])
-        if loc[: len(path)] == path:
-            return f"slo_{key}", loc[len(path):]
-    best, best_len = None, 0
-    for field, path in FIELD_PATHS.items():
-        p = list(path)
-        if loc[: len(p)] == p and len(p) > best_len:
-            best, best_len = field, len(p)
-    if best is None and loc[:1] == ["model"]:
-        return "model", loc[1:]
-    if best is None and loc[:1] == ["sim"]:
-        return None, loc
-    return best, loc[best_len:]
+def _field_for(loc: list[Any], model: type[BaseModel] = TaskSpec) -> tuple[str | None, list[Any]]:
+    """The form field an error path belongs to, and the rest of the path: the field whose
+    path is the longest prefix of it, else the one form field under it (a missing `model`
+    section is the model field's error); None when the error belongs to no single field."""
+    fields = form_fields(model)
+    best = max((f for f in fields if list(f.path) == loc[:len(f.path)]), key=lambda f: len(f.path), default=None)
+    if best is not None:
+        return best.name, loc[len(best.path):]
+    under = [f for f in fields if loc and list(f.path[:len(loc)]) == loc]
+    if len(under) == 1:
+        return under[0].name, []
+    return None, loc
 
 
 def _message(rest: list[Any], msg: str) -> str:
@@ -66,7 +57,8 @@ def _message(rest: list[Any], msg: str) -> str:
     return f"{where}: {msg}"
 
 
-def map_errors(errors: list[dict[str, Any]], rows: list[dict[str, str]]) -> tuple[dict[str, list[str]], dict[int, list[str]], list[str]]:
+def map_errors(errors: list[dict[str, Any]], rows: list[dict[str, str]], model: type[BaseModel] = TaskSpec
+               ) -> tuple[dict[str, list[str]], dict[int, list[str]], list[str]]:
     """Split errors into (per field, per parameter row index, summary)."""
     fields: dict[str, list[str]] = {}
     row_errors: dict[int, list[str]] = {}
@@ -83,7 +75,7 @@ def map_errors(errors: list[dict[str, Any]], rows: list[dict[str, str]]) -> tupl
         if loc[:1] == ["parameters"] and len(loc) > 1 and loc[1] in names:
             row_errors.setdefault(names[loc[1]], []).append(_message(loc[2:], msg))
             continue
-        field, rest = _field_for(loc)
+        field, rest = _field_for(loc, model)
         if field is not None:
             fields.setdefault(field, []).append(_message(rest, msg))
         else:
@@ -95,14 +87,13 @@ def map_errors(errors: list[dict[str, Any]], rows: list[dict[str, str]]) -> tupl
 
 
 def _padded(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    blank = {"name": "", "kind": "values", "values": "", "low": "", "high": "", "step": "", "log": ""}
-    return rows + [dict(blank) for _ in range(max(MIN_ROWS - len(rows), 1 if rows else 0))]
+    return rows + [dict(BLANK_ROW) for _ in range(max(MIN_ROWS - len(rows), 1 if rows else 0))]
 
 
-def _render(form: NewTaskForm, rows: list[dict[str, str]], *, field_errors=None, row_errors=None, summary=None,
+def _render(form: FlaskForm, rows: list[dict[str, str]], *, field_errors=None, row_errors=None, summary=None,
             status: int = 200, clone_of: int | None = None):
     return render_template(
-        "new_task.html", form=form, rows=_padded(rows), field_errors=field_errors or {},
+        "new_task.html", form=form, sections=sections(), blank_row=BLANK_ROW, rows=_padded(rows), field_errors=field_errors or {},
         row_errors=row_errors or {}, summary=summary or [], clone_of=clone_of,
         may_submit=may_write(),
     ), status
@@ -114,13 +105,13 @@ def new_task():
     if request.args.get("clone") is not None and (clone is None or not 0 < clone <= MAX_ID):
         abort(404)
     if clone is None:
-        return _render(NewTaskForm(formdata=None), [])
+        return _render(form_class()(formdata=None), [])
     with session_scope(readonly=True) as s:
         spec = dict(get_or_404(s, Task, clone).spec or {})
     data, rows, extra = task_to_form(spec)
     if extra:
         data["extra_json"] = json.dumps(extra, indent=2)
-    form = NewTaskForm(formdata=None, data=data)
+    form = form_class()(formdata=None, data=data)
     return _render(form, rows, clone_of=clone)
 
 
@@ -130,7 +121,7 @@ def create():
         abort(403)
     from app.task_service import create_task
 
-    form = NewTaskForm()  # CSRFProtect already checked the token before this view
+    form = form_class()()  # CSRFProtect already checked the token before this view
     rows = param_rows(request.form)
     problems: list[dict[str, Any]] = []
     task = form_to_task(request.form, problems)
@@ -147,7 +138,7 @@ def create():
             errors += exc.errors
         else:
             return redirect(url_for("live.task_page", task_id=task_id))
-    shown_rows = [r for r in rows if any(r.get(k) for k in ("name", "values", "low", "high", "step"))]
+    shown_rows = [r for r in rows if not row_is_blank(r)]
     # Row indexes of errors refer to the submitted rows; re-index onto the rows shown.
     index_map = {id(r): i for i, r in enumerate(shown_rows)}
     field_errors, row_errors_submitted, summary = map_errors(errors, rows)

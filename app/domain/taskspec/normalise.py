@@ -45,6 +45,14 @@ class _IntDef(BaseModel):
 _DEF_MODELS: dict[str, type[BaseModel]] = {
     "choice": _ChoiceDef, "continuous": _FloatDef, "float": _FloatDef, "integer": _IntDef, "int": _IntDef,
 }
+_KINDS: dict[type[BaseModel], str] = {_ChoiceDef: "choice", _FloatDef: "float", _IntDef: "int"}
+
+
+def param_kind(type_name: Any) -> str | None:
+    """What a parameter definition's `type` (any of its accepted spellings) stands for:
+    "choice", "int" or "float"; None when it is not a parameter type."""
+    model = _DEF_MODELS.get(type_name) if isinstance(type_name, str) else None
+    return _KINDS.get(model) if model is not None else None
 
 
 def _choice(values: list[Any], loc: Loc, out: _Collector) -> Choice | None:

@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from app.domain.objectives import OBJECTIVES
 from app.limits import MAX_FACTOR, MAX_SLO_SECONDS
 
+from .fields import OnForm
 from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic, at_most
 
 _STRICT = ConfigDict(extra="forbid")
@@ -16,7 +17,7 @@ _STRICT = ConfigDict(extra="forbid")
 
 class ModelRef(BaseModel):
     model_config = _STRICT
-    id_or_path: ArgText
+    id_or_path: Annotated[ArgText, OnForm("Model (Hugging Face id or path)", name="model", section="engine")]
     namespace: str | None = None  # OME (Kubernetes) only; kept, not used here
 
 
@@ -33,16 +34,16 @@ class SLOTarget(BaseModel):
 class LatencySLO(BaseModel):
     model_config = _STRICT
     p50: SLOTarget | None = None
-    p90: SLOTarget | None = None
+    p90: Annotated[SLOTarget | None, OnForm("p90 latency (s)", name="slo_p90", section="slos")] = None
     p95: SLOTarget | None = None
-    p99: SLOTarget | None = None
+    p99: Annotated[SLOTarget | None, OnForm("p99 latency (s)", name="slo_p99", section="slos")] = None
 
 
 class SLO(BaseModel):
     model_config = _STRICT
+    ttft: Annotated[SLOTarget | None, OnForm("TTFT (s)", name="slo_ttft", section="slos")] = None
+    tpot: Annotated[SLOTarget | None, OnForm("TPOT (s)", name="slo_tpot", section="slos")] = None
     latency: LatencySLO | None = None
-    ttft: SLOTarget | None = None
-    tpot: SLOTarget | None = None
     steepness: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] = 0.1
 
 
@@ -68,18 +69,22 @@ class Benchmark(BaseModel):
     task: ArgText = "text-to-text"
     model_name: ArgText | None = None
     model_tokenizer: ArgText | None = None
-    traffic_scenarios: Annotated[list[TrafficScenario], Field(min_length=1)] = Field(
+    traffic_scenarios: Annotated[list[TrafficScenario], Field(min_length=1), OnForm(
+        "Traffic scenarios (comma separated)",
+        hint="D(in,out), N(in_mean,in_std)/(out_mean,out_std) or U(in_min,in_max)/(out_min,out_max)")] = Field(
         default_factory=lambda: ["D(100,100)"])
-    num_concurrency: Annotated[list[Concurrency], Field(min_length=1)] = Field(default_factory=lambda: [1])
+    num_concurrency: Annotated[list[Concurrency], Field(min_length=1),
+                               OnForm("Concurrency levels (comma separated)")] = Field(default_factory=lambda: [1])
     # Open loop: requests per second per level (Poisson, or gamma with `burstiness`); when
     # given, these are the load levels and num_concurrency is not used.
-    request_rate: Annotated[list[RequestRate], Field(min_length=1)] | None = None
+    request_rate: Annotated[Annotated[list[RequestRate], Field(min_length=1)] | None, OnForm(
+        "Request rates, req/s (comma separated; replaces concurrency levels)")] = None
     burstiness: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] = 1.0
     max_concurrency: Concurrency | None = None
     warmup_requests: Annotated[Int, Field(ge=0), at_most("max_warmup")] = 0
     api: Literal["completions", "chat"] = "completions"
-    max_time_per_iteration: Seconds = 60.0
-    max_requests_per_iteration: Annotated[PosInt, at_most("max_requests")] = 100
+    max_requests_per_iteration: Annotated[PosInt, at_most("max_requests"), OnForm("Max requests per level")] = 100
+    max_time_per_iteration: Annotated[Seconds, OnForm("Max time per level (s)")] = 60.0
     additional_params: dict[str, Any] = Field(default_factory=dict)
     # Objective maximize_sustainable_rate: the levels are the rates this search tries.
     rate_search: RateSearch | None = None
@@ -99,14 +104,16 @@ PRIORITY_RANGE = 1000
 
 class Optimization(BaseModel):
     model_config = _STRICT
-    strategy: StrategyName = "grid_search"
-    objective: ObjectiveName = "minimize_latency"
+    strategy: Annotated[StrategyName, OnForm("Strategy", choices="strategies")] = "grid_search"
+    objective: Annotated[ObjectiveName, OnForm("Objective", choices="objectives")] = "minimize_latency"
     # resolved: grid size for grid/list (at most AUTOTUNER_MAX_ITERATIONS), else 20
-    max_iterations: Annotated[PosInt, at_most("max_iterations")] | None = None
-    timeout_per_iteration: Seconds = 600.0
-    max_parallel_experiments: Annotated[PosInt, at_most("max_parallel")] = 1
+    max_iterations: Annotated[Annotated[PosInt, at_most("max_iterations")] | None,
+                              OnForm("Max experiments (iterations)")] = None
+    max_parallel_experiments: Annotated[PosInt, at_most("max_parallel"), OnForm("Max parallel experiments")] = 1
+    timeout_per_iteration: Annotated[Seconds, OnForm("Timeout per experiment (s)")] = 600.0
     seed: Int = 0
-    configs: list[dict[str, Any]] | None = None
+    configs: Annotated[list[dict[str, Any]] | None, OnForm(
+        "Configurations for strategy list (JSON list of objects)", name="list_configs", group="list")] = None
     max_attempts: Annotated[PosInt, at_most("max_attempts")] = 3
     # Higher first: waiting experiments of a higher-priority task are placed before older ones
     # of lower priority (changeable while the task runs: `autotuner set`, PATCH /api/tasks/<id>).
@@ -136,8 +143,12 @@ class SimConfig(BaseModel):
     engine: Literal["sglang", "vllm"] = "sglang"
     gpu: ArgText = "H100-80GB"
     model_preset: ArgText | None = None
-    time_scale: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] = 1.0
-    startup_seconds: Annotated[Float, Field(ge=0), at_most("max_seconds")] | None = None
+    time_scale: Annotated[Float, Field(gt=0, le=MAX_FACTOR),
+                          OnForm("Simulated time scale", name="sim_time_scale", section="engine", group="sim",
+                                 hint="used with deployment mode sim")] = 1.0
+    startup_seconds: Annotated[Annotated[Float, Field(ge=0), at_most("max_seconds")] | None,
+                               OnForm("Simulated startup (s)", name="sim_startup_seconds", section="engine",
+                                      group="sim")] = None
 
 
 def _task_name(value: str) -> str:

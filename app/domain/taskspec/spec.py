@@ -12,6 +12,7 @@ from app.domain.objectives import OBJECTIVES
 
 from .domains import Domain
 from .errors import format_loc
+from .fields import OnForm
 from .normalise import _derive
 from .sections import (
     SLO,
@@ -34,16 +35,18 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task_name: TaskName
-    description: Annotated[str, Field(max_length=MAX_DESCRIPTION)] | None = None
-    deployment_mode: DeploymentMode | None = None  # resolved: "sim" if base_runtime is sim, else docker
+    task_name: Annotated[TaskName, OnForm("Task name", section="general")]
+    description: Annotated[Annotated[str, Field(max_length=MAX_DESCRIPTION)] | None,
+                           OnForm("Description", section="general")] = None
     model: ModelRef
-    base_runtime: RuntimeName = "sglang"
+    base_runtime: Annotated[RuntimeName, OnForm("Engine", section="engine", choices="engines")] = "sglang"
     # The engine whose flags the parameters are (sglang, vllm or an operator's own); resolved
     # from base_runtime, or inferred from the parameter names when base_runtime names an OME
     # ClusterServingRuntime. An extension of the original format.
     engine: EngineName | None = None
-    runtime_image_tag: ImageTag | None = None
+    runtime_image_tag: Annotated[ImageTag | None, OnForm("Image tag (docker)", section="engine", group="docker")] = None
+    # resolved: "sim" if base_runtime is sim, else docker
+    deployment_mode: Annotated[DeploymentMode | None, OnForm("Deployment mode", section="engine")] = None
     parameters: dict[str, Any] = Field(default_factory=dict)
     parallel_config: dict[str, Any] | None = None
     quant_config: QuantConfig | None = None

@@ -9,6 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from app.domain.engines import SIMULATOR, builtin_engines, engines
+from app.domain.objectives import OBJECTIVES
+from app.domain.strategies import STRATEGIES
+from app.domain.taskspec import TaskSpec
+
 ERRORS = {
     "type": "object",
     "required": ["errors"],
@@ -23,45 +30,50 @@ ERRORS = {
         }
     },
 }
-_SCALAR = {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}
-# The task file (the README's "Task files"); validation reports what this schema cannot say.
-TASK = {
-    "type": "object",
-    "required": ["task_name", "model"],
-    "properties": {
-        "task_name": {"type": "string"},
-        "description": {"type": "string"},
-        "model": {"type": "object", "required": ["id_or_path"], "properties": {"id_or_path": {"type": "string"}}},
-        "base_runtime": {"type": "string", "enum": ["sglang", "vllm", "sim"]},
-        "deployment_mode": {"type": "string", "enum": ["docker", "process", "sim", "ome"]},
-        "runtime_image_tag": {"type": "string"},
-        "parameters": {
-            "type": "object",
-            "additionalProperties": {"oneOf": [
-                {"type": "array", "items": _SCALAR},
-                {"type": "object", "properties": {"type": {"type": "string"}, "low": {"type": "number"},
-                                                  "high": {"type": "number"}, "step": {"type": "integer"}}},
-            ]},
-        },
-        "optimization": {"type": "object", "properties": {
-            "strategy": {"type": "string", "enum": ["grid_search", "random", "bayesian", "list"]},
-            "objective": {"type": "string"},
-            "max_iterations": {"type": "integer"},
-            "max_parallel_experiments": {"type": "integer"},
-            "timeout_per_iteration": {"type": "number"},
-        }},
-        "benchmark": {"type": "object", "properties": {
-            "traffic_scenarios": {"type": "array", "items": {"type": "string"}},
-            "num_concurrency": {"type": "array", "items": {"type": "integer"}},
-            "request_rate": {"type": "array", "items": {"type": "number"}},
-            "max_time_per_iteration": {"type": "number"},
-            "max_requests_per_iteration": {"type": "integer"},
-            "warmup_requests": {"type": "integer"},
-        }},
-        "slo": {"type": "object"},
-        "sim": {"type": "object"},
-    },
-}
+_REFS = "#/components/schemas/{model}"
+
+
+def task_schemas(model: type[BaseModel] = TaskSpec) -> dict[str, Any]:
+    """The task file's schema and its sections', for components/schemas: the model's own
+    JSON schema (what validation checks field by field; the semantic checks it cannot say
+    answer 422), with the names the registries know as of now: strategies, objectives and
+    engines (an operator's engines file included; `base_runtime` also takes an OME runtime
+    name, so its engines are examples, not a closed list)."""
+    schema = _bounds(model.model_json_schema(ref_template=_REFS))
+    schemas = schema.pop("$defs", {})
+    schemas["Task"] = schema
+    optimization = _section(schemas, schema, "optimization")
+    if optimization is not None:
+        optimization["properties"]["strategy"]["enum"] = list(STRATEGIES)
+        optimization["properties"]["objective"]["enum"] = list(OBJECTIVES)
+    try:
+        names = sorted(engines()) + [SIMULATOR.name]
+    except ValueError:  # a broken engines file: submission says so; the document still serves
+        names = sorted(builtin_engines()) + [SIMULATOR.name]
+    schema["properties"]["base_runtime"]["examples"] = names
+    return schemas
+
+
+_BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
+
+
+def _bounds(node: Any) -> Any:
+    """Pydantic writes the bounds of a number it validates with a function first (our Int
+    and Float refuse booleans that way) under their Python names (ge, gt, ...): give them
+    their JSON schema names, so clients and fuzzers see them."""
+    if isinstance(node, list):
+        return [_bounds(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    return {_BOUNDS[key] if key in _BOUNDS and "type" in node else key: _bounds(value) for key, value in node.items()}
+
+
+def _section(schemas: dict[str, Any], schema: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The schema of one section of the task (the component its property refers to)."""
+    ref = schema["properties"].get(name, {}).get("$ref", "")
+    return schemas.get(ref.rsplit("/", 1)[-1]) if ref else None
+
+
 OBJ = {"type": "object"}
 
 
@@ -112,11 +124,11 @@ def openapi_document() -> dict[str, Any]:
     task_body = {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Task"}}}}
     conflict = {"404": errors("No such task"), "409": errors("Not possible in the task's state")}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "LLM inference autotuner API", "version": "1"},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": {"Errors": ERRORS, "Task": TASK},
+            "schemas": {"Errors": ERRORS, **task_schemas()},
         },
         "paths": {
             "/api/tasks": {

@@ -72,14 +72,19 @@
 
   // -- sections that depend on a choice ----------------------------------------------------
 
+  function showGroup(group, shown) {
+    Array.prototype.forEach.call(document.querySelectorAll(".group-" + group), function (f) {
+      f.style.display = shown ? "" : "none";
+    });
+  }
+
   function toggleSections() {
     var mode = document.getElementById("deployment_mode").value;
     var runtime = document.getElementById("base_runtime").value;
-    document.getElementById("sim-fields").style.display = (mode === "sim" || runtime === "sim") ? "" : "none";
-    document.getElementById("runtime_image_tag-field").style.display = mode === "docker" ? "" : "none";
+    showGroup("sim", mode === "sim" || runtime === "sim");
+    showGroup("docker", mode === "docker");
     var configs = document.getElementById("list_configs");
-    document.getElementById("list-configs").style.display =
-      (document.getElementById("strategy").value === "list" || configs.value.trim()) ? "" : "none";
+    showGroup("list", document.getElementById("strategy").value === "list" || configs.value.trim());
   }
   document.getElementById("base_runtime").addEventListener("change", function () {
     if (this.value === "sim") document.getElementById("deployment_mode").value = "sim";
@@ -109,26 +114,25 @@
     else input.value = value === undefined || value === null ? "" : value;
   }
 
-  var FIELDS = ["task_name", "description", "model", "runtime_image_tag", "sim_time_scale", "sim_startup_seconds",
-    "max_iterations", "max_parallel_experiments", "timeout_per_iteration", "list_configs", "traffic_scenarios",
-    "num_concurrency", "request_rate", "max_requests_per_iteration", "max_time_per_iteration",
-    "slo_ttft", "slo_tpot", "slo_p90", "slo_p99",
-    "slo_ttft_hard_fail", "slo_tpot_hard_fail", "slo_p90_hard_fail", "slo_p99_hard_fail"];
-  var DEFAULTS = {base_runtime: "sglang", deployment_mode: "docker", strategy: "grid_search",
-    objective: "minimize_latency"};
+  // The form's fields, as the server rendered them from the task model (data-task-field).
+  var fields = form.querySelectorAll("[data-task-field]");
 
   function fill(layout) {
     var data = layout.form || {};
-    FIELDS.forEach(function (id) { setField(id, data[id]); });
-    Object.keys(DEFAULTS).forEach(function (id) {
-      var select = document.getElementById(id);
-      var value = data[id] || (id === "deployment_mode" && data.base_runtime === "sim" ? "sim" : DEFAULTS[id]);
-      if (!Array.prototype.some.call(select.options, function (o) { return o.value === value; })) {
+    Array.prototype.forEach.call(fields, function (input) {
+      var id = input.id;
+      if (input.tagName !== "SELECT") {
+        setField(id, data[id]);
+        return;
+      }
+      var value = data[id] || (id === "deployment_mode" && data.base_runtime === "sim" ? "sim" : input.dataset.default)
+        || input.options[0].value;
+      if (!Array.prototype.some.call(input.options, function (o) { return o.value === value; })) {
         var opt = el("option", "", value);
         opt.value = value;
-        select.appendChild(opt);
+        input.appendChild(opt);
       }
-      select.value = value;
+      input.value = value;
     });
     var extra = layout.extra || {};
     setField("extra_json", Object.keys(extra).length ? JSON.stringify(extra, null, 2) : "");
