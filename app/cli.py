@@ -510,5 +510,38 @@ def sim_serve(ctx: click.Context, port: int, host: str, engine: str, model: str)
     sys.exit(sim_main(["--host", host, "--port", str(port), "--engine", engine, "--model", model, *ctx.args]))
 
 
+@main.group()
+def llamacpp() -> None:
+    """llama.cpp's llama-server: a cached build from a pinned source, and a tiny test model."""
+
+
+@llamacpp.command("build")
+@click.option("--jobs", type=click.IntRange(min=1), help="Parallel compile jobs (default: the CPU count).")
+def llamacpp_build(jobs: int | None) -> None:
+    """Build llama-server into the user's cache (a no-op when it is already there) and
+    print its path."""
+    from app.tools.llamacpp.build import BuildError, build_server
+
+    try:
+        click.echo(str(build_server(jobs=jobs)))
+    except BuildError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
+@llamacpp.command("model")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+@click.option("--seed", default=0, show_default=True)
+def llamacpp_model(path: str, seed: int) -> None:
+    """Write the tiny random-weight llama GGUF model (a few MB) to PATH."""
+    from app.tools.llamacpp.model import write_model
+
+    try:
+        click.echo(str(write_model(path, seed=seed)))
+    except OSError as exc:
+        click.echo(f"error: cannot write {path}: {exc.strerror}", err=True)
+        sys.exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":
     main()

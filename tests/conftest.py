@@ -272,3 +272,51 @@ def pool(db, monkeypatch):
 
     monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
     register_worker("gpu-g@h", "g", "h", "gpu.g", 8, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(8)], "inc1", 1)
+
+
+# ---- llama.cpp ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def llama_server_binary() -> Path:
+    """The cached `llama-server` build; the test is skipped, saying how to build it, where
+    there is none (.ci/run builds it once; `autotuner llamacpp build` does it by hand)."""
+    from app.tools.llamacpp.build import cached_server, server_path
+
+    found = cached_server()
+    if found is None:
+        pytest.skip(f"llama-server is not built ({server_path()} missing or not runnable): "
+                    "run `autotuner llamacpp build`")
+    return found
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """The project's tiny random-weight llama GGUF model, written once per session."""
+    from app.tools.llamacpp.model import write_model
+
+    return write_model(tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf")
+
+
+@pytest.fixture
+def llama_server(llama_server_binary, tiny_gguf, tmp_path):
+    """Start a real llama-server on the tiny model: ``llama_server(*flags)`` returns its
+    base URL once /health answers 200 (its log is tmp_path/llama-server-<port>.log); every
+    server started is stopped at teardown."""
+    from tests.helpers import stop_process, wait_healthy
+
+    procs: list[subprocess.Popen] = []
+
+    def start(*flags: str) -> str:
+        port = free_port()
+        with open(tmp_path / f"llama-server-{port}.log", "wb") as log:
+            proc = subprocess.Popen([str(llama_server_binary), "-m", str(tiny_gguf), "--host", "127.0.0.1",
+                                     "--port", str(port), *flags], stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        base = f"http://127.0.0.1:{port}"
+        wait_healthy(proc, base, timeout=60)
+        return base
+
+    yield start
+    for proc in procs:
+        stop_process(proc)

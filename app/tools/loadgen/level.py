@@ -71,9 +71,21 @@ def plan_level(target: Target) -> LevelPlan:
 
 
 def open_session(request_timeout_s: float | None) -> aiohttp.ClientSession:
-    """A session without a connection cap: the load shape, not the pool, limits concurrency."""
+    """A session without a connection cap (the load shape, not the pool, limits
+    concurrency) that opens one connection per request and says so (`Connection: close`).
+
+    Why not keep-alive: whether a connection survives a *streamed* response is up to the
+    server, and servers differ without saying so. llama.cpp's llama-server answers every
+    request with `Keep-Alive: timeout=5, max=100` but closes the connection right after the
+    last chunk of a stream (its content provider reports the stream's end as a cancelled
+    write, and cpp-httplib then drops the socket). A pooled client that believed the header
+    reused the dead connection for the next request whenever the FIN had not yet been
+    processed: "Can not write request body", about every other request. With
+    `Connection: close` both sides agree that a connection carries one request; the price is
+    one connect per request, timed in TTFT as vllm bench serve's per-request sessions did.
+    """
     timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=30)
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True), timeout=timeout)
 
 
 async def warm_up(session: aiohttp.ClientSession, plan: LevelPlan, n: int, batch: int) -> int:

@@ -24,7 +24,7 @@ _PATTERNS = {
     "N": re.compile(rf"^N{_PAIR}/{_PAIR}$"),
     "U": re.compile(rf"^U{_PAIR}/{_PAIR}$"),
 }
-_WORDS = (
+PROMPT_WORDS = (
     "the and for you not are but all any can had her was one our out day get has him his how "
     "man new now old see two way who boy did its let put say she too use end far few may run "
     "set top yet act add age ago air arm art ask bad bag bed big bit box bus buy car cut dog "
@@ -108,4 +108,4 @@ def make_prompt(n_tokens: int, rng: random.Random) -> str:
     """A prompt of ``n_tokens`` approximate tokens (see module docstring): 4*n-1 characters."""
     if n_tokens < 1:
         raise ValueError("n_tokens must be >= 1")
-    return " ".join(rng.choice(_WORDS) for _ in range(n_tokens))
+    return " ".join(rng.choice(PROMPT_WORDS) for _ in range(n_tokens))
