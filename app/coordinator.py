@@ -61,10 +61,12 @@ def _dispatch(exp: Experiment) -> Dispatch:
 
 
 def _trial(exp: Experiment) -> Trial:
-    # An experiment that broke a hard SLO counts as failed for the strategy: it must steer away.
+    # An experiment that broke a hard SLO has no objective for the strategy: it is a constraint
+    # violation the search learns to steer away from, like a configuration that cannot run.
     objective = exp.objective if exp.eligible else None
     return Trial(params=dict(exp.params), state=exp.state, objective=objective,
-                 infeasible=exp.state == ExperimentState.FAILED and is_infeasible(exp.failure_kind))
+                 infeasible=exp.state == ExperimentState.FAILED and is_infeasible(exp.failure_kind),
+                 slo_broken=exp.state == ExperimentState.SUCCEEDED and exp.slo_ok is False)
 
 
 def pool_capacity(session: Session) -> int:

@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from .constraints import DEFAULTS, RULES, FlagRule, refusal
 from .flags import FlagSpec, Vocabulary, load_vocabulary, vocabulary_from_dict
 
 # Flags that decide where an engine listens, what it serves and who may call it: the runtime
@@ -92,6 +93,16 @@ class EngineSpec:
     # engine's default for it: on a GPU split into slots the fraction is scaled to the slot.
     memory_fraction_flag: str | None = None
     memory_fraction_default: float = 0.9
+    # Known constraints between flags (the engine's own argument checks, see constraints.py)
+    # and the flag defaults they may assume: the search never suggests a point they refuse.
+    constraints: tuple[FlagRule, ...] = ()
+    constraint_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def refusal(self, params: Mapping[str, Any]) -> str | None:
+        """Why this engine would refuse `params` by its own argument checks, or None."""
+        if not self.constraints:
+            return None
+        return refusal(self.constraints, self.constraint_defaults, {self.canonical(k): v for k, v in params.items()})
 
     def flag(self, name: str) -> FlagSpec | None:
         return self.vocabulary.get(name) if self.vocabulary is not None else None
@@ -174,6 +185,7 @@ def builtin_engines() -> dict[str, EngineSpec]:
         original_names={"tp_size": "tp-size", "pp_size": "pp-size", "dp_size": "dp-size",
                         "mem_frac": "mem-fraction-static", "mem_fraction": "mem-fraction-static"},
         memory_fraction_flag="mem-fraction-static", memory_fraction_default=0.88,
+        constraints=RULES["sglang"], constraint_defaults=DEFAULTS["sglang"],
         parallel_keys={"tp": "tp-size", "pp": "pp-size", "dp": "dp-size", "ep": "ep-size",
                        "moe_dense_tp": "moe-dense-tp-size"},
     )
@@ -191,6 +203,7 @@ def builtin_engines() -> dict[str, EngineSpec]:
                         "dp_size": "data-parallel-size", "mem_frac": "gpu-memory-utilization",
                         "mem_fraction": "gpu-memory-utilization"},
         memory_fraction_flag="gpu-memory-utilization", memory_fraction_default=0.9,
+        constraints=RULES["vllm"], constraint_defaults=DEFAULTS["vllm"],
         parallel_keys={"tp": "tensor-parallel-size", "pp": "pipeline-parallel-size", "dp": "data-parallel-size",
                        "dcp": "decode-context-parallel-size", "enable_expert_parallel": "enable-expert-parallel"},
         equivalents={"tp-size": "tensor-parallel-size", "pp-size": "pipeline-parallel-size",

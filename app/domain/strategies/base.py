@@ -23,14 +23,17 @@ if TYPE_CHECKING:
 
 @dataclass
 class Trial:
-    """One experiment as a strategy sees it. `objective` is set for succeeded ones;
-    `infeasible` for failed ones whose parameter set cannot run at all (out of memory, KV
-    cache too small, an invalid value: see app.domain.engines.failures)."""
+    """One experiment as a strategy sees it. `objective` is set for succeeded ones that may
+    be the best; `infeasible` for failed ones whose parameter set cannot run at all (out of
+    memory, KV cache too small, an invalid value: see app.domain.engines.failures);
+    `slo_broken` for succeeded ones that broke a hard SLO. The last two are constraint
+    violations the search learns from, not results."""
 
     params: dict[str, Any]
     state: ExperimentState
     objective: float | None = None
     infeasible: bool = False
+    slo_broken: bool = False
 
     def __post_init__(self) -> None:
         if self.state not in EXP_STATES:
@@ -90,6 +93,12 @@ class Strategy(abc.ABC):
 
     def __init__(self, spec: "TaskSpec") -> None:
         self.spec = spec
+
+    def refused(self, params: dict[str, Any]) -> bool:
+        """Whether the engine refuses `params` by its own argument checks (the known constraints
+        declared in the engine registry): such a point is never suggested, so no GPU is spent
+        learning what the engine's source already says."""
+        return self.spec.engine_spec.refusal(params) is not None
 
     @abc.abstractmethod
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -109,16 +109,18 @@ def maximin_order(space: dict[str, Domain]) -> MaximinOrder:
     return order
 
 
-def unused_points(space: dict[str, Domain], seen: set[str]) -> Iterator[dict[str, Any]]:
-    """Grid points not in `seen`, well spread first. Also the bayesian fallback."""
+def unused_points(space: dict[str, Domain], seen: set[str],
+                  refused: Callable[[dict[str, Any]], bool] = lambda _: False) -> Iterator[dict[str, Any]]:
+    """Grid points not in `seen` nor `refused`, well spread first. Also the bayesian fallback."""
     for index in maximin_order(space):
         point = point_at(space, index)
-        if canonical(point) not in seen:
+        if canonical(point) not in seen and not refused(point):
             yield point
 
 
 class GridStrategy(Strategy):
-    """Every point of the (finite) grid exactly once, best-spread first."""
+    """Every point of the (finite) grid that the engine accepts by its own argument checks,
+    exactly once, best-spread first."""
 
     name = "grid_search"
     label = "grid search"
@@ -130,7 +132,7 @@ class GridStrategy(Strategy):
             return []
         seen = seen_keys(history)
         out: list[dict[str, Any]] = []
-        for point in unused_points(space, seen):
+        for point in unused_points(space, seen, self.refused):
             seen.add(canonical(point))
             out.append(point)
             if len(out) >= n:

@@ -5,6 +5,7 @@ and `optimization.seed` it walks one fixed pseudo-random sequence of points from
 start and returns the first ones not yet in the history. Rebuilding after a restart
 therefore yields exactly the points the lost process would have suggested next.
 
+Points the engine refuses by its own argument checks (known constraints) are skipped.
 Finite spaces are sampled without replacement (a seeded permutation of the grid indices;
 for very large grids, seeded draws with rejection) and run out when all points are used.
 Spaces with a continuous range sample every dimension independently (uniform, or
@@ -81,7 +82,7 @@ class RandomStrategy(Strategy):
         out: list[dict[str, Any]] = []
         for point in sequence(self.spec.search_space, self.spec.optimization.seed, max_draws):
             key = canonical(point)
-            if key in seen:
+            if key in seen or self.refused(point):
                 continue
             seen.add(key)
             out.append(point)
