@@ -85,6 +85,12 @@ def print_summary(report: dict[str, Any]) -> None:
     )
     if report.get("error"):
         err.print(f"[red]{report['error']}[/red]")
+    if report.get("stop"):
+        err.print(report["stop"])
+    stopped = sum(1 for e in report.get("experiments") or () if e.get("stop_reason"))
+    if stopped:
+        err.print(f"{stopped} experiment(s) stopped early (their other load levels skipped, GPUs freed): "
+                  "they succeeded, with their score at the deciding level")
     best = report.get("best")
     if not best:
         err.print("No successful experiment: there is no best configuration.")

@@ -30,6 +30,7 @@ from app.limits import get_limits
 from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
 from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
 from app.domain.strategies import STRATEGIES, make_strategy
+from app.domain.stopping import task_stop, task_stop_label
 from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec
 
@@ -88,6 +89,8 @@ def advance(session: Session, task: Task) -> None:
         return
     if task.status == TaskStatus.PENDING:
         task.status, task.started_at = TaskStatus.RUNNING, utcnow()
+    if task.stop_reason is None and _stops(task.parsed_spec):
+        _apply_stop_rule(session, task)
     # Counts first: the history is read only when the strategy is asked for more (a task
     # whose backlog is full costs two small queries, however many experiments it has).
     states = _states(session, task.id)
@@ -101,6 +104,8 @@ def advance(session: Session, task: Task) -> None:
     ahead = 0 if learns else parallel
     free = min(parallel + ahead - active, task.max_iterations - total, get_limits().max_new_per_pass)
     created = 0
+    if task.stop_reason is not None:  # the task stop rule: no more experiments, the running ones end
+        free = 0
     if free > 0:
         spec = task.parsed_spec
         exps = _history(session, task.id)
@@ -113,6 +118,38 @@ def advance(session: Session, task: Task) -> None:
         _repredict(exps, lengths)
     if not active and not created:
         end_task(task, list(task.experiments))
+
+
+def _stops(spec: TaskSpec) -> bool:
+    """Whether the task has a stop rule (it is then checked on every pass, backlog full or not:
+    a strategy that does not learn has its next round created ahead)."""
+    es = spec.optimization.early_stopping
+    return es is not None and (es.patience is not None or es.gpu_hour_budget is not None)
+
+
+def _apply_stop_rule(session: Session, task: Task) -> None:
+    """The task stop rule: once it says stop, the reason is kept, nothing new is created and
+    what has not started is cancelled (no GPU is spent on it); running experiments end."""
+    spec = task.parsed_spec
+    task.stop_reason = _stop_rule(spec, _history(session, task.id))
+    if task.stop_reason is not None:
+        es = spec.optimization.early_stopping
+        cancel_unstarted(session, task.id, task_stop_label(task.stop_reason, es.patience if es else None,
+                                                           es.gpu_hour_budget if es else None) or "task stopped")
+
+
+def _stop_rule(spec: TaskSpec, exps: list[Experiment]) -> str | None:
+    """Why the task should create no more experiments (app.domain.stopping.task_stop): no
+    improvement beyond noise in `patience` finished experiments, or its GPU-hour budget spent
+    (running experiments count up to now)."""
+    es = spec.optimization.early_stopping
+    assert es is not None
+    now = utcnow()
+    done = sorted((e for e in exps if e.finished_at is not None and e.state != ExperimentState.CANCELLED),
+                  key=lambda e: (e.finished_at, e.seq))
+    gpu_s = sum(e.gpus_needed * ((e.finished_at or now) - e.started_at).total_seconds() for e in exps if e.started_at)
+    return task_stop([e.objective if e.eligible else None for e in done], spec.optimization.objective, es.patience,
+                     es.noise, gpu_s / 3600, es.gpu_hour_budget)
 
 
 def _history(session: Session, task_id: int) -> list[Experiment]:

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from app.domain.engines.failures import is_infeasible, label as failure_label
 from app.domain.states import EXP_STATES
+from app.domain.stopping import STOP_REASONS, task_stop_label
 from app.store.models import Experiment, Gpu, Task, Worker, gpu_label, utcnow
 from app.domain.objectives import OBJECTIVES, direction
 
@@ -52,6 +53,8 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
         "failure_kind": exp.failure_kind,
         "failure": failure_label(exp.failure_kind) or None,
         "infeasible": is_infeasible(exp.failure_kind),
+        "stop_reason": exp.stop_reason,
+        "stop": STOP_REASONS.get(exp.stop_reason or "") or None,
         "wait_reason": exp.wait_reason,
         "simulated": exp.simulated,
     }
@@ -142,6 +145,8 @@ def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experi
         "counts": counts,
         "best": best_out,
         "error": task.error,
+        "stop_reason": task.stop_reason,
+        "stop": _task_stop(task),
         "notes": task.notes,
         "created_at": iso(task.created_at),
         "started_at": iso(task.started_at),
@@ -151,6 +156,13 @@ def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experi
     if experiments:
         out["experiments"] = [experiment_dict(e) for e in task.experiments]
     return out
+
+
+def _task_stop(task: Task) -> str | None:
+    if task.stop_reason is None:
+        return None
+    es = task.parsed_spec.optimization.early_stopping
+    return task_stop_label(task.stop_reason, es.patience if es else None, es.gpu_hour_budget if es else None)
 
 
 def pool_dict(session: Session) -> dict[str, Any]:

@@ -25,10 +25,11 @@ from app.config import get_settings
 from app.celery_app import request_coordination, send_experiments
 from app.coordinator import end_and_place
 from app.domain.states import ExperimentState
-from app.domain.objectives import measure_all, sustains
+from app.domain.objectives import level_value, measure_all, sustains
 from app.domain.ratesearch import next_rate
 from app.domain.taskspec import TaskSpec, stored_spec
 from workers.gpu_discovery import busy_gpus
+from workers.probe import Probe
 from workers.runtimes import get_runtime
 from workers.runtimes.base import Deployment, ExperimentCancelled, EngineError, EngineRequest, Runtime
 
@@ -153,12 +154,17 @@ def goodput_limits(slo: dict[str, Any] | None) -> dict[str, float] | None:
 
 
 def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop,
-              on_level: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Every traffic scenario at every load level; one list of level summaries each.
-    For the sim engine, rates and limits are converted to wall-clock terms on the way in
-    and the figures back to modelled time on the way out."""
+              on_level: Callable[[dict[str, Any]], None] | None = None,
+              probe: Probe | None = None) -> list[dict[str, Any]]:
+    """Every traffic scenario at every load level; one list of level summaries each, in the
+    levels' written order. For the sim engine, rates and limits are converted to wall-clock
+    terms on the way in and the figures back to modelled time on the way out. With a `probe`
+    (early stopping), the deciding level runs first and may end the benchmark after it."""
     bench = spec.benchmark
     scale = sim_time_scale(spec)
+    if probe is not None and probe.active:
+        should_stop = _either(should_stop, probe.stopped)
+        on_level = _both(on_level, probe.after_level)
     limits = goodput_limits(spec.to_dict().get("slo"))
     results = []
     for scenario in bench.traffic_scenarios:
@@ -173,20 +179,36 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
         if bench.rate_search is not None and spec.uses_rate_search:
             levels = _search_rates(spec, target, scale, should_stop, on_level)
         else:
+            order = probe.order if probe is not None else list
             levels = [to_simulated_time(lv, scale) for lv in run_benchmark(
                 target,
-                None if bench.request_rate else list(bench.num_concurrency),
-                request_rates=[r / scale for r in bench.request_rate] if bench.request_rate else None,
+                None if bench.request_rate else order(list(bench.num_concurrency)),
+                request_rates=[r / scale for r in order(list(bench.request_rate))] if bench.request_rate else None,
                 burstiness=bench.burstiness,
                 max_concurrency=bench.max_concurrency,
                 warmup_requests=bench.warmup_requests,
                 should_stop=should_stop,
                 on_level=on_level,
             )]
+            written = [float(v) for v in bench.levels]
+            levels.sort(key=lambda lv: written.index(level_value(lv)) if level_value(lv) in written else len(written))
         results.append({"scenario": scenario, "levels": levels})
         if should_stop():
             break
     return results
+
+
+def _either(a: Callable[[], bool], b: Callable[[], bool]) -> Callable[[], bool]:
+    return lambda: a() or b()
+
+
+def _both(a: Callable[[dict[str, Any]], None] | None,
+          b: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def call(summary: dict[str, Any]) -> None:
+        b(summary)  # the probe first: a failing health check after it must not hide its verdict
+        if a is not None:
+            a(summary)
+    return call
 
 
 def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
@@ -295,7 +317,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             runtime.wait_ready(deployment, timeout=float(spec.optimization.timeout_per_iteration), should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
             watch = EngineWatch(stop, runtime, deployment)
-            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch, on_level=watch.between_levels)
+            probe = Probe(spec, claim.task_id, lambda lv: to_simulated_time(lv, sim_time_scale(spec)))
+            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch, on_level=watch.between_levels,
+                                  probe=probe)
             watch.check()
             if stop():
                 raise ExperimentCancelled()
@@ -306,7 +330,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             outcome = {
                 "state": ExperimentState.SUCCEEDED if ok else ExperimentState.FAILED,
                 "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated,
-                            **({"gpu_share": claim.gpu_share} if claim.gpu_share < 1 else {})},
+                            **({"gpu_share": claim.gpu_share} if claim.gpu_share < 1 else {}),
+                            **({"early_stop": probe.record()} if ok and probe.stopped() else {})},
+                "stop_reason": probe.reason if ok else None,
                 "objective": result.objective,
                 "measured": measured if ok else None,
                 "penalty": result.penalty if ok else None,

@@ -88,3 +88,10 @@ def task_stop(objectives: list[float | None], objective: str, patience: int | No
         if found and len(objectives) - 1 - found[-1] >= patience:
             return NO_IMPROVEMENT
     return None
+
+
+def task_stop_label(reason: str | None, patience: int | None, budget: float | None) -> str | None:
+    """How a person reads a task's stop reason."""
+    if reason not in TASK_STOP_REASONS:
+        return None
+    return TASK_STOP_REASONS[reason].format(patience=patience, budget=budget or 0.0)

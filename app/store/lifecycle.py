@@ -172,6 +172,7 @@ def end_reported(
     failure_kind: str | None = None,
     engine_log: str | None = None,
     engine_gone: bool = True,
+    stop_reason: str | None = None,
 ) -> Ended | None:
     """Record the end of a running attempt and free its GPUs, in the caller's transaction.
 
@@ -188,6 +189,7 @@ def end_reported(
         return None
     att = _attempt(session, exp)  # read before anything changes: one UPDATE per row at the end
     exp.metrics, exp.objective, exp.slo_ok, exp.measured, exp.penalty = metrics, objective, slo_ok, measured, penalty
+    exp.stop_reason = stop_reason
     if engine_log is not None:
         exp.engine_log = engine_log[-20000:]
     if att is not None and engine_gone:
@@ -312,6 +314,7 @@ def back_to_pending(session: Session, exp: Experiment, *, error: str | None = No
     ledger.release(session, exp.id, fence=fence)
     exp.state, exp.phase, exp.error, exp.wait_reason = ExperimentState.PENDING, None, error, wait_reason
     exp.objective, exp.slo_ok, exp.metrics, exp.failure_kind, exp.measured, exp.penalty = None, None, None, None, None, None
+    exp.stop_reason = None
     exp.queued_at, exp.started_at, exp.finished_at, exp.promised_start = None, None, None, None
     exp.gpus, exp.group, exp.worker, exp.host = [], None, None, None
 

@@ -61,6 +61,8 @@ class Task(Base):
     max_iterations: Mapped[int] = mapped_column(Integer)
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The task stop rule (app.domain.stopping.TASK_STOP_REASONS): it creates no more experiments.
+    stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -108,6 +110,8 @@ class Experiment(Base):
     # `objective` (the ranking score) carries; `penalty` is that penalty.
     measured: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     penalty: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Early stopping (app.domain.stopping.STOP_REASONS): its other load levels were skipped.
+    stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)

@@ -102,6 +102,20 @@ ObjectiveName = Literal[tuple(OBJECTIVES)]  # type: ignore[valid-type]
 PRIORITY_RANGE = 1000
 
 
+class EarlyStopping(BaseModel):
+    """Early stopping that frees GPUs (app.domain.stopping). `probe`: each experiment measures
+    the deciding load level first and skips the others when it cannot beat the best finished
+    experiment or breaks a hard SLO there. `patience`: the task creates no more experiments
+    after this many finished ones without an improvement beyond `noise` (relative). And
+    `gpu_hour_budget`: none after the task's experiments have used this many GPU-hours."""
+
+    model_config = _STRICT
+    probe: bool = True
+    patience: Annotated[PosInt, at_most("max_iterations")] | None = None
+    noise: Annotated[Float, Field(ge=0, lt=1)] = 0.01
+    gpu_hour_budget: Annotated[Float, Field(gt=0)] | None = None
+
+
 class Optimization(BaseModel):
     model_config = _STRICT
     strategy: Annotated[StrategyName, OnForm("Strategy", choices="strategies")] = "grid_search"
@@ -124,6 +138,8 @@ class Optimization(BaseModel):
     # What one GPU costs per hour, in dollars: the objective minimize_cost (dollars per
     # million output tokens) needs it, so a 1-GPU and an 8-GPU answer compare on cost.
     gpu_price_per_hour: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] | None = None
+    # Off unless given: skip the load levels of what cannot win, stop the task on a plateau.
+    early_stopping: EarlyStopping | None = None
 
 
 class QuantConfig(BaseModel):

@@ -67,6 +67,9 @@
     const err = $("task-error");
     err.textContent = t.error || "";
     err.hidden = !t.error;
+    const stop = $("task-stop");
+    stop.textContent = t.stop || "";
+    stop.hidden = !t.stop;
     if (t.terminal) {
       const form = $("cancel-form");
       if (form) form.remove();
@@ -141,6 +144,7 @@
         el("td", { class: "num", text: fmt(km.mean_tpot_ms, 2) }),
         objective,
         el("td", { title: why }, ...(e.failure ? [el("strong", { class: "failure", text: e.failure }), " "] : []),
+          ...(e.stop ? [el("span", { class: "note stopped-early", text: e.stop }), " "] : []),
           why.length > 120 ? `${why.slice(0, 117)}...` : why),
       );
     });

@@ -1,0 +1,58 @@
+"""Early stopping through the whole system: a real coordinator, a simulated GPU worker and
+the simulated engine. A candidate that cannot beat the best at the deciding load level has its
+other levels skipped and its engine stopped, succeeds with that level's score and says why;
+the task stops creating experiments when they stop improving, and says why."""
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tests.helpers import mixed_task, run_to_end, start_stack
+
+pytestmark = pytest.mark.integration
+
+
+def stopping_task(configs: list[dict], **early_stopping) -> dict:
+    data = mixed_task(configs, parallel=1)
+    data["benchmark"].update(num_concurrency=[4, 16], max_requests_per_iteration=16)
+    data["optimization"]["early_stopping"] = early_stopping
+    return data
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_what_cannot_win_stops_early_and_a_plateau_stops_the_task(stack):
+    from app.serializers import task_dict
+    from app.store.db import session_scope
+    from app.store.models import Attempt, Experiment, Gpu, Task
+
+    start_stack(stack, gpus=1)
+    # 16 requests at once is best served by 16 running at most; one at a time cannot win
+    configs = [{"max-running-requests": 16}, {"max-running-requests": 1}, {"max-running-requests": 2},
+               {"max-running-requests": 3}, {"max-running-requests": 4}, {"max-running-requests": 5}]
+    task_id = run_to_end(stack, stopping_task(configs, probe=True, patience=1))
+    with session_scope() as s:
+        task = s.get(Task, task_id)
+        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars().all()
+        assert task.status == "completed", stack.logs()
+        first, second = exps[0], exps[1]
+        # the first ran every level (nothing to beat yet), in the levels' written order
+        assert first.stop_reason is None
+        assert [lv["concurrency"] for lv in first.metrics["scenarios"][0]["levels"]] == [4, 16]
+        # the second ran the deciding level only, then its engine was stopped: a success, not a failure
+        assert second.state == "succeeded" and second.stop_reason == "cannot_win", second.error
+        assert [lv["concurrency"] for lv in second.metrics["scenarios"][0]["levels"]] == [16]
+        assert second.objective < first.objective and second.slo_ok is not False
+        assert second.metrics["early_stop"]["incumbent"] == pytest.approx(first.objective)
+        attempt = s.execute(select(Attempt).where(Attempt.experiment_id == second.id)).scalar_one()
+        assert attempt.engine_gone_at is not None
+        # the plateau: no improvement in 1 experiment, so not every configuration was run
+        assert task.stop_reason == "no_improvement"
+        assert sum(e.state == "succeeded" for e in exps) < len(configs)
+        assert all(e.state in ("succeeded", "cancelled") for e in exps)
+        gpu = s.execute(select(Gpu)).scalar_one()
+        assert gpu.held_by is None and gpu.fenced_by is None  # the GPU is free again
+        report = task_dict(s, task)
+        assert report["stop"].startswith("stopped: no improvement")
+        shown = {e["seq"]: e for e in report["experiments"]}
+        assert shown[2]["stop_reason"] == "cannot_win" and shown[2]["stop"].startswith("stopped early")
+        assert shown[2]["failure"] is None and shown[1]["stop"] is None

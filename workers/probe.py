@@ -1,0 +1,70 @@
+"""The incumbent probe in an experiment job (the rules are app.domain.stopping's).
+
+Why: an experiment that cannot be the task's answer should give its GPUs back as soon as that
+is known. With `optimization.early_stopping.probe`, the job runs the deciding load level first;
+when it ends, the score there is compared with the best finished experiment of the task (read
+from the database at that moment, so it sees results that came in while this engine started).
+If it cannot win or breaks a hard SLO, the remaining levels are skipped: the benchmark stops
+after that level, the engine is stopped and the GPUs are freed by the job's usual end. The
+experiment succeeds with its exact score and says why it stopped (`stop_reason`).
+
+The probe applies to closed- or open-loop level lists of a task with one traffic scenario (with
+several, the objective is a mean over scenarios that no single level decides) and not to the
+highest-sustainable-rate search, whose levels are chosen as it goes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+
+from app.domain.objectives import score
+from app.domain.stopping import probe_order, probe_verdict
+from app.domain.taskspec import TaskSpec
+from app.store.db import session_scope
+from app.store.models import Experiment
+
+
+def incumbent(task_id: int, direction: str) -> float | None:
+    """The task's best objective among experiments that may be the best (finished ones)."""
+    best = func.max(Experiment.objective) if direction == "maximize" else func.min(Experiment.objective)
+    with session_scope() as session:
+        return session.execute(select(best).where(Experiment.task_id == task_id, Experiment.eligible)).scalar()
+
+
+class Probe:
+    """One experiment's probe: the level order, and the verdict after the first level."""
+
+    def __init__(self, spec: TaskSpec, task_id: int, to_model_time: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        es = spec.optimization.early_stopping
+        bench = spec.benchmark
+        self.spec, self.task_id, self.to_model_time = spec, task_id, to_model_time
+        self.active = (es is not None and es.probe and len(bench.traffic_scenarios) == 1 and len(bench.levels) > 1
+                       and not spec.uses_rate_search)
+        self.reason: str | None = None
+        self.best: float | None = None
+        self._levels_seen = 0
+
+    def order(self, levels: list[Any]) -> list[Any]:
+        """The levels to run, the deciding one first when probing."""
+        if not self.active:
+            return levels
+        first = probe_order([float(v) for v in levels], self.spec.optimization.objective_level)[0]
+        return [v for v in levels if float(v) == first] + [v for v in levels if float(v) != first]
+
+    def after_level(self, summary: dict[str, Any]) -> None:
+        """After each level: the first one decides whether the others run."""
+        self._levels_seen += 1
+        if not self.active or self._levels_seen != 1:
+            return
+        level = self.to_model_time(summary)
+        s = score([[level]], self.spec.optimization.objective, self.spec.to_dict().get("slo"))
+        self.best = incumbent(self.task_id, self.spec.objective_direction)
+        self.reason = probe_verdict(s, self.best, self.spec.optimization.objective)
+
+    def stopped(self) -> bool:
+        return self.reason is not None
+
+    def record(self) -> dict[str, Any]:
+        """What the experiment's metrics keep about the stop."""
+        return {"reason": self.reason, "incumbent": self.best, "levels_run": self._levels_seen}
