@@ -24,6 +24,7 @@ from app.tools.loadgen import Target, run_benchmark
 from app.config import get_settings
 from app.celery_app import request_coordination, send_experiments
 from app.coordinator import end_and_place
+from app.domain.engines.failures import measurement_failure
 from app.domain.states import ExperimentState
 from app.domain.objectives import level_value, measure_all, sustains
 from app.domain.ratesearch import next_rate
@@ -338,7 +339,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 "penalty": result.penalty if ok else None,
                 "slo_ok": result.slo_ok,
                 "error": None if ok else result.problem,
-                "failure_kind": None if ok else "bad_measurement",
+                "failure_kind": None if ok else measurement_failure(
+                    [lv.get("error_kinds") or {} for sc in scenarios for lv in sc["levels"]]),
             }
         finally:
             if runtime is not None and deployment is not None:

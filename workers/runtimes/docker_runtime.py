@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import docker
@@ -28,6 +28,7 @@ from workers.runtimes.environment import engine_environment
 log = logging.getLogger(__name__)
 
 HF_CACHE_IN_CONTAINER = "/root/.cache/huggingface"
+MODELS_IN_CONTAINER = "/models"
 LABEL_EXPERIMENT = "autotuner.experiment"
 LABEL_ATTEMPT = "autotuner.attempt"
 LABEL_MANAGED = "autotuner.managed"
@@ -80,6 +81,15 @@ def store_label() -> str:
 
 
 
+def model_mount(request: EngineRequest) -> tuple[str, str] | None:
+    """(host path, container path) of a model that is a file (llama.cpp's GGUF): mounted
+    read-only, alone, under MODELS_IN_CONTAINER; None for a hub model name."""
+    if not request.launcher.model_is_file:
+        return None
+    host = os.path.abspath(request.model)
+    return host, f"{MODELS_IN_CONTAINER}/{os.path.basename(host)}"
+
+
 class DockerRuntime(Runtime):
     """Starts SGLang / vLLM in containers pinned to the experiment's GPUs."""
 
@@ -121,8 +131,12 @@ class DockerRuntime(Runtime):
 
     @staticmethod
     def command(request: EngineRequest) -> list[str]:
-        """The container command as an argv list (flag values with spaces stay whole)."""
+        """The container command as an argv list (flag values with spaces stay whole); a
+        model that is a file is named by where it is mounted (`model_mount`)."""
         launcher = request.launcher
+        mount = model_mount(request)
+        if mount is not None:
+            request = replace(request, model=mount[1])
         return launcher.command(request.launch("0.0.0.0", launcher.container_port), in_container=True)
 
     @staticmethod
@@ -131,11 +145,16 @@ class DockerRuntime(Runtime):
         never the worker's secrets. Values are never logged."""
         return engine_environment(local=False)
 
-    def _volumes(self) -> dict[str, dict[str, str]]:
-        """Share the host's HF cache so every experiment does not re-download weights."""
+    def _volumes(self, request: EngineRequest) -> dict[str, dict[str, str]]:
+        """Share the host's HF cache so every experiment does not re-download weights; a
+        model file is mounted read-only."""
+        volumes: dict[str, dict[str, str]] = {}
         if self.hf_cache and os.path.isdir(self.hf_cache):
-            return {self.hf_cache: {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"}}
-        return {}
+            volumes[self.hf_cache] = {"bind": HF_CACHE_IN_CONTAINER, "mode": "rw"}
+        mount = model_mount(request)
+        if mount is not None:
+            volumes[mount[0]] = {"bind": mount[1], "mode": "ro"}
+        return volumes
 
     def _ensure_image(self, image: str) -> None:
         try:
@@ -160,7 +179,7 @@ class DockerRuntime(Runtime):
         if launcher.docker_command is None or not launcher.image:
             raise EngineError(f"engine {launcher.name!r} has no container image; run it with deployment_mode "
                               "'process'", kind="invalid_argument")
-        image = request.image or f"{launcher.image}:latest"
+        image = request.image or f"{launcher.image}:{launcher.image_tag}"
         self.check_image(image)  # before any Docker call
         if not request.gpu_indices:
             raise EngineError("no GPUs were allocated to this experiment", kind="internal")
@@ -200,7 +219,7 @@ class DockerRuntime(Runtime):
                 },
                 ports={f"{launcher.container_port}/tcp": ("127.0.0.1", host_port)},
                 environment=self._environment(request),
-                volumes=self._volumes(),
+                volumes=self._volumes(request),
                 **options,
             )
         except docker.errors.DockerException as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.processes import free_port
+from app.tools.llamacpp.build import server_executable
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
 from workers.runtimes.environment import engine_environment
 from workers.runtimes.procs import process_identity, stop_group
@@ -47,7 +48,7 @@ class ProcessRuntime(Runtime):
         # The simulator also watches this process directly (a second line of defence, and
         # the only one when it is started without the supervisor, e.g. by `autotuner sim`).
         extra = ["--parent-pid", str(os.getpid())] if request.launcher.simulated else None
-        return request.launcher.command(request.launch("127.0.0.1", port, extra))
+        return request.launcher.command(request.launch("127.0.0.1", port, extra), llama_server=server_executable())
 
     def environment(self, request: EngineRequest) -> dict[str, str]:
         env = engine_environment(local=True, extra={"CUDA_VISIBLE_DEVICES": ",".join(map(str, request.gpu_indices))})

@@ -5,8 +5,8 @@ value it rejects) says nothing about the objective, but a lot about the search s
 region is infeasible, and the Bayesian strategy should steer away from it instead of trying
 its neighbours. A crash mid-benchmark or an image that cannot be pulled is not the
 configuration's fault and must not teach the strategy anything. The kind is read from the
-engine's exit status and the tail of its log, with the messages SGLang, vLLM, PyTorch and
-NCCL print (our simulated engine prints the same ones).
+engine's exit status and the tail of its log, with the messages SGLang, vLLM, llama.cpp,
+PyTorch and NCCL print (our simulated engine prints the same ones).
 """
 from __future__ import annotations
 
@@ -40,11 +40,16 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("kv_cache", re.compile(
         r"No available memory for the cache blocks|stored in KV cache|KV cache is too small|"
         r"Insufficient memory for KV cache|Not enough memory\. Please try to increase --mem-fraction-static")),
-    ("oom", re.compile(r"OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|\bout of memory\b", re.I)),
+    # llama.cpp: "ggml_aligned_malloc: insufficient memory", "failed to allocate CPU buffer of
+    # size ...", "failed to allocate buffer for kv cache" (a context too large for memory).
+    ("oom", re.compile(r"OutOfMemoryError|CUDA out of memory|CUDA error: out of memory|\bout of memory\b|"
+                       r"insufficient memory|failed to allocate \w* ?buffer", re.I)),
     ("nccl", re.compile(r"NCCL error|nccl(Internal|System|UnhandledCuda|Invalid)\w*|NCCL WARN|ProcessGroupNCCL|"
                         r"DistBackendError")),
+    # llama.cpp: "error: invalid argument: --x", "error while handling argument "--x": ...".
     ("invalid_argument", re.compile(r"unrecognized arguments|invalid choice|error: argument|"
-                                    r"^\w*(ValueError|TypeError)\b|must be divisible by", re.M)),
+                                    r"^\w*(ValueError|TypeError)\b|must be divisible by|"
+                                    r"^error: invalid argument:|^error while handling argument", re.M)),
 ]
 
 
@@ -56,6 +61,16 @@ def classify_failure(log: str, exit_code: int | None = None) -> str:
     if exit_code == 2:  # argparse's exit status for a bad command line
         return "invalid_argument"
     return "engine_exited"
+
+
+def measurement_failure(error_kinds: list[dict[str, int]]) -> str:
+    """The kind of a benchmark whose levels failed too many requests (`error_kinds` of each
+    level): requests longer than the engine's context per sequence (llama.cpp's --ctx-size
+    divided by --parallel, vLLM's max-model-len) say the configuration cannot serve the
+    traffic, like a KV cache too small; anything else is a bad measurement."""
+    if any(kinds.get("context_exceeded") for kinds in error_kinds):
+        return "kv_cache"
+    return "bad_measurement"
 
 
 def is_infeasible(kind: str | None) -> bool:

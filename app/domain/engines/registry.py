@@ -44,7 +44,7 @@ SIM_MODELLED_FLAGS: dict[str, frozenset[str]] = {
 
 
 # The argv templates' placeholders; any other braces (e.g. in a `python -c` script) stay as written.
-_PLACEHOLDER = re.compile(r"\{(python|model|host|port|num_gpus|flavour)\}")
+_PLACEHOLDER = re.compile(r"\{(python|llama_server|model|host|port|num_gpus|flavour)\}")
 
 
 class UnknownEngine(LookupError):
@@ -93,6 +93,13 @@ class EngineSpec:
     # engine's default for it: on a GPU split into slots the fraction is scaled to the slot.
     memory_fraction_flag: str | None = None
     memory_fraction_default: float = 0.9
+    # The image tag a container runs when the task names none (llama.cpp publishes no `latest`).
+    image_tag: str = "latest"
+    # The model is a file (llama.cpp's GGUF), not a hub name: a container gets it mounted.
+    model_is_file: bool = False
+    # GPU count = the number of comma-separated entries of this flag's value (llama.cpp's
+    # --tensor-split 3,1 spreads the model over two GPUs; without it, one GPU).
+    gpu_list_flag: str | None = None
     # Known constraints between flags (the engine's own argument checks, see constraints.py)
     # and the flag defaults they may assume: the search never suggests a point they refuse.
     constraints: tuple[FlagRule, ...] = ()
@@ -134,7 +141,9 @@ class EngineSpec:
 
         flags = [f for f in self.gpu_flags if not (f == self.dp_flag and self.dp_inside_tp
                                                    and params.get(self.dp_inside_tp) is True)]
-        return math.prod(degree(f) for f in flags)
+        listed = params.get(self.gpu_list_flag) if self.gpu_list_flag else None
+        gpus_listed = len([p for p in listed.split(",") if p.strip()]) if isinstance(listed, str) else 1
+        return math.prod(degree(f) for f in flags) * max(1, gpus_listed)
 
     def on_gpu_share(self, params: Mapping[str, Any], share: float) -> dict[str, Any]:
         """`params` for an engine that may use `share` of each GPU (a slot of a split GPU):
@@ -154,15 +163,18 @@ class EngineSpec:
         params[key] = round(fraction * share, 4)
         return params
 
-    def command(self, launch: Launch, in_container: bool = False, python: str | None = None) -> list[str]:
+    def command(self, launch: Launch, in_container: bool = False, python: str | None = None,
+                llama_server: str = "llama-server") -> list[str]:
         """The engine's argv: the template filled in, then the launcher's extras, then the
         task's flags. Values are substituted per element, so nothing is ever a shell string.
-        `python` replaces the worker's own interpreter (e.g. "python" for a command to show)."""
+        `python` replaces the worker's own interpreter (e.g. "python" for a command to show);
+        `llama_server` is the llama-server executable (the process runtime passes its build)."""
         template = self.docker_command if in_container else self.process_command
         if template is None:
             raise UnknownEngine(f"engine {self.name!r} has no container command; run it with the process runtime")
-        values = {"python": python or sys.executable, "model": launch.model, "host": launch.host, "port": str(launch.port),
-                  "num_gpus": str(launch.num_gpus), "flavour": launch.flavour}
+        values = {"python": python or sys.executable, "llama_server": llama_server, "model": launch.model,
+                  "host": launch.host, "port": str(launch.port), "num_gpus": str(launch.num_gpus),
+                  "flavour": launch.flavour}
         def fill(part: str) -> str:
             return _PLACEHOLDER.sub(lambda m: values[m.group(1)], part)
 
@@ -212,7 +224,22 @@ def builtin_engines() -> dict[str, EngineSpec]:
     )
     # The same names the other way round: a vLLM spelling in an SGLang task gets a hint too.
     sglang = replace(sglang, equivalents={v: k for k, v in vllm.equivalents.items()})
-    return {e.name: e for e in (sglang, vllm)}
+    llamacpp = EngineSpec(
+        name="llamacpp", label="llama.cpp", vocabulary=load_vocabulary("llamacpp"),
+        # The cached build (app.tools.llamacpp.build) or AUTOTUNER_LLAMA_SERVER; see the process runtime.
+        process_command=("{llama_server}", "--model", "{model}", "--host", "{host}", "--port", "{port}"),
+        # The published server images' entrypoint is llama-server itself.
+        docker_command=("--model", "{model}", "--host", "{host}", "--port", "{port}"),
+        image="ghcr.io/ggml-org/llama.cpp", image_tag="server-cuda", container_port=8080, model_is_file=True,
+        reserved=_RUNTIME_OWNED | {
+            "model", "model-url", "hf-repo", "hf-file", "hf-token", "docker-repo", "api-key-file", "ssl-key-file",
+            "ssl-cert-file", "path", "api-prefix", "alias", "reuse-port", "slot-save-path", "media-path",
+            "models-dir", "models-preset", "log-file", "log-prompts-dir", "mcp-servers-config", "mcp-servers-json", "offline", "webui-config-file", "chat-template-file", "lookup-cache-static", "lookup-cache-dynamic",
+            "lora", "lora-scaled", "control-vector", "control-vector-scaled", "mmproj", "mmproj-url",
+            "spec-draft-model", "spec-draft-hf", "help", "version", "cache-list", "completion-bash", "list-devices"},
+        gpu_list_flag="tensor-split",
+    )
+    return {e.name: e for e in (sglang, vllm, llamacpp)}
 
 
 # The simulated engine is a launcher, not a flag dialect: it speaks SGLang's or vLLM's flags

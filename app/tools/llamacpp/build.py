@@ -55,6 +55,16 @@ def server_path(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     return cache_dir(version) / "bin" / "llama-server"
 
 
+def server_executable() -> str:
+    """What runs llama-server on this host: $AUTOTUNER_LLAMA_SERVER, else the cached build
+    when there is one, else `llama-server` from PATH."""
+    explicit = os.environ.get("AUTOTUNER_LLAMA_SERVER")
+    if explicit:
+        return explicit
+    cached = server_path()
+    return str(cached) if cached.is_file() else "llama-server"
+
+
 def cached_server(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path | None:
     """The cached binary if it is there and runs, else None."""
     path = server_path(version)

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import aiohttp
 
 from .metrics import RequestRecord
+
+# A 400 for a prompt longer than the engine's context: llama.cpp's "exceeds the available
+# context size", vLLM's "maximum context length", SGLang's "longer than the model's context length".
+_CONTEXT = re.compile(r"context (size|length)", re.I)
 
 
 def request_body(model: str, api: str, prompt: str, max_tokens: int) -> dict:
@@ -46,7 +51,9 @@ def content_of(chunk: dict) -> str:
 async def send_request(
     session: aiohttp.ClientSession, url: str, body: dict, input_tokens: int
 ) -> RequestRecord:
-    """Send one streaming request and time it; errors end up in ``RequestRecord.error``."""
+    """Send one streaming request and time it; errors end up in ``RequestRecord.error``
+    (``context_exceeded`` for a prompt the engine's context cannot hold, ``short_output``
+    when fewer than ``max_tokens`` tokens came back although ``ignore_eos`` was sent)."""
     start = time.perf_counter()
     ttft: float | None = None
     chunks: list[float] = []
@@ -57,7 +64,8 @@ async def send_request(
         async with session.post(url, json=body) as resp:
             if resp.status != 200:
                 detail = (await resp.text())[:300]
-                error = f"http_{resp.status}: {detail}"
+                kind = "context_exceeded" if resp.status == 400 and _CONTEXT.search(detail) else f"http_{resp.status}"
+                error = f"{kind}: {detail}"
             else:
                 async for raw in resp.content:
                     line = raw.strip()
@@ -93,4 +101,8 @@ async def send_request(
     output_tokens = usage_tokens if usage_tokens is not None else len(chunks)
     if error is None and not chunks:
         error = "empty_output: no content chunk received"
+    elif error is None and usage_tokens is not None and usage_tokens < body.get("max_tokens", 0):
+        # ignore_eos asked for exactly max_tokens; fewer means the engine cut the output
+        # (llama.cpp does when prompt + output outgrow a slot's context): not the traffic asked for.
+        error = f"short_output: {usage_tokens} of {body['max_tokens']} tokens generated"
     return RequestRecord(start, ttft, end, chunks, input_tokens, output_tokens, error)
