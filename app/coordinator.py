@@ -19,6 +19,7 @@ from sqlalchemy import Row, Select, and_, delete, func, insert, or_, select, uni
 from sqlalchemy.orm import Session, defer, joinedload
 
 from app.domain.placement import Clock, Waiting, plan as plan_placements
+from app.domain.objectives import trial_values
 from app.domain.lengths import LengthModel, expected_length
 from app.store import ledger
 from app.celery_app import queue_for
@@ -61,13 +62,14 @@ def _dispatch(exp: Experiment) -> Dispatch:
     return Dispatch(exp.id, exp.attempt, queue_for(exp.group), timeout, timeout + get_settings().time_limit_grace)
 
 
-def _trial(exp: Experiment) -> Trial:
+def _trial(exp: Experiment, objectives: list[str] | tuple[str, ...] = ()) -> Trial:
     # An experiment that broke a hard SLO has no objective for the strategy: it is a constraint
     # violation the search learns to steer away from, like a configuration that cannot run.
     objective = exp.objective if exp.eligible else None
     return Trial(params=dict(exp.params), state=exp.state, objective=objective,
                  infeasible=exp.state == ExperimentState.FAILED and is_infeasible(exp.failure_kind),
-                 slo_broken=exp.state == ExperimentState.SUCCEEDED and exp.slo_ok is False)
+                 slo_broken=exp.state == ExperimentState.SUCCEEDED and exp.slo_ok is False,
+                 values=trial_values(exp.measured, exp.penalty, objectives) if objective is not None else None)
 
 
 def pool_capacity(session: Session) -> int:
@@ -112,7 +114,7 @@ def advance(session: Session, task: Task) -> None:
         virtual = _virtual_time(session)
         lengths = LengthModel.fit([(e.params, (e.finished_at - e.started_at).total_seconds()) for e in exps
                                    if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
-        for params in make_strategy(spec).suggest([_trial(e) for e in exps], free):
+        for params in make_strategy(spec).suggest([_trial(e, spec.objective_names) for e in exps], free):
             session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
             created += 1
         _repredict(exps, lengths)

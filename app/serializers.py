@@ -13,6 +13,7 @@ from app.domain.states import EXP_STATES
 from app.domain.stopping import STOP_REASONS, task_stop_label
 from app.store.models import Experiment, Gpu, Task, Worker, gpu_label, utcnow
 from app.domain.objectives import OBJECTIVES, direction
+from app.results import pareto_set
 
 
 def iso(value: datetime | None) -> str | None:
@@ -103,7 +104,12 @@ def counts_by_task(session: Session, task_ids: list[int]) -> dict[int, dict[str,
 
 
 def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[str, Any]:
-    return _summary(task, counts_by_task(session, [task.id])[task.id], best_experiment(session, task), experiments)
+    """One task in full: its summary and, for a multi-objective task, its Pareto set."""
+    out = _summary(task, counts_by_task(session, [task.id])[task.id], best_experiment(session, task), experiments)
+    pareto = pareto_set(session, task)
+    if pareto is not None:
+        out["pareto_set"] = pareto
+    return out
 
 
 def figure(measured: dict[str, float] | None, score: float | None, objective: str) -> float | None:
@@ -116,8 +122,7 @@ def figure(measured: dict[str, float] | None, score: float | None, objective: st
 
 def objectives_of(task: Task) -> list[dict[str, Any]]:
     """The task's objectives with their units: how every view names and labels them."""
-    return [{"name": o.name, "unit": o.unit, "label": o.label, "direction": o.direction}
-            for o in (OBJECTIVES[name] for name in task.parsed_spec.objective_names)]
+    return [OBJECTIVES[name].as_dict() for name in task.parsed_spec.objective_names]
 
 
 def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experiments: bool) -> dict[str, Any]:

@@ -214,3 +214,32 @@ def test_sim_serve_rejects_unknown_flags_like_the_engine():
     proc = subprocess.run([sys.executable, "-m", "app.cli", "sim", "serve", "--no-such-flag", "1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "unrecognized arguments: --no-such-flag" in proc.stderr
+
+
+@pytest.mark.integration
+def test_run_multi_objective_example_returns_its_pareto_set(tmp_path):
+    """examples/pareto-sim.json end to end: real workers measure both objectives, the
+    multi-objective sampler picks the experiments, and --json returns the Pareto set: only
+    non-dominated points, each with its figures and launch command, and its hypervolume."""
+    from app.domain.pareto import dominates, hypervolume
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "run", str(ROOT / "examples" / "pareto-sim.json"), "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    names = [o["name"] for o in report["objectives"]]
+    directions = [o["direction"] for o in report["objectives"]]
+    assert names == ["maximize_throughput", "minimize_p99_ttft"] and report["counts"]["succeeded"] == 8
+    ps = report["pareto_set"]
+    measured = [tuple(e["measured"][n] for n in names) for e in report["experiments"]
+                if e["slo_ok"] is not False and not e["penalty"]]
+    front = [tuple(p["values"]) for p in ps["points"]]
+    assert front and all(not any(dominates(q, p, directions) for q in measured) for p in front)
+    assert all(any(dominates(p, q, directions) or p == q for p in front) for q in measured)
+    assert ps["reference_point"] == [100, 30] and ps["reference_given"]
+    assert ps["hypervolume"] > 0 and ps["hypervolume"] == pytest.approx(hypervolume(front, directions, ps["reference_point"]))
+    assert all(p["launch_command"][:3] == ["python", "-m", "sglang.launch_server"] for p in ps["points"])

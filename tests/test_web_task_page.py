@@ -645,3 +645,106 @@ def test_best_launch_command_wraps_beside_its_copy_button_at_1360_px(flask_app, 
     assert box["preRight"] <= box["buttonLeft"], box
     assert box["scroll"] <= box["client"] and box["page"] <= 1360, box
     assert "--stream-interval 8" in box["text"]  # wrapped, not cut: the whole command is there
+
+
+# -- a multi-objective task's Pareto set ------------------------------------------------------
+
+MO = ["maximize_throughput", "minimize_p99_ttft"]
+
+
+def mo_task(reference_point: list[float] | None = None) -> int:
+    data = spec_dict()
+    data["optimization"].update(strategy="bayesian", objectives=MO)
+    data["optimization"].pop("objective", None)
+    if reference_point is not None:
+        data["optimization"]["reference_point"] = reference_point
+    data["slo"] = {"tpot": {"threshold": 0.05}}
+    task_id = make_task(data)
+    # (throughput tok/s/GPU, p99 TTFT s, penalty, slo_ok): 1-3 the front; 4 dominated by 2;
+    # 5 beats all on both but broke a soft SLO; 6 broke a hard one
+    rows = [(900.0, 3.0, 0.0, True), (600.0, 1.0, 0.0, True), (300.0, 0.5, 0.0, True), (500.0, 2.0, 0.0, True),
+            (1000.0, 0.2, 2.0, True), (2000.0, 0.1, 9.0, False)]
+    add_experiments(task_id, [{"objective": tput / (1 + pen), "penalty": pen, "slo_ok": ok,
+                               "measured": {MO[0]: tput, MO[1]: ttft}, "metrics": metrics_for(tput, ttft * 1000)}
+                              for tput, ttft, pen, ok in rows])
+    return task_id
+
+
+@pytest.mark.unit
+def test_api_returns_the_pareto_set_with_its_hypervolume_against_the_stated_reference(client):
+    from app.domain.pareto import hypervolume
+
+    task_id = mo_task(reference_point=[100.0, 5.0])
+    body = client.get(f"/api/tasks/{task_id}").json
+    ps = body["pareto_set"]
+    assert [o["unit"] for o in ps["objectives"]] == ["tok/s/GPU", "s"]
+    assert [p["seq"] for p in ps["points"]] == [3, 2, 1] and ps["candidates"] == 4  # SLO-breaking ones are not candidates
+    assert [p["values"] for p in ps["points"]] == [[300.0, 0.5], [600.0, 1.0], [900.0, 3.0]]
+    assert ps["reference_point"] == [100.0, 5.0] and ps["reference_given"] is True
+    assert ps["hypervolume"] == pytest.approx(hypervolume([(900, 3), (600, 1), (300, 0.5)], ["maximize", "minimize"],
+                                                          (100, 5)))
+    assert ps["points"][0]["launch_command"][:3] == ["python", "-m", "sglang.launch_server"]
+    assert body["objectives"][1] == {"name": "minimize_p99_ttft", "unit": "s", "label": "minimize p99 TTFT",
+                                     "direction": "minimize"}
+    front = client.get(f"/api/tasks/{task_id}/charts").json["front"]
+    assert sorted(p["seq"] for p in front["points"] if p["front"]) == [1, 2, 3]
+    assert sorted(p["seq"] for p in front["points"]) == [1, 2, 3, 4]
+    default = client.get(f"/api/tasks/{mo_task()}").json["pareto_set"]
+    assert default["reference_given"] is False and default["reference_point"] == pytest.approx([270.0, 3.3])
+    assert "pareto_set" not in client.get(f"/api/tasks/{make_task()}").json  # single objective: as before
+
+
+@pytest.mark.unit
+def test_cli_json_carries_the_pareto_set(db):
+    from click.testing import CliRunner
+
+    from app import cli
+
+    task_id = mo_task()
+    result = CliRunner().invoke(cli.main, ["status", str(task_id), "--json"])
+    assert result.exit_code == 0
+    assert [p["seq"] for p in json.loads(result.output)["pareto_set"]["points"]] == [3, 2, 1]
+
+
+@pytest.mark.process
+@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+def test_task_page_lets_a_user_pick_a_front_point_and_copy_its_command(flask_app):
+    """In Chromium: the front is drawn, picking a row or a point on the chart shows that
+    configuration's launch command beside the Copy button."""
+    import threading
+
+    from playwright.sync_api import expect, sync_playwright
+    from werkzeug.serving import make_server
+
+    task_id = mo_task()
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    errors: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1360, "height": 1000})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
+            page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-front')")
+            drawn = page.evaluate("() => Chart.getChart('chart-front').data.datasets.map(d => d.data.length)")
+            assert drawn == [3, 1]
+            expect(page.locator("#pareto-body tr")).to_have_count(3)
+            first = page.text_content("#pareto-command")
+            page.locator("#pareto-body tr").nth(2).locator("input").check()
+            expect(page.locator("#pareto-body tr.picked")).to_have_attribute("data-id", page.locator(
+                "#pareto-body tr").nth(2).get_attribute("data-id"))
+            third = page.text_content("#pareto-command")
+            assert third != first and third.startswith("python -m sglang.launch_server")
+            # a click on the chart's first front point picks it again
+            page.locator("#chart-front").scroll_into_view_if_needed()
+            x, y = page.evaluate("""() => { const c = Chart.getChart('chart-front'); const p = c.getDatasetMeta(0).data[0];
+                const r = c.canvas.getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }""")
+            page.mouse.click(x, y)
+            expect(page.locator("#pareto-command")).to_have_text(first)
+            browser.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert not errors, errors

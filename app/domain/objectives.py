@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from app.domain.states import ExperimentState
 
@@ -35,6 +35,10 @@ class Objective:
     unit: str
     label: str
     needs: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        """How the API, the pages and the CLI name it."""
+        return {"name": self.name, "unit": self.unit, "label": self.label, "direction": self.direction}
 
     def show(self, value: float | None) -> str:
         """The figure with its unit, as every view prints it ("4.94 s", "118 tok/s/GPU")."""
@@ -122,6 +126,16 @@ def direction(objective: str) -> str:
 def penalised(value: float, penalty: float, objective: str) -> float:
     """The figure that ranks: `value` made worse by the SLO penalty in the objective's direction."""
     return value * (1 + penalty) if direction(objective) == "minimize" else value / (1 + penalty)
+
+
+def trial_values(measured: dict[str, float] | None, penalty: float | None,
+                 names: Sequence[str]) -> tuple[float, ...] | None:
+    """A multi-objective task's figures as its sampler weighs them: each objective's measured
+    figure with the SLO penalty applied in its direction; None for one objective, or when a
+    figure is missing."""
+    if len(names) < 2 or not measured or any(name not in measured for name in names):
+        return None
+    return tuple(penalised(measured[name], penalty or 0.0, name) for name in names)
 
 
 def _slo_items(slo: dict[str, Any] | None):

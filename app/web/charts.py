@@ -17,6 +17,8 @@ The series:
   min p99 TTFT) over all plotted points.
 * `params`: per parameter, (value, measured figure) pairs of experiments that have an objective.
 * `timeline`: who held which GPU when, from `GpuAllocation` (open holds end "now").
+* `front` (multi-objective tasks, else null): every experiment that met every SLO on the first
+  two objectives, in their units, flagged when on the Pareto front (app.results).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from sqlalchemy.orm import Session
 from app.domain.states import ExperimentState
 from app.store.models import Experiment, Gpu, GpuAllocation, Task, gpu_label, utcnow
 from app.domain.objectives import OBJECTIVES, direction, eligible, scored_level
+from app.results import front_chart
 from app.serializers import figure
 
 MAX_POINTS = 2000  # per series
@@ -302,7 +305,7 @@ def gpu_timeline(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[st
 
 
 def task_charts(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str, Any]:
-    """All four series of a task, as the `/api/tasks/<id>/charts` body."""
+    """All the series of a task, as the `/api/tasks/<id>/charts` body."""
     origin = _origin(task)
     return {
         "task_id": task.id,
@@ -315,4 +318,5 @@ def task_charts(session: Session, task: Task, cap: int = MAX_POINTS) -> dict[str
         "pareto": pareto_series(session, task, cap),
         "params": param_series(session, task, cap),
         "timeline": gpu_timeline(session, task, cap),
+        "front": front_chart(session, task, cap),
     }

@@ -34,6 +34,9 @@ class Trial:
     objective: float | None = None
     infeasible: bool = False
     slo_broken: bool = False
+    # A multi-objective task's figures, one per objective in order, each with the SLO penalty
+    # applied in its direction (app.domain.objectives.penalised); None otherwise.
+    values: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.state not in EXP_STATES:

@@ -27,6 +27,10 @@ Two choices keep parallel suggestions efficient (measured with benchmarks/search
   list, an ordered integer, instead of as unordered categories: TPE then carries what it
   learned about 128 over to 64 and 256, which a categorical distribution cannot.
 
+A multi-objective task (`optimization.objectives`) gets a study with one direction per
+objective, which TPE handles as MOTPE, fed each experiment's `values` (its figures with the SLO
+penalty applied per objective).
+
 The sampler seed mixes `optimization.seed` with the history length, which keeps calls
 replayable (same history -> same suggestions). TPE can propose a point that is already taken,
 which in a finite space is likely near the end: each slot is retried a bounded number of
@@ -41,6 +45,7 @@ import random
 from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
+from app.domain.objectives import direction
 from app.domain.states import ExperimentState
 from app.domain.strategies.base import Strategy, Trial, canonical, seen_keys, total_size
 from app.domain.strategies.grid import unused_points
@@ -141,9 +146,10 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-def _frozen(trial: Trial, encoding: Encoding | dict[str, Any]) -> Any | None:
+def _frozen(trial: Trial, encoding: Encoding | dict[str, Any], objectives: int = 1) -> Any | None:
     """History entry -> Optuna FrozenTrial, or None when it says nothing to TPE (cancelled,
-    or params outside the current search space)."""
+    or params outside the current search space). With several `objectives` a result is its
+    `values` (a multi-objective task)."""
     from optuna.trial import TrialState, create_trial
 
     if isinstance(encoding, dict):  # plain distributions, no ordinal encoding
@@ -156,12 +162,14 @@ def _frozen(trial: Trial, encoding: Encoding | dict[str, Any]) -> Any | None:
         return None
     if trial.state.is_active():
         kwargs: dict[str, Any] = {"state": TrialState.RUNNING}
+    elif objectives > 1 and trial.state == ExperimentState.SUCCEEDED and trial.values is not None:
+        kwargs = {"state": TrialState.COMPLETE, "values": [float(v) for v in trial.values]}
     elif trial.state == ExperimentState.SUCCEEDED and trial.objective is not None and not math.isnan(trial.objective):
-        kwargs = {"state": TrialState.COMPLETE, "value": float(trial.objective)}
+        kwargs = {"state": TrialState.COMPLETE, "values": [float(trial.objective)] * objectives}
     elif trial.infeasible:
-        kwargs = {"state": TrialState.COMPLETE, "value": 0.0, "constraints": {"runs": 1.0}}
+        kwargs = {"state": TrialState.COMPLETE, "values": [0.0] * objectives, "constraints": {"runs": 1.0}}
     elif trial.slo_broken and trial.state == ExperimentState.SUCCEEDED:
-        kwargs = {"state": TrialState.COMPLETE, "value": 0.0, "constraints": {"hard_slo": 1.0}}
+        kwargs = {"state": TrialState.COMPLETE, "values": [0.0] * objectives, "constraints": {"hard_slo": 1.0}}
     elif trial.state.is_failure() or trial.state == ExperimentState.SUCCEEDED:
         kwargs = {"state": TrialState.FAIL}
     else:
@@ -199,9 +207,10 @@ class BayesianStrategy(Strategy):
         encoding = Encoding(space)
         seed = (self.spec.optimization.seed * 1_000_003 + len(history)) % (2**31 - 1)
         sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True, n_startup_trials=N_STARTUP_TRIALS)
-        study = optuna.create_study(direction=self.spec.objective_direction, sampler=sampler)
+        directions = [direction(name) for name in self.spec.objective_names]  # several: multi-objective TPE
+        study = optuna.create_study(directions=directions, sampler=sampler)
         for trial in history:
-            frozen = _frozen(trial, encoding)
+            frozen = _frozen(trial, encoding, len(directions))
             if frozen is not None:
                 study.add_trial(frozen)
         out = self._from_design(space, history, seen, n)
@@ -260,7 +269,8 @@ class BayesianStrategy(Strategy):
             if canonical(point) in seen:
                 continue
             if self.refused(point):
-                study.add_trial(create_trial(params=trial.params, distributions=encoding.dists, value=0.0,
+                study.add_trial(create_trial(params=trial.params, distributions=encoding.dists,
+                                             values=[0.0] * len(study.directions),
                                              constraints={"engine_refuses": 1.0}))
                 continue
             return point

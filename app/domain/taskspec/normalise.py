@@ -415,14 +415,33 @@ def _has_slo(sections: dict[str, Any]) -> bool:
         getattr(slo.latency, p) for p in ("p50", "p90", "p95", "p99"))))
 
 
+def _multi_objectives(opt: Optimization, out: _Collector) -> list[str]:
+    """The task's objectives in order: `objectives` when given (distinct; `objective`, if
+    also given, must be the first), else `objective` alone."""
+    if not opt.objectives:
+        if opt.reference_point is not None:
+            out.error(["optimization", "reference_point"], "a reference point is for two or three `objectives`")
+        return [opt.objective]
+    names = list(opt.objectives)
+    if len(set(names)) != len(names):
+        out.error(["optimization", "objectives"], "names an objective twice")
+    if "objective" in opt.model_fields_set and opt.objective != names[0]:
+        out.error(["optimization", "objective"], f"is {opt.objective!r} but objectives starts with {names[0]!r}: "
+                  "give one of the two")
+    if opt.reference_point is not None and len(opt.reference_point) != len(names):
+        out.error(["optimization", "reference_point"],
+                  f"has {len(opt.reference_point)} figures for {len(names)} objectives")
+    return names
+
+
 def _objective_needs(sections: dict[str, Any], out: _Collector) -> None:
     """What an objective's figure is made of must be in the task (app.domain.objectives:
     `Objective.needs`): SLOs for goodput and the sustainable rate, a GPU price for cost, the
     search's bounds for the sustainable rate."""
     opt: Optimization = sections.get("optimization") or Optimization()
     bench: Benchmark = sections.get("benchmark") or Benchmark()
-    names = [opt.objective]
-    loc: Loc = ["optimization", "objective"]
+    names = _multi_objectives(opt, out)
+    loc: Loc = ["optimization", "objectives" if opt.objectives else "objective"]
     needed = {OBJECTIVES[name].needs: name for name in names}
     for needs, name in needed.items():
         if needs in ("slo", "rate_search") and not _has_slo(sections):
@@ -431,6 +450,8 @@ def _objective_needs(sections: dict[str, Any], out: _Collector) -> None:
         if needs == "price" and opt.gpu_price_per_hour is None:
             out.error(["optimization", "gpu_price_per_hour"], f"{name} needs what one GPU costs per hour (in dollars)")
     if "rate_search" in needed:
+        if len(names) > 1:
+            out.error(loc, "maximize_sustainable_rate runs a search over rates of its own: it is a task's only objective")
         search = bench.rate_search
         if search is None:
             out.error(["benchmark", "rate_search"], "maximize_sustainable_rate needs the bounds of its search: "

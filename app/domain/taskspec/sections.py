@@ -120,6 +120,12 @@ class Optimization(BaseModel):
     model_config = _STRICT
     strategy: Annotated[StrategyName, OnForm("Strategy", choices="strategies")] = "grid_search"
     objective: Annotated[ObjectiveName, OnForm("Objective", choices="objectives")] = "minimize_latency"
+    # Two or three objectives searched together (a multi-objective sampler; the result is the
+    # Pareto set): `objective` is then the first of them. `reference_point`: the point the
+    # front's hypervolume is measured against, one figure per objective in its unit (default:
+    # each objective's worst measured figure made 10 % worse, stated in the result).
+    objectives: Annotated[list[ObjectiveName], Field(min_length=2, max_length=3)] | None = None
+    reference_point: Annotated[list[Float], Field(min_length=2, max_length=3)] | None = None
     # resolved: grid size for grid/list (at most AUTOTUNER_MAX_ITERATIONS), else 20
     max_iterations: Annotated[Annotated[PosInt, at_most("max_iterations")] | None,
                               OnForm("Max experiments (iterations)")] = None

@@ -70,6 +70,8 @@ class TaskSpec(BaseModel):
         self.deployment_mode = d.deployment_mode  # type: ignore[assignment]
         self.engine = d.engine
         self.optimization.max_iterations = d.max_iterations
+        if self.optimization.objectives:
+            self.optimization.objective = self.optimization.objectives[0]
         self.sim = d.sim
         self._search_space, self._notes, self._configs, self._launcher = d.search_space, d.notes, d.configs, d.launcher
         return self
@@ -107,8 +109,12 @@ class TaskSpec(BaseModel):
 
     @property
     def objective_names(self) -> list[str]:
-        """The objectives in order (each has its measured figure kept)."""
-        return [self.optimization.objective]
+        """The objectives in order: several for a multi-objective task, else the one."""
+        return list(self.optimization.objectives or [self.optimization.objective])
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_names) > 1
 
     @property
     def uses_rate_search(self) -> bool:

@@ -75,6 +75,50 @@
       if (form) form.remove();
     }
     renderBest(t);
+    if (t.pareto_set) renderPareto(t.pareto_set);
+  }
+
+  // -- the Pareto set of a multi-objective task: pick a point, copy its launch command ------
+  let paretoPoints = [];
+  let pickedId = null;
+
+  function renderPareto(ps) {
+    const body = $("pareto-body");
+    if (!body) return;
+    paretoPoints = ps.points;
+    if (!paretoPoints.some((p) => p.id === pickedId)) pickedId = paretoPoints.length ? paretoPoints[0].id : null;
+    const units = ps.objectives.map((o) => o.unit);
+    const rows = paretoPoints.map((p) => {
+      const radio = el("input", { type: "radio", name: "pareto-pick", value: String(p.id), "aria-label": `pick #${p.seq}` });
+      radio.checked = p.id === pickedId;
+      return el("tr", { "data-id": String(p.id), class: p.id === pickedId ? "picked" : null },
+        el("td", {}, radio),
+        el("td", {}, el("a", { class: "exp-link", href: `/experiments/${p.id}`, text: String(p.seq) })),
+        ...p.values.map((v, k) => el("td", { class: "num", text: `${g4(v)} ${units[k]}` })),
+        el("td", {}, el("code", { text: paramText(p.params) })));
+    });
+    if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: String(3 + units.length), text: "None yet." })));
+    body.replaceChildren(...rows);
+    const hv = $("pareto-hypervolume");
+    if (hv) hv.textContent = g4(ps.hypervolume);
+    showPicked();
+  }
+
+  function showPicked() {
+    const point = paretoPoints.find((p) => p.id === pickedId);
+    const pre = $("pareto-command");
+    if (pre) pre.textContent = point ? point.launch_command_shell : "";
+    document.querySelectorAll("#pareto-body tr").forEach((tr) => {
+      const on = +tr.dataset.id === pickedId;
+      tr.classList.toggle("picked", on);
+      const radio = tr.querySelector("input[type=radio]");
+      if (radio) radio.checked = on;
+    });
+  }
+
+  function pick(id) {
+    pickedId = id;
+    showPicked();
   }
 
   function renderBest(t) {
@@ -98,9 +142,9 @@
     );
   }
 
-  function copyCommand() {
-    const pre = $("best-command");
-    const button = $("copy-command");
+  function copyCommand(preId, buttonId) {
+    const pre = $(preId);
+    const button = $(buttonId);
     if (!pre || !button) return;
     const done = () => { button.textContent = "Copied"; setTimeout(() => { button.textContent = "Copy"; }, 1500); };
     if (navigator.clipboard && window.isSecureContext) {
@@ -317,12 +361,39 @@
     });
   }
 
+  function drawFront(c) {
+    const f = c.front;
+    if (!f || !$("chart-front")) return;
+    const [ox, oy] = f.objectives;
+    const asXY = (p) => ({ x: p.x, y: p.y, seq: p.seq, id: p.id });
+    const onFront = f.points.filter((p) => p.front).sort((a, b) => a.x - b.x);
+    upsert("front", $("chart-front"), {
+      type: "scatter",
+      data: {
+        datasets: [
+          { label: "Pareto front (click to pick)", data: onFront.map(asXY), type: "line", showLine: true,
+            borderColor: "#c0292b", backgroundColor: "#c0292b", pointRadius: 5, borderWidth: 1.5 },
+          { label: "other experiments that met every SLO", data: f.points.filter((p) => !p.front).map(asXY),
+            backgroundColor: "#1f5fbf", pointRadius: 3 },
+        ],
+      },
+      options: baseOptions(`${ox.label} (${ox.unit})`, `${oy.label} (${oy.unit})`, {
+        onClick: (evt, els, chart) => {
+          if (!els.length) return;
+          const point = chart.data.datasets[els[0].datasetIndex].data[els[0].index];
+          if (els[0].datasetIndex === 0 && point) pick(point.id);
+          else goToExperiment(chart, els);
+        },
+      }),
+    });
+  }
+
   function renderCharts(c) {
     if (typeof Chart === "undefined") return;  // the vendored script did not load: tables still work
     const text = JSON.stringify(c);
     if (text === lastCharts) return;
     lastCharts = text;
-    for (const draw of [drawObjective, drawPareto, drawParams, drawTimeline]) {
+    for (const draw of [drawFront, drawObjective, drawPareto, drawParams, drawTimeline]) {
       try { draw(c); } catch (e) { console.error(e); }  // one broken chart must not stop the others
     }
   }
@@ -360,10 +431,13 @@
 
   // -- controls (the links and the form still work without JS) ------------------------------
   root.addEventListener("click", (evt) => {
-    const target = evt.target.closest("#prev-page, #next-page, #copy-command");
+    const radio = evt.target.closest("input[name=pareto-pick]");
+    if (radio) { pick(+radio.value); return; }
+    const target = evt.target.closest("#prev-page, #next-page, #copy-command, #copy-pareto");
     if (!target) return;
     evt.preventDefault();
-    if (target.id === "copy-command") { copyCommand(); return; }
+    if (target.id === "copy-command") { copyCommand("best-command", "copy-command"); return; }
+    if (target.id === "copy-pareto") { copyCommand("pareto-command", "copy-pareto"); return; }
     view.page = Math.max(1, view.page + (target.id === "next-page" ? 1 : -1));
     history.replaceState(null, "", `?${new URLSearchParams(liveQuery().split("?")[1])}`);
     refreshTable();

@@ -1,0 +1,75 @@
+"""What a multi-objective task answers: its Pareto set, with the hypervolume it dominates.
+
+The set is made of the experiments that may be the best (succeeded, measured, no hard SLO
+broken) and broke no SLO at all: a soft SLO's penalty is a ranking device for one objective
+and has no meaning on a front of measured figures. Each point carries its figures in their
+units, its parameters and its launch command, so a user can pick one and copy it. The
+hypervolume is computed against the task's `optimization.reference_point`, or, when it
+states none, against each objective's worst measured figure made 10 % worse; the result says
+which (`reference_given`).
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.domain.objectives import OBJECTIVES
+from app.domain.pareto import default_reference, front, hypervolume
+from app.store.models import Experiment, Task
+
+
+def _candidates(session: Session, task: Task, names: list[str]) -> list[tuple[Any, tuple[float, ...]]]:
+    """(row, figures) of the experiments a front is made of, by seq."""
+    rows = session.execute(
+        select(Experiment.id, Experiment.seq, Experiment.params, Experiment.measured)
+        .where(Experiment.task_id == task.id, Experiment.eligible,
+               (Experiment.penalty.is_(None)) | (Experiment.penalty == 0))
+        .order_by(Experiment.seq)
+    ).all()
+    return [(r, tuple(r.measured[n] for n in names)) for r in rows if r.measured and all(n in r.measured for n in names)]
+
+
+def pareto_set(session: Session, task: Task) -> dict[str, Any] | None:
+    """The task's Pareto set and hypervolume; None for a single-objective task."""
+    spec = task.parsed_spec
+    names = spec.objective_names
+    if len(names) < 2:
+        return None
+    directions = [OBJECTIVES[n].direction for n in names]
+    candidates = _candidates(session, task, names)
+    figures = [f for _, f in candidates]
+    given = spec.optimization.reference_point
+    reference = list(given) if given else (default_reference(figures, directions) if figures else None)
+    on_front = [candidates[i] for i in front(figures, directions)]
+    return {
+        "objectives": [OBJECTIVES[n].as_dict() for n in names],
+        "reference_point": reference,
+        "reference_given": bool(given),
+        "hypervolume": hypervolume(figures, directions, reference) if reference else 0.0,
+        "candidates": len(candidates),
+        "points": [_point(spec.launch_command(r.params), r, f) for r, f in sorted(on_front, key=lambda c: c[1])],
+    }
+
+
+def _point(command: list[str], row: Any, figures: tuple[float, ...]) -> dict[str, Any]:
+    return {"id": row.id, "seq": row.seq, "params": row.params, "values": list(figures),
+            "launch_command": command, "launch_command_shell": shlex.join(command)}
+
+
+def front_chart(session: Session, task: Task, cap: int) -> dict[str, Any] | None:
+    """Every candidate's figures on the first two objectives (the third, if any, rides along),
+    flagged when on the front; the front's points are kept first when there are over `cap`."""
+    names = task.parsed_spec.objective_names
+    if len(names) < 2:
+        return None
+    directions = [OBJECTIVES[n].direction for n in names]
+    candidates = _candidates(session, task, names)
+    on_front = set(front([f for _, f in candidates], directions))
+    points = [{"x": f[0], "y": f[1], "values": list(f), "seq": r.seq, "id": r.id, "front": i in on_front}
+              for i, (r, f) in enumerate(candidates)]
+    kept = [p for p in points if p["front"]][:cap]
+    kept += [p for p in points if not p["front"]][: cap - len(kept)]
+    return {"objectives": [OBJECTIVES[n].as_dict() for n in names], "points": kept, "total_points": len(points)}
