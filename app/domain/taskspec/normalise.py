@@ -416,8 +416,8 @@ def _has_slo(sections: dict[str, Any]) -> bool:
 
 
 def _multi_objectives(opt: Optimization, out: _Collector) -> list[str]:
-    """The task's objectives in order: `objectives` when given (distinct; `objective`, if
-    also given, must be the first), else `objective` alone."""
+    """The task's objectives in order: `objectives` when given (distinct; they replace
+    `objective` by their first, with a note when it said otherwise), else `objective` alone."""
     if not opt.objectives:
         if opt.reference_point is not None:
             out.error(["optimization", "reference_point"], "a reference point is for two or three `objectives`")
@@ -426,8 +426,8 @@ def _multi_objectives(opt: Optimization, out: _Collector) -> list[str]:
     if len(set(names)) != len(names):
         out.error(["optimization", "objectives"], "names an objective twice")
     if "objective" in opt.model_fields_set and opt.objective != names[0]:
-        out.error(["optimization", "objective"], f"is {opt.objective!r} but objectives starts with {names[0]!r}: "
-                  "give one of the two")
+        out.note(f"optimization.objective {opt.objective} is replaced by the first of optimization.objectives, "
+                 f"{names[0]}")
     if opt.reference_point is not None and len(opt.reference_point) != len(names):
         out.error(["optimization", "reference_point"],
                   f"has {len(opt.reference_point)} figures for {len(names)} objectives")

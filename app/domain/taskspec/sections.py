@@ -124,7 +124,8 @@ class Optimization(BaseModel):
     # Pareto set): `objective` is then the first of them. `reference_point`: the point the
     # front's hypervolume is measured against, one figure per objective in its unit (default:
     # each objective's worst measured figure made 10 % worse, stated in the result).
-    objectives: Annotated[list[ObjectiveName], Field(min_length=2, max_length=3)] | None = None
+    objectives: Annotated[Annotated[list[ObjectiveName], Field(min_length=2, max_length=3)] | None, OnForm(
+        "Several objectives (a JSON list of two or three: the answer is their Pareto set)")] = None
     reference_point: Annotated[list[Float], Field(min_length=2, max_length=3)] | None = None
     # resolved: grid size for grid/list (at most AUTOTUNER_MAX_ITERATIONS), else 20
     max_iterations: Annotated[Annotated[PosInt, at_most("max_iterations")] | None,
@@ -143,7 +144,8 @@ class Optimization(BaseModel):
     objective_level: Annotated[Float, Field(gt=0)] | None = None
     # What one GPU costs per hour, in dollars: the objective minimize_cost (dollars per
     # million output tokens) needs it, so a 1-GPU and an 8-GPU answer compare on cost.
-    gpu_price_per_hour: Annotated[Float, Field(gt=0, le=MAX_FACTOR)] | None = None
+    gpu_price_per_hour: Annotated[Annotated[Float, Field(gt=0, le=MAX_FACTOR)] | None,
+                                  OnForm("GPU price per hour ($, for minimize_cost)")] = None
     # Off unless given: skip the load levels of what cannot win, stop the task on a plateau.
     early_stopping: EarlyStopping | None = None
 
