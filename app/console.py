@@ -74,9 +74,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+SIM_FIGURES = {"virtual": "figures: the model's, in virtual time",
+               "wall": "figures: measured on the wall clock, lag-checked"}
+
+
 def print_summary(report: dict[str, Any]) -> None:
     """The best configuration as a table and the command that launches it."""
-    sim = " [yellow](simulated engine and GPUs)[/yellow]" if report["simulated"] else ""
+    sim = ""
+    if report["simulated"]:
+        figures = SIM_FIGURES.get(report.get("sim_clock") or "", "")
+        sim = f" [yellow](simulated engine and GPUs{'; ' + figures if figures else ''})[/yellow]"
     c = report["counts"]
     err.print(
         f"\nTask {report['id']} [bold]{report['name']}[/bold]: {report['status']}{sim} · "

@@ -20,6 +20,12 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds") + "Z" if value else None
 
 
+def sim_clock(spec: Any) -> str | None:
+    """Where a simulated task's figures come from: "virtual" (the model's, deterministic) or
+    "wall" (measured, lag-checked); None for a real engine."""
+    return spec.sim.clock if spec.launcher.simulated and spec.sim is not None else None
+
+
 def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
     out = {
         "id": exp.id,
@@ -138,6 +144,7 @@ def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experi
         "engine": task.engine,
         "deployment_mode": task.deployment_mode,
         "simulated": task.parsed_spec.launcher.simulated,
+        "sim_clock": sim_clock(task.parsed_spec),
         "strategy": task.strategy,
         "objective": task.objective,
         "objective_direction": direction(task.objective),

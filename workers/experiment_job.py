@@ -29,6 +29,7 @@ from app.domain.states import ExperimentState
 from app.domain.objectives import level_value, measure_all, sustains
 from app.domain.ratesearch import next_rate
 from app.domain.taskspec import TaskSpec, stored_spec
+from workers import sim_figures
 from workers.gpu_discovery import busy_gpus
 from workers.probe import Probe
 from workers.runtimes import get_runtime
@@ -311,16 +312,23 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 return "replanned"
             spec = stored_spec(claim.spec)
             runtime = get_runtime(spec.deployment_mode)
-            deployment = runtime.start(engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices,
-                                                         claim.gpu_share))
+            request = engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices, claim.gpu_share)
+            deployment = runtime.start(request)
             if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
                 raise ExperimentCancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
             runtime.wait_ready(deployment, timeout=float(spec.optimization.timeout_per_iteration), should_stop=stop)
             lifecycle.set_phase(experiment_id, attempt, "benchmarking")
             watch = EngineWatch(stop, runtime, deployment)
-            probe = Probe(spec, claim.task_id, lambda lv: to_simulated_time(lv, sim_time_scale(spec)))
-            scenarios = benchmark(spec, deployment, len(claim.gpu_indices), watch, on_level=watch.between_levels,
-                                  probe=probe)
+            num_gpus = len(claim.gpu_indices)
+            probes: list[Probe] = []
+
+            def run() -> list[dict[str, Any]]:
+                probes.append(Probe(spec, claim.task_id, lambda lv: to_simulated_time(lv, sim_time_scale(spec))))
+                return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1])
+
+            sim = sim_figures.measure(spec, request, deployment, num_gpus, run, watch) if deployment.simulated else None
+            scenarios = sim[0] if sim is not None else run()
+            probe = probes[-1]
             watch.check()
             if stop():
                 raise ExperimentCancelled()
@@ -328,9 +336,11 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                                            spec.to_dict().get("slo"), spec.optimization.objective_level,
                                            spec.optimization.gpu_price_per_hour)
             ok = result.objective is not None
+            late = sim_figures.unreliable(sim[1] if sim is not None else None) if ok else None  # the host's figures
             outcome = {
-                "state": ExperimentState.SUCCEEDED if ok else ExperimentState.FAILED,
+                "state": ExperimentState.SUCCEEDED if ok and not late else ExperimentState.FAILED,
                 "metrics": {"scenarios": scenarios, "score": result.as_dict(), "simulated": deployment.simulated,
+                            **({"sim": sim[1]} if sim is not None else {}),
                             **({"gpu_share": claim.gpu_share} if claim.gpu_share < 1 else {}),
                             **({"early_stop": probe.record()} if ok and probe.stopped() else {})},
                 "stop_reason": probe.reason if ok else None,
@@ -338,9 +348,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 "measured": measured if ok else None,
                 "penalty": result.penalty if ok else None,
                 "slo_ok": result.slo_ok,
-                "error": None if ok else result.problem,
-                "failure_kind": None if ok else measurement_failure(
-                    [lv.get("error_kinds") or {} for sc in scenarios for lv in sc["levels"]]),
+                "error": late or (None if ok else result.problem),
+                "failure_kind": "host_lag" if late else (None if ok else measurement_failure(
+                    [lv.get("error_kinds") or {} for sc in scenarios for lv in sc["levels"]])),
             }
         finally:
             if runtime is not None and deployment is not None:

@@ -51,15 +51,20 @@ class EngineRequest:
     image: str | None = None  # docker only: repository:tag
     sim: dict[str, Any] = field(default_factory=dict)  # simulator only: performance-model settings
 
+    def sim_flags(self) -> list[str]:
+        """The simulator's options from the task's sim section (what its model reads)."""
+        flags: list[str] = []
+        for key, flag in (("gpu", "--sim-gpu"), ("model_preset", "--sim-model-preset"),
+                          ("time_scale", "--sim-time-scale"), ("startup_seconds", "--sim-startup-seconds")):
+            if self.sim.get(key) is not None:
+                flags += [flag, str(self.sim[key])]
+        return flags
+
     def launch(self, host: str, port: int, extra: list[str] | None = None) -> Launch:
         """The argv template's values; the simulator also gets its task settings."""
         sim_extra: list[str] = []
         if self.launcher.simulated:
-            for key, flag in (("gpu", "--sim-gpu"), ("model_preset", "--sim-model-preset"),
-                              ("time_scale", "--sim-time-scale"), ("startup_seconds", "--sim-startup-seconds")):
-                if self.sim.get(key) is not None:
-                    sim_extra += [flag, str(self.sim[key])]
-            sim_extra += ["--sim-launched-at", repr(time.time()), *(extra or [])]
+            sim_extra = [*self.sim_flags(), "--sim-launched-at", repr(time.time()), *(extra or [])]
         return Launch(model=self.model, host=host, port=port, num_gpus=len(self.gpu_indices),
                       flags=tuple(self.flags), flavour=self.flavour, extra=tuple(sim_extra))
 

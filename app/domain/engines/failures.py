@@ -31,6 +31,7 @@ FAILURE_KINDS: dict[str, FailureKind] = {k.name: k for k in (
     FailureKind("engine_exited", "engine exited during start-up", False),
     FailureKind("engine_died", "engine died during benchmark", False),
     FailureKind("bad_measurement", "benchmark errors above threshold", False),
+    FailureKind("host_lag", "simulated engine fell behind its model (host too busy): figures unreliable", False),
     FailureKind("worker_lost", "worker lost", False),
     FailureKind("internal", "internal error", False),
 )}

@@ -173,6 +173,13 @@ class SimConfig(BaseModel):
     startup_seconds: Annotated[Annotated[Float, Field(ge=0), at_most("max_seconds")] | None,
                                OnForm("Simulated startup (s)", name="sim_startup_seconds", section="engine",
                                       group="sim")] = None
+    # Where the figures come from: "virtual" (default, deterministic): the engine is started and
+    # benchmarked over HTTP as usual, but the recorded figures are the performance model's own in
+    # virtual time (app.tools.simengine.virtual), whatever the host's load; "wall": measured on
+    # the wall clock, with the engine's lag checked (workers.sim_figures).
+    clock: Annotated[Literal["virtual", "wall"],
+                     OnForm("Simulated figures", name="sim_clock", section="engine", group="sim",
+                            hint="virtual: the model's own, deterministic; wall: measured, lag-checked")] = "virtual"
 
 
 def _task_name(value: str) -> str:

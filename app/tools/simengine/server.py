@@ -37,6 +37,7 @@ from aiohttp import web
 from app.processes import pid_alive
 
 from .flags import SimEngineConfig
+from .lag import HISTOGRAMS, LagHistogram, quantile
 from .model import Capacity, EngineSettings, GpuHardware, ModelSpec, iteration_time, prompt_tokens_for_text
 
 CATCH_UP_LIMIT_S = 0.02  # wall seconds the loop may lag its schedule and still catch up
@@ -51,7 +52,7 @@ class SimRequest:
     """One generation request's progress inside a replica scheduler."""
 
     __slots__ = ("seq", "prompt_tokens", "max_tokens", "prefill_target", "prefilled", "kv",
-                 "generated", "done", "cancelled", "event")
+                 "generated", "done", "cancelled", "event", "due")
 
     def __init__(self, seq: int, prompt_tokens: int, max_tokens: int) -> None:
         self.seq = seq
@@ -64,6 +65,7 @@ class SimRequest:
         self.done = False
         self.cancelled = False
         self.event = asyncio.Event()
+        self.due = 0.0  # loop time its newest token was due to leave (the iteration's scheduled end)
 
     @property
     def decoding(self) -> bool:
@@ -81,6 +83,8 @@ class Stats:
         self.preempted = 0
         self.busy_s = 0.0  # wall seconds the schedulers spent with work to do
         self.lag_s = 0.0  # wall seconds the scheduler fell behind its schedule and gave up on
+        self.iteration_lag = LagHistogram()  # how late each iteration ended against its schedule
+        self.token_lag = LagHistogram()  # how late each write of tokens left against its iteration's end
 
 
 class ReplicaScheduler:
@@ -227,6 +231,7 @@ class ReplicaScheduler:
             emitted.append(r)
         for r in emitted:
             r.generated += 1
+            r.due = self._deadline
             self.stats.generation_tokens += 1
             if r.generated >= r.max_tokens:
                 r.done = True
@@ -272,6 +277,7 @@ class ReplicaScheduler:
                 self._deadline = now
             self._deadline += t * self.time_scale
             await asyncio.sleep(max(0.0, self._deadline - now))
+            self.stats.iteration_lag.observe(loop.time() - self._deadline)
             self._apply(prefill, decode)
             self.stats.busy_s += loop.time() - started
 
@@ -339,6 +345,10 @@ class SimEngine:
             "--sim-time-scale).",
             "# TYPE sim_scheduler_lag_seconds_total counter", f"sim_scheduler_lag_seconds_total {s.lag_s:.6f}",
             "# TYPE sim_busy_seconds_total counter", f"sim_busy_seconds_total {s.busy_s:.6f}",
+            *s.iteration_lag.prometheus(HISTOGRAMS["iteration"], "Wall seconds each iteration ended after its "
+                                        "scheduled end (the model's schedule, at the time scale)."),
+            *s.token_lag.prometheus(HISTOGRAMS["token"], "Wall seconds each write of streamed tokens left after "
+                                    "the scheduled end of the iteration that made them."),
             "# TYPE sim_kv_cache_capacity_tokens gauge", f"sim_kv_cache_capacity_tokens {kv_cap}",
             "# TYPE sim_kv_cache_usage_perc gauge", f"sim_kv_cache_usage_perc {kv_used / kv_cap:.6f}",
             "# TYPE sim_engine_info gauge",
@@ -429,9 +439,15 @@ class SimEngine:
                 "created": int(time.time()), "model": self.cfg.model}
 
     @staticmethod
-    def _usage(req: SimRequest) -> dict:
-        return {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.generated,
-                "total_tokens": req.prompt_tokens + req.generated}
+    def _usage(req: SimRequest, lags: LagHistogram | None = None) -> dict:
+        """OpenAI's usage; a streamed request's also says how late its tokens left (wall ms)."""
+        usage = {"prompt_tokens": req.prompt_tokens, "completion_tokens": req.generated,
+                 "total_tokens": req.prompt_tokens + req.generated}
+        if lags is not None:
+            cumulative = list(itertools.accumulate(lags.counts))
+            usage["sim_token_lag_ms"] = {"p50": _ms(quantile(cumulative, 0.5)), "p99": _ms(quantile(cumulative, 0.99)),
+                                         "max": round(lags.max * 1e3, 3)}
+        return usage
 
     def _full_response(self, req: SimRequest, chat: bool) -> dict:
         text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(req.generated))
@@ -465,9 +481,14 @@ class SimEngine:
         head = self._head(req, chat)
         template = self._chunk_template(head, chat)
         sent = 0
+        loop = asyncio.get_running_loop()
+        lags = LagHistogram()  # this request's, for its usage chunk
         while True:
             await req.event.wait()
             req.event.clear()
+            late = loop.time() - req.due
+            lags.observe(late)
+            self.stats.token_lag.observe(late)
             parts: list[bytes] = []
             if chat and sent == 0 and req.generated > 0:  # vLLM sends the role first, empty content
                 role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -478,8 +499,8 @@ class SimEngine:
             sent = req.generated
             if req.done:
                 if usage:
-                    parts.append(b"data: " + json.dumps({**head, "choices": [], "usage": self._usage(req)}).encode()
-                                 + b"\n\n")
+                    parts.append(b"data: " + json.dumps({**head, "choices": [], "usage": self._usage(req, lags)})
+                                 .encode() + b"\n\n")
                 parts.append(b"data: [DONE]\n\n")
             try:
                 if parts:
@@ -491,6 +512,8 @@ class SimEngine:
                 return resp
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None or math.isinf(seconds) else round(seconds * 1e3, 3)
 
 
 async def _watch_parent(pid: int, stop: asyncio.Event) -> None:

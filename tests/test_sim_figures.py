@@ -1,0 +1,197 @@
+"""Simulated figures you can trust: the model's own in virtual time (deterministic, the default),
+or wall-clock figures whose engine lag is measured, and a starved engine caught and marked."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from app.domain.taskspec import parse_task
+from app.tools.loadgen import Target
+from app.tools.loadgen.level import plan_level
+from app.tools.simengine.lag import BUCKETS_S, LagHistogram, parse_buckets, quantile, window
+from app.tools.simengine.virtual import Load, replay_level, request_lengths
+from tests.helpers import mixed_task
+from workers import sim_figures
+from workers.experiment_job import benchmark, engine_request
+from workers.runtimes.process import ProcessRuntime
+
+ARGV = ["--engine", "sglang", "--model", "meta-llama/Meta-Llama-3-8B-Instruct", "--max-running-requests", "64"]
+
+
+def _counts(hist: LagHistogram) -> list[int]:
+    return parse_buckets("\n".join(hist.prometheus("h", "test")), "h")
+
+
+@pytest.mark.unit
+def test_lag_histogram_round_trips_through_metrics_and_gives_upper_bound_quantiles():
+    hist = LagHistogram()
+    for late in [0.0001] * 98 + [0.003, 0.5]:
+        hist.observe(late)
+    first = _counts(hist)
+    assert first[-1] == 100 and quantile(first, 0.5) == BUCKETS_S[0]
+    assert 0.003 <= quantile(first, 0.99) < 0.003 * 1.42  # the bucket's upper edge: within sqrt(2)
+    for _ in range(10):
+        hist.observe(2.0)
+    since = window(first, _counts(hist))
+    assert since[-1] == 10 and 2.0 <= quantile(since, 0.5) < 2.0 * 1.42
+    assert quantile(window(first, first), 0.5) is None
+    assert parse_buckets("sim_other 1\n", "h") is None
+
+
+def _scrape(lost: float, busy: float, late_tokens: int, on_time: int = 1000) -> dict:
+    hist = LagHistogram()
+    for _ in range(on_time):
+        hist.observe(0.0005)
+    for _ in range(late_tokens):
+        hist.observe(0.05)
+    counts = _counts(hist)
+    return {"iteration": counts, "token": counts, "lost_s": lost, "busy_s": busy}
+
+
+@pytest.mark.unit
+def test_lag_summary_marks_late_tokens_and_lost_time_in_modelled_time():
+    before = _scrape(0.0, 0.0, 0, on_time=0)
+    ok = sim_figures.lag_summary(before, _scrape(0.001, 10.0, 5), scale=0.5)
+    assert ok["reliable"] and "problem" not in ok and ok["token_p50_ms"] <= 2 * 0.5 * 1.42
+    assert ok["lost_ms"] == 2.0 and ok["lost_share"] == 0.0001
+    late = sim_figures.lag_summary(before, _scrape(0.0, 10.0, 50), scale=0.5)  # 5 % of writes 50 ms late
+    assert not late["reliable"] and late["token_p99_ms"] >= 100 and "p99" in late["problem"]
+    stalled = sim_figures.lag_summary(before, _scrape(0.5, 10.0, 0), scale=1.0)  # 5 % of the schedule lost
+    assert not stalled["reliable"] and "fell behind for good by 500 ms" in stalled["problem"]
+    unknown = sim_figures.lag_summary(before, None, scale=1.0)
+    assert not unknown["reliable"] and "could not be read" in unknown["problem"]
+
+
+@pytest.mark.unit
+def test_virtual_requests_are_the_clients_requests():
+    plan = plan_level(Target("http://x", "m", "N(480,240)/(300,150)", max_requests=4))
+    for i in range(20):
+        assert request_lengths(plan.scenario, 0, i)[0] == plan.spec(i)[1]
+
+
+@pytest.mark.unit
+def test_virtual_levels_are_deterministic_and_follow_the_load_shape():
+    closed = Load(concurrency=16, max_requests=48)
+    a, b = replay_level(ARGV, "N(480,240)/(300,150)", closed), replay_level(ARGV, "N(480,240)/(300,150)", closed)
+    assert a == b and a["completed"] == 48 and a["virtual"]
+    capped = replay_level(ARGV, "D(512,64)", Load(request_rate=50.0, max_requests=20, max_concurrency=2))
+    free = replay_level(ARGV, "D(512,64)", Load(request_rate=50.0, max_requests=20))
+    assert capped["completed"] == free["completed"] == 20 and capped["concurrency"] is None
+    assert capped["mean_e2el_ms"] < free["mean_e2el_ms"] * 2  # timed from the send, as the client does
+    assert capped["duration"] > 3 * free["duration"]  # two at a time drain slower than all at once
+    cut = replay_level(ARGV, "D(512,64)", Load(request_rate=4.0, max_requests=100, max_time_s=2.0))
+    assert cut["completed"] < 12  # nothing starts after two simulated seconds (about 8 arrivals)
+    too_long = replay_level(ARGV, "D(200000,10)", Load(concurrency=1, max_requests=2))
+    assert too_long["completed"] == 0 and too_long["error_kinds"] == {"http_400": 2}
+
+
+def _sim_spec(clock: str, time_scale: float = 0.5) -> object:
+    data = mixed_task([{"max-running-requests": 16}])
+    data["model"] = {"id_or_path": "meta-llama/Meta-Llama-3-8B-Instruct"}
+    data["sim"] = {"time_scale": time_scale, "startup_seconds": 0, "clock": clock}
+    data["optimization"]["objective"] = "minimize_ttft"
+    data["benchmark"].update(traffic_scenarios=["D(256,256)"], num_concurrency=[8], max_requests_per_iteration=16)
+    data["slo"] = {"tpot": {"threshold": 0.05}}
+    return parse_task(data)
+
+
+def _metric(base_url: str, name: str) -> float:
+    text = urllib.request.urlopen(base_url + "/metrics", timeout=10).read().decode()
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+@pytest.mark.process
+def test_a_starved_engine_is_caught_and_its_figures_marked():
+    """SIGSTOP the engine for a second while it streams, in every run: the schedule it lost
+    shows in its /metrics, the run is measured again once (bounded), and the figures are
+    reported unreliable with the reason, which the job turns into a `host_lag` failure."""
+    spec = _sim_spec("wall")
+    runtime = ProcessRuntime(name="sim")
+    request = engine_request(spec, 1, 1, {"max-running-requests": 16}, [0])
+    deployment = runtime.start(request)
+    supervisor = deployment.handle.proc.pid
+    frozen: list[float] = []
+
+    def freeze_while_streaming(tokens_before: float) -> None:
+        while _metric(deployment.base_url, "sim_generation_tokens_total") < tokens_before + 50:  # tokens flow
+            time.sleep(0.01)
+        engines = [int(p) for p in open(f"/proc/{supervisor}/task/{supervisor}/children").read().split()]
+        for pid in engines:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.0)  # the stimulus: a second without CPU
+        for pid in engines:
+            os.kill(pid, signal.SIGCONT)
+        frozen.append(time.monotonic())
+
+    runs: list[list[dict]] = []
+
+    def run() -> list[dict]:
+        freezer = threading.Thread(target=freeze_while_streaming,
+                                   args=(_metric(deployment.base_url, "sim_generation_tokens_total"),))
+        freezer.start()
+        runs.append(benchmark(spec, deployment, 1, lambda: False))
+        freezer.join()
+        return runs[-1]
+
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        scenarios, sim = sim_figures.measure(spec, request, deployment, 1, run, lambda: False)
+    finally:
+        runtime.stop(deployment)
+    assert len(frozen) == len(runs) == sim["runs"] == 1 + sim_figures.LAG_REMEASURE
+    assert scenarios is runs[-1]  # wall-clock figures are what the client measured
+    lag = sim["lag"]
+    assert sim["clock"] == "wall" and not lag["reliable"]
+    assert lag["lost_ms"] >= 1800 and lag["lost_share"] > sim_figures.LOST_SHARE_LIMIT  # 1 s lost at time scale 0.5
+    assert "could not keep to its model's schedule" in lag["problem"] and "fell behind for good" in lag["problem"]
+    assert sim_figures.unreliable(sim) == lag["problem"]
+
+
+@pytest.mark.process
+def test_streamed_usage_and_metrics_report_the_engines_lag():
+    spec = _sim_spec("wall", time_scale=0.2)
+    runtime = ProcessRuntime(name="sim")
+    deployment = runtime.start(engine_request(spec, 1, 1, {}, [0]))
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        body = json.dumps({"model": "m", "prompt": "hello " * 20, "max_tokens": 8, "stream": True,
+                           "stream_options": {"include_usage": True}}).encode()
+        req = urllib.request.Request(deployment.base_url + "/v1/completions", body, {"Content-Type": "application/json"})
+        chunks = [line for line in urllib.request.urlopen(req, timeout=30).read().decode().splitlines()
+                  if line.startswith("data: {")]
+        usage = json.loads(chunks[-1][6:])["usage"]
+        lag = sim_figures.scrape_lag(deployment.base_url)
+    finally:
+        runtime.stop(deployment)
+    assert usage["completion_tokens"] == 8 and set(usage["sim_token_lag_ms"]) == {"p50", "p99", "max"}
+    assert lag is not None and lag["token"][-1] >= 1 and lag["iteration"][-1] >= 8
+
+
+@pytest.mark.process
+def test_virtual_figures_are_the_models_whatever_the_wall_clock_measured():
+    """Default mode: the engine is run and benchmarked over HTTP, and the figures recorded are
+    the model's for the same load, identical from run to run; the HTTP run is kept beside them."""
+    spec = _sim_spec("virtual", time_scale=0.1)
+    assert spec.sim.clock == "virtual" and parse_task(mixed_task([{}])).sim.clock == "virtual"
+    runtime = ProcessRuntime(name="sim")
+    request = engine_request(spec, 1, 1, {"max-running-requests": 16}, [0])
+    deployment = runtime.start(request)
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        results = [sim_figures.measure(spec, request, deployment, 1, lambda: benchmark(spec, deployment, 1, lambda: False),
+                                       lambda: False) for _ in range(2)]
+    finally:
+        runtime.stop(deployment)
+    (level_a,), (level_b,) = [r[0][0]["levels"] for r in results]
+    model = replay_level(sim_figures.sim_argv(request), "D(256,256)", Load(concurrency=8, max_requests=16, max_time_s=60),
+                         num_gpus=1, slo={"tpot": 50.0})
+    for key in ("mean_ttft_ms", "p99_tpot_ms", "output_throughput", "good_requests", "duration"):
+        assert level_a[key] == level_b[key] == model[key]
+    assert level_a["clock"] == "virtual" and level_a["http"]["completed"] == 16 and level_a["max_in_flight"] <= 8
+    assert all(r[1]["clock"] == "virtual" and r[1]["lag"]["reliable"] and r[1]["runs"] == 1 for r in results)
