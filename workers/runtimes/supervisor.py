@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -89,6 +90,39 @@ def _terminate_all(grace: float) -> None:
             time.sleep(0.05)
 
 
+def supervise(start_engine: Callable[[], int], parent: int, grace: float) -> int:
+    """Lead the engine's group as described above: `start_engine()` starts the engine as our
+    child (sharing our group and output) and returns its pid; returns the exit status to
+    report. Also run in-process by the simulated engines' fork server
+    (workers.runtimes.forkserver), whose forked child plays this part."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    code = 128 + signal.SIGTERM
+    try:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the kernel could watch it for us
+            return code
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+        try:
+            engine = start_engine()
+        except OSError as exc:
+            print(f"cannot start the engine: {exc}", file=sys.stderr, flush=True)
+            return 127
+        while True:
+            pid, status = os.waitpid(-1, 0)
+            if pid == engine:
+                exit_code = os.waitstatus_to_exitcode(status)
+                code = exit_code if exit_code >= 0 else 128 - exit_code
+                break
+    except _Stop:
+        pass
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        _terminate_all(grace)
+    return code
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.runtimes.supervisor")
     parser.add_argument("--parent", type=int, required=True, help="pid whose death ends the engine")
@@ -98,32 +132,13 @@ def main(argv: list[str]) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no engine command given")
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _raise_stop)
-    code = 128 + signal.SIGTERM
-    try:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != args.parent:  # the parent died before the kernel could watch it for us
-            return code
-        _prctl(PR_SET_CHILD_SUBREAPER, 1)
-        try:
-            engine = subprocess.Popen(command)  # same group and output as us
-        except OSError as exc:
-            print(f"cannot start {command[0]}: {exc}", file=sys.stderr, flush=True)
-            return 127
-        while True:
-            pid, status = os.waitpid(-1, 0)
-            if pid == engine.pid:
-                exit_code = os.waitstatus_to_exitcode(status)
-                code = exit_code if exit_code >= 0 else 128 - exit_code
-                break
-    except _Stop:
-        pass
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        _terminate_all(args.grace)
-    return code
+    started: list[subprocess.Popen] = []
+
+    def start() -> int:
+        started.append(subprocess.Popen(command))  # same group and output as us
+        return started[0].pid
+
+    return supervise(start, args.parent, args.grace)
 
 
 if __name__ == "__main__":

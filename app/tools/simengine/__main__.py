@@ -18,7 +18,10 @@ from .flags import parse_args  # noqa: E402
 from .model import GPU_PRESETS, StartupError, plan, resolve_model
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started_at: float | None = None) -> int:
+    """Run the engine; `started_at` (epoch seconds) is when this engine's process began, for
+    one forked from a process that imported us long before (workers.runtimes.forkserver)."""
+    started_at = _LAUNCHED_AT if started_at is None else started_at
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
     model = resolve_model(cfg.model_preset, cfg.model_path)
     gpu = GPU_PRESETS[cfg.gpu]
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from .server import serve  # imported late: aiohttp takes most of the start-up time
 
     try:
-        return asyncio.run(serve(cfg, model, gpu, cap, startup_s, min(cfg.launched_at or _LAUNCHED_AT, _LAUNCHED_AT)))
+        return asyncio.run(serve(cfg, model, gpu, cap, startup_s, min(cfg.launched_at or started_at, started_at)))
     except KeyboardInterrupt:
         return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from functools import lru_cache
 
 from .model import GPU_PRESETS, MODEL_PRESETS, QUANT_BYTES, EngineSettings
 
@@ -46,8 +47,10 @@ def _engine_of(argv: list[str]) -> str:
     return known.engine
 
 
+@lru_cache(maxsize=None)
 def build_parser(engine: str) -> argparse.ArgumentParser:
-    """The argparse parser of one engine flavour, plus the sim options."""
+    """The argparse parser of one engine flavour, plus the sim options (built once per
+    process: an engine forked from a warm process starts without building it)."""
     prog = "python -m sglang.launch_server (simulated)" if engine == "sglang" else "vllm serve (simulated)"
     p = argparse.ArgumentParser(prog=prog, allow_abbrev=False)
     p.add_argument("--engine", choices=ENGINES, default="sglang")
