@@ -131,7 +131,8 @@ def test_a_starved_engine_is_caught_and_its_figures_marked():
 
     runs: list[list[dict]] = []
 
-    def run() -> list[dict]:
+    def run(figures) -> list[dict]:
+        assert figures is None  # wall clock: the client's figures
         freezer = threading.Thread(target=freeze_while_streaming,
                                    args=(_metric(deployment.base_url, "sim_generation_tokens_total"),))
         freezer.start()
@@ -184,7 +185,8 @@ def test_virtual_figures_are_the_models_whatever_the_wall_clock_measured():
     deployment = runtime.start(request)
     try:
         runtime.wait_ready(deployment, timeout=60)
-        results = [sim_figures.measure(spec, request, deployment, 1, lambda: benchmark(spec, deployment, 1, lambda: False),
+        results = [sim_figures.measure(spec, request, deployment, 1,
+                                       lambda figures: benchmark(spec, deployment, 1, lambda: False, figures=figures),
                                        lambda: False) for _ in range(2)]
     finally:
         runtime.stop(deployment)

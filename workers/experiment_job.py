@@ -155,13 +155,19 @@ def goodput_limits(slo: dict[str, Any] | None) -> dict[str, float] | None:
     return limits or None
 
 
+Level = dict[str, Any]
+
+
 def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop,
-              on_level: Callable[[dict[str, Any]], None] | None = None,
-              probe: Probe | None = None) -> list[dict[str, Any]]:
+              on_level: Callable[[Level], None] | None = None,
+              probe: Probe | None = None,
+              figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
     """Every traffic scenario at every load level; one list of level summaries each, in the
     levels' written order. For the sim engine, rates and limits are converted to wall-clock
-    terms on the way in and the figures back to modelled time on the way out. With a `probe`
-    (early stopping), the deciding level runs first and may end the benchmark after it."""
+    terms on the way in and the figures back to modelled time on the way out; `figures` then
+    gives each level the figures that count (the model's, in the simulated engine's virtual
+    clock) before anything reads it, the rate search included. With a `probe` (early
+    stopping), the deciding level runs first and may end the benchmark after it."""
     bench = spec.benchmark
     scale = sim_time_scale(spec)
     if probe is not None and probe.active:
@@ -178,11 +184,12 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
             api=bench.api,
             goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
         )
+        keep = figures or (lambda level: level)
         if bench.rate_search is not None and spec.uses_rate_search:
-            levels = _search_rates(spec, target, scale, should_stop, on_level)
+            levels = _search_rates(spec, target, scale, should_stop, on_level, keep)
         else:
             order = probe.order if probe is not None else list
-            levels = [to_simulated_time(lv, scale) for lv in run_benchmark(
+            levels = [keep(to_simulated_time(lv, scale)) for lv in run_benchmark(
                 target,
                 None if bench.request_rate else order(list(bench.num_concurrency)),
                 request_rates=[r / scale for r in order(list(bench.request_rate))] if bench.request_rate else None,
@@ -214,7 +221,7 @@ def _both(a: Callable[[dict[str, Any]], None] | None,
 
 
 def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
-                  on_level: Callable[[dict[str, Any]], None] | None) -> list[dict[str, Any]]:
+                  on_level: Callable[[Level], None] | None, keep: Callable[[Level], Level]) -> list[Level]:
     """One open-loop level per rate the bounded search picks (app.domain.ratesearch), each
     judged against the task's SLOs as it ends; the levels in the order they ran."""
     bench, slo = spec.benchmark, spec.to_dict().get("slo")
@@ -231,6 +238,7 @@ def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
             break
         level = to_simulated_time(ran[0], scale)
         level["request_rate"] = rate  # the rate asked for, not its wall-clock conversion back
+        level = keep(level)
         levels.append(level)
         tried[rate] = sustains(level, slo)
         if level.get("stopped_early"):
@@ -322,9 +330,11 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             num_gpus = len(claim.gpu_indices)
             probes: list[Probe] = []
 
-            def run() -> list[dict[str, Any]]:
-                probes.append(Probe(spec, claim.task_id, lambda lv: to_simulated_time(lv, sim_time_scale(spec))))
-                return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1])
+            def run(figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
+                scale = sim_time_scale(spec)
+                probes.append(Probe(spec, claim.task_id, lambda lv: (figures or (lambda x: x))(to_simulated_time(lv, scale))))
+                return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1],
+                                 figures=figures)
 
             sim = sim_figures.measure(spec, request, deployment, num_gpus, run, watch) if deployment.simulated else None
             scenarios = sim[0] if sim is not None else run()

@@ -118,24 +118,30 @@ def virtual_level(argv: list[str], http_level: dict[str, Any], spec: TaskSpec, n
     return level
 
 
-def measure(spec: TaskSpec, request: EngineRequest, deployment: Deployment, num_gpus: int,
-            run: Callable[[], list[dict[str, Any]]], should_stop: Callable[[], bool]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Benchmark a simulated engine with `run` (the HTTP benchmark: scenarios of levels in
-    modelled time); returns the scenarios whose figures count and what says how they were
-    made: {"clock", "lag", "runs"}."""
+Run = Callable[[Callable[[dict[str, Any]], dict[str, Any]] | None], list[dict[str, Any]]]
+
+
+def measure(spec: TaskSpec, request: EngineRequest, deployment: Deployment, num_gpus: int, run: Run,
+            should_stop: Callable[[], bool]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Benchmark a simulated engine with `run(figures)` (the HTTP benchmark: scenarios of levels
+    in modelled time, each level passed through `figures` as soon as it ends); returns the
+    scenarios whose figures count and what says how they were made: {"clock", "lag", "runs"}."""
     mode, scale = clock(spec), float(spec.sim.time_scale if spec.sim is not None else 1.0)
+    figures = None
+    if mode == "virtual":
+        argv = sim_argv(request)
+
+        def figures(level: dict[str, Any]) -> dict[str, Any]:
+            return virtual_level(argv, level, spec, num_gpus)
     runs = 0
     while True:
         before = scrape_lag(deployment.base_url)
-        scenarios = run()
+        scenarios = run(figures)
         lag = lag_summary(before, scrape_lag(deployment.base_url), scale)
         runs += 1
         if mode == "virtual" or lag["reliable"] or runs > LAG_REMEASURE or should_stop():
             break
     if mode == "virtual":
-        argv = sim_argv(request)
-        scenarios = [{**s, "levels": [virtual_level(argv, lv, spec, num_gpus) for lv in s["levels"]]}
-                     for s in scenarios]
         lag["reliable"] = True  # the figures are the model's; the lag only says how busy the host was
         lag.pop("problem", None)
     return scenarios, {"clock": mode, "lag": lag, "runs": runs}
