@@ -331,8 +331,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             probes: list[Probe] = []
 
             def run(figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
-                scale = sim_time_scale(spec)
-                probes.append(Probe(spec, claim.task_id, lambda lv: (figures or (lambda x: x))(to_simulated_time(lv, scale))))
+                counted, scale = figures or (lambda level: level), sim_time_scale(spec)
+                probes.append(Probe(spec, claim.task_id, lambda level: counted(to_simulated_time(level, scale))))
                 return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1],
                                  figures=figures)
 
