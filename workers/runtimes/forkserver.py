@@ -27,7 +27,6 @@ socket and closes it (`ForkedProcess` reads it: a Popen look-alike for the runti
 from __future__ import annotations
 
 import array
-import ctypes
 import gc
 import json
 import os
@@ -40,8 +39,9 @@ import threading
 import time
 from typing import Any
 
+from workers.runtimes.supervisor import PR_SET_PDEATHSIG, prctl, supervise
+
 MODULE = "app.tools.simengine"
-PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
 
 
@@ -136,12 +136,6 @@ def client(env: dict[str, str]) -> ForkServerClient:
 
 
 # ---- the server ------------------------------------------------------------------------------
-def _prctl(option: int, value: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, value, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
 def _engine(argv: list[str]) -> int:
     """The second fork: the simulated engine itself."""
     pid = os.fork()
@@ -180,8 +174,6 @@ def _supervisor(request: dict[str, Any], log_fd: int, server: int) -> None:
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))
         os.environ.clear()
         os.environ.update(request["env"])
-        from workers.runtimes.supervisor import supervise
-
         code = supervise(lambda: _engine(list(request["argv"])), server, float(request["grace"]))
     finally:
         os._exit(code)
@@ -198,7 +190,7 @@ def _recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
 
 def serve(owner: int, sock: socket.socket) -> None:
     """Fork engines on request until the owner goes away."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != owner:
         return
     from app.tools.simengine.flags import parse_args  # the imports every engine would pay for, paid once

@@ -62,6 +62,12 @@ def is_running(identity: dict[str, Any]) -> bool:
     if identity.get("boot_id") and identity["boot_id"] != boot_id():
         return False  # the host rebooted since: nothing of that engine survives
     pgid = int(identity["pgid"])
+    try:
+        os.killpg(pgid, 0)  # one system call for the common answer, "nothing of it is left"
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's group: the scan below decides
     leader = start_ticks(pgid)
     if leader is not None and identity.get("start_ticks") is not None and leader != identity["start_ticks"]:
         return False  # the pid now names another process that leads its own group
