@@ -267,10 +267,14 @@ def gpus_clear(label: str) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @click.option("--simulated-gpus", default=4, show_default=True, help="Size of the simulated GPU pool.")
+@click.option("--cpu", is_flag=True, help="The pool is this host's CPU (one device, one experiment at a time) "
+                                          "instead of simulated GPUs: for llama.cpp.")
 @with_overrides
 @friendly_errors
-def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | None, engine: str | None) -> None:
-    """Run one task start to finish on an embedded stack (bundled Redis, simulated GPUs)."""
+def run(file: str, as_json: bool, simulated_gpus: int, cpu: bool, deployment_mode: str | None,
+        engine: str | None) -> None:
+    """Run one task start to finish on an embedded stack (bundled Redis, simulated GPUs or
+    this host's CPU)."""
     from app.console import err, watch
     from app.store.migrate import upgrade
     from app.stack import Stack, running_stack_pid
@@ -283,8 +287,9 @@ def run(file: str, as_json: bool, simulated_gpus: int, deployment_mode: str | No
             f"`autotuner up` (pid {pid}) is running on {home_dir()}; use `autotuner submit {file} --wait` instead"
         )
     upgrade()
-    stack = Stack(home=home_dir(), simulated_gpus=simulated_gpus)
-    err.print(f"Starting the embedded stack in {home_dir()} ({simulated_gpus} simulated GPUs)…")
+    stack = Stack(home=home_dir(), simulated_gpus=simulated_gpus, cpu=cpu)
+    pool = "this host's CPU" if cpu else f"{simulated_gpus} simulated GPUs"
+    err.print(f"Starting the embedded stack in {home_dir()} ({pool})…")
     try:
         stack.start()
         task_id = create_task(spec)
@@ -391,6 +396,10 @@ def coordinator(concurrency: int, loglevel: str) -> None:
               help="Index of the first simulated GPU (several simulated workers on one host need disjoint indices).")
 @click.option("--simulated-domains", default=1, show_default=True,
               help="Split the simulated GPUs into this many topology domains (NVLink/PCIe islands).")
+@click.option("--cpu", is_flag=True, help="Offer this host's CPU as the worker's one device (llama.cpp runs on it), "
+                                          "one experiment at a time.")
+@click.option("--cpu-threads", type=int, help="With --cpu: the device's CPUs (the first N this host allows; "
+                                               "default all). Its engines are pinned to them.")
 @click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
 @click.option("--slots", type=int, help="Experiments run at once; default: one per GPU (per GPU slot). The Celery pool has a spare process per four slots (at least one).")
 @click.option("--slots-per-gpu", type=click.IntRange(1, 64), default=1, show_default=True,
@@ -399,14 +408,30 @@ def coordinator(concurrency: int, loglevel: str) -> None:
 @click.option("--loglevel", default="INFO")
 @friendly_errors
 def worker(gpus: str | None, simulated_gpus: int | None, gpu_preset: str, first_gpu_index: int, simulated_domains: int,
-           group: str | None, slots: int | None, slots_per_gpu: int, loglevel: str) -> None:
-    """Start a GPU worker pinned to one group of GPUs."""
+           cpu: bool, cpu_threads: int | None, group: str | None, slots: int | None, slots_per_gpu: int,
+           loglevel: str) -> None:
+    """Start a worker pinned to one group of GPUs, or offering this host's CPU (--cpu)."""
+    import os
+
     from app.store.pool import GpuSpec
+    from workers.cpu_device import CPU_SET_ENV, CpuDeviceError, cpu_device, cpu_set
     from workers.gpu_discovery import GpuDiscoveryError, discover_gpus, live_utilization, simulated_gpus as sim_gpus
     from workers.gpu_worker import run_worker
 
-    if bool(gpus) == bool(simulated_gpus):
-        raise click.UsageError("give exactly one of --gpus 0,1 or --simulated-gpus N")
+    if sum(map(bool, (gpus, simulated_gpus, cpu))) != 1:
+        raise click.UsageError("give exactly one of --gpus 0,1, --simulated-gpus N or --cpu")
+    if cpu_threads is not None and not cpu:
+        raise click.UsageError("--cpu-threads goes with --cpu")
+    if cpu:
+        if slots_per_gpu != 1:
+            raise click.UsageError("--slots-per-gpu splits GPUs; a CPU device is not split")
+        try:
+            cpus = cpu_set(cpu_threads)
+        except CpuDeviceError as exc:
+            raise click.UsageError(str(exc))
+        os.environ[CPU_SET_ENV] = ",".join(map(str, cpus))  # the runtime in the pool processes reads it
+        run_worker([cpu_device(cpus)], group=group, slots=slots or 1, loglevel=loglevel)
+        return
     try:
         if simulated_gpus:
             found = sim_gpus(simulated_gpus, gpu_preset, first_index=first_gpu_index, domains=simulated_domains)

@@ -47,6 +47,7 @@ class Child:
 class Stack:
     home: Path
     simulated_gpus: int = 4
+    cpu: bool = False  # the worker offers this host's CPU instead of simulated GPUs
     web_port: int | None = None
     web_host: str = "127.0.0.1"
     start_worker: bool = True
@@ -95,7 +96,8 @@ class Stack:
         cli = [sys.executable, "-m", "app.cli"]
         self._spawn("coordinator", [*cli, "coordinator"], env)
         if self.start_worker:
-            self._spawn("worker", [*cli, "worker", "--simulated-gpus", str(self.simulated_gpus)], env)
+            device = ["--cpu"] if self.cpu else ["--simulated-gpus", str(self.simulated_gpus)]
+            self._spawn("worker", [*cli, "worker", *device], env)
         if self.web_port is not None:
             self._spawn("web", [*cli, "web", "--host", self.web_host, "--port", str(self.web_port)], env)
         return self

@@ -30,6 +30,7 @@ from app.domain.objectives import level_value, measure_all, sustains
 from app.domain.ratesearch import next_rate
 from app.domain.taskspec import TaskSpec, stored_spec
 from workers import sim_figures
+from workers.cpu_device import CPU_INDEX
 from workers.gpu_discovery import busy_gpus
 from workers.probe import Probe
 from workers.runtimes import get_runtime
@@ -267,10 +268,11 @@ def _stop_engine(runtime: Runtime, deployment: Deployment) -> tuple[str, bool]:
 
 
 def _gpus_busy(claim: lifecycle.Claim) -> dict[int, str]:
-    """Real GPUs must be free before a launch; simulated ones are never checked."""
-    if claim.gpus_simulated or not claim.gpu_indices:
+    """Real GPUs must be free before a launch; simulated ones (and a CPU device) are never checked."""
+    real = [i for i in claim.gpu_indices if i != CPU_INDEX]
+    if claim.gpus_simulated or not real:
         return {}
-    return busy_gpus(claim.gpu_indices, get_settings().gpu_min_free_fraction, claim.gpu_share)
+    return busy_gpus(real, get_settings().gpu_min_free_fraction, claim.gpu_share)
 
 
 def persistently(write: Callable[[], T]) -> T:

@@ -21,6 +21,7 @@ from app.config import get_settings, host_name
 from app.celery_app import queue_for, request_coordination, run_worker_process
 from app.store.migrate import upgrade
 from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
+from workers.cpu_device import CPU_INDEX
 from workers.gpu_discovery import busy_gpus
 from workers.reaper import reap_engines
 
@@ -38,6 +39,8 @@ def pool_size(slots: int) -> int:
 
 
 def default_group(host: str, gpus: list[GpuSpec]) -> str:
+    if all(g.index == CPU_INDEX for g in gpus):
+        return f"{host}-cpu"
     kind = "sim" if all(g.simulated for g in gpus) else "gpu"
     return f"{host}-{kind}-" + "-".join(str(g.index) for g in gpus)
 

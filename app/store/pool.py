@@ -32,6 +32,10 @@ class GpuSpec:
     domain: str | None = None  # topology domain (workers/gpu_discovery.py); None: unknown
 
 
+#: The ledger index of a host's CPU device (workers/cpu_device.py): GPU indices are >= 0.
+CPU_INDEX = -1
+
+
 class PoolConflict(Exception):
     """Registering would give one GPU to two live workers, or run one worker twice."""
 
@@ -41,6 +45,16 @@ def _check_conflicts(session, name: str, host: str, pid: int, gpus: list[GpuSpec
     local = host == host_name()  # only this host's pids can be checked
     if worker is not None and worker.online and local and worker.host == host and worker.pid != pid and pid_alive(worker.pid):
         raise PoolConflict(f"worker {name} is already running on this host (pid {worker.pid})")
+    # Placement counts devices, it does not tell a CPU from a GPU: a pool is one or the other,
+    # so no GPU engine is placed on a CPU device and no CPU experiment waits behind GPU ones.
+    cpu = all(g.index == CPU_INDEX for g in gpus)
+    other_kind = session.execute(select(Gpu.worker).join(Worker, Worker.name == Gpu.worker).where(
+        Worker.online.is_(True), Gpu.online.is_(True), Gpu.worker != name,
+        (Gpu.index != CPU_INDEX) if cpu else (Gpu.index == CPU_INDEX)).limit(1)).scalar_one_or_none()
+    if other_kind is not None:
+        mine, theirs = ("a CPU device", "GPUs") if cpu else ("GPUs", "a CPU device")
+        raise PoolConflict(f"online worker {other_kind} offers {theirs}; a worker offering {mine} cannot join the "
+                           "same pool (placement does not tell CPU and GPU devices apart): give it its own store")
     indices = [g.index for g in gpus]
     for gpu in session.execute(select(Gpu).where(Gpu.host == host, Gpu.index.in_(indices), Gpu.slot == 0)).scalars():
         other = session.get(Worker, gpu.worker)

@@ -22,6 +22,7 @@ import docker.types
 
 from app.domain.engines import allowed_images
 from app.processes import free_port
+from workers.cpu_device import CPU_INDEX
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
 from workers.runtimes.environment import engine_environment
 
@@ -183,6 +184,9 @@ class DockerRuntime(Runtime):
         self.check_image(image)  # before any Docker call
         if not request.gpu_indices:
             raise EngineError("no GPUs were allocated to this experiment", kind="internal")
+        if CPU_INDEX in request.gpu_indices:
+            raise EngineError("a CPU device runs its engines with the process runtime (deployment_mode 'process')",
+                              kind="invalid_argument")
         argv = self.command(request)
         host_port = free_port()
         name = f"autotuner-exp{request.experiment_id}-{secrets.token_hex(4)}"

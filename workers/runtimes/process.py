@@ -1,6 +1,8 @@
-"""The engine as a local subprocess, in its own process group, on exactly its GPUs.
+"""The engine as a local subprocess, in its own process group, on exactly its GPUs (or its
+CPU device's CPUs, workers/cpu_device.py).
 
-The command is an argv list (no shell); `CUDA_VISIBLE_DEVICES` pins the GPUs; the
+The command is an argv list (no shell); `CUDA_VISIBLE_DEVICES` pins the GPUs (and hides
+them from an engine on a CPU device, which its supervisor pins to the device's CPUs); the
 environment is an allow-list (workers.runtimes.environment). The engine runs under a small
 supervisor (workers.runtimes.supervisor) that leads its process group and takes the whole
 group down when this worker process dies, so an engine never outlives its experiment even
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from app.processes import free_port
 from app.tools.llamacpp.build import server_executable
+from workers.cpu_device import CPU_INDEX, device_cpus
 from workers.runtimes import forkserver
 from workers.runtimes.base import Deployment, EngineError, EngineRequest, Runtime
 from workers.runtimes.forkserver import ForkedProcess
@@ -50,10 +53,29 @@ class ProcessRuntime(Runtime):
         # The simulator also watches this process directly (a second line of defence, and
         # the only one when it is started without the supervisor, e.g. by `autotuner sim`).
         extra = ["--parent-pid", str(os.getpid())] if request.launcher.simulated else None
-        return request.launcher.command(request.launch("127.0.0.1", port, extra), llama_server=server_executable())
+        argv = request.launcher.command(request.launch("127.0.0.1", port, extra), llama_server=server_executable())
+        cpus = self.cpus(request)
+        flag = request.launcher.threads_flag
+        if cpus is not None and flag and f"--{flag}" not in argv:
+            argv += [f"--{flag}", str(len(cpus))]  # the device's threads, unless the task tunes them
+        return argv
+
+    @staticmethod
+    def cpus(request: EngineRequest) -> list[int] | None:
+        """The CPUs of the CPU device the experiment holds, or None when it holds GPUs."""
+        if request.gpu_indices != [CPU_INDEX]:
+            return None
+        if not request.launcher.runs_on_cpu:
+            raise EngineError(f"{request.launcher.label} needs GPUs but was placed on a CPU device; run it on a "
+                              "pool of GPU workers", kind="invalid_argument")
+        cpus = device_cpus()
+        if cpus is None:
+            raise EngineError("the experiment holds a CPU device but this worker offers none", kind="internal")
+        return cpus
 
     def environment(self, request: EngineRequest) -> dict[str, str]:
-        env = engine_environment(local=True, extra={"CUDA_VISIBLE_DEVICES": ",".join(map(str, request.gpu_indices))})
+        visible = "" if request.gpu_indices == [CPU_INDEX] else ",".join(map(str, request.gpu_indices))
+        env = engine_environment(local=True, extra={"CUDA_VISIBLE_DEVICES": visible})
         if request.launcher.simulated:
             # Our own package must be importable by the simulator wherever the worker runs from.
             root = str(Path(__file__).resolve().parents[2])
@@ -65,7 +87,8 @@ class ProcessRuntime(Runtime):
         engine_argv = self.command(request, port)
         log_fd, log_name = tempfile.mkstemp(prefix=f"autotuner-exp{request.experiment_id}-", suffix=".log")
         try:
-            proc = self._fork(request, engine_argv, log_fd) or self._spawn(engine_argv, log_fd, self.environment(request))
+            proc = self._fork(request, engine_argv, log_fd) or self._spawn(engine_argv, log_fd, self.environment(request),
+                                                                           self.cpus(request))
         finally:
             os.close(log_fd)
         identity = {"runtime": "process", **process_identity(proc.pid)}
@@ -91,11 +114,13 @@ class ProcessRuntime(Runtime):
             raise EngineError(f"cannot start the simulated engine: {exc}", kind="engine_exited") from exc
 
     @staticmethod
-    def _spawn(engine_argv: list[str], log_fd: int, env: dict[str, str]) -> subprocess.Popen:
+    def _spawn(engine_argv: list[str], log_fd: int, env: dict[str, str], cpus: list[int] | None) -> subprocess.Popen:
         # Run by path in isolated mode: it needs only the standard library, whatever the
-        # engine's PYTHONPATH says.
+        # engine's PYTHONPATH says. On a CPU device the supervisor pins itself, and so the
+        # engine and all it starts, to the device's CPUs.
+        pinning = ["--cpus", ",".join(map(str, cpus))] if cpus is not None else []
         argv = [sys.executable, "-I", str(SUPERVISOR), "--parent", str(os.getpid()),
-                "--grace", str(STOP_GRACE_S), "--", *engine_argv]
+                "--grace", str(STOP_GRACE_S), *pinning, "--", *engine_argv]
         try:
             return subprocess.Popen(
                 argv,

@@ -1,4 +1,4 @@
-"""`python -m workers.runtimes.supervisor --parent PID [--grace S] -- ENGINE ARGV...`
+"""`python -m workers.runtimes.supervisor --parent PID [--grace S] [--cpus 0,1] -- ENGINE ARGV...`
 
 Ties an engine's whole process tree to the job that started it. The supervisor leads the
 engine's process group (the runtime starts it in a new session) and:
@@ -154,11 +154,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.runtimes.supervisor")
     parser.add_argument("--parent", type=int, required=True, help="pid whose death ends the engine")
     parser.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL")
+    parser.add_argument("--cpus", help="CPUs the engine may run on, e.g. 0,1 (a CPU device's; inherited by "
+                                       "every process the engine starts)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no engine command given")
+    if args.cpus:  # inherited by the engine and everything it starts
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     started: list[subprocess.Popen] = []
 
     def start() -> int:

@@ -97,6 +97,10 @@ class EngineSpec:
     image_tag: str = "latest"
     # The model is a file (llama.cpp's GGUF), not a hub name: a container gets it mounted.
     model_is_file: bool = False
+    # It runs on a CPU device (workers/cpu_device.py), where it gets the device's CPU count
+    # through `threads_flag` unless the task sets that flag.
+    runs_on_cpu: bool = False
+    threads_flag: str | None = None
     # GPU count = the number of comma-separated entries of this flag's value (llama.cpp's
     # --tensor-split 3,1 spreads the model over two GPUs; without it, one GPU).
     gpu_list_flag: str | None = None
@@ -237,7 +241,7 @@ def builtin_engines() -> dict[str, EngineSpec]:
             "models-dir", "models-preset", "log-file", "log-prompts-dir", "mcp-servers-config", "mcp-servers-json", "offline", "webui-config-file", "chat-template-file", "lookup-cache-static", "lookup-cache-dynamic",
             "lora", "lora-scaled", "control-vector", "control-vector-scaled", "mmproj", "mmproj-url",
             "spec-draft-model", "spec-draft-hf", "help", "version", "cache-list", "completion-bash", "list-devices"},
-        gpu_list_flag="tensor-split",
+        gpu_list_flag="tensor-split", runs_on_cpu=True, threads_flag="threads",
     )
     return {e.name: e for e in (sglang, vllm, llamacpp)}
 
@@ -252,7 +256,7 @@ SIMULATOR = EngineSpec(
                     "--host", "{host}", "--port", "{port}", "--num-gpus", "{num_gpus}"),
     image="autotuner-sim", container_port=30000,
     reserved=_RUNTIME_OWNED | SIM_CONTROL_FLAGS | {"model", "model-path"},
-    simulated=True, needs_gpu_devices=False,
+    simulated=True, needs_gpu_devices=False, runs_on_cpu=True,
 )
 
 _OPERATOR_KEYS = {"label", "command", "docker_command", "image", "container_port", "health_path", "flags",
