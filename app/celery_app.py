@@ -1,5 +1,6 @@
-"""Everything Celery: the app object, queue and task names, the send helpers, the control
-worker's tasks and its start-up. The web app (to enqueue), the coordinator, the GPU workers
+"""Everything Celery: the app object, the send helpers, the control worker's tasks and its
+start-up (the queue and task names, which the coordinator shares without Celery, are in
+app/dispatch.py). The web app (to enqueue), the coordinator, the GPU workers
 (`workers.tasks` registers the experiment job on this app) and Flower
 (`celery -A app.celery_app flower`) all use this one module.
 
@@ -22,22 +23,14 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from app import broker_transport
+from app import broker_transport, coordinator, upkeep
 from app.config import get_settings, host_name
+from app.dispatch import CONTROL_QUEUE, COORDINATE, RUN_EXPERIMENT, TICK, Dispatch
 from app.processes import die_with_parent
+from app.store.db import dispose_engines, ping
+from app.store.migrate import upgrade
 
 log = logging.getLogger(__name__)
-
-CONTROL_QUEUE = "control"
-COORDINATE = "autotuner.coordinate"
-TICK = "autotuner.tick"
-RUN_EXPERIMENT = "autotuner.run_experiment"
-
-
-def queue_for(group: str) -> str:
-    """The queue a GPU group's worker consumes."""
-    return f"gpu.{group}"
-
 
 def _configuration() -> dict[str, Any]:
     settings = get_settings()
@@ -67,8 +60,8 @@ app.add_defaults(_configuration)  # a promise: evaluated on first use of the con
 # -- sending (only after the transaction that decided the work has committed) -----------
 
 
-def send_experiments(dispatches: Iterable[Any]) -> None:
-    """One job per `app.coordinator.Dispatch`, on its group's queue with its time limits."""
+def send_experiments(dispatches: Iterable[Dispatch]) -> None:
+    """One job per `Dispatch`, on its group's queue with its time limits."""
     for d in dispatches:
         app.send_task(RUN_EXPERIMENT, args=[d.experiment_id, d.attempt], queue=d.queue,
                       soft_time_limit=d.soft_time_limit, time_limit=d.time_limit)
@@ -93,8 +86,6 @@ def _pool_child_init(**_kwargs: Any) -> None:
     worker leaves no pool process behind; an experiment's engine supervisor then ends the
     engine), and must not reuse the parent's database sockets: it opens its own now, so its
     first job does not pay for connecting."""
-    from app.store.db import dispose_engines, ping
-
     die_with_parent(signal.SIGKILL)
 
     dispose_engines()
@@ -106,18 +97,14 @@ def _pool_child_init(**_kwargs: Any) -> None:
 
 @app.task(name=COORDINATE)
 def coordinate(task_id: int | None = None) -> int:
-    from app.coordinator import coordinate as decide
-
-    dispatches = decide(task_id)
+    dispatches = coordinator.coordinate(task_id)
     send_experiments(dispatches)
     return len(dispatches)
 
 
 @app.task(name=TICK)
 def tick() -> int:
-    from app.coordinator import tick as decide
-
-    dispatches = decide()
+    dispatches = upkeep.tick()
     send_experiments(dispatches)
     return len(dispatches)
 
@@ -147,8 +134,6 @@ def _tick_every(interval: float, stop: threading.Event) -> None:
 
 def run_coordinator(concurrency: int = 2, loglevel: str = "INFO") -> None:
     """The control worker: coordinator and tick jobs, with the periodic tick in-process."""
-    from app.store.migrate import upgrade
-
     settings = get_settings()
     upgrade()
     settings.home.mkdir(parents=True, exist_ok=True)

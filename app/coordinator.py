@@ -1,64 +1,54 @@
-"""The coordinator: the only place that makes decisions.
+"""The coordinator: what each task does next, and which waiting experiment gets which GPUs.
 
 `coordinate(task_id)` moves one task forward under that task's row lock (feed the history
-to the strategy, create as many experiments as there are free slots, finish the task when
+to the strategy, create as many experiments as there are free slots, end the task when
 nothing is left), then `schedule()` hands free GPUs to waiting experiments under the global
-scheduler lock. Both commit before anything is sent to Celery, and both are idempotent:
+scheduler lock; a finishing job runs `schedule()` too, in the transaction that records its
+end (`end_and_place`). All commit before anything is sent to Celery, and all are idempotent:
 running them twice changes nothing the second time. The caller sends the returned
-dispatches; a dispatch lost between commit and send is re-sent by `tick()`.
+dispatches; a dispatch lost between commit and send is re-sent by `app.upkeep.tick()`.
+Placement decisions are the pure planner's (app.domain.placement), on data read for it by
+app.store.passes; state changes are app.store.lifecycle's.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Iterator, MutableMapping
+from typing import Any
 
-from sqlalchemy import Row, Select, and_, delete, func, insert, or_, select, union_all
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, defer, joinedload
 
-from app.domain.placement import Clock, Waiting, plan as plan_placements
 from app.domain.objectives import trial_values
-from app.domain.lengths import LengthModel, expected_length
-from app.store import ledger
-from app.celery_app import queue_for
 from app.config import get_settings
+from app.dispatch import Dispatch, queue_for
 from app.domain.engines.failures import is_infeasible
-from app.store.db import is_transient, session_scope
-from app.store.lifecycle import Ended, cancel_unstarted, end_experiment, end_reported, end_task, lock_task, mark_lost
-from app.limits import get_limits
-from app.domain.states import AttemptState, ExperimentState, TaskStatus, TASK_TERMINAL, EXP_ACTIVE
-from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, Worker, utcnow
+from app.domain.lengths import LengthModel, expected_length
+from app.domain.states import EXP_ACTIVE, TASK_TERMINAL, AttemptState, ExperimentState, TaskStatus
 from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.stopping import task_stop, task_stop_label
 from app.domain.strategies.base import Trial
 from app.domain.taskspec import TaskSpec
+from app.limits import get_limits
+from app.store import ledger
+from app.store.db import is_transient, session_scope
+from app.store.lifecycle import Ended, cancel_unstarted, end_experiment, end_reported, end_task, lock_task
+from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, utcnow
+from app.store.passes import PassReader, from_epoch
 
 log = logging.getLogger(__name__)
 REPREDICT_CHANGE = 0.05  # a waiting experiment's prediction is renewed when it moves this much
 _UNREAD = (defer(Experiment.metrics), defer(Experiment.engine_log))  # what a pass never needs of an experiment
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """One Celery job to send: run `experiment_id`'s attempt on the group's queue."""
-
-    experiment_id: int
-    attempt: int
-    queue: str
-    soft_time_limit: float
-    time_limit: float
-
-
-def _timeout(exp: Experiment) -> float:
+def timeout_of(exp: Experiment) -> float:
     return float(exp.task.parsed_spec.optimization.timeout_per_iteration)
 
 
-def _dispatch(exp: Experiment) -> Dispatch:
+def dispatch_of(exp: Experiment) -> Dispatch:
     """Soft limit = the task's per-experiment timeout (the job cleans up); the hard limit
     leaves a grace period for that clean-up before Celery kills the child."""
-    timeout = _timeout(exp)
+    timeout = timeout_of(exp)
     return Dispatch(exp.id, exp.attempt, queue_for(exp.group), timeout, timeout + get_settings().time_limit_grace)
 
 
@@ -226,14 +216,8 @@ def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
     number of placements and GPU counts, not the backlog. `scheduler`: the scheduler's lock row,
     when the caller has taken it already."""
     scheduler = scheduler or ledger.lock(session)
-    groups, capacity = ledger.group_states(session)
     now = utcnow()
-    clock = _clock(session, now)
-    free_gpus = sum(len(g.free) for g in groups if g.busy_slots < g.slots)
-    queues = _waiting_queues(session, free_gpus)
-    room = _Room(session)
-    _read_tasks(queues, room, clock.durations)
-    plan = plan_placements(queues, groups, capacity, clock, room)
+    plan = PassReader(session, now, get_settings().reservation_slip).plan()
     touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
     if not touched:
         return []
@@ -242,7 +226,7 @@ def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
         by_id[exp_id].wait_reason = reason
     reserved = plan.reservation
     if reserved is not None and reserved.start != float("inf") and by_id[reserved.experiment_id].promised_start is None:
-        by_id[reserved.experiment_id].promised_start = _from_epoch(reserved.start)
+        by_id[reserved.experiment_id].promised_start = from_epoch(reserved.start)
     for exp_id, reason in plan.impossible.items():
         end_experiment(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
     grants = [(p.experiment_id, by_id[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
@@ -258,180 +242,12 @@ def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
         )
         attempts.append(dict(experiment_id=exp.id, number=exp.attempt, state=AttemptState.QUEUED, gpus=labels,
                              queued_at=now))
-        dispatches.append(_dispatch(exp))
+        dispatches.append(dispatch_of(exp))
     if attempts:
         session.execute(insert(Attempt), attempts)
         served = max(by_id[p.experiment_id].share_tag for p in plan.placements)
         scheduler.value = max(scheduler.value or 0.0, served)
     return dispatches
-
-
-_EPOCH = datetime(1970, 1, 1)
-
-
-def _epoch(moment: datetime) -> float:
-    return (moment - _EPOCH).total_seconds()  # stored times are naive UTC
-
-
-def _from_epoch(seconds: float) -> datetime:
-    return _EPOCH + timedelta(seconds=seconds)
-
-
-class _Lengths(dict):
-    """Expected experiment length per task, read from the store on first use in a pass: the
-    task's moving average, else its time limit (only then is its spec parsed). `_read_tasks`
-    fills it for the tasks at the queues' heads beforehand."""
-
-    def __init__(self, session: Session) -> None:
-        super().__init__()
-        self.session = session
-
-    def __missing__(self, task_id: int) -> float:
-        task = self.session.get(Task, task_id)
-        if task is None:
-            raise KeyError(task_id)
-        self[task_id] = length = expected_length(None, task.expected_experiment_s,
-                                                 float(task.parsed_spec.optimization.timeout_per_iteration))
-        return length
-
-
-class _Room(dict):
-    """How many more experiments each task may start now (max_parallel_experiments less what
-    it has queued or running), read from the store on first use in a pass. `_read_tasks`
-    fills it for the tasks at the queues' heads beforehand."""
-
-    def __init__(self, session: Session) -> None:
-        super().__init__()
-        self.session = session
-
-    def __missing__(self, task_id: int) -> int:
-        self.read([task_id])
-        if task_id not in self:
-            raise KeyError(task_id)
-        return dict.__getitem__(self, task_id)
-
-    def read(self, task_ids: list[int]) -> dict[int, float | None]:
-        """Room of `task_ids` in one query; returns their expected lengths, read on the way."""
-        busy = (select(func.count()).select_from(Experiment)
-                .where(Experiment.task_id == Task.id, Experiment.state.in_((ExperimentState.QUEUED,
-                                                                            ExperimentState.RUNNING)))
-                .scalar_subquery())
-        lengths = {}
-        for task_id, limit, running, expected in self.session.execute(
-                select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s).where(Task.id.in_(task_ids))):
-            self[task_id], lengths[task_id] = limit - running, expected
-        return lengths
-
-
-def _read_tasks(queues: dict[int, "_Queue"], room: _Room, lengths: MutableMapping[int, float]) -> None:
-    """What the planner asks of each task at the queues' heads (its room, its expected
-    length), for all of them in one query instead of two per task as each comes up."""
-    task_ids = sorted({item.task_id for queue in queues.values() for item in queue.first} - room.keys())
-    if task_ids:
-        for task_id, expected in room.read(task_ids).items():
-            if expected is not None:
-                lengths.setdefault(task_id, expected)
-
-
-def _clock(session: Session, now: datetime) -> Clock:
-    """The pass's clock: expected lengths per task (read as needed), and a loader for when what
-    runs in a group is expected to end: read only for the few groups a reservation weighs,
-    only in a pass that makes one."""
-    clock = Clock(now=_epoch(now), durations=_Lengths(session), slip=get_settings().reservation_slip)
-    loaded: set[str] = set()
-
-    def load_ends(groups: list) -> None:
-        wanted = {g.group: g for g in groups if g.group not in loaded}
-        loaded.update(wanted)
-        if not wanted:
-            return
-        running = session.execute(
-            select(Experiment.group, Experiment.task_id, Experiment.started_at, Experiment.queued_at,
-                   Experiment.gpus_needed, Experiment.expected_s)
-            .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)),
-                   Experiment.group.in_(sorted(wanted)))
-        )
-        for group, task_id, started, queued, gpus, expected in running:
-            since = started or queued or now
-            wanted[group].ends.append((_epoch(since) + clock.duration(task_id, expected), gpus))
-
-    clock.load_ends = load_ends
-    return clock
-
-
-def _waiting_needs(session: Session) -> list[int]:
-    """The GPU counts that waiting experiments need, in one recursive query that seeks the next
-    larger count in ix_experiments_waiting until none is left (a loose index scan: a backlog
-    of ten thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks, one round trip)."""
-    def smallest_need(*where: Any) -> Select:
-        return (select(Experiment.gpus_needed).where(Experiment.state == ExperimentState.PENDING, *where)
-                .order_by(Experiment.gpus_needed).limit(1))
-
-    needs = select(smallest_need().scalar_subquery().label("need")).cte("needs", recursive=True)
-    needs = needs.union_all(select(smallest_need(Experiment.gpus_needed > needs.c.need).scalar_subquery())
-                            .where(needs.c.need.is_not(None)))
-    return [need for need in session.execute(select(needs.c.need)).scalars() if need is not None]
-
-
-_QUEUE_ORDER = (Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
-_MAX_PAGE = 1024
-
-
-def _queue_rows(need: int, after: tuple[int, float, int] | None = None) -> Select:
-    """Waiting experiments of running tasks needing `need` GPUs, after the key `after`."""
-    query = (
-        select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
-               Experiment.promised_start, Experiment.expected_s, Experiment.gpus_needed)
-        .join(Task, Task.id == Experiment.task_id)
-        .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
-               Task.status == TaskStatus.RUNNING)
-    )
-    if after is not None:
-        priority, tag, last = after
-        query = query.where(or_(
-            Experiment.priority < priority,
-            and_(Experiment.priority == priority, or_(
-                Experiment.share_tag > tag, and_(Experiment.share_tag == tag, Experiment.id > last)))))
-    return query.order_by(*_QUEUE_ORDER)
-
-
-class _Queue:
-    """The waiting queue of one GPU count, in queue order (priority first, then fair-share tag,
-    then age), read page by page from ix_experiments_waiting as the planner asks. Its first
-    page comes with the other counts' (`_waiting_queues`)."""
-
-    def __init__(self, session: Session, need: int, page: int, first: list[Waiting]) -> None:
-        self.session, self.need, self.page, self.first = session, need, page, first
-
-    def __iter__(self) -> Iterator[Waiting]:
-        yield from self.first
-        rows, page = self.first, self.page
-        while len(rows) == page:
-            last = rows[-1]
-            page = min(page * 4, _MAX_PAGE)
-            rows = [_waiting(row) for row in self.session.execute(
-                _queue_rows(self.need, (-last.key[0], last.key[1], last.key[2])).limit(page))]
-            yield from rows
-
-
-def _waiting(row: Row) -> Waiting:
-    priority, tag, exp_id, task_id, promised, expected, _need = row
-    return Waiting((-priority, tag, exp_id), exp_id, task_id, _epoch(promised) if promised else None, expected)
-
-
-def _waiting_queues(session: Session, free_gpus: int) -> dict[int, _Queue]:
-    """The waiting queue of every GPU count waited for. The first page of each (as many as
-    could start on the free GPUs, plus the one that would wait) is read in one statement;
-    the planner rarely reads further."""
-    pages = {need: max(1, min(free_gpus // need + 1, _MAX_PAGE)) for need in _waiting_needs(session)}
-    if not pages:
-        return {}
-    heads = [select(_queue_rows(need).limit(page).subquery()) for need, page in pages.items()]
-    first: dict[int, list[Waiting]] = {need: [] for need in pages}
-    for row in session.execute(heads[0] if len(heads) == 1 else union_all(*heads)):
-        first[row.gpus_needed].append(_waiting(row))
-    return {need: _Queue(session, need, page, sorted(first[need], key=lambda w: w.key))
-            for need, page in pages.items()}
 
 
 def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
@@ -510,65 +326,3 @@ def _fail_task(task_id: int, exc: Exception) -> None:
         log.exception("task %s: could not be marked failed", task_id)
 
 
-def reap(session: Session) -> None:
-    """Declare silent workers dead and give back what their experiments held."""
-    settings = get_settings()
-    now = utcnow()
-    cutoff = now - timedelta(seconds=settings.worker_dead_after)
-    for worker in session.execute(
-        select(Worker).where(Worker.online.is_(True), Worker.last_heartbeat < cutoff)
-    ).scalars():
-        log.warning("worker %s stopped heartbeating; marking it offline", worker.name)
-        worker.online = False
-    session.flush()
-    for label, attempt_id in ledger.expire_fences(session, now - timedelta(seconds=settings.engine_reap_timeout)):
-        log.warning("handing on GPU %s: the engine of attempt %s was not confirmed stopped within %.0fs "
-                    "(AUTOTUNER_ENGINE_REAP_TIMEOUT); its host's worker is unreachable", label, attempt_id,
-                    settings.engine_reap_timeout)
-    online_groups = set(session.execute(select(Worker.group).where(Worker.online.is_(True))).scalars())
-    for gpu in ledger.lock_gpus(session):
-        gpu.online = gpu.group in online_groups
-    orphans = session.execute(
-        select(Experiment).where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
-    ).scalars()
-    for exp in orphans:
-        if exp.group not in online_groups:
-            mark_lost(session, exp, f"no live worker left in group {exp.group}")
-            continue
-        hard_deadline = _timeout(exp) + 2 * settings.time_limit_grace
-        if exp.state == ExperimentState.RUNNING and exp.started_at and exp.started_at + timedelta(seconds=hard_deadline) < now:
-            end_experiment(session, exp, ExperimentState.TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
-
-
-def stale_dispatches(session: Session) -> list[Dispatch]:
-    """Experiments queued for too long were probably lost by the broker: send them again.
-    A duplicate is harmless, the claim is a compare-and-set."""
-    now = utcnow()
-    cutoff = now - timedelta(seconds=get_settings().requeue_after)
-    out = []
-    for exp in session.execute(
-        select(Experiment).where(Experiment.state == ExperimentState.QUEUED, Experiment.queued_at < cutoff)
-    ).scalars():
-        exp.queued_at = now
-        out.append(_dispatch(exp))
-    return out
-
-
-KEPT_PASS_TIMINGS = 2000
-
-
-def _prune_pass_timings(session: Session) -> None:
-    newest = session.execute(select(func.max(PassTiming.id))).scalar_one_or_none()
-    if newest is not None and newest > KEPT_PASS_TIMINGS:
-        session.execute(delete(PassTiming).where(PassTiming.id <= newest - KEPT_PASS_TIMINGS))
-
-
-def tick() -> list[Dispatch]:
-    """The periodic pass: reap dead workers, re-send stale jobs, move every task on."""
-    with session_scope() as session:
-        ledger.lock(session)
-        reap(session)
-        _prune_pass_timings(session)
-    with session_scope() as session:
-        resend = stale_dispatches(session)
-    return resend + coordinate(None)

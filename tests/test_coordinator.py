@@ -8,12 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from app.store import lifecycle
-from app.coordinator import coordinate, end_and_place, tick
+from app.coordinator import coordinate, end_and_place
 from app.domain.placement import CAPPED
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.store.pool import GpuSpec, register_worker
 from app.task_service import cancel_task
+from app.upkeep import tick
 from tests.helpers import experiments, mixed_task, run_attempt, submit
 
 pytestmark = pytest.mark.unit

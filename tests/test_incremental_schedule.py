@@ -68,10 +68,11 @@ def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_ur
     from datetime import timedelta
 
     from app import coordinator
+    from app.config import get_settings
     from app.domain.placement import Waiting
-    from app.store import ledger
     from app.store.db import session_scope
     from app.store.models import Experiment, Gpu, Task, utcnow
+    from app.store.passes import PassReader
 
     rng = random.Random(seed)
     _store(rng)
@@ -86,12 +87,12 @@ def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_ur
         waiting = s.execute(select(Experiment.id, Experiment.gpus_needed, Experiment.task_id).join(Task)
                             .where(Experiment.state == "pending", Task.status == "running")
                             .order_by(Task.priority.desc(), Experiment.share_tag, Experiment.id)).all()
-        groups, capacity = ledger.group_states(s)
-        clock = coordinator._clock(s, now)
-        clock.load_ends(groups)  # the oracle sees every group's ends up front
-        clock.load_ends = None
+        reader = PassReader(s, now, get_settings().reservation_slip)  # the oracle sees everything up front
+        reader.read_tasks({task_id for _, _, task_id in waiting})
+        reader.read_ends(tuple(g.group for g in reader.groups))
         expected = plan_every_row([(Waiting(i, exp_id, task_id), need) for i, (exp_id, need, task_id)
-                                   in enumerate(waiting)], groups, capacity, clock, coordinator._Room(s))
+                                   in enumerate(waiting)], reader.groups_to_plan(), reader.capacity, reader.clock,
+                                  dict(reader.room))
     with session_scope() as s:
         dispatches = coordinator.schedule(s)
     with session_scope(readonly=True) as s:
@@ -110,9 +111,9 @@ def test_the_waiting_queues_page_in_priority_then_age_order(database_url):
     """Every GPU count waited for has its queue (the first pages of all of them read in one
     statement, the rest page by page), each in priority, fair-share tag, age order, however
     many GPUs are free (which sets the first page's size)."""
-    from app.coordinator import _waiting_queues
     from app.store.db import session_scope
-    from app.store.models import Experiment, Task
+    from app.store.models import Experiment, Task, utcnow
+    from app.store.passes import PassReader
 
     _store(random.Random(11))
     with session_scope() as s:
@@ -124,7 +125,12 @@ def test_the_waiting_queues_page_in_priority_then_age_order(database_url):
         pending_needs = set(s.execute(select(Experiment.gpus_needed).where(Experiment.state == "pending")).scalars())
         assert len(whole) >= 3
         for free in (0, 1, 5, 100_000):
-            queues = _waiting_queues(s, free)
+            reader = PassReader(s, utcnow(), 60.0)
+            reader.read_queues(free)
+            for need in reader.queues:
+                while not reader.queues[need].complete:
+                    reader.read_more(need)
+            queues = reader.queues
             assert set(queues) == pending_needs, free  # a count only a cancelling task waits for reads empty
             assert {need: [w.experiment_id for w in q] for need, q in queues.items() if need in whole} == whole, free
             assert all(not list(q) for need, q in queues.items() if need not in whole)

@@ -67,7 +67,7 @@ def test_duplicate_delivery_runs_an_experiment_once(stack):
     keeps exactly one attempt and its result, and the duplicates' claims find nothing."""
     from app.store.db import session_scope
     from app.celery_app import send_experiments
-    from app.coordinator import Dispatch
+    from app.dispatch import Dispatch
     from app.store.models import Attempt, Experiment
 
     start_stack(stack)

@@ -97,13 +97,13 @@ def test_metrics_histograms_of_experiment_durations_and_hand_over_gaps(db):
 
 @pytest.mark.unit
 def test_the_tick_keeps_only_the_recent_pass_timings(db):
-    from app import coordinator
+    from app import upkeep
     from app.store.db import session_scope
     from app.store.models import PassTiming
 
     with session_scope() as s:
-        s.add_all(PassTiming(seconds=0.01, placed=0) for _ in range(coordinator.KEPT_PASS_TIMINGS + 5))
-    coordinator.tick()
+        s.add_all(PassTiming(seconds=0.01, placed=0) for _ in range(upkeep.KEPT_PASS_TIMINGS + 5))
+    upkeep.tick()
     with session_scope() as s:
         # the tick's own pass adds one after pruning
-        assert s.query(PassTiming).count() == coordinator.KEPT_PASS_TIMINGS + 1
+        assert s.query(PassTiming).count() == upkeep.KEPT_PASS_TIMINGS + 1

@@ -18,7 +18,8 @@ import uuid
 from celery.signals import worker_ready, worker_shutdown
 
 from app.config import get_settings, host_name
-from app.celery_app import queue_for, request_coordination, run_worker_process
+from app.celery_app import request_coordination, run_worker_process
+from app.dispatch import queue_for
 from app.store.migrate import upgrade
 from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
 from workers.cpu_device import CPU_INDEX

@@ -12,6 +12,13 @@ Expected ends are estimates; if the reserved experiment's start slips past its f
 start by more than the allowed slip, the reservation turns strict: nothing more starts in its
 group until it has started, so its wait is bounded by what already runs there.
 
+The planner is given data, never a connection: the store reads the first page of every GPU
+count's queue, the room and expected length of the tasks on those pages, and no expected ends
+(app/store/passes.py). When a decision needs more than it was given (a queue read to the end
+of an incomplete page, the ends of the groups a reservation weighs), `plan` raises `MoreData`
+saying what; the store reads it and plans again from the start (the rare case: a pass reads
+one page of each queue).
+
 The planner reads the waiting queue as one stream per GPU count and stops reading a stream
 as soon as its head cannot start: free GPUs only shrink during a pass and the reservation and
 its spare GPUs only tighten, so nothing behind that head can fit either; a head refused only
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Iterable, Iterator, Mapping, MutableMapping
 
 
 @dataclass
@@ -48,6 +55,7 @@ class GroupState:
     busy_slots: int
     free: list[FreeGpu] = field(default_factory=list)
     ends: list[tuple[float, int]] = field(default_factory=list)
+    ends_known: bool = True  # False: `ends` not read yet (a reservation that weighs it asks: MoreData)
 
     def can_host(self, need: int) -> bool:
         """A slot free and `need` different GPUs with room (free slots of one GPU count once)."""
@@ -134,7 +142,28 @@ def pick_gpus(free: list[FreeGpu], need: int) -> list[FreeGpu]:
     return sorted(gpus, key=lambda g: (-room[g.index], g.utilization, g.index))[:need]
 
 
-Queues = Mapping[int, Iterable[Waiting]]
+@dataclass
+class Page:
+    """The head of one GPU count's waiting queue as read from the store; `complete`: nothing
+    waits behind it."""
+
+    items: list[Waiting]
+    complete: bool = True
+
+    def __iter__(self) -> Iterator[Waiting]:
+        return iter(self.items)
+
+
+class MoreData(Exception):
+    """The plan needs data it was not given: more of the queue of `need` GPUs (its page ran
+    out), or the expected ends of `groups`. Read it and plan again."""
+
+    def __init__(self, need: int | None = None, groups: tuple[str, ...] = ()) -> None:
+        super().__init__(f"more of the queue of {need} GPU(s)" if need is not None else f"the ends of {groups}")
+        self.need, self.groups = need, groups
+
+
+Queues = Mapping[int, Iterable[Waiting]]  # a Page, or any iterable read lazily (tests)
 
 
 @dataclass
@@ -147,17 +176,12 @@ class Clock:
     durations: Mapping[int, float] = field(default_factory=dict)
     default_duration: float = float("inf")
     slip: float = 60.0
-    # Fills in `ends` of the groups a reservation weighs, when the caller reads them lazily.
-    load_ends: Callable[[list[GroupState]], None] | None = field(default=None, compare=False, repr=False)
 
     def duration(self, task_id: int, expected: float | None = None) -> float:
         """An experiment's expected length: its own prediction, else its task's."""
         if expected is not None:
             return expected
-        try:
-            return self.durations[task_id]  # a mapping may work it out on first use (__missing__)
-        except KeyError:
-            return self.default_duration
+        return self.durations.get(task_id, self.default_duration)
 
 
 CAPPED = "waiting for one of its task's running experiments to end (max_parallel_experiments)"
@@ -168,8 +192,9 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
     """Decide placements for the waiting experiments in queue order.
 
     `queues` maps a GPU count to the experiments needing that many, in queue order; the keys
-    of all queues together give the global order. Each is read lazily and only as far as
-    placements can go.
+    of all queues together give the global order. Each is read only as far as placements can
+    go; a `Page` that runs out before that raises MoreData, as does a reservation weighing a
+    group whose ends are not known.
     `capacity` is the size of every registered group, online or not: an experiment larger
     than all of them can never run and is reported as impossible rather than waiting forever.
     `room`: how many more experiments of each task may start now (its max_parallel_experiments
@@ -185,11 +210,14 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
     reservation: Reservation | None = None
     largest = max(capacity.values(), default=0)
     heads: list[tuple[Any, int, Waiting, Iterator[Waiting]]] = []
+    incomplete = {need for need, queue in queues.items() if isinstance(queue, Page) and not queue.complete}
 
     def advance(need: int, stream: Iterator[Waiting]) -> None:
         item = next(stream, None)
         if item is not None:
             heapq.heappush(heads, (item.key, need, item, stream))
+        elif need in incomplete:
+            raise MoreData(need=need)
 
     def allowed(group: GroupState, need: int, end: float) -> bool:
         """May an experiment of `need` GPUs expected to end at `end` start in `group` now?"""
@@ -269,8 +297,9 @@ def _reserve(item: Waiting, need: int, groups: list[GroupState], clock: Clock) -
     if most == 0:  # nothing free there, so nothing can backfill this pass: no need to know when
         group = min(candidates, key=lambda g: g.group)
         return Reservation(item.experiment_id, group.group, float("inf"), 0, 0, strict=True)
-    if clock.load_ends is not None:
-        clock.load_ends(candidates)
+    unknown = tuple(g.group for g in candidates if not g.ends_known)
+    if unknown:
+        raise MoreData(groups=unknown)
     timed = [(g.shadow(need, clock.now), g) for g in candidates]
     known = [(shadow, g) for shadow, g in timed if shadow is not None]
     if not known:

@@ -1,0 +1,187 @@
+"""What a scheduling pass reads from the store, read before the planner runs.
+
+`PassReader` gives `app.domain.placement.plan` data, not connections: the first page of every
+GPU count's waiting queue (as many as could start on the free GPUs, plus the one that would
+wait, all counts in one statement), the room and expected length of every task on those pages
+(one statement, and one more for the time limits of tasks that have no measured length yet),
+and the pool's groups with their ends unknown. When the planner raises `MoreData` the reader
+reads what it asks for (the next page of one queue, four times larger; the expected ends of
+the groups a reservation weighs) and the planner runs again: its cost follows the placements
+and GPU counts, not the backlog.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, Select, and_, func, or_, select, union_all
+from sqlalchemy.orm import Session
+
+from app.domain.lengths import expected_length
+from app.domain.placement import Clock, GroupState, MoreData, Page, Plan, Waiting, plan
+from app.domain.states import ExperimentState, TaskStatus
+from app.domain.taskspec import stored_spec
+from app.store import ledger
+from app.store.models import Experiment, Task
+
+QUEUE_ORDER = (Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
+MAX_PAGE = 1024
+_EPOCH = datetime(1970, 1, 1)
+
+
+def epoch(moment: datetime) -> float:
+    return (moment - _EPOCH).total_seconds()  # stored times are naive UTC
+
+
+def from_epoch(seconds: float) -> datetime:
+    return _EPOCH + timedelta(seconds=seconds)
+
+
+def waiting_needs(session: Session) -> list[int]:
+    """The GPU counts that waiting experiments need, in one recursive query that seeks the next
+    larger count in ix_experiments_waiting until none is left (a loose index scan: a backlog
+    of ten thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks, one round trip)."""
+    def smallest_need(*where: Any) -> Select:
+        return (select(Experiment.gpus_needed).where(Experiment.state == ExperimentState.PENDING, *where)
+                .order_by(Experiment.gpus_needed).limit(1))
+
+    needs = select(smallest_need().scalar_subquery().label("need")).cte("needs", recursive=True)
+    needs = needs.union_all(select(smallest_need(Experiment.gpus_needed > needs.c.need).scalar_subquery())
+                            .where(needs.c.need.is_not(None)))
+    return [need for need in session.execute(select(needs.c.need)).scalars() if need is not None]
+
+
+def _queue_rows(need: int, after: tuple[Any, ...] | None = None) -> Select:
+    """Waiting experiments of running tasks needing `need` GPUs, after the order key `after`."""
+    query = (
+        select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
+               Experiment.promised_start, Experiment.expected_s, Experiment.gpus_needed)
+        .join(Task, Task.id == Experiment.task_id)
+        .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
+               Task.status == TaskStatus.RUNNING)
+    )
+    if after is not None:
+        neg_priority, tag, last = after
+        priority = -neg_priority
+        query = query.where(or_(
+            Experiment.priority < priority,
+            and_(Experiment.priority == priority, or_(
+                Experiment.share_tag > tag, and_(Experiment.share_tag == tag, Experiment.id > last)))))
+    return query.order_by(*QUEUE_ORDER)
+
+
+def _waiting(row: Row) -> Waiting:
+    priority, tag, exp_id, task_id, promised, expected, _need = row
+    return Waiting((-priority, tag, exp_id), exp_id, task_id, epoch(promised) if promised else None, expected)
+
+
+class PassReader:
+    """The data of one pass, read as the planner needs it (see the module's docstring)."""
+
+    def __init__(self, session: Session, now: datetime, slip: float) -> None:
+        self.session = session
+        self.clock = Clock(now=epoch(now), durations={}, slip=slip)
+        self.groups, self.capacity = ledger.group_states(session)
+        self.queues: dict[int, Page] = {}
+        self.page_sizes: dict[int, int] = {}
+        self.room: dict[int, int] = {}
+        self.ends: dict[str, list[tuple[float, int]]] = {}
+
+    @property
+    def free_gpus(self) -> int:
+        return sum(len(g.free) for g in self.groups if g.busy_slots < g.slots)
+
+    def read_queues(self, free_gpus: int | None = None) -> None:
+        """The first page of every GPU count's queue (as many as could start on `free_gpus`,
+        by default the pool's, plus one), in one statement, and their tasks."""
+        free = self.free_gpus if free_gpus is None else free_gpus
+        self.page_sizes = pages = {need: max(1, min(free // need + 1, MAX_PAGE))
+                                   for need in waiting_needs(self.session)}
+        if not pages:
+            return
+        heads = [select(_queue_rows(need).limit(page).subquery()) for need, page in pages.items()]
+        first: dict[int, list[Waiting]] = {need: [] for need in pages}
+        for row in self.session.execute(heads[0] if len(heads) == 1 else union_all(*heads)):
+            first[row.gpus_needed].append(_waiting(row))
+        for need, page in pages.items():
+            items = sorted(first[need], key=lambda w: w.key)
+            self.queues[need] = Page(items, complete=len(items) < page)
+        self.read_tasks({w.task_id for q in self.queues.values() for w in q.items})
+
+    def read_more(self, need: int) -> None:
+        """The next page of one queue (four times the last, at most MAX_PAGE), and its tasks."""
+        queue = self.queues[need]
+        self.page_sizes[need] = page = min(self.page_sizes[need] * 4, MAX_PAGE)
+        rows = [_waiting(row) for row in self.session.execute(
+            _queue_rows(need, queue.items[-1].key).limit(page))]
+        self.queues[need] = Page(queue.items + rows, complete=len(rows) < page)
+        self.read_tasks({w.task_id for w in rows})
+
+    def read_tasks(self, task_ids: set[int]) -> None:
+        """How many more experiments each task may start now (max_parallel_experiments less
+        what it has queued or running) and its expected experiment length, in one query; the
+        time limit of those without a measured length in one more."""
+        wanted = sorted(task_ids - self.room.keys())
+        if not wanted:
+            return
+        busy = (select(func.count()).select_from(Experiment)
+                .where(Experiment.task_id == Task.id, Experiment.state.in_((ExperimentState.QUEUED,
+                                                                            ExperimentState.RUNNING)))
+                .scalar_subquery())
+        unmeasured = []
+        for task_id, limit, running, average in self.session.execute(
+                select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s).where(Task.id.in_(wanted))):
+            self.room[task_id] = limit - running
+            if average is None:
+                unmeasured.append(task_id)
+            else:
+                self.clock.durations[task_id] = average
+        self._read_time_limits(unmeasured)
+
+    def _read_time_limits(self, task_ids: list[int]) -> None:
+        """The expected length of tasks with no measured length yet: their time limit."""
+        if task_ids:
+            for task_id, spec in self.session.execute(select(Task.id, Task.spec).where(Task.id.in_(task_ids))):
+                limit = float(stored_spec(spec).optimization.timeout_per_iteration)
+                self.clock.durations[task_id] = expected_length(None, None, limit)
+
+    def read_ends(self, groups: tuple[str, ...]) -> None:
+        """When what runs in `groups` is expected to end: read only for the groups a
+        reservation weighs, only in a pass that makes one."""
+        wanted = sorted(set(groups) - self.ends.keys())
+        running = self.session.execute(
+            select(Experiment.group, Experiment.task_id, Experiment.started_at, Experiment.queued_at,
+                   Experiment.gpus_needed, Experiment.expected_s)
+            .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)),
+                   Experiment.group.in_(wanted))
+        ).all()
+        unknown = sorted({row.task_id for row in running if row.expected_s is None} - self.clock.durations.keys())
+        if unknown:  # running tasks with no experiment waiting at a queue's head
+            for task_id, average, spec in self.session.execute(
+                    select(Task.id, Task.expected_experiment_s, Task.spec).where(Task.id.in_(unknown))):
+                self.clock.durations[task_id] = (average if average is not None else expected_length(
+                    None, None, float(stored_spec(spec).optimization.timeout_per_iteration)))
+        now = from_epoch(self.clock.now)
+        for group in wanted:
+            self.ends[group] = []
+        for group, task_id, started, queued, gpus, expected in running:
+            since = started or queued or now
+            self.ends[group].append((epoch(since) + self.clock.duration(task_id, expected), gpus))
+
+    def groups_to_plan(self) -> list[GroupState]:
+        """Fresh copies of the pool's groups (the planner plans into them), with the ends read."""
+        return [replace(g, free=list(g.free), ends=list(self.ends.get(g.group, ())), ends_known=g.group in self.ends)
+                for g in self.groups]
+
+    def plan(self) -> Plan:
+        """Plan the pass, reading what the planner asks for until it has what it needs."""
+        self.read_queues()
+        while True:
+            try:
+                return plan(self.queues, self.groups_to_plan(), self.capacity, self.clock, dict(self.room))
+            except MoreData as more:
+                if more.need is not None:
+                    self.read_more(more.need)
+                else:
+                    self.read_ends(more.groups)
