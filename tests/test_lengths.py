@@ -2,8 +2,6 @@
 coordinator giving each new experiment its prediction from the task's history."""
 from __future__ import annotations
 
-from datetime import timedelta
-
 import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st

@@ -102,12 +102,10 @@ def test_tasks_of_equal_priority_share_the_pool_by_gpu_seconds(pool):
 def test_a_task_learns_its_experiments_length_and_a_failed_update_loses_no_result(pool, monkeypatch):
     """Each succeeded experiment's length goes into its task's moving average (the scheduler's
     expected length); if that update fails, the result is still stored and reported once."""
-    from datetime import timedelta
-
     from sqlalchemy.exc import OperationalError
 
     from app.store.db import session_scope
-    from app.store.models import Experiment, Task
+    from app.store.models import Task
 
     task = submit(mixed_task([{"tp-size": 1}] * 3, parallel=3))
     first, second, third = coordinate(task)

@@ -10,7 +10,6 @@ import json
 import pytest
 from sqlalchemy import select
 
-from app.store import lifecycle
 from app.coordinator import coordinate
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Task
