@@ -3,7 +3,7 @@
 `PassReader` gives `app.domain.placement.plan` data, not connections: the first page of every
 GPU count's waiting queue (as many as could start on the free GPUs, plus the one that would
 wait, all counts in one statement), the room and expected length of every task on those pages
-(one statement, and one more for the time limits of tasks that have no measured length yet),
+(one statement: a task's time limit is read from its stored spec by the database),
 and the pool's groups with their ends unknown. When the planner raises `MoreData` the reader
 reads what it asks for (the next page of one queue, four times larger; the expected ends of
 the groups a reservation weighs) and the planner runs again: its cost follows the placements
@@ -11,7 +11,6 @@ and GPU counts, not the backlog.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,11 +20,12 @@ from sqlalchemy.orm import Session
 from app.domain.lengths import expected_length
 from app.domain.placement import Clock, GroupState, MoreData, Page, Plan, Waiting, plan
 from app.domain.states import ExperimentState, TaskStatus
-from app.domain.taskspec import stored_spec
 from app.store import ledger
 from app.store.models import Experiment, Task
 
 QUEUE_ORDER = (Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
+# A task's time limit, read from its stored spec (normalised at submission: always present).
+_TIME_LIMIT = Task.spec[("optimization", "timeout_per_iteration")].as_float()
 MAX_PAGE = 1024
 _EPOCH = datetime(1970, 1, 1)
 
@@ -120,8 +120,7 @@ class PassReader:
 
     def read_tasks(self, task_ids: set[int]) -> None:
         """How many more experiments each task may start now (max_parallel_experiments less
-        what it has queued or running) and its expected experiment length, in one query; the
-        time limit of those without a measured length in one more."""
+        what it has queued or running) and its expected experiment length, in one query."""
         wanted = sorted(task_ids - self.room.keys())
         if not wanted:
             return
@@ -129,22 +128,11 @@ class PassReader:
                 .where(Experiment.task_id == Task.id, Experiment.state.in_((ExperimentState.QUEUED,
                                                                             ExperimentState.RUNNING)))
                 .scalar_subquery())
-        unmeasured = []
-        for task_id, limit, running, average in self.session.execute(
-                select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s).where(Task.id.in_(wanted))):
+        for task_id, limit, running, average, time_limit in self.session.execute(
+                select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s, _TIME_LIMIT)
+                .where(Task.id.in_(wanted))):
             self.room[task_id] = limit - running
-            if average is None:
-                unmeasured.append(task_id)
-            else:
-                self.clock.durations[task_id] = average
-        self._read_time_limits(unmeasured)
-
-    def _read_time_limits(self, task_ids: list[int]) -> None:
-        """The expected length of tasks with no measured length yet: their time limit."""
-        if task_ids:
-            for task_id, spec in self.session.execute(select(Task.id, Task.spec).where(Task.id.in_(task_ids))):
-                limit = float(stored_spec(spec).optimization.timeout_per_iteration)
-                self.clock.durations[task_id] = expected_length(None, None, limit)
+            self.clock.durations[task_id] = expected_length(None, average, time_limit)
 
     def read_ends(self, groups: tuple[str, ...]) -> None:
         """When what runs in `groups` is expected to end: read only for the groups a
@@ -158,10 +146,9 @@ class PassReader:
         ).all()
         unknown = sorted({row.task_id for row in running if row.expected_s is None} - self.clock.durations.keys())
         if unknown:  # running tasks with no experiment waiting at a queue's head
-            for task_id, average, spec in self.session.execute(
-                    select(Task.id, Task.expected_experiment_s, Task.spec).where(Task.id.in_(unknown))):
-                self.clock.durations[task_id] = (average if average is not None else expected_length(
-                    None, None, float(stored_spec(spec).optimization.timeout_per_iteration)))
+            for task_id, average, time_limit in self.session.execute(
+                    select(Task.id, Task.expected_experiment_s, _TIME_LIMIT).where(Task.id.in_(unknown))):
+                self.clock.durations[task_id] = expected_length(None, average, time_limit)
         now = from_epoch(self.clock.now)
         for group in wanted:
             self.ends[group] = []
@@ -171,8 +158,8 @@ class PassReader:
 
     def groups_to_plan(self) -> list[GroupState]:
         """Fresh copies of the pool's groups (the planner plans into them), with the ends read."""
-        return [replace(g, free=list(g.free), ends=list(self.ends.get(g.group, ())), ends_known=g.group in self.ends)
-                for g in self.groups]
+        return [GroupState(g.group, g.total_gpus, g.slots, g.busy_slots, list(g.free), list(self.ends.get(g.group, ())),
+                           g.group in self.ends) for g in self.groups]
 
     def plan(self) -> Plan:
         """Plan the pass, reading what the planner asks for until it has what it needs."""
