@@ -27,6 +27,8 @@ def friendly_errors(fn: Callable) -> Callable:
         from kombu.exceptions import OperationalError as BrokerError
         from sqlalchemy.exc import OperationalError as DbError
 
+        from app.console import TaskNotFound
+        from app.domain.engines import UnknownEngine
         from app.domain.taskspec import TaskSpecError
 
         try:
@@ -42,7 +44,7 @@ def friendly_errors(fn: Callable) -> Callable:
         except BrokerError as exc:
             click.echo(f"error: cannot reach the broker ({get_settings().broker_url}): {exc}", err=True)
             sys.exit(EXIT_FAILED)
-        except LookupError as exc:
+        except (TaskNotFound, UnknownEngine) as exc:  # not LookupError: a KeyError bug keeps its traceback
             click.echo(f"error: {exc.args[0]}", err=True)
             sys.exit(EXIT_FAILED)
 
@@ -95,6 +97,9 @@ def with_overrides(fn: Callable) -> Callable:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Parallel autotuner for LLM inference servers (SGLang, vLLM)."""
+    from app.limits import install_from_environment
+
+    install_from_environment()  # this process's limits, read once (its Celery children inherit them)
 
 
 @main.command()

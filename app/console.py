@@ -21,11 +21,15 @@ err = Console(stderr=True)
 DONE_STATES = tuple(s for s in ExperimentState if not s.is_active())
 
 
+class TaskNotFound(Exception):
+    """No task with that id (the CLI says so in one line)."""
+
+
 def load_report(task_id: int, experiments: bool = True) -> dict[str, Any]:
     with session_scope(readonly=True) as session:
         task = session.get(Task, task_id)
         if task is None:
-            raise LookupError(f"task {task_id} not found")
+            raise TaskNotFound(f"task {task_id} not found")
         return task_dict(session, task, experiments=experiments)
 
 

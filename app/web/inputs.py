@@ -14,7 +14,7 @@ from typing import Any
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.routing import IntegerConverter, Map
 
-from app.limits import MAX_DEPTH
+from app.domain.limits import MAX_DEPTH
 
 MAX_ID = 2**31 - 1  # ids are INTEGER columns (32-bit on PostgreSQL)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from app.limits import INT64_MAX, INT64_MIN, MAX_BODY, MAX_DEPTH, MAX_NODES, MAX_TEXT
+from app.domain.limits import INT64_MAX, INT64_MIN, MAX_BODY, MAX_DEPTH, MAX_NODES, MAX_TEXT
 
 from .errors import Loc
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, ValidationError
 from app.domain.engines import SIMULATOR, EngineSpec, builtin_engines, engines, get_engine
 from app.domain.engines.registry import SIM_MODELLED_FLAGS
 from app.domain.objectives import OBJECTIVES
-from app.limits import env_name, get_limits
+from app.domain.limits import current, env_name
 
 from .domains import Choice, Domain, FloatRange, IntRange
 from .errors import Loc, _Collector, format_loc, pydantic_errors
@@ -132,7 +132,7 @@ class _Derived:
 
 def _degree_ok(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)
-            and 1 <= value <= get_limits().max_parallel_degree)
+            and 1 <= value <= current().max_parallel_degree)
 
 
 def _degrees_ok(domain: Domain) -> bool:
@@ -144,7 +144,7 @@ def _degrees_ok(domain: Domain) -> bool:
 
 
 def _degree_rule() -> str:
-    return f"from 1 to {get_limits().max_parallel_degree:,} ({env_name('max_parallel_degree')} raises this limit)"
+    return f"from 1 to {current().max_parallel_degree:,} ({env_name('max_parallel_degree')} raises this limit)"
 
 
 def _add_param(space: dict[str, Domain], origin: dict[str, str], flag: str, domain: Domain,
@@ -350,7 +350,7 @@ def _optimization(sections: dict[str, Any], failed: set[str], d: _Derived, out: 
         out.note(f"optimization.configs is only used by strategy 'list'; ignored by {opt.strategy!r}")
     # Only grid and list have a natural end; the others default to 20 experiments.
     limit = {"grid_search": size, "list": len(d.configs) or None}.get(opt.strategy, None)
-    cap = get_limits().max_iterations
+    cap = current().max_iterations
     d.max_iterations = opt.max_iterations or min(limit or 20, cap)
     if not opt.max_iterations and limit is not None and limit > cap:
         out.note(f"the search space has {limit:,} parameter sets; at most {cap:,} run "

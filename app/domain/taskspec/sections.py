@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.domain.objectives import OBJECTIVES
-from app.limits import MAX_FACTOR, MAX_SLO_SECONDS
+from app.domain.limits import MAX_FACTOR, MAX_SLO_SECONDS
 
 from .fields import OnForm
 from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic, at_most

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from app.limits import MAX_DESCRIPTION
+from app.domain.limits import MAX_DESCRIPTION
 from app.domain.engines import SIMULATOR, EngineSpec, Launch, get_engine
 from app.domain.objectives import OBJECTIVES
 

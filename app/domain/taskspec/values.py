@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
-from app.limits import INT64_MAX, INT64_MIN, MAX_ARG, env_name, get_limits
+from app.domain.limits import INT64_MAX, INT64_MIN, MAX_ARG, current, env_name
 
 PARAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _TRAFFIC_RE = re.compile(r"^(D\(\d+,\d+\)|[NU]\(\d+,\d+\)/\(\d+,\d+\))$")
@@ -66,10 +66,10 @@ def _as_list(value: Any) -> Any:
 
 
 def at_most(limit: str) -> AfterValidator:
-    """An upper bound from `app.limits`, read at validation time so operators can raise it."""
+    """An upper bound from the limits in force (app.domain.limits), which operators can raise."""
 
     def check(value: Any) -> Any:
-        high = getattr(get_limits(), limit)
+        high = getattr(current(), limit)
         if value > high:
             raise ValueError(f"must be at most {high:,} ({env_name(limit)} raises this limit)")
         return value
