@@ -265,6 +265,20 @@ def stack(stack_env, tmp_path):
 
 
 @pytest.fixture
+def flask_app(db):
+    """The web app as create_app builds it, on the test's SQLite store."""
+    from tests.helpers import build_app
+
+    return build_app()
+
+
+@pytest.fixture
+def client(flask_app):
+    """Flask's test client of `flask_app`."""
+    return flask_app.test_client()
+
+
+@pytest.fixture
 def pool(db, monkeypatch):
     """A migrated SQLite store with one simulated 8-GPU worker registered (no process).
     test_coordinator.py overrides it with a 4-GPU worker."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +23,16 @@ from app.processes import free_port  # noqa: F401 - re-exported for the tests
 from app.processes import pid_alive as alive  # noqa: F401 - zombie-aware, re-exported for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def chromium() -> str | None:
+    """Debian's Chromium for Playwright (executable_path), or None when it or the playwright
+    package is missing: browser tests skip, saying so."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 # ---- waiting and processes ----------------------------------------------------------------

@@ -7,22 +7,12 @@ import json
 
 import pytest
 
-from tests.helpers import mixed_task
-
-
-@pytest.fixture
-def client(db):
-    from app import create_app
-
-    flask_app = create_app({"TESTING": True})
-    return flask_app.test_client()
+from tests.helpers import build_app, mixed_task
 
 
 @pytest.fixture
 def secured(db):
-    from app import create_app
-
-    return create_app({"TESTING": True, "AUTH_TOKEN": "s3cret"}).test_client()
+    return build_app({"AUTH_TOKEN": "s3cret"}).test_client()
 
 
 @pytest.mark.process

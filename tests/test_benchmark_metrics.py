@@ -104,11 +104,11 @@ def test_summary_has_all_keys() -> None:
 
 # ---- the client's error kinds, against a deliberately broken in-process server ----------
 import asyncio  # noqa: E402
-import socket  # noqa: E402
 
 from aiohttp import web  # noqa: E402
 
 from app.tools.loadgen import Target, run_level  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 CHUNK = b'data: {"choices": [{"index": 0, "text": " x"}]}\n\n'
 
@@ -152,9 +152,7 @@ async def _against_broken_server() -> dict[str, dict]:
             out[mode] = await run_level(Target(f"http://127.0.0.1:{port}/{mode}", "m", "D(10,3)", 4, 30), 2)
     finally:
         await runner.cleanup()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
+    closed = free_port()  # nobody listens there: connections are refused
     out["refused"] = await run_level(Target(f"http://127.0.0.1:{closed}", "m", "D(10,3)", 4, 30), 2)
     return out
 

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Stack, mixed_task, wait_for
+from tests.helpers import Stack, chromium, free_port, mixed_task, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium()
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 
@@ -26,11 +24,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 @pytest.fixture
 def browser():
     if CHROMIUM is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright)")
+        pytest.skip("needs the playwright package and Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
@@ -40,9 +36,7 @@ def browser():
 @pytest.fixture
 def web_stack(sqlite_url, broker_url, tmp_path, monkeypatch):
     """Coordinator, a 2-GPU simulated worker and the web app as real processes."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, DATABASE_URL=sqlite_url, CELERY_BROKER_URL=broker_url, AUTOTUNER_HOME=str(tmp_path / "home"),
                AUTOTUNER_TICK_INTERVAL="1", AUTOTUNER_HEARTBEAT_INTERVAL="1")
     for k in ("DATABASE_URL", "CELERY_BROKER_URL", "AUTOTUNER_HOME"):

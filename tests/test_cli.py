@@ -85,6 +85,20 @@ def test_status_of_unknown_task_is_one_line(db):
     assert result.exit_code == 1 and result.output.strip() == "error: task 4242 not found"
 
 
+@pytest.mark.unit
+def test_a_bug_in_a_command_keeps_its_traceback(monkeypatch):
+    """Only the errors a user can cause or fix become one line: a KeyError in the worker's
+    start-up is a bug, and must not read like a message."""
+    import workers.gpu_discovery as gd
+
+    def broken(_indices):
+        raise KeyError("uuid")
+
+    monkeypatch.setattr(gd, "discover_gpus", broken)
+    result = CliRunner().invoke(main, ["worker", "--gpus", "0"])
+    assert isinstance(result.exception, KeyError) and result.exit_code == 1
+
+
 @pytest.mark.integration
 def test_run_quickstart_on_the_embedded_default(tmp_path):
     """The README's first command: SQLite, bundled Redis, simulated GPUs, real workers."""
@@ -122,16 +136,13 @@ def test_up_then_submit_wait_from_another_shell(tmp_path):
     """The README's long-running stack: `autotuner up`, then `autotuner submit --wait`
     finds its broker through the stack file, and the web API shows the result."""
     import signal
-    import socket
     import urllib.request
 
-    from tests.helpers import mixed_task, wait_for
+    from tests.helpers import free_port, mixed_task, wait_for
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env["AUTOTUNER_HOME"] = str(tmp_path / "home")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     up = subprocess.Popen([sys.executable, "-m", "app.cli", "up", "--port", str(port), "--simulated-gpus", "2"],
                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -167,13 +178,9 @@ def test_up_then_submit_wait_from_another_shell(tmp_path):
 def test_sim_serve_and_bench_against_it(tmp_path):
     """`autotuner sim serve` starts the simulated engine; `autotuner bench` measures any
     server with the tuner's client, closed and open loop."""
-    import socket
+    from tests.helpers import free_port, stop_process, wait_for
 
-    from tests.helpers import stop_process, wait_for
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "sim", "serve", "--port", str(port), "--tp-size", "1",
          "--sim-time-scale", "0.01", "--sim-startup-seconds", "0"],

@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from typing import Iterator
 
 import pytest
 
-from tests.helpers import free_port, stop_process
+from tests.helpers import free_port, stop_process, wait_healthy
 
 from app.tools.loadgen import Target, run_benchmark
 
@@ -46,17 +43,7 @@ def xpyd(request: pytest.FixtureRequest) -> Iterator[dict]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, "xpyd-sim exited during start-up"
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            assert time.monotonic() < deadline, "xpyd-sim not healthy after 60 s"
-            time.sleep(0.05)
+        wait_healthy(proc, base, timeout=60)
         yield {"base": base, "prefill_ms": prefill_ms, "decode_ms": decode_ms}
     finally:
         stop_process(proc)

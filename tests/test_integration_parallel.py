@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import mixed_task, run_to_end, start_stack, wait_for, wait_for_end
+from tests.helpers import mixed_task, run_to_end, start_stack, wait_for
 
 
 MIXED_TP = [1, 2, 4, 1, 1, 2, 4, 1, 2, 1, 1, 2]
@@ -165,34 +165,6 @@ def test_a_failing_engine_fails_only_its_experiment(stack):
     assert client.get(f"/api/experiments/{big_id}").json["failure"] == "out of memory at start-up"
     page = client.get(f"/experiments/{big_id}").get_data(as_text=True)
     assert "out of memory at start-up" in page and "cannot run" in page
-
-
-@pytest.mark.integration
-def test_cancel_stops_running_experiments_and_frees_gpus(stack):
-    """Cooperative cancellation: engines still starting (a 10-minute start-up) are
-    stopped at the job's next check, the task ends `cancelled`, every GPU is free."""
-    from app.store.db import session_scope
-    from app.store.models import Experiment, Gpu, Task
-    from app.task_service import cancel_task, create_task
-    from app.domain.taskspec import parse_task
-
-    start_stack(stack, gpus=2)
-    task_id = create_task(parse_task(mixed_task([{"tp-size": 1}, {"tp-size": 1}, {"tp-size": 1}], parallel=2, startup=600)))
-
-    def running():
-        with session_scope() as s:
-            states = s.execute(select(Experiment.state).where(Experiment.task_id == task_id)).scalars().all()
-            return states.count("running") == 2
-
-    wait_for(running, 60, "two experiments to be running", stack)
-    cancel_task(task_id)
-
-    wait_for_end(stack, task_id, 60, "the task to wind down")
-    with session_scope() as s:
-        assert s.get(Task, task_id).status == "cancelled"
-        exps = s.execute(select(Experiment).where(Experiment.task_id == task_id)).scalars().all()
-        assert [e.state for e in exps] == ["cancelled"] * 3  # the third was created ahead, waiting
-        assert s.execute(select(Gpu).where(Gpu.held_by.is_not(None))).first() is None
 
 
 @pytest.mark.integration

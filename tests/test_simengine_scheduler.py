@@ -49,7 +49,10 @@ def test_scheduler_preempts_when_kv_runs_out_and_still_finishes(settings: Engine
 
 
 def test_scheduler_is_deterministic_for_same_arrivals() -> None:
+    """The random policy draws from a seeded generator: the same arrivals finish in the same
+    order, and that order is not first come, first served (which is trivially repeatable)."""
     s = EngineSettings(engine="sglang", prefill_budget=128, schedule_policy="random")
     first = asyncio.run(_drive(s, kv_tokens=2000))[2]
     second = asyncio.run(_drive(s, kv_tokens=2000))[2]
-    assert first == second
+    fcfs = asyncio.run(_drive(replace(s, schedule_policy="fcfs"), kv_tokens=2000))[2]
+    assert first == second and first != fcfs

@@ -5,7 +5,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from typing import Iterator
 
@@ -15,7 +14,7 @@ import pytest
 from app.tools.loadgen import Target, run_benchmark, run_level
 from tests.helpers import SIM_FAST as FAST
 from tests.helpers import SIM_MODEL as MODEL
-from tests.helpers import free_port, http_status, sim_cmd, wait_healthy
+from tests.helpers import free_port, http_status, sim_cmd, wait_for, wait_healthy
 from tests.helpers import stop_process as stop
 
 pytestmark = pytest.mark.process
@@ -133,13 +132,9 @@ def test_client_disconnect_drops_the_request(server: dict) -> None:
                 await resp.content.readline()
 
     asyncio.run(read_one_chunk_then_leave())
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if _metric(base, "sim_request_aborted_total") > aborted_before and \
-                _metric(base, "sim_num_requests_running") == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("disconnected request was not dropped")
+    wait_for(lambda: _metric(base, "sim_request_aborted_total") > aborted_before
+             and _metric(base, "sim_num_requests_running") == 0, 10, "the disconnected request to be dropped",
+             interval=0.02)
 
 
 def test_unknown_flag_exits_non_zero_at_once() -> None:

@@ -15,19 +15,6 @@ from app.web.forms import form_to_task, task_to_form
 pytestmark = pytest.mark.unit
 
 
-@pytest.fixture
-def app(db):
-    from app import create_app
-
-    flask_app = create_app({"TESTING": True})
-    return flask_app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
 def csrf_token(client) -> str:
     page = client.get("/tasks/new").get_data(as_text=True)
     return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
@@ -330,7 +317,7 @@ benchmark: {traffic_scenarios: ["D(1024,256)"], num_concurrency: [8, 32]}
     assert filled.status_code == 200 and filled.json["form"]["objective"] == "fastest" and filled.json["errors"]
 
 
-def test_a_field_declared_on_the_model_reaches_every_edge(app):
+def test_a_field_declared_on_the_model_reaches_every_edge(flask_app):
     """A task field is declared once, on the model, with its form label: the form, both
     conversions, the error mapping, the page's fieldsets and the OpenAPI document follow."""
     from typing import Annotated
@@ -354,7 +341,7 @@ def test_a_field_declared_on_the_model_reaches_every_edge(app):
     (field,) = [f for f in form_fields(PatientSpec) if f.name == "patience"]
     assert (field.path, field.kind, field.section) == (("optimization", "patience"), "number", "optimization")
     assert field in sections(PatientSpec)["optimization"]["fields"]
-    with app.test_request_context():
+    with flask_app.test_request_context():
         assert form_class(PatientSpec)(formdata=None).patience.label.text == "Patience (experiments)"
     task = form_to_task(form_data(patience="5"), model=PatientSpec)
     assert task["optimization"]["patience"] == 5

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import chromium
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 STATIC = Path(__file__).resolve().parents[1] / "app" / "web" / "static"
@@ -105,19 +106,6 @@ def add_gpus(n: int = 4) -> list[int]:
         s.add_all(gpus)
         s.flush()
         return [g.id for g in gpus]
-
-
-@pytest.fixture
-def flask_app(db):
-    """The app as create_app builds it."""
-    from app import create_app
-
-    return create_app({"TESTING": True})
-
-
-@pytest.fixture
-def client(flask_app):
-    return flask_app.test_client()
 
 
 def charts_of(task_id: int) -> dict:
@@ -470,16 +458,8 @@ def test_static_assets_are_served_locally(client):
 
 # -- optional: the script in a real browser --------------------------------------------------
 
-def _chromium() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return None
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 @pytest.mark.process
-@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+@pytest.mark.skipif(chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
     """The page in headless Chromium: task.js polls, draws the four charts, pages the table."""
     import threading
@@ -502,7 +482,7 @@ def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
     errors: list[str] = []
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.on("console", lambda msg: errors.append(msg.text)
@@ -602,7 +582,7 @@ def test_charts_plot_measured_figures_and_mark_slo_breaking_points(db):
 
 
 @pytest.mark.process
-@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+@pytest.mark.skipif(chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_best_launch_command_wraps_beside_its_copy_button_at_1360_px(flask_app, tmp_path):
     """A long launch command stays inside its box at 1,360 px: it wraps instead of running
     on under the Copy button (a screenshot is left in the test's temporary folder)."""
@@ -626,7 +606,7 @@ def test_best_launch_command_wraps_beside_its_copy_button_at_1360_px(flask_app, 
     thread.start()
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
             page.wait_for_function("() => document.querySelector('#best-command') && typeof Chart !== 'undefined'")
