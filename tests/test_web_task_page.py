@@ -687,7 +687,7 @@ def test_cli_json_carries_the_pareto_set(db):
 
 
 @pytest.mark.process
-@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+@pytest.mark.skipif(chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_task_page_lets_a_user_pick_a_front_point_and_copy_its_command(flask_app):
     """In Chromium: the front is drawn, picking a row or a point on the chart shows that
     configuration's launch command beside the Copy button."""
@@ -703,7 +703,7 @@ def test_task_page_lets_a_user_pick_a_front_point_and_copy_its_command(flask_app
     errors: list[str] = []
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1360, "height": 1000})
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
