@@ -118,6 +118,32 @@ def print_summary(report: dict[str, Any]) -> None:
     err.print(table)
     err.print("Launch command:")
     err.print("  " + shlex.join(best["launch_command"]), highlight=False, soft_wrap=True)
+    if report.get("repeats"):
+        print_verdict(report["repeats"])
+
+
+def print_verdict(v: dict[str, Any]) -> None:
+    """What the repeats of the top configurations say: a winner to rely on, or a tie."""
+    unit = v["objective"]["unit"]
+    table = Table(title=f"Top configurations measured again ({v['repeats']} repeats each)", title_justify="left")
+    for col in ("#", "parameters", "runs", f"mean ± std ({unit})", f"range ({unit})", f"to rely on ({unit})", "SLOs"):
+        table.add_column(col)
+    for c in v["configurations"]:
+        table.add_row(str(c["runs"][0]["seq"]), " ".join(f"{k}={fmt(x)}" for k, x in c["params"].items()),
+                      str(len(c["runs"])), f"{fmt(c['mean'])} ± {c['std']:.2g}", f"{fmt(c['low'])} – {fmt(c['high'])}",
+                      fmt(c["relied"]), "met" if c["slo_ok"] else "broken")
+    err.print(table)
+    w = v["winner"]
+    if w is None:
+        return
+    if v["tie"]:
+        others = ", ".join(f"#{t['runs'][0]['seq']}" for t in v["tied"])
+        err.print(f"[bold]Tie[/bold]: #{w['runs'][0]['seq']} and {others} are within the noise; any of them is the answer:")
+        for c in (w, *v["tied"]):
+            err.print("  " + c["launch_command_shell"], highlight=False, soft_wrap=True)
+    else:
+        err.print(f"[bold]Winner[/bold]: #{w['runs'][0]['seq']}, {fmt(w['relied'])} {unit} to rely on, "
+                  "clear of the runner-up's runs.")
 
 
 def print_levels(levels: list[dict[str, Any]]) -> None:

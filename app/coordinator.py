@@ -26,8 +26,8 @@ from app.domain.engines.failures import is_infeasible
 from app.domain.lengths import LengthModel, expected_length
 from app.domain.states import EXP_ACTIVE, TASK_TERMINAL, AttemptState, ExperimentState, TaskStatus
 from app.domain.strategies import STRATEGIES, make_strategy
-from app.domain.stopping import task_stop, task_stop_label
-from app.domain.strategies.base import Trial
+from app.domain.stopping import GPU_BUDGET, task_stop, task_stop_label
+from app.domain.strategies.base import Trial, canonical
 from app.domain.taskspec import TaskSpec
 from app.limits import get_limits
 from app.store import ledger
@@ -108,8 +108,42 @@ def advance(session: Session, task: Task) -> None:
             session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
             created += 1
         _repredict(exps, lengths)
+    if not active and not created:  # the search is over: the top configurations measured again, once
+        created = _add_repeats(session, task, total)
     if not active and not created:
         end_task(task, list(task.experiments))
+
+
+def _add_repeats(session: Session, task: Task, total: int) -> int:
+    """The `repeat_top` best configurations of the search, each measured `repeats` more times
+    with seeds 1, 2, ... (app.domain.repeats), when the task asks for repeats and has none yet.
+    Not after the task's GPU-hour budget is spent. Returns how many were created."""
+    spec = task.parsed_spec
+    opt = spec.optimization
+    if not opt.repeats or task.stop_reason == GPU_BUDGET or session.execute(
+            select(func.count()).select_from(Experiment)
+            .where(Experiment.task_id == task.id, Experiment.repeat_of.is_not(None))).scalar_one():
+        return 0
+    ranked = session.execute(
+        select(Experiment).where(Experiment.task_id == task.id, Experiment.eligible).options(*_UNREAD)
+        .order_by(Experiment.objective if spec.objective_direction == "minimize" else Experiment.objective.desc(),
+                  Experiment.seq)).scalars()
+    top: dict[str, Experiment] = {}
+    for exp in ranked:
+        top.setdefault(canonical(exp.params), exp)
+        if len(top) == opt.repeat_top:
+            break
+    if len(top) < 2:  # nothing to tell apart
+        return 0
+    virtual = _virtual_time(session)
+    created = 0
+    for exp in top.values():
+        for seed in range(1, opt.repeats + 1):
+            created += 1
+            repeat = _new_experiment(task, spec, dict(exp.params), total + created, virtual, exp.expected_s)
+            repeat.repeat_of, repeat.seed = exp.id, seed
+            session.add(repeat)
+    return created
 
 
 def _stops(spec: TaskSpec) -> bool:
@@ -145,11 +179,13 @@ def _stop_rule(spec: TaskSpec, exps: list[Experiment]) -> str | None:
 
 
 def _history(session: Session, task_id: int) -> list[Experiment]:
-    """The task's experiments as the strategy and the length model read them: without their
-    measurements and engine logs (up to 20 KB each), which a task's next step never needs and
-    which would otherwise be read again at every experiment's end."""
-    return list(session.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)
-                                .options(*_UNREAD)).scalars())
+    """The task's search as the strategy, the stop rule and the length model read it (its
+    repeats are not part of it): without measurements and engine logs (up to 20 KB each), which
+    a task's next step never needs and which would otherwise be read again at every
+    experiment's end."""
+    return list(session.execute(select(Experiment).where(Experiment.task_id == task_id,
+                                                         Experiment.repeat_of.is_(None))
+                                .order_by(Experiment.seq).options(*_UNREAD)).scalars())
 
 
 def _repredict(exps: list[Experiment], lengths: LengthModel) -> None:

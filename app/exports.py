@@ -9,8 +9,8 @@ import io
 import json
 from typing import Any
 
-from app.domain.objectives import OBJECTIVES, scored_level
-from app.serializers import experiment_dict, figure, iso, task_dict
+from app.domain.objectives import OBJECTIVES, figure, scored_level
+from app.serializers import experiment_dict, iso, task_dict
 from app.store.models import Task, utcnow
 
 EXPORT_FORMAT = "autotuner-task-export/1"

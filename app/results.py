@@ -1,4 +1,5 @@
-"""What a multi-objective task answers: its Pareto set, with the hypervolume it dominates.
+"""What a task answers beyond its single best: a multi-objective task's Pareto set, with the
+hypervolume it dominates, and what the repeats of the top configurations say.
 
 The set is made of the experiments that may be the best (succeeded, measured, no hard SLO
 broken) and broke no SLO at all: a soft SLO's penalty is a ranking device for one objective
@@ -16,8 +17,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.domain.objectives import OBJECTIVES
+from app.domain.objectives import OBJECTIVES, figure
 from app.domain.pareto import default_reference, front, hypervolume
+from app.domain.repeats import Run, Summary, summarise, verdict
+from app.domain.states import EXP_ACTIVE, ExperimentState
 from app.store.models import Experiment, Task
 
 
@@ -73,3 +76,49 @@ def front_chart(session: Session, task: Task, cap: int) -> dict[str, Any] | None
     kept = [p for p in points if p["front"]][:cap]
     kept += [p for p in points if not p["front"]][: cap - len(kept)]
     return {"objectives": [OBJECTIVES[n].as_dict() for n in names], "points": kept, "total_points": len(points)}
+
+
+def repeat_verdict(session: Session, task: Task) -> dict[str, Any] | None:
+    """What the repeats say (app.domain.repeats): each re-measured configuration's runs (the
+    search's measurement and its repeats), mean, spread and the figure to rely on; the winner,
+    and whether it is a tie with the runner-up. None when the task has no repeats yet."""
+    spec = task.parsed_spec
+    objective = spec.optimization.objective
+    repeats = session.execute(
+        select(Experiment.id, Experiment.seq, Experiment.state, Experiment.repeat_of, Experiment.objective,
+               Experiment.slo_ok, Experiment.measured, Experiment.penalty, Experiment.params)
+        .where(Experiment.task_id == task.id, Experiment.repeat_of.is_not(None))).all()
+    if not repeats:
+        return None
+    originals = session.execute(
+        select(Experiment.id, Experiment.seq, Experiment.state, Experiment.repeat_of, Experiment.objective,
+               Experiment.slo_ok, Experiment.measured, Experiment.penalty, Experiment.params)
+        .where(Experiment.id.in_({r.repeat_of for r in repeats}))).all()
+    runs: dict[int, list[Run]] = {o.id: [] for o in originals}
+    params = {o.id: o.params for o in originals}
+    pending = 0
+    for row in [*originals, *repeats]:
+        if row.state in EXP_ACTIVE:
+            pending += 1
+        elif row.state == ExperimentState.SUCCEEDED and row.objective is not None:
+            runs[row.repeat_of or row.id].append(Run(row.id, row.seq, figure(row.measured, row.objective, objective),
+                                                      row.penalty or 0.0, row.slo_ok is not False))
+    summaries = [summarise(str(origin), params[origin], rs, objective) for origin, rs in runs.items() if rs]
+    found = verdict(summaries, objective)
+
+    def shown(s: Summary | None) -> dict[str, Any] | None:
+        if s is None:
+            return None
+        command = spec.launch_command(s.params)
+        return s.as_dict() | {"launch_command": command, "launch_command_shell": shlex.join(command)}
+
+    return {
+        "objective": OBJECTIVES[objective].as_dict(),
+        "repeats": spec.optimization.repeats,
+        "pending": pending,
+        "configurations": [shown(s) for s in (*found["ranked"], *found["ineligible"])],
+        "winner": shown(found["winner"]),
+        "runner_up": shown(found["runner_up"]),
+        "tie": found["tie"],
+        "tied": [shown(s) for s in found["tied"]],
+    }

@@ -12,8 +12,8 @@ from app.domain.engines.failures import is_infeasible, label as failure_label
 from app.domain.states import EXP_STATES
 from app.domain.stopping import STOP_REASONS, task_stop_label
 from app.store.models import Experiment, Gpu, Task, Worker, gpu_label, utcnow
-from app.domain.objectives import OBJECTIVES, direction
-from app.results import pareto_set
+from app.domain.objectives import OBJECTIVES, direction, figure
+from app.results import pareto_set, repeat_verdict
 
 
 def iso(value: datetime | None) -> str | None:
@@ -64,6 +64,8 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
         "stop": STOP_REASONS.get(exp.stop_reason or "") or None,
         "wait_reason": exp.wait_reason,
         "simulated": exp.simulated,
+        "repeat_of": exp.repeat_of,
+        "seed": exp.seed,
     }
     if metrics:
         out["metrics"] = exp.metrics
@@ -110,20 +112,16 @@ def counts_by_task(session: Session, task_ids: list[int]) -> dict[int, dict[str,
 
 
 def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[str, Any]:
-    """One task in full: its summary and, for a multi-objective task, its Pareto set."""
+    """One task in full: its summary, a multi-objective task's Pareto set and what the repeats
+    of its top configurations say."""
     out = _summary(task, counts_by_task(session, [task.id])[task.id], best_experiment(session, task), experiments)
     pareto = pareto_set(session, task)
     if pareto is not None:
         out["pareto_set"] = pareto
+    repeats = repeat_verdict(session, task)
+    if repeats is not None:
+        out["repeats"] = repeats
     return out
-
-
-def figure(measured: dict[str, float] | None, score: float | None, objective: str) -> float | None:
-    """An experiment's figure for `objective` in its unit: what it measured, or (stored before
-    measured figures were kept) its score, which is the figure when no SLO was broken."""
-    if measured and objective in measured:
-        return measured[objective]
-    return score if not measured else None
 
 
 def objectives_of(task: Task) -> list[dict[str, Any]]:

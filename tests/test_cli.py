@@ -250,3 +250,40 @@ def test_run_multi_objective_example_returns_its_pareto_set(tmp_path):
     assert ps["reference_point"] == [100, 30] and ps["reference_given"]
     assert ps["hypervolume"] > 0 and ps["hypervolume"] == pytest.approx(hypervolume(front, directions, ps["reference_point"]))
     assert all(p["launch_command"][:3] == ["python", "-m", "sglang.launch_server"] for p in ps["points"])
+
+
+@pytest.mark.integration
+def test_run_with_repeats_measures_the_top_two_again_with_other_request_orders(tmp_path):
+    """Real workers and sim engines: after the search the two best configurations run twice
+    more each with seeds 1 and 2 (a different sample of request lengths: another total of
+    input tokens), and --json reports the verdict over three runs each."""
+    task = json.loads((ROOT / "examples" / "quickstart.json").read_text())
+    task["parameters"] = {"max-running-requests": [16, 64, 256]}
+    task["sim"].update(time_scale=0.2, startup_seconds=0.3)
+    task["optimization"].update(repeats=2, repeat_top=2)
+    task["benchmark"].update(traffic_scenarios=["N(1024,256)/(64,16)"], num_concurrency=[32],
+                             max_requests_per_iteration=48)
+    path = tmp_path / "repeats.json"
+    path.write_text(json.dumps(task))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "run", str(path), "--json"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["status"] == "completed" and report["counts"]["succeeded"] == 3 + 2 * 2
+    v = report["repeats"]
+    assert v["pending"] == 0 and len(v["configurations"]) == 2
+    assert all(len(c["runs"]) == 3 for c in v["configurations"])
+    assert v["winner"]["launch_command_shell"].startswith("python -m sglang.launch_server")
+    status = subprocess.run([sys.executable, "-m", "app.cli", "status", str(report["id"]), "--json"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert json.loads(status.stdout)["repeats"] == v
+    assert sorted(e["seed"] for e in report["experiments"]) == [0, 0, 0, 1, 1, 2, 2]
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "home" / "autotuner.db") as db:
+        metrics = dict(db.execute("SELECT id, metrics FROM experiments").fetchall())
+    for c in v["configurations"]:  # the request sample differs with the seed: so does the input token total
+        totals = {json.loads(metrics[r["id"]])["scenarios"][0]["levels"][0]["total_input_tokens"] for r in c["runs"]}
+        assert len(totals) == 3

@@ -77,6 +77,7 @@ def test_two_or_three_objectives_make_a_multi_objective_task():
     ({"objectives": ["minimize_ttft", "minimize_ttft"]}, "optimization.objectives"),
     ({"objectives": ["minimize_ttft", "maximize_throughput"], "reference_point": [1, 2, 3]}, "optimization.reference_point"),
     ({"objective": "minimize_ttft", "reference_point": [1, 2]}, "optimization.reference_point"),
+    ({"objectives": ["minimize_ttft", "maximize_throughput"], "repeats": 2}, "optimization.repeats"),
     ({"objectives": ["minimize_ttft"]}, "optimization.objectives"),
     ({"objectives": ["minimize_ttft", "minimize_tpot", "minimize_latency", "maximize_throughput"]},
      "optimization.objectives"),

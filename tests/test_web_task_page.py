@@ -728,3 +728,79 @@ def test_task_page_lets_a_user_pick_a_front_point_and_copy_its_command(flask_app
         server.shutdown()
         thread.join(timeout=5)
     assert not errors, errors
+
+
+def tie_task() -> int:
+    """A finished task whose top two configurations' repeats overlap (#1: 1.00, 1.10, 1.05 s;
+    #2: 1.08, 1.20, 1.15 s): #2's best run beats #1's worst."""
+    data = spec_dict("minimize_ttft")
+    data["optimization"]["repeats"] = 2
+    task_id = make_task(data, status="completed")
+    a, b = {"max-running-requests": 32, "schedule-policy": "lpm"}, {"max-running-requests": 64, "schedule-policy": "lpm"}
+    rows = [{"params": a, "objective": 1.00}, {"params": b, "objective": 1.08}]
+    first, second = add_experiments(task_id, [dict(r, measured={"minimize_ttft": r["objective"]}, penalty=0.0, slo_ok=True)
+                                              for r in rows])
+    add_experiments(task_id, [
+        {"seq": 3 + i, "params": p, "objective": f, "measured": {"minimize_ttft": f}, "penalty": 0.0, "slo_ok": True,
+         "repeat_of": origin, "seed": seed}
+        for i, (p, f, origin, seed) in enumerate([(a, 1.10, first, 1), (a, 1.05, first, 2),
+                                                  (b, 1.20, second, 1), (b, 1.15, second, 2)])])
+    return task_id
+
+
+@pytest.mark.unit
+def test_a_tie_is_shown_as_a_tie_with_both_launch_commands(client):
+    """Repeats whose runs overlap: the page, the API and the CLI say "tie" and give both
+    launch commands, with each configuration's mean, spread and figure to rely on."""
+    from app import console
+
+    task_id = tie_task()
+    a, b = {"max-running-requests": 32, "schedule-policy": "lpm"}, {"max-running-requests": 64, "schedule-policy": "lpm"}
+    v = client.get(f"/api/tasks/{task_id}").json["repeats"]
+    assert v["tie"] is True and v["winner"]["params"] == a and v["runner_up"]["params"] == b
+    assert [t["params"] for t in v["tied"]] == [b]
+    assert v["winner"]["relied"] == 1.10 and v["runner_up"]["relied"] == 1.20  # the worst run of each
+    assert [len(c["runs"]) for c in v["configurations"]] == [3, 3]
+    page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "<strong>Tie</strong>: #1 and #2" in page
+    assert "--max-running-requests 32" in page and "--max-running-requests 64" in page
+    assert 'data-copy="verdict-command-1"' in page and 'data-copy="verdict-command-2"' in page
+    assert "To rely on (s)" in page
+    with console.err.capture() as captured:
+        console.print_summary(console.load_report(task_id))
+    out = captured.get()
+    assert "Tie" in out and "--max-running-requests 32" in out and "--max-running-requests 64" in out
+
+
+@pytest.mark.process
+@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
+    import threading
+
+    from playwright.sync_api import expect, sync_playwright
+    from werkzeug.serving import make_server
+
+    task_id = tie_task()
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    errors: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
+            page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-objective')")
+            expect(page.locator("#verdict")).to_contain_text("Tie: #1 and #2")
+            expect(page.locator("#verdict-section button[data-copy]")).to_have_count(2)
+            assert "--max-running-requests 64" in page.text_content("#verdict-command-2")
+            page.click("#verdict-section button[data-copy='verdict-command-2']")
+            selected = page.evaluate("() => window.getSelection().toString()")  # no clipboard over plain http
+            assert "--max-running-requests 64" in selected or page.text_content(
+                "#verdict-section button[data-copy='verdict-command-2']") == "Copied"
+            browser.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    assert not errors, errors

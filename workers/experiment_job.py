@@ -162,19 +162,26 @@ Level = dict[str, Any]
 def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop,
               on_level: Callable[[Level], None] | None = None,
               probe: Probe | None = None,
-              figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
+              figures: Callable[[Level], Level] | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Every traffic scenario at every load level; one list of level summaries each, in the
     levels' written order. For the sim engine, rates and limits are converted to wall-clock
     terms on the way in and the figures back to modelled time on the way out; `figures` then
     gives each level the figures that count (the model's, in the simulated engine's virtual
     clock) before anything reads it, the rate search included. With a `probe` (early
-    stopping), the deciding level runs first and may end the benchmark after it."""
+    stopping), the deciding level runs first and may end the benchmark after it. `seed`: the
+    benchmark client's request sample, order and arrival times (a repeat's differ); each level
+    records it."""
     bench = spec.benchmark
     scale = sim_time_scale(spec)
     if probe is not None and probe.active:
         should_stop = _either(should_stop, probe.stopped)
         on_level = _both(on_level, probe.after_level)
     limits = goodput_limits(spec.to_dict().get("slo"))
+    counted = figures or (lambda level: level)
+
+    def keep(level: Level) -> Level:
+        return counted({**level, "seed": seed})  # the request sample it ran (a repeat's differs)
+
     results = []
     for scenario in bench.traffic_scenarios:
         target = Target(
@@ -184,8 +191,8 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
             num_gpus=num_gpus,
             api=bench.api,
             goodput_slo={k: v * scale for k, v in limits.items()} if limits else None,
+            seed=seed,
         )
-        keep = figures or (lambda level: level)
         if bench.rate_search is not None and spec.uses_rate_search:
             levels = _search_rates(spec, target, scale, should_stop, on_level, keep)
         else:
@@ -335,8 +342,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             def run(figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
                 counted, scale = figures or (lambda level: level), sim_time_scale(spec)
                 probes.append(Probe(spec, claim.task_id, lambda level: counted(to_simulated_time(level, scale))))
+                probes[-1].active = probes[-1].active and not claim.repeat  # a repeat is measured in full
                 return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1],
-                                 figures=figures)
+                                 figures=figures, seed=claim.seed)
 
             sim = sim_figures.measure(spec, request, deployment, num_gpus, run, watch) if deployment.simulated else None
             scenarios = sim[0] if sim is not None else run()

@@ -31,7 +31,7 @@ COUNTERS = {"lost_s": "sim_scheduler_lag_seconds_total", "busy_s": "sim_busy_sec
 LAG_REMEASURE = 1  # extra wall-clock runs when the first one was too late
 # What a level says about how it ran (kept from the HTTP run when the figures are the model's).
 LEVEL_KEYS = ("scenario", "api", "request_rate", "burstiness", "max_concurrency", "warmup_errors", "stopped_early",
-              "requests_started", "max_in_flight")
+              "requests_started", "max_in_flight", "seed")
 HTTP_KEYS = ("completed", "errors", "duration", "mean_ttft_ms", "mean_tpot_ms", "output_throughput")
 
 
@@ -106,7 +106,8 @@ def virtual_level(argv: list[str], http_level: dict[str, Any], spec: TaskSpec, n
     bench = spec.benchmark
     load = Load(concurrency=http_level.get("concurrency"), request_rate=http_level.get("request_rate"),
                 burstiness=http_level.get("burstiness") or 1.0, max_concurrency=http_level.get("max_concurrency"),
-                max_requests=int(bench.max_requests_per_iteration), max_time_s=float(bench.max_time_per_iteration))
+                max_requests=int(bench.max_requests_per_iteration), max_time_s=float(bench.max_time_per_iteration),
+                seed=int(http_level.get("seed") or 0))  # the same request sample as the client's
     try:
         level = replay_level(argv, http_level["scenario"], load, num_gpus=num_gpus, slo=http_level.get("goodput_slo"))
     except StartupError:  # cannot happen for an engine that served the level; keep the measurement

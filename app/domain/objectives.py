@@ -128,6 +128,14 @@ def penalised(value: float, penalty: float, objective: str) -> float:
     return value * (1 + penalty) if direction(objective) == "minimize" else value / (1 + penalty)
 
 
+def figure(measured: dict[str, float] | None, score: float | None, objective: str) -> float | None:
+    """An experiment's figure for `objective` in its unit: what it measured, or (stored before
+    measured figures were kept) its score, which is the figure when no SLO was broken."""
+    if measured and objective in measured:
+        return measured[objective]
+    return score if not measured else None
+
+
 def trial_values(measured: dict[str, float] | None, penalty: float | None,
                  names: Sequence[str]) -> tuple[float, ...] | None:
     """A multi-objective task's figures as its sampler weighs them: each objective's measured

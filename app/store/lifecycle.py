@@ -43,6 +43,8 @@ class Claim:
     gpu_labels: list[str]
     gpus_simulated: bool = True
     gpu_share: float = 1.0  # < 1: slots of GPUs split between engines (models.Gpu)
+    seed: int = 0  # the benchmark client's seed: a repeat's request order differs (app.domain.repeats)
+    repeat: bool = False
 
 
 def _attempt(session: Session, exp: Experiment) -> Attempt | None:
@@ -112,6 +114,8 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
             gpu_labels=[g.label for g in gpus],
             gpus_simulated=all(g.simulated for g in gpus),
             gpu_share=min((g.share for g in gpus), default=1.0),
+            seed=exp.seed or 0,
+            repeat=exp.repeat_of is not None,
         )
 
 

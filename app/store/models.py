@@ -110,6 +110,10 @@ class Experiment(Base):
     # `objective` (the ranking score) carries; `penalty` is that penalty.
     measured: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
     penalty: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # A repeat measures `repeat_of`'s configuration again (app.domain.repeats) with the benchmark
+    # client's `seed` (request order, arrival times); experiments of the search have seed 0.
+    repeat_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    seed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Early stopping (app.domain.stopping.STOP_REASONS): its other load levels were skipped.
     stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

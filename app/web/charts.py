@@ -32,9 +32,8 @@ from sqlalchemy.orm import Session
 
 from app.domain.states import ExperimentState
 from app.store.models import Experiment, Gpu, GpuAllocation, Task, gpu_label, utcnow
-from app.domain.objectives import OBJECTIVES, direction, eligible, scored_level
+from app.domain.objectives import OBJECTIVES, direction, eligible, figure, scored_level
 from app.results import front_chart
-from app.serializers import figure
 
 MAX_POINTS = 2000  # per series
 

@@ -449,6 +449,9 @@ def _objective_needs(sections: dict[str, Any], out: _Collector) -> None:
                       "(ttft, tpot or latency)")
         if needs == "price" and opt.gpu_price_per_hour is None:
             out.error(["optimization", "gpu_price_per_hour"], f"{name} needs what one GPU costs per hour (in dollars)")
+    if opt.repeats and len(names) > 1:
+        out.error(["optimization", "repeats"], "repeats tell a single objective's winner from noise; a "
+                  "multi-objective task's answer is its Pareto set")
     if "rate_search" in needed:
         if len(names) > 1:
             out.error(loc, "maximize_sustainable_rate runs a search over rates of its own: it is a task's only objective")

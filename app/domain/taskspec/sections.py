@@ -146,6 +146,10 @@ class Optimization(BaseModel):
     # million output tokens) needs it, so a 1-GPU and an 8-GPU answer compare on cost.
     gpu_price_per_hour: Annotated[Annotated[Float, Field(gt=0, le=MAX_FACTOR)] | None,
                                   OnForm("GPU price per hour ($, for minimize_cost)")] = None
+    # After the search, the `repeat_top` best configurations are each measured `repeats` more
+    # times with other seeds: the answer is the figure to rely on, or a tie (app.domain.repeats).
+    repeats: Annotated[Annotated[Int, Field(ge=0, le=10)], OnForm("Repeats of the top configurations")] = 0
+    repeat_top: Annotated[Int, Field(ge=2, le=5)] = 3
     # Off unless given: skip the load levels of what cannot win, stop the task on a plateau.
     early_stopping: EarlyStopping | None = None
 

@@ -76,6 +76,38 @@
     }
     renderBest(t);
     if (t.pareto_set) renderPareto(t.pareto_set);
+    if (t.repeats) renderVerdict(t.repeats);
+  }
+
+  // -- what the repeats of the top configurations say (the page reloads itself to add the
+  //    section the first time: its table is rendered by the server) ---------------------------
+  function renderVerdict(v) {
+    const box = $("verdict-section");
+    if (!box) { if (!terminal) window.location.reload(); return; }
+    const unit = v.objective.unit;
+    const parts = [];
+    if (v.pending) parts.push(el("p", { class: "note", id: "verdict-pending", text: `Measuring the top configurations again: ${v.pending} run${v.pending === 1 ? "" : "s"} to go.` }));
+    if (v.winner) {
+      const w = v.winner;
+      parts.push(v.tie
+        ? el("p", { id: "verdict" }, el("strong", { text: "Tie" }), `: #${w.runs[0].seq} and ${v.tied.map((t) => `#${t.runs[0].seq}`).join(", ")} are within the noise (the runner-up's best run scored at least as well as the winner's worst); any of these launch commands is the answer.`)
+        : el("p", { id: "verdict" }, el("strong", { text: "Winner" }), `: #${w.runs[0].seq}, ${g4(w.relied)} ${unit} to rely on (${v.objective.direction === "minimize" ? "the worst" : "the mean"} of ${w.runs.length} runs), clear of the runner-up's runs.`));
+      [w, ...v.tied].forEach((c, i) => parts.push(el("div", { class: "command-box" },
+        el("pre", { class: "command", id: `verdict-command-${i + 1}`, text: c.launch_command_shell }),
+        el("button", { type: "button", "data-copy": `verdict-command-${i + 1}`, text: "Copy" }))));
+    }
+    const rows = v.configurations.map((c) => el("tr", {},
+      el("td", {}, el("a", { class: "exp-link", href: `/experiments/${c.runs[0].id}`, text: String(c.runs[0].seq) })),
+      el("td", {}, el("code", { text: paramText(c.params) })),
+      el("td", { text: String(c.runs.length) }),
+      el("td", { class: "num", text: `${g4(c.mean)} ± ${Number(c.std).toPrecision(2)}` }),
+      el("td", { class: "num", text: `${g4(c.low)} – ${g4(c.high)}` }),
+      el("td", { class: "num" }, el("strong", { text: g4(c.relied) })),
+      el("td", { text: c.slo_ok ? "met" : "broken" })));
+    const head = ["#", "Parameters", "Runs", `Mean ± std (${unit})`, `Range (${unit})`, `To rely on (${unit})`, "SLOs in every run"];
+    parts.push(el("table", { id: "verdict-table" }, el("thead", {}, el("tr", {}, ...head.map((h) => el("th", { text: h })))),
+      el("tbody", {}, ...rows)));
+    box.replaceChildren(...parts);
   }
 
   // -- the Pareto set of a multi-objective task: pick a point, copy its launch command ------
@@ -142,9 +174,9 @@
     );
   }
 
-  function copyCommand(preId, buttonId) {
+  function copyCommand(preId, buttonId, node) {
     const pre = $(preId);
-    const button = $(buttonId);
+    const button = node || $(buttonId);
     if (!pre || !button) return;
     const done = () => { button.textContent = "Copied"; setTimeout(() => { button.textContent = "Copy"; }, 1500); };
     if (navigator.clipboard && window.isSecureContext) {
@@ -433,6 +465,8 @@
   root.addEventListener("click", (evt) => {
     const radio = evt.target.closest("input[name=pareto-pick]");
     if (radio) { pick(+radio.value); return; }
+    const copy = evt.target.closest("button[data-copy]");
+    if (copy) { copyCommand(copy.dataset.copy, copy.id || null, copy); return; }
     const target = evt.target.closest("#prev-page, #next-page, #copy-command, #copy-pareto");
     if (!target) return;
     evt.preventDefault();
