@@ -773,7 +773,7 @@ def test_a_tie_is_shown_as_a_tie_with_both_launch_commands(client):
 
 
 @pytest.mark.process
-@pytest.mark.skipif(_chromium() is None, reason="needs the playwright package and a chromium binary")
+@pytest.mark.skipif(chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
     import threading
 
@@ -787,7 +787,7 @@ def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
     errors: list[str] = []
     try:
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1360, "height": 900})
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
