@@ -198,3 +198,20 @@ def test_bad_arguments_fail_before_any_request(kwargs: dict) -> None:
                     **{"max_requests": 4, "max_time_s": 5, **args.pop("target", {})})
     with pytest.raises(ValueError):
         run_benchmark(target, **args)
+
+
+@pytest.mark.unit
+def test_each_level_sends_the_same_lengths_in_other_words() -> None:
+    """Levels differ only in load, yet no level's prompts are an earlier level's, so an
+    engine's prompt or prefix cache cannot serve them (llama-server keeps them in RAM)."""
+    from dataclasses import replace
+
+    from app.tools.loadgen.level import plan_level
+
+    target = Target("http://127.0.0.1:1", "m", "U(50,100)/(10,20)", max_requests=8)
+    first, second = plan_level(target), plan_level(replace(target, prompt_salt=1))
+    for i in range(8):
+        (a, n_a), (b, n_b) = first.spec(i), second.spec(i)
+        assert (n_a, a["max_tokens"], len(a["prompt"])) == (n_b, b["max_tokens"], len(b["prompt"]))
+        assert a["prompt"] != b["prompt"]
+    assert first.spec(3) == plan_level(target).spec(3)  # and the same for the same seed and level

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, Callable, TypeVar
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -238,7 +239,8 @@ def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
     tried: dict[float, bool] = {}
     levels: list[dict[str, Any]] = []
     while (rate := next_rate(tried, search.low, search.high, search.steps)) is not None and not should_stop():
-        ran = run_benchmark(target, None, request_rates=[rate / scale], burstiness=bench.burstiness,
+        ran = run_benchmark(replace(target, prompt_salt=len(levels)), None, request_rates=[rate / scale],
+                            burstiness=bench.burstiness,
                             max_concurrency=bench.max_concurrency,
                             warmup_requests=bench.warmup_requests if not levels else 0,
                             should_stop=should_stop, on_level=on_level)

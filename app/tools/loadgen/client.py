@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from dataclasses import replace
 from typing import Callable
 
 from .arrivals import check_burstiness, check_rate
@@ -113,11 +114,12 @@ def run_benchmark(
             if should_stop is not None and stop_requested(should_stop):
                 break
             common = dict(warmup_requests=warmup_requests if k == 0 else 0, should_stop=should_stop)
+            salted = replace(target, prompt_salt=target.prompt_salt + k)  # fresh prompts, same lengths
             if open_loop:
-                summary = await run_rate_level(target, level, burstiness=burstiness,
+                summary = await run_rate_level(salted, level, burstiness=burstiness,
                                                max_concurrency=max_concurrency, **common)
             else:
-                summary = await run_level(target, level, **common)
+                summary = await run_level(salted, level, **common)
             out.append(summary)
             if on_level is not None:
                 on_level(summary)

@@ -31,13 +31,17 @@ class LevelPlan:
     scenario: Scenario
     seed: int
     slo: dict[str, float] | None
+    prompt_salt: int = 0
 
     def spec(self, i: int) -> tuple[dict, int]:
-        """(body, input_tokens) of request i: the same for a given seed in every level and
-        shape, so levels differ only in load. Warm-up requests use negative i."""
-        rng = random.Random(self.seed * 1_000_003 + i)
-        n_in, n_out = self.scenario.sample(rng)
-        return request_body(self.model, self.api, make_prompt(n_in, rng), n_out), n_in
+        """(body, input_tokens) of request i. Its lengths are the same for a given seed in
+        every level and shape, so levels differ only in load; its words also depend on the
+        level (``prompt_salt``), so that an engine's prefix or prompt cache (SGLang's radix
+        cache, vLLM's prefix caching, llama-server's slot and RAM prompt cache) cannot serve
+        a later level's prompts from an earlier level's. Warm-up requests use negative i."""
+        n_in, n_out = self.scenario.sample(random.Random(self.seed * 1_000_003 + i))
+        words = random.Random(f"{self.seed}/{self.prompt_salt}/{i}")
+        return request_body(self.model, self.api, make_prompt(n_in, words), n_out), n_in
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Target:
     seed: int = 0
     request_timeout_s: float | None = None
     goodput_slo: dict[str, float] | None = None
+    prompt_salt: int = 0  # run_benchmark gives each of its levels its own (LevelPlan.spec)
 
 
 def plan_level(target: Target) -> LevelPlan:
@@ -67,7 +72,7 @@ def plan_level(target: Target) -> LevelPlan:
         raise ValueError("give max_requests or max_time_s (or both)")
     sc = parse_scenario(target.scenario) if isinstance(target.scenario, str) else target.scenario
     url = target.base_url.rstrip("/") + ("/v1/chat/completions" if target.api == "chat" else "/v1/completions")
-    return LevelPlan(url, target.model, target.api, sc, target.seed, check_slo(target.goodput_slo))
+    return LevelPlan(url, target.model, target.api, sc, target.seed, check_slo(target.goodput_slo), target.prompt_salt)
 
 
 def open_session(request_timeout_s: float | None) -> aiohttp.ClientSession:
