@@ -317,11 +317,13 @@ def run(file: str, as_json: bool, simulated_gpus: int, cpu: bool, deployment_mod
 
 @main.command()
 @click.option("--simulated-gpus", default=4, show_default=True, help="Simulated GPUs of the local worker (0: none).")
+@click.option("--cpu", is_flag=True, help="The local worker offers this host's CPU instead of simulated GPUs.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
 @friendly_errors
-def up(simulated_gpus: int, host: str, port: int) -> None:
-    """Run the whole stack until Ctrl-C: web, coordinator, a simulated GPU worker."""
+def up(simulated_gpus: int, cpu: bool, host: str, port: int) -> None:
+    """Run the whole stack until Ctrl-C: web, coordinator, a simulated GPU worker (or one
+    offering this host's CPU)."""
     from app.console import err
     from app.store.migrate import upgrade
     from app.stack import Stack, running_stack_pid
@@ -329,8 +331,8 @@ def up(simulated_gpus: int, host: str, port: int) -> None:
     if (pid := running_stack_pid()) is not None:
         raise click.ClickException(f"a stack (pid {pid}) is already running on {home_dir()}")
     upgrade()
-    stack = Stack(home=home_dir(), simulated_gpus=simulated_gpus, web_port=port, web_host=host,
-                  start_worker=simulated_gpus > 0)
+    stack = Stack(home=home_dir(), simulated_gpus=simulated_gpus, cpu=cpu, web_port=port, web_host=host,
+                  start_worker=cpu or simulated_gpus > 0)
     stack.start()
     stack.write_stack_file()
     err.print(f"Web UI: http://{host}:{port}   broker: {stack.broker_url}   logs: {home_dir() / 'logs'}")
