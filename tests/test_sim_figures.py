@@ -148,10 +148,11 @@ def test_a_starved_engine_is_caught_and_its_figures_marked():
     assert len(frozen) == len(runs) == sim["runs"] == 1 + sim_figures.LAG_REMEASURE
     assert scenarios is runs[-1]  # wall-clock figures are what the client measured
     lag = sim["lag"]
-    assert sim["clock"] == "wall" and not lag["reliable"]
+    assert sim["clock"] == "wall" and not sim["reliable"] and not lag["reliable"]
     assert lag["lost_ms"] >= 1800 and lag["lost_share"] > sim_figures.LOST_SHARE_LIMIT  # 1 s lost at time scale 0.5
     assert "could not keep to its model's schedule" in lag["problem"] and "fell behind for good" in lag["problem"]
-    assert sim_figures.unreliable(sim) == lag["problem"]
+    assert lag["problem"] in sim["problem"] and sim_figures.unreliable(sim) == sim["problem"]
+    assert sim["model_check"]["deviation"] > 0  # a second's stall moves the figures off the model's too
 
 
 @pytest.mark.process
@@ -196,4 +197,24 @@ def test_virtual_figures_are_the_models_whatever_the_wall_clock_measured():
     for key in ("mean_ttft_ms", "p99_tpot_ms", "output_throughput", "good_requests", "duration"):
         assert level_a[key] == level_b[key] == model[key]
     assert level_a["clock"] == "virtual" and level_a["http"]["completed"] == 16 and level_a["max_in_flight"] <= 8
-    assert all(r[1]["clock"] == "virtual" and r[1]["lag"]["reliable"] and r[1]["runs"] == 1 for r in results)
+    assert all(r[1]["clock"] == "virtual" and r[1]["reliable"] and r[1]["runs"] == 1 for r in results)
+    assert sim_figures.unreliable(results[0][1]) is None
+
+
+@pytest.mark.unit
+def test_wall_clock_figures_far_from_the_models_are_caught():
+    """What the engine's lag cannot see (a benchmark client starved of CPU stamps requests
+    late) shows as figures away from the model's for the same load."""
+    spec = _sim_spec("wall")
+    argv = sim_figures.sim_argv(engine_request(spec, 1, 1, {"max-running-requests": 16}, [0]))
+    model = replay_level(argv, "D(256,256)", Load(concurrency=8, max_requests=16, max_time_s=60), num_gpus=1)
+    level = {**model, "scenario": "D(256,256)", "request_rate": None, "goodput_slo": None}
+    close = sim_figures.model_check(argv, [{"scenario": "D(256,256)", "levels": [
+        {**level, "mean_ttft_ms": model["mean_ttft_ms"] * 1.05}]}], spec, 1)
+    assert close["deviation"] == pytest.approx(0.05, abs=1e-3) and "problem" not in close
+    far = sim_figures.model_check(argv, [{"scenario": "D(256,256)", "levels": [
+        {**level, "output_throughput": model["output_throughput"] * 0.7}]}], spec, 1)
+    assert far["figure"] == "output_throughput" and far["deviation"] == pytest.approx(0.3, abs=1e-3)
+    assert "30% off" in far["problem"]
+    failed = sim_figures.model_check(argv, [{"scenario": "D(256,256)", "levels": [{**level, "errors": 3}]}], spec, 1)
+    assert failed["deviation"] == 0.0  # a level that failed over HTTP is judged by its errors
