@@ -216,5 +216,11 @@ def test_wall_clock_figures_far_from_the_models_are_caught():
         {**level, "output_throughput": model["output_throughput"] * 0.7}]}], spec, 1)
     assert far["figure"] == "output_throughput" and far["deviation"] == pytest.approx(0.3, abs=1e-3)
     assert "30% off" in far["problem"]
+    sample = {**level, "scenario": "N(256,128)/(256,128)", "seed": 7}
+    repeat = sim_figures.virtual_level(argv, sample, spec, 1)
+    expected = replay_level(argv, "N(256,128)/(256,128)", Load(concurrency=8, max_requests=16, max_time_s=60, seed=7),
+                            num_gpus=1)
+    assert repeat["seed"] == 7 and repeat["mean_ttft_ms"] == expected["mean_ttft_ms"]  # the repeat's sample
+    assert repeat["mean_ttft_ms"] != sim_figures.virtual_level(argv, {**sample, "seed": 0}, spec, 1)["mean_ttft_ms"]
     failed = sim_figures.model_check(argv, [{"scenario": "D(256,256)", "levels": [{**level, "errors": 3}]}], spec, 1)
     assert failed["deviation"] == 0.0  # a level that failed over HTTP is judged by its errors
