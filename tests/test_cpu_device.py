@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.domain.engines import get_engine
+from app.store.models import gpu_label
+from app.store.pool import parse_gpu_label
 from tests.helpers import ROOT
 from workers.cpu_device import CPU_INDEX, CPU_SET_ENV, CpuDeviceError, cpu_device, cpu_set
 from workers.gpu_worker import default_group
@@ -34,6 +36,7 @@ def test_the_device_is_one_row_that_says_it_is_a_cpu():
     assert device.name.startswith("CPU: ") and device.name.endswith("(1 threads)")
     assert device.uuid.startswith("CPU-") and device.memory_mb > 0
     assert default_group("h1", [device]) == "h1-cpu"
+    assert gpu_label("h1", device.index) == "h1:cpu" and parse_gpu_label("h1:cpu") == ("h1", CPU_INDEX)
 
 
 @pytest.mark.unit
@@ -115,7 +118,7 @@ def test_autotuner_run_tunes_llama_cpp_on_this_hosts_cpu(llama_server_binary, ti
     report = json.loads(proc.stdout)
     assert report["status"] == "completed" and report["simulated"] is False
     assert report["counts"]["succeeded"] == 2
-    assert all(exp["gpus"] == [f"{exp['gpus'][0].split(':')[0]}:{CPU_INDEX}"] for exp in report["experiments"])
+    assert all(exp["gpus"] == [f"{exp['host']}:cpu"] for exp in report["experiments"])
     assert report["best"]["launch_command"][1:3] == ["--model", str(tiny_gguf)]
 
 

@@ -190,11 +190,16 @@ class Worker(Base):
     last_heartbeat: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+#: The ledger index of a host's CPU device (workers/cpu_device.py): GPU indices are >= 0.
+CPU_INDEX = -1
+
+
 def gpu_label(host: str, index: int, slot: int = 0, slots: int = 1) -> str:
     """How a GPU (or one slot of a shared GPU) is named on pages, in the API and the CLI:
     `host:index`, or `host:index/slot` where its worker splits each GPU into slots (or did:
-    a retired slot keeps its name)."""
-    return f"{host}:{index}" if slots <= 1 and slot == 0 else f"{host}:{index}/{slot}"
+    a retired slot keeps its name); a CPU device is `host:cpu`."""
+    name = "cpu" if index == CPU_INDEX else str(index)
+    return f"{host}:{name}" if slots <= 1 and slot == 0 else f"{host}:{name}/{slot}"
 
 
 class Gpu(Base):

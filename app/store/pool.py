@@ -16,7 +16,7 @@ from app.store.db import session_scope
 from app.processes import pid_alive
 from app.store.lifecycle import mark_lost
 from app.domain.states import ExperimentState
-from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
+from app.store.models import CPU_INDEX, Attempt, Experiment, Gpu, Task, Worker, utcnow
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,6 @@ class GpuSpec:
     simulated: bool
     utilization: float | None = None
     domain: str | None = None  # topology domain (workers/gpu_discovery.py); None: unknown
-
-
-#: The ledger index of a host's CPU device (workers/cpu_device.py): GPU indices are >= 0.
-CPU_INDEX = -1
 
 
 class PoolConflict(Exception):
@@ -198,6 +194,8 @@ def parse_gpu_label(label: str) -> tuple[str, int]:
     index, slash, slot = index.partition("/")
     if slash and (not slot.isdigit() or len(slot) > 6):
         raise ValueError(f"{label!r} is not a GPU label (HOST:INDEX, as the pool page shows it)")
+    if index == "cpu" and sep and host:
+        return host, CPU_INDEX
     if not sep or not host or not index.isdigit() or len(index) > 6:
         raise ValueError(f"{label!r} is not a GPU label (HOST:INDEX, as the pool page shows it)")
     return host, int(index)
