@@ -14,9 +14,8 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from flask import Flask
     from flask_wtf.csrf import CSRFProtect
 
-    from app.config import get_settings
+    from app.config import get_settings, install_for_domain
     from app.domain.limits import MAX_BODY
-    from app.limits import install_from_environment
     from app.store.migrate import upgrade
     from app.web import actions, api, live, ops, pages, submit
     from app.web.auth import init_auth
@@ -26,7 +25,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     from app.web.inputs import BoundedJSONProvider, IdConverter
 
     settings = get_settings()
-    install_from_environment()
+    install_for_domain()
     flask_app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     flask_app.json = BoundedJSONProvider(flask_app)
     flask_app.url_map.converters["int"] = IdConverter  # before any route is added

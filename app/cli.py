@@ -97,9 +97,9 @@ def with_overrides(fn: Callable) -> Callable:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Parallel autotuner for LLM inference servers (SGLang, vLLM)."""
-    from app.limits import install_from_environment
+    from app.config import install_for_domain
 
-    install_from_environment()  # this process's limits, read once (its Celery children inherit them)
+    install_for_domain()  # read once for this process (its Celery workers' children inherit it)
 
 
 @main.command()

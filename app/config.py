@@ -12,6 +12,10 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.domain import limits
+from app.domain.engines import registry
+from app.limits import get_limits
+
 
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
@@ -103,3 +107,12 @@ def get_settings() -> Settings:
         secret_key=os.environ.get("AUTOTUNER_SECRET_KEY") or None,
         flower_url=os.environ.get("AUTOTUNER_FLOWER_URL") or None,
     )
+
+
+def install_for_domain() -> None:
+    """Give the domain what this process's environment says it needs, read once here at the
+    edge (the domain itself reads no environment): the limits on user input and the
+    operator's engines file. The CLI calls this when it starts (its Celery workers' children
+    inherit it), the web app when it is built."""
+    limits.install(get_limits())
+    registry.use_operator_file(os.environ.get("AUTOTUNER_ENGINES_FILE"))

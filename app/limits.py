@@ -1,12 +1,11 @@
 """The limits on user input as this process's environment sets them: read here, at the edge,
-and installed for the domain (app/domain/limits.py has every bound, its default and the
-variable that raises it). The CLI installs them when it starts, the web app when it is built;
-the coordinator and the login limiter read them when they apply them."""
+and installed for the domain by `app.config.install_for_domain` (app/domain/limits.py has every
+bound, its default and the variable that raises it); the coordinator and the login limiter read
+them when they apply them."""
 from __future__ import annotations
 
 import os
 
-from app.domain import limits as domain_limits
 from app.domain.limits import INT32_MAX, LIMIT_NAMES, Limits, env_name
 
 
@@ -27,10 +26,3 @@ def get_limits() -> Limits:
     """The limits the environment sets now (a cheap read)."""
     defaults = Limits()
     return Limits(**{name: _read(env_name(name), getattr(defaults, name)) for name in LIMIT_NAMES})
-
-
-def install_from_environment() -> Limits:
-    """Read the limits once and install them for the domain's checks; returns them."""
-    limits = get_limits()
-    domain_limits.install(limits)
-    return limits

@@ -1,6 +1,7 @@
 """Creating, cancelling, retrying and deleting tasks: the same path for the API, the pages and the CLI."""
 from __future__ import annotations
 
+import copy
 import logging
 
 from sqlalchemy import delete, select, update
@@ -11,7 +12,8 @@ from app.store.db import session_scope
 from app.store.lifecycle import back_to_pending, lock_task
 from app.domain.states import ExperimentState, TaskStatus, TASK_TERMINAL
 from app.store.models import Attempt, Experiment, Task, utcnow
-from app.domain.taskspec import TaskSpec
+from app.config import get_settings
+from app.domain.taskspec import TaskSpec, TaskSpecError, parse_task
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +72,6 @@ def check_submittable(spec: TaskSpec) -> None:
 def _check_runnable(spec: TaskSpec) -> None:
     """Refuse at submission what validation only notes: a task this system cannot run would
     otherwise fail every one of its experiments."""
-    from app.domain.taskspec import TaskSpecError
-
     if spec.deployment_mode == "ome":
         raise TaskSpecError([{"loc": ["deployment_mode"], "msg": (
             "'ome' deploys on Kubernetes (OME InferenceServices), which this system does not run; "
@@ -86,9 +86,6 @@ def _check_runnable(spec: TaskSpec) -> None:
 def _check_time_limits(spec: TaskSpec) -> None:
     """An experiment's hard time limit must end before Redis re-delivers its job, or a
     long experiment would be handed to a second worker while the first still runs it."""
-    from app.config import get_settings
-    from app.domain.taskspec import TaskSpecError
-
     settings = get_settings()
     hard = float(spec.optimization.timeout_per_iteration) + settings.time_limit_grace
     if hard >= settings.visibility_timeout:
@@ -117,10 +114,6 @@ def update_task(task_id: int, max_parallel_experiments: int | None = None, prior
     """Change how many experiments of a task may run at once, and its priority, while it runs.
     The stored spec is re-validated with the new values (field-level errors, nothing written
     when one is bad); the coordinator applies them at once."""
-    import copy
-
-    from app.domain.taskspec import parse_task
-
     with session_scope() as session:
         task = lock_task(session, task_id)
         if task is None:

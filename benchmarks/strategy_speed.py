@@ -34,10 +34,12 @@ def main() -> None:
     engines = Path(tempfile.mkdtemp(prefix="strategy-speed-")) / "engines.json"
     engines.write_text(json.dumps({"generic": {"command": ["server", "--port", "{port}"]}}))
     os.environ["AUTOTUNER_ENGINES_FILE"] = str(engines)
+    from app.config import install_for_domain
     from app.domain.strategies import make_strategy
     from app.domain.strategies.base import Trial
     from app.domain.taskspec import parse_task
 
+    install_for_domain()  # as a process's start does: the engines file above
     params = {f"p{i}": list(range(args.values)) for i in range(args.params)}
     results = {}
     for name in args.strategies.split(","):

@@ -261,6 +261,18 @@ def stack(stack_env, tmp_path):
     s.stop()
 
 
+@pytest.fixture(autouse=True)
+def _domain_defaults():
+    """What a process's edge installs for the domain (limits, the engines file) does not
+    outlive the test that installed it (create_app, the CLI, use_engines_file)."""
+    yield
+    from app.domain import limits
+    from app.domain.engines import registry
+
+    limits.install(limits.Limits())
+    registry.use_operator_file(None)
+
+
 # ---- shared fixtures ----------------------------------------------------------------------
 
 

@@ -296,6 +296,15 @@ def wait_for_end(stack: Stack | None, task_id: int, timeout: float, what: str | 
     wait_for(ended, timeout, what or f"task {task_id} to end", stack, interval=0.3)
 
 
+def use_engines_file(monkeypatch, path) -> None:
+    """An operator's engines file for this test: named in the environment (for the processes
+    it starts) and installed in this one, as a process's start installs it."""
+    from app.domain.engines import registry
+
+    monkeypatch.setenv("AUTOTUNER_ENGINES_FILE", str(path))
+    registry.use_operator_file(str(path))
+
+
 # ---- the web app ----------------------------------------------------------------------------
 
 USER, VIEWER = "user-s3cret", "viewer-s3cret"

@@ -107,3 +107,11 @@ def test_no_module_of_app_imports_itself_back_at_module_level():
     for m in sorted(graph):
         if m not in state:
             visit(m, [m])
+
+
+def test_the_domain_reads_no_environment():
+    """What the domain needs from the environment (limits, the engines file) is read once at
+    a process's edge and installed (app.config.install_for_domain)."""
+    readers = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "app" / "domain").rglob("*.py"))
+               if re.search(r"os\.environ|os\.getenv|getenv\(", p.read_text())]
+    assert readers == []

@@ -11,8 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.helpers import (alive, attempt_of, kill_quietly, run_to_end, start_stack, wait_for, wait_for_lost,
-                           wait_for_retry,
-                           wait_gone)
+                           use_engines_file, wait_for_retry, wait_gone)
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +29,7 @@ def xpyd_engine(tmp_path, monkeypatch, stack, decode_ms: float) -> None:
         "flags": {"max-num-seqs": {"type": "int"}, "max-num-batched-tokens": {"type": "int"}},
         "reserved": ["config", "require-api-key", "mode", "log-requests"],
     }}))
-    monkeypatch.setenv("AUTOTUNER_ENGINES_FILE", str(path))
+    use_engines_file(monkeypatch, path)
     stack.env["AUTOTUNER_ENGINES_FILE"] = str(path)
 
 

@@ -10,6 +10,7 @@ from app.domain.engines import classify_failure, engines, get_engine
 from app.domain.engines.failures import is_infeasible
 from app.domain.engines.registry import Launch
 from app.domain.taskspec import TaskSpecError, parse_task
+from tests.helpers import use_engines_file
 
 pytestmark = pytest.mark.unit
 
@@ -94,7 +95,7 @@ def test_an_operator_engine_is_one_file_entry(tmp_path, monkeypatch):
         "flags": {"max-num-seqs": {"type": "int"}, "scheduling": {"type": "bool"}},
         "reserved": ["config"],
     }}}))
-    monkeypatch.setenv("AUTOTUNER_ENGINES_FILE", str(path))
+    use_engines_file(monkeypatch, path)
     assert "xpyd" in engines()
     spec = parse_task(task(base_runtime="xpyd", deployment_mode="process",
                            parameters={"max-num-seqs": [1, 8], "scheduling": [True]}))
@@ -109,7 +110,7 @@ def test_an_operator_engine_is_one_file_entry(tmp_path, monkeypatch):
 def test_a_broken_engines_file_is_reported_on_the_task(tmp_path, monkeypatch):
     path = tmp_path / "engines.yaml"
     path.write_text("mine:\n  command: python -m server --port {port}\n")
-    monkeypatch.setenv("AUTOTUNER_ENGINES_FILE", str(path))
+    use_engines_file(monkeypatch, path)
     errs = errors(task())
     assert any(e["loc"] == ["engine"] and "argv, not a shell line" in e["msg"] for e in errs)
 

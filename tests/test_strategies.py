@@ -13,6 +13,7 @@ from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.strategies.base import Trial, canonical
 from app.domain.strategies.grid import GridStrategy
 from app.domain.taskspec import load_task_file, parse_task
+from tests.helpers import use_engines_file
 
 pytestmark = pytest.mark.unit
 
@@ -25,7 +26,7 @@ def generic_engine(tmp_path, monkeypatch):
     vocabulary lets these tests name parameters a, b, c."""
     path = tmp_path / "engines.json"
     path.write_text(json.dumps({"generic": {"command": ["server", "--port", "{port}"]}}))
-    monkeypatch.setenv("AUTOTUNER_ENGINES_FILE", str(path))
+    use_engines_file(monkeypatch, path)
 
 
 def task(parameters: dict, strategy: str = "grid_search", **optimization) -> "object":

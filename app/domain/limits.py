@@ -4,7 +4,7 @@ The web app is reachable by anyone holding a viewer token (or by anyone, when no
 set), so no input may buy unbounded memory, CPU or database rows. Each bound below has a
 default that fits real tuning work with room to spare; the ones an operator may need to
 raise come from an `AUTOTUNER_MAX_*` variable, read once per process at its edge (the CLI's
-start, the web app's factory: `app.limits.install_from_environment`) and installed here; the
+start, the web app's factory: `app.config.install_for_domain`) and installed here; the
 domain reads the installed values (`current()`) and never the environment. Unset, the
 defaults below apply.
 

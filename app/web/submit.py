@@ -20,6 +20,7 @@ from app.store.db import session_scope
 from app.web.lookup import get_or_404
 from app.store.models import Task
 from app.domain.taskspec import TaskSpec, TaskSpecError, format_loc, parse_task
+from app.task_service import create_task
 from app.web.auth import may_write
 from app.web.inputs import MAX_ID
 from app.domain.taskspec.fields import form_fields
@@ -119,8 +120,6 @@ def new_task():
 def create():
     if not may_write():
         abort(403)
-    from app.task_service import create_task
-
     form = form_class()()  # CSRFProtect already checked the token before this view
     rows = param_rows(request.form)
     problems: list[dict[str, Any]] = []

@@ -327,13 +327,23 @@ def _load_operator_file(path: str) -> dict[str, Any]:
     return data.get("engines", data) if isinstance(data.get("engines"), dict) else data
 
 
+_operator_file: str | None = None
+
+
+def use_operator_file(path: str | None) -> None:
+    """The operator's engines file (AUTOTUNER_ENGINES_FILE), named by the process's edge when
+    it starts (app.config.install_for_domain); None: the built-in engines only."""
+    global _operator_file
+    _operator_file = path or None
+
+
 def engines() -> dict[str, EngineSpec]:
     """Every engine: the built-in ones, overridden or extended by the operator's file.
 
     The file is re-read when it changes, so a long-running web process picks up a new engine.
     A broken file is an operator error that must not pass silently: it raises ValueError.
     """
-    path = os.environ.get("AUTOTUNER_ENGINES_FILE") or None
+    path = _operator_file
     state = None
     if path:
         try:
