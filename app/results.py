@@ -1,5 +1,6 @@
 """What a task answers beyond its single best: a multi-objective task's Pareto set, with the
-hypervolume it dominates, and what the repeats of the top configurations say.
+hypervolume it dominates, what the repeats of the top configurations say, and which flags
+mattered.
 
 The set is made of the experiments that may be the best (succeeded, measured, no hard SLO
 broken) and broke no SLO at all: a soft SLO's penalty is a ranking device for one objective
@@ -14,13 +15,15 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
+from cachetools import LRUCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.domain.objectives import OBJECTIVES, figure
+from app.domain.objectives import OBJECTIVES, figure, trial_values
 from app.domain.pareto import default_reference, front, hypervolume
 from app.domain.repeats import Run, Summary, summarise, verdict
 from app.domain.states import EXP_ACTIVE, ExperimentState
+from app.domain.strategies.bayesian import Encoding
 from app.store.models import Experiment, Task
 
 
@@ -122,3 +125,56 @@ def repeat_verdict(session: Session, task: Task) -> dict[str, Any] | None:
         "tie": found["tie"],
         "tied": [shown(s) for s in found["tied"]],
     }
+
+
+# Importances change only when an experiment finishes: kept per process, keyed by what they
+# were computed from, so polling a running task does not refit on every request.
+_IMPORTANCE: LRUCache[tuple, dict[str, Any]] = LRUCache(maxsize=256)
+MIN_FOR_IMPORTANCE = 4
+IMPORTANCE_METHOD = "PED-ANOVA (Optuna)"
+
+
+def importance(session: Session, task: Task) -> dict[str, Any] | None:
+    """Which flags mattered: each tuned parameter's share of the importance for each objective,
+    from the search's measured experiments (repeats left out), by Optuna's PED-ANOVA: how much
+    a parameter's values differ between the top 10 % of experiments and all of them. (Optuna's
+    fANOVA needs scikit-learn; PED-ANOVA is Optuna's own and made for "what gets a
+    configuration to the top".) None when nothing is tuned; no figures before
+    MIN_FOR_IMPORTANCE experiments have been measured."""
+    spec = task.parsed_spec
+    tuned = {name: dom for name, dom in spec.search_space.items() if not dom.is_finite or dom.size() > 1}
+    if not tuned:
+        return None
+    rows = session.execute(
+        select(Experiment.id, Experiment.params, Experiment.objective, Experiment.measured, Experiment.penalty)
+        .where(Experiment.task_id == task.id, Experiment.eligible, Experiment.repeat_of.is_(None))
+        .order_by(Experiment.id)).all()
+    names = spec.objective_names
+    key = (str(session.get_bind().url), task.id, len(rows), rows[-1].id if rows else None)
+    found = _IMPORTANCE.get(key)
+    if found is None:
+        found = _IMPORTANCE[key] = _importance(tuned, names, rows)
+    return found
+
+
+def _importance(tuned: dict[str, Any], names: list[str], rows: list[Any]) -> dict[str, Any]:
+    import optuna
+    from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
+
+    out: dict[str, Any] = {"method": IMPORTANCE_METHOD, "experiments": len(rows), "objectives": []}
+    if len(rows) < MIN_FOR_IMPORTANCE:
+        out["note"] = f"needs at least {MIN_FOR_IMPORTANCE} measured experiments ({len(rows)} so far)"
+        return out
+    encoding = Encoding(tuned)
+    for k, name in enumerate(names):
+        study = optuna.create_study(direction=OBJECTIVES[name].direction)
+        for row in rows:
+            params = encoding.encode(row.params)
+            values = trial_values(row.measured, row.penalty, names) if len(names) > 1 else (row.objective,)
+            if params is not None and values is not None:
+                study.add_trial(optuna.trial.create_trial(params=params, distributions=encoding.dists,
+                                                          value=float(values[k])))
+        scores = get_param_importances(study, evaluator=PedAnovaImportanceEvaluator()) if study.trials else {}
+        out["objectives"].append({**OBJECTIVES[name].as_dict(), "params": [
+            {"name": param, "importance": float(share)} for param, share in scores.items()]})
+    return out

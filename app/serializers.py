@@ -13,7 +13,7 @@ from app.domain.states import EXP_STATES
 from app.domain.stopping import STOP_REASONS, task_stop_label
 from app.store.models import Experiment, Gpu, Task, Worker, gpu_label, utcnow
 from app.domain.objectives import OBJECTIVES, direction, figure
-from app.results import pareto_set, repeat_verdict
+from app.results import importance, pareto_set, repeat_verdict
 
 
 def iso(value: datetime | None) -> str | None:
@@ -112,8 +112,8 @@ def counts_by_task(session: Session, task_ids: list[int]) -> dict[int, dict[str,
 
 
 def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[str, Any]:
-    """One task in full: its summary, a multi-objective task's Pareto set and what the repeats
-    of its top configurations say."""
+    """One task in full: its summary, a multi-objective task's Pareto set, what the repeats of
+    its top configurations say and which flags mattered."""
     out = _summary(task, counts_by_task(session, [task.id])[task.id], best_experiment(session, task), experiments)
     pareto = pareto_set(session, task)
     if pareto is not None:
@@ -121,6 +121,9 @@ def task_dict(session: Session, task: Task, experiments: bool = True) -> dict[st
     repeats = repeat_verdict(session, task)
     if repeats is not None:
         out["repeats"] = repeats
+    mattered = importance(session, task)
+    if mattered is not None:
+        out["importance"] = mattered
     return out
 
 

@@ -804,3 +804,30 @@ def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
         server.shutdown()
         thread.join(timeout=5)
     assert not errors, errors
+
+
+@pytest.mark.unit
+def test_which_flags_mattered_is_on_the_page_and_in_the_api(client):
+    """Throughput that follows --max-running-requests and not --schedule-policy: the first
+    gets (nearly) all the importance, in the API and on the page; before four measured
+    experiments there is a note instead of figures."""
+    task_id = make_task()
+    few = client.get(f"/api/tasks/{task_id}").json["importance"]
+    assert few["objectives"] == [] and "at least 4" in few["note"]
+    rows = []
+    for i in range(16):
+        mrr, policy = [16, 32, 64, 128][i % 4], ["lpm", "fcfs"][(i // 4) % 2]
+        tput = 10.0 * mrr + (i % 3)
+        rows.append({"params": {"max-running-requests": mrr, "schedule-policy": policy}, "objective": tput,
+                     "measured": {"maximize_throughput": tput}, "penalty": 0.0, "slo_ok": True,
+                     "metrics": metrics_for(tput, 50.0)})
+    add_experiments(task_id, rows)
+    imp = client.get(f"/api/tasks/{task_id}").json["importance"]
+    assert imp["method"] == "PED-ANOVA (Optuna)" and imp["experiments"] == 16
+    (o,) = imp["objectives"]
+    assert o["unit"] == "tok/s/GPU"
+    shares = {p["name"]: p["importance"] for p in o["params"]}
+    assert shares["max-running-requests"] > 0.8 > shares["schedule-policy"]
+    page = client.get(f"/tasks/{task_id}").get_data(as_text=True)
+    assert "Which flags mattered" in page and "<code>--max-running-requests</code>" in page
+    assert "Share for maximize throughput per GPU (tok/s/GPU)" in page

@@ -77,6 +77,34 @@
     renderBest(t);
     if (t.pareto_set) renderPareto(t.pareto_set);
     if (t.repeats) renderVerdict(t.repeats);
+    if (t.importance) renderImportance(t.importance);
+  }
+
+  // -- which flags mattered ------------------------------------------------------------------
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function bar(share) {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("class", "bar");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `${Math.round(100 * share)} %`);
+    const rect = document.createElementNS(SVG, "rect");
+    for (const [k, v] of [["x", "0"], ["y", "0"], ["width", `${(100 * share).toFixed(1)}%`], ["height", "100%"]]) rect.setAttribute(k, v);
+    svg.append(rect);
+    return svg;
+  }
+
+  function renderImportance(imp) {
+    const box = $("importance-section");
+    if (!box) return;
+    const s = imp.experiments === 1 ? "" : "s";
+    const note = el("p", { class: "hint", id: "importance-note",
+      text: `${imp.method} over ${imp.experiments} measured experiment${s} of the search: each flag's share of what sets the best apart${imp.note ? ` — ${imp.note}` : ""}.` });
+    const tables = imp.objectives.map((o) => el("table", { class: "importance", "data-objective": o.name },
+      el("thead", {}, el("tr", {}, el("th", { text: "Flag" }), el("th", { text: `Share for ${o.label} (${o.unit})` }), el("th", {}))),
+      el("tbody", {}, ...o.params.map((p) => el("tr", {}, el("td", {}, el("code", { text: `--${p.name}` })),
+        el("td", { class: "num", text: `${Math.round(100 * p.importance)} %` }), el("td", {}, bar(p.importance)))))));
+    box.replaceChildren(note, ...tables);
   }
 
   // -- what the repeats of the top configurations say (the page reloads itself to add the
