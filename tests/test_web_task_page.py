@@ -788,7 +788,9 @@ def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
+            context = browser.new_context(viewport={"width": 1360, "height": 900},
+                                          permissions=["clipboard-read", "clipboard-write"])
+            page = context.new_page()
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
             page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-objective')")
@@ -796,8 +798,8 @@ def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
             expect(page.locator("#verdict-section button[data-copy]")).to_have_count(2)
             assert "--max-running-requests 64" in page.text_content("#verdict-command-2")
             page.click("#verdict-section button[data-copy='verdict-command-2']")
-            # no clipboard API over plain http: the command is selected and copied with execCommand
-            page.wait_for_function("() => window.getSelection().toString().includes('--max-running-requests 64')")
+            page.wait_for_function("""async () => (await navigator.clipboard.readText())
+                .includes('--max-running-requests 64')""")  # 127.0.0.1 is a secure context: the clipboard API
             browser.close()
     finally:
         server.shutdown()
