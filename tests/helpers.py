@@ -433,3 +433,12 @@ def kill_quietly(pids) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def kill_owner(owner: subprocess.Popen, supervisor: int, victim: str) -> None:
+    """SIGKILL the process that started an engine, and before it the engine's supervisor when
+    `victim` is "owner_and_supervisor" (a worker dying with everything it could clean up with)."""
+    if victim == "owner_and_supervisor":
+        os.kill(supervisor, signal.SIGKILL)
+    owner.kill()
+    owner.wait()

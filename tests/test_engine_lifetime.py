@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT, alive, environ_of, family_request, kill_quietly, read_pids, wait_gone
+from tests.helpers import ROOT, alive, environ_of, family_request, kill_owner, kill_quietly, read_pids, wait_gone
 from workers.runtimes import procs
 from workers.runtimes.process import ProcessRuntime
 
@@ -88,10 +88,7 @@ def test_sigkill_of_the_owner_takes_the_engine_down(tmp_path, victim):
     everything = [identity["pid"], *pids.values()]
     try:
         assert all(alive(p) for p in everything)
-        if victim == "owner_and_supervisor":
-            os.kill(identity["pid"], signal.SIGKILL)
-        owner.kill()
-        owner.wait()
+        kill_owner(owner, identity["pid"], victim)
         if victim == "owner":
             wait_gone(everything)
             assert not procs.is_running(identity)

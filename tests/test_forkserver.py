@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from app.domain.taskspec import parse_task
-from tests.helpers import ROOT, alive, environ_of, kill_quietly, mixed_task, wait_gone
+from tests.helpers import ROOT, alive, environ_of, kill_owner, kill_quietly, mixed_task, wait_gone
 from workers.experiment_job import engine_request
 from workers.runtimes import forkserver, procs
 from workers.runtimes.base import EngineError
@@ -109,10 +109,7 @@ def test_sigkill_of_the_owner_takes_forked_engines_down(victim):
     everything = [found["server"], identity["pid"], found["engine"]]
     try:
         assert all(alive(p) for p in everything)
-        if victim == "owner_and_supervisor":
-            os.kill(identity["pid"], signal.SIGKILL)
-        owner.kill()
-        owner.wait()
+        kill_owner(owner, identity["pid"], victim)
         wait_gone(everything)
         assert not procs.is_running(identity)
     finally:
