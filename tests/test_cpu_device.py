@@ -109,6 +109,7 @@ def test_autotuner_run_tunes_llama_cpp_on_this_hosts_cpu(llama_server_binary, ti
     task["model"]["id_or_path"] = str(tiny_gguf)
     task["parameters"] = {"parallel": [1, 4], "ctx-size": [2048]}
     task["benchmark"].update(num_concurrency=[4], max_requests_per_iteration=16)
+    task["optimization"]["repeats"] = 0  # two experiments are enough to show the path
     (tmp_path / "task.json").write_text(json.dumps(task))
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
     env.update(AUTOTUNER_HOME=str(tmp_path / "home"), AUTOTUNER_LLAMA_SERVER=str(llama_server_binary))
