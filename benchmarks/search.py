@@ -10,16 +10,17 @@ plus its load levels' simulated durations, a refused start costing the weight lo
 failure. The loop asks the strategy for as many points as slots are free, exactly as the
 coordinator does, with the history the coordinator would give it.
 
-With early stopping ("+ES"), each experiment measures the deciding load level first and skips
-the others when it cannot beat the best finished experiment or breaks a hard SLO there
-(app.domain.stopping), and the task stops after `--patience` experiments without an
-improvement beyond `--noise`.
+With early stopping ("+ ES"), each experiment measures the deciding load level first and skips
+the others when it cannot beat the best score measured so far or breaks a hard SLO there
+(app.domain.stopping; the job does the same, workers/probe.py). "+ stop rule" adds the task
+stop rule: no new experiment after `--patience` experiments without an improvement beyond
+`--noise`.
 
 Per space and strategy, over `--seeds` seeds: experiments and GPU-hours until the best
 eligible result is within 2 % of the optimum (median and 10th-90th percentile), all GPU-hours
 spent, and how often the final answer is the true optimum.
 
-    nice python benchmarks/search.py [--seeds 10] [--budget 60] [--spaces a,b] [--json]
+    nice python benchmarks/search.py [--seeds 10] [--budget 80] [--spaces a,b] [--json]
 """
 from __future__ import annotations
 
@@ -217,7 +218,7 @@ class _Event:
 
 
 def simulate(space: Space, strategy: str, slots: int, seed: int, budget: int, early_stop: bool,
-             patience: int, noise: float) -> Run:
+             patience: int | None, noise: float) -> Run:
     """One task run in virtual time; returns what it cost to get within 2 % and at the end."""
     task = json.loads(json.dumps(SPACES[space.name]))
     task["optimization"].update(strategy=strategy, seed=seed, max_parallel_experiments=slots, max_iterations=budget)
@@ -231,6 +232,7 @@ def simulate(space: Space, strategy: str, slots: int, seed: int, budget: int, ea
     events: list[_Event] = []
     finished: list[float | None] = []  # eligible objectives, in finishing order
     best: float | None = None
+    probed: float | None = None  # the best deciding-level score measured so far
     best_key: str | None = None
     clock, spent, seq = 0.0, 0.0, 0
     run = Run()
@@ -264,7 +266,10 @@ def simulate(space: Space, strategy: str, slots: int, seed: int, budget: int, ea
         outcome = space.points[event.key]
         if event.probe:
             value, ok = space.objective_of(outcome, [order[0]])
-            if probe_verdict(Score(objective=value, slo_ok=ok), best, objective) is None:
+            verdict = probe_verdict(Score(objective=value, slo_ok=ok), probed, objective)
+            if ok and value is not None and (probed is None or is_better(value, probed, objective)):
+                probed = value  # its score is final: later probes compare with it while it runs on
+            if verdict is None:
                 heapq.heappush(events, _Event(clock + outcome["_end_after_probe"], event.seq, event.key, False))
                 continue
             run.stopped_early += 1
@@ -284,12 +289,14 @@ def simulate(space: Space, strategy: str, slots: int, seed: int, budget: int, ea
             else:
                 trial.slo_broken = True
             finished.append(value if ok else None)
+            if ok and value is not None and (probed is None or is_better(value, probed, objective)):
+                probed = value
             if ok and value is not None and (best is None or is_better(value, best, objective)):
                 best, best_key = value, event.key
                 if run.experiments_to_2pct is None and space.within(best):
                     run.experiments_to_2pct = len(finished)
                     run.gpu_h_to_2pct = spent_until(clock) / 3600
-        if early_stop and task_stop(finished, objective, patience, noise):
+        if task_stop(finished, objective, patience, noise):
             stopped = True
     run.experiments = len(finished)
     run.gpu_h = spent / 3600
@@ -306,6 +313,10 @@ STRATEGY_ROWS: list[tuple[str, str, int]] = [  # (label, strategy, slots)
     ("Bayesian, 4 slots", "bayesian", 4),
     ("Bayesian, 8 slots", "bayesian", 8),
 ]
+
+
+# (row suffix, incumbent probe, task stop rule)
+VARIANTS: list[tuple[str, bool, bool]] = [("", False, False), (" + ES", True, False), (" + ES + stop rule", True, True)]
 
 
 def _spread(values: list[float]) -> dict[str, float | None]:
@@ -342,10 +353,11 @@ def main() -> None:
     parser.add_argument("--spaces", default=",".join(SPACES))
     parser.add_argument("--rows", default="", help="row labels to run, separated by ; (default: all)")
     parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--budget", type=int, default=60, help="max_iterations of each run")
-    parser.add_argument("--patience", type=int, default=20, help="+ES: stop after this many experiments without "
-                        "an improvement")
-    parser.add_argument("--noise", type=float, default=0.01, help="+ES: what counts as an improvement (relative)")
+    parser.add_argument("--budget", type=int, default=80, help="max_iterations of each run")
+    parser.add_argument("--patience", type=int, default=20, help="stop rule: stop after this many experiments "
+                        "without an improvement")
+    parser.add_argument("--noise", type=float, default=0.01, help="stop rule: what counts as an improvement "
+                        "(relative)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     wanted = [r.strip() for r in args.rows.split(";") if r.strip()]
@@ -361,14 +373,14 @@ def main() -> None:
                   " stopped early |")
             print("|---|---|---|---|---|---|---|---|")
         for label, strategy, slots in STRATEGY_ROWS:
-            for early in (False, True):
-                row = label + (" + ES" if early else "")
-                if wanted and row not in wanted:
+            for suffix, early, patience in VARIANTS:
+                row = label + suffix
+                if wanted and row not in wanted or (patience and strategy != "bayesian"):
                     continue
                 started = time.monotonic()
                 seeds = [0] if strategy == "grid_search" else range(args.seeds)  # the grid ignores the seed
-                runs = [simulate(space, strategy, slots, seed, args.budget, early, args.patience, args.noise)
-                        for seed in seeds]
+                runs = [simulate(space, strategy, slots, seed, args.budget, early, args.patience if patience else None,
+                                 args.noise) for seed in seeds]
                 summary = summarise(runs)
                 summary["seconds"] = time.monotonic() - started
                 results[name]["rows"][row] = summary

@@ -9,8 +9,6 @@ from sqlalchemy import select
 
 from tests.helpers import mixed_task, run_to_end, start_stack
 
-pytestmark = pytest.mark.integration
-
 
 def stopping_task(configs: list[dict], **early_stopping) -> dict:
     data = mixed_task(configs, parallel=1)
@@ -19,6 +17,7 @@ def stopping_task(configs: list[dict], **early_stopping) -> dict:
     return data
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_what_cannot_win_stops_early_and_a_plateau_stops_the_task(stack):
     from app.serializers import task_dict
@@ -56,3 +55,31 @@ def test_what_cannot_win_stops_early_and_a_plateau_stops_the_task(stack):
         shown = {e["seq"]: e for e in report["experiments"]}
         assert shown[2]["stop_reason"] == "cannot_win" and shown[2]["stop"].startswith("stopped early")
         assert shown[2]["failure"] is None and shown[1]["stop"] is None
+
+
+@pytest.mark.unit
+def test_the_incumbent_counts_probed_running_experiments(db):
+    """What a probe must beat: the best eligible result, or a running experiment's score at its
+    deciding level (final); never a score that broke a hard SLO, nor another attempt's."""
+    from app.store.db import session_scope
+    from app.store.models import Experiment
+    from tests.helpers import submit
+    from workers.probe import incumbent, record_probe
+
+    task_id = submit(mixed_task([{"max-running-requests": n} for n in (1, 2, 3, 4)]))
+    rows = [("succeeded", 100.0, True), ("succeeded", 300.0, False), ("running", None, None), ("running", None, None)]
+    with session_scope() as s:
+        for seq, (state, objective, slo_ok) in enumerate(rows, start=1):
+            s.add(Experiment(task_id=task_id, seq=seq, params={"max-running-requests": seq}, state=state,
+                             objective=objective, slo_ok=slo_ok, attempt=1))
+    with session_scope() as s:
+        third, fourth = (s.execute(select(Experiment.id).where(Experiment.task_id == task_id, Experiment.seq == n))
+                         .scalar_one() for n in (3, 4))
+    assert incumbent(task_id, "maximize") == 100.0  # the SLO breaker's 300 never counts
+    record_probe(third, 2, 150.0)  # a stale attempt writes nothing
+    assert incumbent(task_id, "maximize") == 100.0
+    record_probe(third, 1, 150.0)
+    assert incumbent(task_id, "maximize") == 150.0
+    assert incumbent(task_id, "minimize") == 100.0
+    record_probe(fourth, 1, 90.0)
+    assert incumbent(task_id, "minimize") == 90.0

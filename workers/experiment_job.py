@@ -343,7 +343,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
 
             def run(figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
                 counted, scale = figures or (lambda level: level), sim_time_scale(spec)
-                probes.append(Probe(spec, claim.task_id,
+                probes.append(Probe(spec, claim.task_id, experiment_id, attempt,
                                     lambda level: counted({**to_simulated_time(level, scale), "seed": claim.seed})))
                 probes[-1].active = probes[-1].active and not claim.repeat  # a repeat is measured in full
                 return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1],

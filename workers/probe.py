@@ -2,9 +2,10 @@
 
 Why: an experiment that cannot be the task's answer should give its GPUs back as soon as that
 is known. With `optimization.early_stopping.probe`, the job runs the deciding load level first;
-when it ends, the score there is compared with the best finished experiment of the task (read
-from the database at that moment, so it sees results that came in while this engine started).
-If it cannot win or breaks a hard SLO, the remaining levels are skipped: the benchmark stops
+when it ends, the score there is compared with the task's best so far (read from the database
+at that moment, so it sees results that came in while this engine started).
+Running experiments whose probe already measured their deciding level count too: that score
+is final. If it cannot win or breaks a hard SLO, the remaining levels are skipped: the benchmark stops
 after that level, the engine is stopped and the GPUs are freed by the job's usual end. The
 experiment succeeds with its exact score and says why it stopped (`stop_reason`).
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, update
 
 from app.domain.objectives import score
+from app.domain.states import ExperimentState
 from app.domain.stopping import probe_order, probe_verdict
 from app.domain.taskspec import TaskSpec
 from app.store.db import session_scope
@@ -26,19 +28,35 @@ from app.store.models import Experiment
 
 
 def incumbent(task_id: int, direction: str) -> float | None:
-    """The task's best objective among experiments that may be the best (finished ones)."""
+    """The task's best score so far: of the experiments that may be the best, and of the running
+    ones whose probe has measured their deciding level (that score is final; with 8 engines
+    started at once, the first probe to end is what the others must beat)."""
     best = func.max(Experiment.objective) if direction == "maximize" else func.min(Experiment.objective)
+    probed = and_(Experiment.state == ExperimentState.RUNNING, Experiment.objective.is_not(None),
+                  Experiment.slo_ok.is_(True))
     with session_scope() as session:
-        return session.execute(select(best).where(Experiment.task_id == task_id, Experiment.eligible)).scalar()
+        return session.execute(select(best).where(Experiment.task_id == task_id,
+                                                  or_(Experiment.eligible, probed))).scalar()
+
+
+def record_probe(experiment_id: int, attempt: int, objective: float) -> None:
+    """Keep a probe's score on its running experiment (the job's end overwrites it with the
+    result; a retry clears it): the probes of the task's other experiments compare with it."""
+    with session_scope() as session:
+        session.execute(update(Experiment).where(
+            Experiment.id == experiment_id, Experiment.attempt == attempt, Experiment.state == ExperimentState.RUNNING,
+        ).values(objective=objective, slo_ok=True))
 
 
 class Probe:
     """One experiment's probe: the level order, and the verdict after the first level."""
 
-    def __init__(self, spec: TaskSpec, task_id: int, to_model_time: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, spec: TaskSpec, task_id: int, experiment_id: int, attempt: int,
+                 to_model_time: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         es = spec.optimization.early_stopping
         bench = spec.benchmark
         self.spec, self.task_id, self.to_model_time = spec, task_id, to_model_time
+        self.experiment_id, self.attempt = experiment_id, attempt
         self.active = (es is not None and es.probe and len(bench.traffic_scenarios) == 1 and len(bench.levels) > 1
                        and not spec.uses_rate_search)
         self.reason: str | None = None
@@ -61,6 +79,8 @@ class Probe:
         s = score([[level]], self.spec.optimization.objective, self.spec.to_dict().get("slo"))
         self.best = incumbent(self.task_id, self.spec.objective_direction)
         self.reason = probe_verdict(s, self.best, self.spec.optimization.objective)
+        if self.reason is None and s.objective is not None and s.slo_ok:
+            record_probe(self.experiment_id, self.attempt, s.objective)
 
     def stopped(self) -> bool:
         return self.reason is not None
