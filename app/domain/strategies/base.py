@@ -103,6 +103,22 @@ class Strategy(abc.ABC):
         learning what the engine's source already says."""
         return self.spec.engine_spec.refusal(params) is not None
 
+    def take_new(self, points: Iterable[dict[str, Any]], seen: set[str], n: int) -> list[dict[str, Any]]:
+        """The first `n` of `points` that are neither in `seen` nor refused by the engine
+        (`seen` grows with them, so the next caller in this call skips them too)."""
+        out: list[dict[str, Any]] = []
+        if n <= 0:
+            return out
+        for point in points:
+            key = canonical(point)
+            if key in seen or self.refused(point):
+                continue
+            seen.add(key)
+            out.append(point)
+            if len(out) >= n:
+                break
+        return out
+
     @abc.abstractmethod
     def suggest(self, history: Sequence[Trial], n: int) -> list[dict[str, Any]]:
         """Up to `n` parameter sets not in `history` (and distinct from each other)."""

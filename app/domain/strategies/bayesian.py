@@ -39,6 +39,7 @@ space is still exhausted cleanly.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import random
@@ -241,21 +242,10 @@ class BayesianStrategy(Strategy):
         """The next points of the initial design, while fewer than INITIAL_DESIGN experiments exist
         (a cancelled one does not count: it measured nothing)."""
         started = sum(1 for t in history if t.state != ExperimentState.CANCELLED)
-        wanted = min(n, INITIAL_DESIGN - started)
-        out: list[dict[str, Any]] = []
-        if wanted <= 0:
-            return out
         size = total_size(space)
         draws = 50 * INITIAL_DESIGN if size is None else min(50 * INITIAL_DESIGN, 4 * size)
-        for point, _ in zip(design(space, self.spec.optimization.seed), range(draws)):
-            key = canonical(point)
-            if key in seen or self.refused(point):
-                continue
-            seen.add(key)
-            out.append(point)
-            if len(out) >= wanted:
-                break
-        return out
+        return self.take_new(itertools.islice(design(space, self.spec.optimization.seed), draws), seen,
+                             min(n, INITIAL_DESIGN - started))
 
     @staticmethod
     def _running(study: Any, encoding: Encoding, point: dict[str, Any]) -> None:

@@ -131,10 +131,4 @@ class GridStrategy(Strategy):
         if n <= 0 or total_size(space) is None:
             return []
         seen = seen_keys(history)
-        out: list[dict[str, Any]] = []
-        for point in unused_points(space, seen, self.refused):
-            seen.add(canonical(point))
-            out.append(point)
-            if len(out) >= n:
-                break
-        return out
+        return self.take_new(unused_points(space, seen, self.refused), seen, n)

@@ -18,7 +18,7 @@ import random
 from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
-from app.domain.strategies.base import Strategy, Trial, canonical, fingerprint, point_at, seen_keys, total_size
+from app.domain.strategies.base import Strategy, Trial, fingerprint, point_at, seen_keys, total_size
 from app.domain.taskspec import Choice, Domain, FloatRange, IntRange
 
 PERMUTATION_LIMIT = 200_000  # above this, draw indices with rejection instead of shuffling
@@ -79,13 +79,4 @@ class RandomStrategy(Strategy):
         seen = seen_keys(history)
         # Bounded so a nearly exhausted huge grid cannot loop forever.
         max_draws = 100 * (len(seen) + n) + 10_000
-        out: list[dict[str, Any]] = []
-        for point in sequence(self.spec.search_space, self.spec.optimization.seed, max_draws):
-            key = canonical(point)
-            if key in seen or self.refused(point):
-                continue
-            seen.add(key)
-            out.append(point)
-            if len(out) >= n:
-                break
-        return out
+        return self.take_new(sequence(self.spec.search_space, self.spec.optimization.seed, max_draws), seen, n)
