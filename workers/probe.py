@@ -77,9 +77,12 @@ class Probe:
             return
         level = self.to_model_time(summary)
         s = score([[level]], self.spec.optimization.objective, self.spec.to_dict().get("slo"))
-        self.best = incumbent(self.task_id, self.spec.objective_direction)
+        # Several objectives: a worse first figure may still be on the Pareto front, so only a
+        # broken hard SLO stops the experiment there.
+        single = len(self.spec.objective_names) == 1
+        self.best = incumbent(self.task_id, self.spec.objective_direction) if single else None
         self.reason = probe_verdict(s, self.best, self.spec.optimization.objective)
-        if self.reason is None and s.objective is not None and s.slo_ok:
+        if single and self.reason is None and s.objective is not None and s.slo_ok:
             record_probe(self.experiment_id, self.attempt, s.objective)
 
     def stopped(self) -> bool:
