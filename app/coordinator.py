@@ -27,7 +27,8 @@ from app.domain.lengths import LengthModel, expected_length
 from app.domain.states import EXP_ACTIVE, TASK_TERMINAL, AttemptState, ExperimentState, TaskStatus
 from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.stopping import GPU_BUDGET, task_stop, task_stop_label
-from app.domain.strategies.base import Trial, canonical
+from app.domain.strategies.base import Trial, canonical, seen_keys
+from app.store.warmstart import warm_start
 from app.domain.taskspec import TaskSpec
 from app.limits import get_limits
 from app.store import ledger
@@ -104,7 +105,19 @@ def advance(session: Session, task: Task) -> None:
         virtual = _virtual_time(session)
         lengths = LengthModel.fit([(e.params, (e.finished_at - e.started_at).total_seconds()) for e in exps
                                    if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
-        for params in make_strategy(spec).suggest([_trial(e, spec.objective_names) for e in exps], free):
+        history = [_trial(e, spec.objective_names) for e in exps]
+        warm = warm_start(session, spec)
+        if warm is not None:  # the earlier task's best first; its history for a sampler that learns
+            done = seen_keys(history)
+            for origin, params in [(o, p) for o, p in warm.first if canonical(p) not in done][:free]:
+                exp = _new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params))
+                exp.warm_from = origin
+                session.add(exp)
+                history.append(Trial(params=params, state=ExperimentState.PENDING))
+                created += 1
+            if learns:
+                history += warm.trials
+        for params in make_strategy(spec).suggest(history, free - created):
             session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
             created += 1
         _repredict(exps, lengths)

@@ -66,6 +66,7 @@ def experiment_dict(exp: Experiment, metrics: bool = False) -> dict[str, Any]:
         "simulated": exp.simulated,
         "repeat_of": exp.repeat_of,
         "seed": exp.seed,
+        "warm_from": exp.warm_from,
     }
     if metrics:
         out["metrics"] = exp.metrics
@@ -152,6 +153,7 @@ def _summary(task: Task, counts: dict[str, int], best: Experiment | None, experi
         "objective_unit": OBJECTIVES[task.objective].unit,
         "objective_label": OBJECTIVES[task.objective].label,
         "objectives": objectives_of(task),
+        "warm_start_from": task.parsed_spec.optimization.warm_start_from,
         "max_parallel_experiments": task.max_parallel,
         "priority": task.priority,
         "max_iterations": task.max_iterations,

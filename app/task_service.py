@@ -6,6 +6,7 @@ import logging
 
 from sqlalchemy import delete, select, update
 
+from app.store.warmstart import check_warm_start
 from app.celery_app import request_coordination
 from app.store import ledger
 from app.store.db import session_scope
@@ -67,6 +68,7 @@ def check_submittable(spec: TaskSpec) -> None:
     `autotuner run` all ask this one question, so they never disagree."""
     _check_runnable(spec)
     _check_time_limits(spec)
+    check_warm_start(spec)
 
 
 def _check_runnable(spec: TaskSpec) -> None:

@@ -114,6 +114,8 @@ class Experiment(Base):
     # client's `seed` (request order, arrival times); experiments of the search have seed 0.
     repeat_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
     seed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Warm start: the earlier task's experiment whose configuration this one is trying first.
+    warm_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Early stopping (app.domain.stopping.STOP_REASONS): its other load levels were skipped.
     stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

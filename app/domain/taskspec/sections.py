@@ -150,6 +150,11 @@ class Optimization(BaseModel):
     # times with other seeds: the answer is the figure to rely on, or a tie (app.domain.repeats).
     repeats: Annotated[Annotated[Int, Field(ge=0, le=10)], OnForm("Repeats of the top configurations")] = 0
     repeat_top: Annotated[Int, Field(ge=2, le=5)] = 3
+    # Warm start from an earlier task with the same model, engine, hardware and traffic
+    # (app.domain.warmstart): its `warm_start_top` best configurations are tried first and, for
+    # the Bayesian strategy, its history is given to the sampler.
+    warm_start_from: Annotated[Annotated[Int, Field(ge=1)] | None, OnForm("Warm start from task #")] = None
+    warm_start_top: Annotated[Int, Field(ge=0, le=20)] = 3
     # Off unless given: skip the load levels of what cannot win, stop the task on a plateau.
     early_stopping: EarlyStopping | None = None
 

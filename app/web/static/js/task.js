@@ -235,7 +235,9 @@
       }
       const why = e.error || e.wait_reason || "";
       return el("tr", { class: e.state, "data-seq": String(e.seq) },
-        el("td", {}, el("a", { class: "exp-link", href: `/experiments/${e.id}`, text: String(e.seq) })),
+        el("td", {}, el("a", { class: "exp-link", href: `/experiments/${e.id}`, text: String(e.seq) }),
+          ...(e.warm_from ? [" ", el("small", { class: "warm", text: "warm" })] : []),
+          ...(e.repeat_of ? [" ", el("small", { title: `measures an experiment again, seed ${e.seed}`, text: "repeat" })] : [])),
         el("td", {}, el("code", { text: paramText(e.params) })),
         el("td", { text: e.phase ? `${e.state} (${e.phase})` : e.state }),
         el("td", { text: String(e.attempts) }),
