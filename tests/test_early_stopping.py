@@ -83,3 +83,44 @@ def test_the_incumbent_counts_probed_running_experiments(db):
     assert incumbent(task_id, "minimize") == 100.0
     record_probe(fourth, 1, 90.0)
     assert incumbent(task_id, "minimize") == 90.0
+
+
+@pytest.mark.unit
+def test_pages_and_the_live_feed_show_why_things_stopped(client):
+    """A stopped experiment reads as stopped early (not failed) on the task and experiment
+    pages and in the live feed the page's script redraws from; the task shows its stop rule."""
+    from app.domain.taskspec import parse_task
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Task
+    from app.task_service import create_task
+
+    data = stopping_task([{"max-running-requests": 16}, {"max-running-requests": 1}], probe=True, patience=1)
+    task_id = create_task(parse_task(data), enqueue=False)
+    level = {"concurrency": 16, "completed": 16, "errors": 0, "error_kinds": {}, "duration": 2.0,
+             "request_throughput": 8.0, "output_throughput": 50.0, "output_throughput_per_gpu": 50.0,
+             "total_token_throughput": 250.0, "total_token_throughput_per_gpu": 250.0, "goodput": None,
+             "good_requests": None, "request_rate": None,
+             **{f"{stat}_{metric}_ms": 10.0 for stat in ("mean", "median", "p90", "p95", "p99")
+                for metric in ("ttft", "tpot", "itl", "e2el")}}
+    with session_scope() as s:
+        task = s.get(Task, task_id)
+        task.status, task.stop_reason = "completed", "no_improvement"
+        s.add(Experiment(task_id=task_id, seq=1, params={"max-running-requests": 16}, state="succeeded",
+                         objective=90.0, slo_ok=True, attempt=1))
+        stopped = Experiment(task_id=task_id, seq=2, params={"max-running-requests": 1}, state="succeeded",
+                             objective=50.0, slo_ok=True, attempt=1, stop_reason="cannot_win",
+                             metrics={"scenarios": [{"scenario": "D(64,16)", "levels": [level]}],
+                                      "early_stop": {"reason": "cannot_win", "incumbent": 90.0, "levels_run": 1}})
+        s.add(stopped)
+        s.flush()
+        stopped_id = stopped.id
+    page = client.get(f"/tasks/{task_id}").data.decode()
+    assert "stopped: no improvement beyond noise in the last 1 experiments" in page
+    assert "stopped early: at the deciding load level it cannot beat the best so far" in page
+    assert 'class="failure"' not in page
+    feed = client.get(f"/api/tasks/{task_id}/live").get_json()
+    assert feed["task"]["stop"].startswith("stopped: no improvement")
+    (row,) = [e for e in feed["experiments"]["experiments"] if e["seq"] == 2]
+    assert row["stop_reason"] == "cannot_win" and row["failure"] is None
+    html = client.get(f"/experiments/{stopped_id}").data.decode()
+    assert 'id="exp-stop"' in html and "best so far 90" in html and "engine stopped" in html
