@@ -17,7 +17,7 @@ from app.tools.loadgen.level import plan_level
 from app.tools.simengine.lag import BUCKETS_S, LagHistogram, parse_buckets, quantile, window
 from app.tools.simengine.virtual import Load, replay_level, request_lengths
 from tests.helpers import mixed_task
-from workers import sim_figures
+from workers import sim_admission, sim_figures
 from workers.experiment_job import benchmark, engine_request
 from workers.runtimes.process import ProcessRuntime
 
@@ -224,3 +224,32 @@ def test_wall_clock_figures_far_from_the_models_are_caught():
     assert repeat["mean_ttft_ms"] != sim_figures.virtual_level(argv, {**sample, "seed": 0}, spec, 1)["mean_ttft_ms"]
     failed = sim_figures.model_check(argv, [{"scenario": "D(256,256)", "levels": [{**level, "errors": 3}]}], spec, 1)
     assert failed["deviation"] == 0.0  # a level that failed over HTTP is judged by its errors
+
+
+@pytest.mark.unit
+def test_an_engines_cpu_demand_follows_its_token_rate_in_wall_time():
+    argv = ["--engine", "sglang", "--model", "meta-llama/Meta-Llama-3-8B-Instruct", "--max-running-requests", "64"]
+    base = sim_admission.demand_cores(argv, "D(2048,128)", 128, 0.5)
+    assert sim_admission.demand_cores(argv, "D(2048,128)", 128, 1.0) == pytest.approx(base / 2)  # half as fast
+    assert sim_admission.demand_cores(argv, "D(2048,128)", 8, 0.5) < base  # fewer sequences stream
+    assert sim_admission.demand_cores(argv, "D(2048,128)", 1000, 0.5) == base  # the engine's batch limit
+    spec = _sim_spec("wall")
+    request = engine_request(spec, 1, 1, {}, [0])
+    assert sim_admission.for_engine(spec, request, "1:1").demand > 0
+    assert sim_admission.for_engine(_sim_spec("virtual"), request, "1:1") is None  # the model's figures need no CPU
+
+
+@pytest.mark.unit
+def test_a_host_admits_engines_while_its_cpu_share_lasts(tmp_path):
+    ledger = tmp_path / "ledger.json"
+    first, second = (sim_admission.Admission(k, 0.6, cores=2, path=ledger) for k in ("a", "b"))  # room for 1.0
+    assert first.try_admit() and not second.try_admit()
+    assert not second.wait(lambda: True)  # gives up when its experiment is stopped
+    first.release()
+    assert second.try_admit()
+    alone = sim_admission.Admission("big", 5.0, cores=2, path=tmp_path / "other.json")
+    assert alone.try_admit()  # a demand above the host runs alone rather than never
+    ghost = {"pid": os.getpid(), "ticks": -1, "demand": 9.0}  # an entry whose process is gone
+    ledger.write_text(json.dumps({"ghost": ghost}))
+    assert sim_admission.Admission("c", 0.6, cores=2, path=ledger).try_admit()
+    assert set(json.loads(ledger.read_text())) == {"c"}

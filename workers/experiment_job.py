@@ -30,7 +30,7 @@ from app.domain.states import ExperimentState
 from app.domain.objectives import level_value, measure_all, sustains
 from app.domain.ratesearch import next_rate
 from app.domain.taskspec import TaskSpec, stored_spec
-from workers import sim_figures
+from workers import sim_admission, sim_figures
 from workers.cpu_device import CPU_INDEX
 from workers.gpu_discovery import busy_gpus
 from workers.probe import Probe
@@ -320,6 +320,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     deployment: Deployment | None = None
     engine_log: str | None = None
     engine_gone = True
+    admission: sim_admission.Admission | None = None
     timeout = claim.spec.get("optimization", {}).get("timeout_per_iteration")
     try:
         try:
@@ -332,6 +333,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             spec = stored_spec(claim.spec)
             runtime = get_runtime(spec.deployment_mode)
             request = engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices, claim.gpu_share)
+            admission = sim_admission.for_engine(spec, request, f"{experiment_id}:{attempt}")
+            if admission is not None and not admission.wait(stop):
+                raise ExperimentCancelled()
             deployment = runtime.start(request)
             if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
                 raise ExperimentCancelled()  # the attempt was taken from us meanwhile (lost or cancelled)
@@ -378,6 +382,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
         finally:
             if runtime is not None and deployment is not None:
                 engine_log, engine_gone = _stop_engine(runtime, deployment)
+            if admission is not None:
+                admission.release()
     except SoftTimeLimitExceeded:
         outcome = {"state": ExperimentState.TIMED_OUT, "error": f"exceeded timeout_per_iteration ({timeout}s)"}
     except ExperimentCancelled:
