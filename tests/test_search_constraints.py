@@ -126,3 +126,17 @@ def test_the_first_parallel_batch_is_spread_over_every_value():
     assert {p["max-num-seqs"] for p in batch} == {16, 32, 64, 128, 256, 512, 1024, 2048}
     assert len({p["max-num-batched-tokens"] for p in batch}) == 4
     assert make_strategy(spec).suggest([], 8) == batch  # replayable
+
+
+def test_submission_says_what_the_engine_refuses_and_refuses_a_space_of_nothing_else():
+    from app.domain.taskspec import TaskSpecError
+
+    spec = vllm_task("grid_search", {"max-num-seqs": [64, 512], "max-num-batched-tokens": [256, 1024]})
+    assert any("1 of 4 parameter sets are refused by vLLM's own argument checks" in n for n in spec.notes)
+    with pytest.raises(TaskSpecError) as refused:
+        vllm_task("grid_search", {"max-num-seqs": [512], "max-num-batched-tokens": [256]})
+    assert list(refused.value.errors[0]["loc"]) == ["parameters"]
+    assert "refuses every parameter set" in refused.value.errors[0]["msg"]
+    with pytest.raises(TaskSpecError) as listed:
+        vllm_task("list", {}, configs=[{"max-num-seqs": 64}, {"max-num-seqs": 512, "max-num-batched-tokens": 256}])
+    assert list(listed.value.errors[0]["loc"]) == ["optimization", "configs", 1]

@@ -1,6 +1,7 @@
 """Semantic pass: build the search space, collect errors and notes (`_derive`)."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -348,6 +349,7 @@ def _optimization(sections: dict[str, Any], failed: set[str], d: _Derived, out: 
         _configs(opt, d, out)
     elif opt.configs is not None:
         out.note(f"optimization.configs is only used by strategy 'list'; ignored by {opt.strategy!r}")
+    _refusals(d, size, out)
     # Only grid and list have a natural end; the others default to 20 experiments.
     limit = {"grid_search": size, "list": len(d.configs) or None}.get(opt.strategy, None)
     cap = current().max_iterations
@@ -358,6 +360,26 @@ def _optimization(sections: dict[str, Any], failed: set[str], d: _Derived, out: 
     if opt.max_iterations and limit is not None and opt.max_iterations > limit:
         out.note(f"max_iterations is {opt.max_iterations} but only {limit} parameter set(s) "
                  "exist; the task stops after those")
+
+
+def _refusals(d: _Derived, size: int | None, out: _Collector) -> None:
+    """What the engine refuses by its own argument checks (app.domain.engines.constraints): the
+    strategies skip it; a search space with nothing else is refused here instead of failing
+    with no experiment. Spaces above REFUSAL_CHECK_LIMIT points are not enumerated."""
+    if size is None or size > REFUSAL_CHECK_LIMIT or not d.search_space or d.engine not in d.known:
+        return
+    engine, names = d.spec, list(d.search_space)
+    refused, example = 0, None
+    for values in itertools.product(*(d.search_space[n].grid_values() for n in names)):
+        problem = engine.refusal(dict(zip(names, values)))
+        if problem:
+            refused, example = refused + 1, example or problem
+    if refused == size:
+        out.error(["parameters"], f"{engine.label} refuses every parameter set of this search space by its own "
+                                  f"argument checks, e.g. {example}")
+    elif refused:
+        out.note(f"{refused} of {size} parameter sets are refused by {engine.label}'s own argument checks "
+                 f"(e.g. {example}); no experiment runs them")
 
 
 def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
@@ -383,6 +405,10 @@ def _configs(opt: Optimization, d: _Derived, out: _Collector) -> None:
                 ok = False
                 continue
             config[flag] = value
+        refusal = d.spec.refusal(config) if ok and d.engine in d.known else None
+        if refusal:
+            out.error(["optimization", "configs", i], f"{d.spec.label} refuses it by its own argument checks: {refusal}")
+            ok = False
         if ok:  # repeats are allowed: re-measuring a config is a reason to use this strategy
             d.configs.append(config)
 
@@ -394,6 +420,7 @@ def _config_value_problem(flag: str, value: Any, d: _Derived) -> str | None:
     return spec.value_problem(value) if spec is not None else None
 
 
+REFUSAL_CHECK_LIMIT = 10_000  # parameter sets enumerated at validation to count what the engine refuses
 _SECTIONS_NEEDED = ("parameters", "parallel_config", "quant_config", "optimization", "base_runtime")
 
 
