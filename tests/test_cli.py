@@ -99,17 +99,21 @@ def test_a_bug_in_a_command_keeps_its_traceback(monkeypatch):
     assert isinstance(result.exception, KeyError) and result.exit_code == 1
 
 
+def run_json(path: Path, tmp_path: Path) -> tuple[dict, dict]:
+    """`autotuner run PATH --json` on the embedded default in a home of its own: (its
+    environment, for later commands; the report)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
+    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "run", str(path), "--json"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return env, json.loads(proc.stdout)
+
+
 @pytest.mark.integration
 def test_run_quickstart_on_the_embedded_default(tmp_path):
     """The README's first command: SQLite, bundled Redis, simulated GPUs, real workers."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
-    proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "run", str(ROOT / "examples" / "quickstart.json"), "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    env, report = run_json(ROOT / "examples" / "quickstart.json", tmp_path)
     assert report["status"] == "completed" and report["simulated"] is True
     assert report["counts"]["succeeded"] == len(report["experiments"]) >= 8
     best = report["best"]
@@ -230,14 +234,7 @@ def test_run_multi_objective_example_returns_its_pareto_set(tmp_path):
     non-dominated points, each with its figures and launch command, and its hypervolume."""
     from app.domain.pareto import dominates, hypervolume
 
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
-    proc = subprocess.run(
-        [sys.executable, "-m", "app.cli", "run", str(ROOT / "examples" / "pareto-sim.json"), "--json"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    _, report = run_json(ROOT / "examples" / "pareto-sim.json", tmp_path)
     names = [o["name"] for o in report["objectives"]]
     directions = [o["direction"] for o in report["objectives"]]
     assert names == ["maximize_throughput", "minimize_p99_ttft"] and report["counts"]["succeeded"] == 8
@@ -265,12 +262,7 @@ def test_run_with_repeats_measures_the_top_two_again_with_other_request_orders(t
                              max_requests_per_iteration=48)
     path = tmp_path / "repeats.json"
     path.write_text(json.dumps(task))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env["AUTOTUNER_HOME"] = str(tmp_path / "home")
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "run", str(path), "--json"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    env, report = run_json(path, tmp_path)
     assert report["status"] == "completed" and report["counts"]["succeeded"] == 3 + 2 * 2
     v = report["repeats"]
     assert v["pending"] == 0 and len(v["configurations"]) == 2

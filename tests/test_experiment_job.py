@@ -49,26 +49,31 @@ def test_goodput_limits_come_from_the_slo_in_milliseconds():
     assert goodput_limits(None) is None and goodput_limits({"steepness": 0.1}) is None
 
 
+def benchmark_on_sim(spec) -> list:
+    """The job's benchmark step against a real simulated engine started for `spec`."""
+    from workers.experiment_job import benchmark
+    from workers.runtimes.process import ProcessRuntime
+
+    runtime = ProcessRuntime(name="sim")
+    deployment = runtime.start(engine_request(spec, 1, 1, {"tp-size": 1}, [0]))
+    try:
+        runtime.wait_ready(deployment, timeout=60)
+        return benchmark(spec, deployment, 1, lambda: False)
+    finally:
+        runtime.stop(deployment)
+
+
 @pytest.mark.process
 def test_open_loop_task_runs_rates_on_the_sim_engine_in_modelled_time():
     """The job's benchmark step against a real sim engine: request rates are given in
     modelled time, sent faster by the time scale, and reported back in modelled time."""
-    from workers.experiment_job import benchmark
-    from workers.runtimes.process import ProcessRuntime
-
     data = mixed_task([{"tp-size": 1}])
     data["sim"] = {"time_scale": 0.1, "startup_seconds": 0}
     data["benchmark"].update(request_rate=[2.0, 4.0], max_requests_per_iteration=8, max_concurrency=4)
     data["optimization"]["objective_level"] = 4.0
     data["slo"] = {"ttft": {"threshold": 5.0}}
     spec = parse_task(data)
-    runtime = ProcessRuntime(name="sim")
-    deployment = runtime.start(engine_request(spec, 1, 1, {"tp-size": 1}, [0]))
-    try:
-        runtime.wait_ready(deployment, timeout=60)
-        (scenario,) = benchmark(spec, deployment, 1, lambda: False)
-    finally:
-        runtime.stop(deployment)
+    (scenario,) = benchmark_on_sim(spec)
     levels = scenario["levels"]
     assert [lv["request_rate"] for lv in levels] == [2.0, 4.0]
     assert all(lv["completed"] == 8 and lv["concurrency"] is None for lv in levels)
@@ -84,9 +89,6 @@ def test_sustainable_rate_searches_rates_on_the_sim_engine_and_reports_both_side
     that met it, with the lowest that did not."""
     from app.domain.objectives import measure_all, sustains
     from app.domain.ratesearch import next_rate
-    from workers.experiment_job import benchmark
-    from workers.runtimes.process import ProcessRuntime
-
     data = mixed_task([{"tp-size": 1}])
     data["sim"] = {"time_scale": 0.1, "startup_seconds": 0}
     data["benchmark"].update(rate_search={"low": 2.0, "high": 400.0, "steps": 3}, max_requests_per_iteration=40,
@@ -94,13 +96,7 @@ def test_sustainable_rate_searches_rates_on_the_sim_engine_and_reports_both_side
     data["optimization"]["objective"] = "maximize_sustainable_rate"
     data["slo"] = {"ttft": {"threshold": 0.3}}
     spec = parse_task(data)
-    runtime = ProcessRuntime(name="sim")
-    deployment = runtime.start(engine_request(spec, 1, 1, {"tp-size": 1}, [0]))
-    try:
-        runtime.wait_ready(deployment, timeout=60)
-        (scenario,) = benchmark(spec, deployment, 1, lambda: False)
-    finally:
-        runtime.stop(deployment)
+    (scenario,) = benchmark_on_sim(spec)
     levels, slo = scenario["levels"], spec.to_dict()["slo"]
     tried: dict[float, bool] = {}
     for level in levels:  # each rate is the one the search asks for after the ones before it

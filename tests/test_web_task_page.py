@@ -4,6 +4,7 @@ with experiments shaped like the ones the experiment job writes."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 import random
 import re
 from datetime import datetime, timedelta
@@ -458,14 +459,42 @@ def test_static_assets_are_served_locally(client):
 
 # -- optional: the script in a real browser --------------------------------------------------
 
+@contextmanager
+def task_page(flask_app, task_id: int, **context):
+    """The app served on a free port and a headless Chromium page on the task's page; yields
+    (page, errors seen: uncaught page errors, console errors, failed requests). `context`:
+    Playwright context options."""
+    import threading
+
+    from playwright.sync_api import sync_playwright
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    errors: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+            page = browser.new_context(**context).new_page()
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on("console", lambda msg: errors.append(msg.text)
+                    if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+            page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
+                    if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
+            yield page, errors
+            browser.close()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
 @pytest.mark.process
 @pytest.mark.skipif(chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
     """The page in headless Chromium: task.js polls, draws the four charts, pages the table."""
-    import threading
-
-    from playwright.sync_api import expect, sync_playwright
-    from werkzeug.serving import make_server
+    from playwright.sync_api import expect
 
     from app.store.db import session_scope
     from app.store.models import GpuAllocation
@@ -476,33 +505,16 @@ def test_task_page_script_draws_the_charts_in_a_browser(flask_app):
                                     for i in range(1, 61)] + [{"state": "failed", "objective": None}])
     with session_scope() as s:
         s.add(GpuAllocation(gpu_id=g0, experiment_id=ids[0], attempt=1, allocated_at=T0, released_at=T0 + timedelta(seconds=5)))
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    errors: list[str] = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text)
-                    if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
-            page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
-                    if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
-            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
-            expect(page.locator("#param-charts canvas")).to_have_count(2, timeout=15000)  # no eval under the CSP
-            drawn = page.evaluate("""() => ['chart-objective', 'chart-pareto', 'chart-timeline']
-                .map(id => { const c = Chart.getChart(id); return c ? c.data.datasets.reduce((n, d) => n + d.data.length, 0) : -1; })""")
-            assert drawn[0] >= 60 and drawn[1] > 0 and drawn[2] == 1, drawn
-            assert page.text_content("#task-status") == "running"
-            assert page.text_content("#live-indicator") == "live"
-            page.click("#next-page")
-            expect(page.locator("#experiments-body tr").first).to_have_attribute("data-seq", "51", timeout=10000)
-            assert page.text_content("#page-info").startswith("page 2 of 2")
-            browser.close()
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with task_page(flask_app, task_id) as (page, errors):
+        expect(page.locator("#param-charts canvas")).to_have_count(2, timeout=15000)  # no eval under the CSP
+        drawn = page.evaluate("""() => ['chart-objective', 'chart-pareto', 'chart-timeline']
+            .map(id => { const c = Chart.getChart(id); return c ? c.data.datasets.reduce((n, d) => n + d.data.length, 0) : -1; })""")
+        assert drawn[0] >= 60 and drawn[1] > 0 and drawn[2] == 1, drawn
+        assert page.text_content("#task-status") == "running"
+        assert page.text_content("#live-indicator") == "live"
+        page.click("#next-page")
+        expect(page.locator("#experiments-body tr").first).to_have_attribute("data-seq", "51", timeout=10000)
+        assert page.text_content("#page-info").startswith("page 2 of 2")
     assert not errors, errors
 
 
@@ -586,11 +598,6 @@ def test_charts_plot_measured_figures_and_mark_slo_breaking_points(db):
 def test_best_launch_command_wraps_beside_its_copy_button_at_1360_px(flask_app, tmp_path):
     """A long launch command stays inside its box at 1,360 px: it wraps instead of running
     on under the Copy button (a screenshot is left in the test's temporary folder)."""
-    import threading
-
-    from playwright.sync_api import sync_playwright
-    from werkzeug.serving import make_server
-
     data = spec_dict()
     data["parameters"] = {f"{name}": [value] for name, value in (
         ("max-running-requests", 256), ("schedule-policy", "lpm"), ("chunked-prefill-size", 16384),
@@ -601,27 +608,16 @@ def test_best_launch_command_wraps_beside_its_copy_button_at_1360_px(flask_app, 
     add_experiments(task_id, [{"objective": 900.0, "measured": {"maximize_throughput": 900.0}, "slo_ok": True,
                                "params": {**{k: v[0] for k, v in data["parameters"].items()}},
                                "metrics": metrics_for(900.0, 50.0)}])
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1360, "height": 900})
-            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
-            page.wait_for_function("() => document.querySelector('#best-command') && typeof Chart !== 'undefined'")
-            box = page.evaluate("""() => {
-                const pre = document.getElementById('best-command'), btn = document.getElementById('copy-command');
-                const p = pre.getBoundingClientRect(), b = btn.getBoundingClientRect();
-                return {preRight: p.right, buttonLeft: b.left, scroll: pre.scrollWidth, client: pre.clientWidth,
-                        lines: Math.round(p.height / parseFloat(getComputedStyle(pre).lineHeight || 16)),
-                        text: pre.textContent, page: document.documentElement.scrollWidth};
-            }""")
-            page.locator("#best-section").screenshot(path=str(tmp_path / "best-command.png"))
-            browser.close()
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with task_page(flask_app, task_id, viewport={"width": 1360, "height": 900}) as (page, _):
+        page.wait_for_function("() => document.querySelector('#best-command') && typeof Chart !== 'undefined'")
+        box = page.evaluate("""() => {
+            const pre = document.getElementById('best-command'), btn = document.getElementById('copy-command');
+            const p = pre.getBoundingClientRect(), b = btn.getBoundingClientRect();
+            return {preRight: p.right, buttonLeft: b.left, scroll: pre.scrollWidth, client: pre.clientWidth,
+                    lines: Math.round(p.height / parseFloat(getComputedStyle(pre).lineHeight || 16)),
+                    text: pre.textContent, page: document.documentElement.scrollWidth};
+        }""")
+        page.locator("#best-section").screenshot(path=str(tmp_path / "best-command.png"))
     assert box["preRight"] <= box["buttonLeft"], box
     assert box["scroll"] <= box["client"] and box["page"] <= 1360, box
     assert "--stream-interval 8" in box["text"]  # wrapped, not cut: the whole command is there
@@ -691,42 +687,26 @@ def test_cli_json_carries_the_pareto_set(db):
 def test_task_page_lets_a_user_pick_a_front_point_and_copy_its_command(flask_app):
     """In Chromium: the front is drawn, picking a row or a point on the chart shows that
     configuration's launch command beside the Copy button."""
-    import threading
-
-    from playwright.sync_api import expect, sync_playwright
-    from werkzeug.serving import make_server
+    from playwright.sync_api import expect
 
     task_id = mo_task()
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    errors: list[str] = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1360, "height": 1000})
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
-            page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-front')")
-            drawn = page.evaluate("() => Chart.getChart('chart-front').data.datasets.map(d => d.data.length)")
-            assert drawn == [3, 1]
-            expect(page.locator("#pareto-body tr")).to_have_count(3)
-            first = page.text_content("#pareto-command")
-            page.locator("#pareto-body tr").nth(2).locator("input").check()
-            expect(page.locator("#pareto-body tr.picked")).to_have_attribute("data-id", page.locator(
-                "#pareto-body tr").nth(2).get_attribute("data-id"))
-            third = page.text_content("#pareto-command")
-            assert third != first and third.startswith("python -m sglang.launch_server")
-            # a click on the chart's first front point picks it again
-            page.locator("#chart-front").scroll_into_view_if_needed()
-            x, y = page.evaluate("""() => { const c = Chart.getChart('chart-front'); const p = c.getDatasetMeta(0).data[0];
-                const r = c.canvas.getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }""")
-            page.mouse.click(x, y)
-            expect(page.locator("#pareto-command")).to_have_text(first)
-            browser.close()
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with task_page(flask_app, task_id, viewport={"width": 1360, "height": 1000}) as (page, errors):
+        page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-front')")
+        drawn = page.evaluate("() => Chart.getChart('chart-front').data.datasets.map(d => d.data.length)")
+        assert drawn == [3, 1]
+        expect(page.locator("#pareto-body tr")).to_have_count(3)
+        first = page.text_content("#pareto-command")
+        page.locator("#pareto-body tr").nth(2).locator("input").check()
+        expect(page.locator("#pareto-body tr.picked")).to_have_attribute("data-id", page.locator(
+            "#pareto-body tr").nth(2).get_attribute("data-id"))
+        third = page.text_content("#pareto-command")
+        assert third != first and third.startswith("python -m sglang.launch_server")
+        # a click on the chart's first front point picks it again
+        page.locator("#chart-front").scroll_into_view_if_needed()
+        x, y = page.evaluate("""() => { const c = Chart.getChart('chart-front'); const p = c.getDatasetMeta(0).data[0];
+            const r = c.canvas.getBoundingClientRect(); return [r.left + p.x, r.top + p.y]; }""")
+        page.mouse.click(x, y)
+        expect(page.locator("#pareto-command")).to_have_text(first)
     assert not errors, errors
 
 
@@ -775,35 +755,18 @@ def test_a_tie_is_shown_as_a_tie_with_both_launch_commands(client):
 @pytest.mark.process
 @pytest.mark.skipif(chromium() is None, reason="needs the playwright package and a chromium binary")
 def test_task_page_script_shows_the_tie_and_copies_either_command(flask_app):
-    import threading
-
-    from playwright.sync_api import expect, sync_playwright
-    from werkzeug.serving import make_server
+    from playwright.sync_api import expect
 
     task_id = tie_task()
-    server = make_server("127.0.0.1", 0, flask_app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    errors: list[str] = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-            context = browser.new_context(viewport={"width": 1360, "height": 900},
-                                          permissions=["clipboard-read", "clipboard-write"])
-            page = context.new_page()
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"http://127.0.0.1:{server.server_port}/tasks/{task_id}")
-            page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-objective')")
-            expect(page.locator("#verdict")).to_contain_text("Tie: #1 and #2")
-            expect(page.locator("#verdict-section button[data-copy]")).to_have_count(2)
-            assert "--max-running-requests 64" in page.text_content("#verdict-command-2")
-            page.click("#verdict-section button[data-copy='verdict-command-2']")
-            page.wait_for_function("""async () => (await navigator.clipboard.readText())
-                .includes('--max-running-requests 64')""")  # 127.0.0.1 is a secure context: the clipboard API
-            browser.close()
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+    with task_page(flask_app, task_id, viewport={"width": 1360, "height": 900},
+                   permissions=["clipboard-read", "clipboard-write"]) as (page, errors):
+        page.wait_for_function("() => typeof Chart !== 'undefined' && Chart.getChart('chart-objective')")
+        expect(page.locator("#verdict")).to_contain_text("Tie: #1 and #2")
+        expect(page.locator("#verdict-section button[data-copy]")).to_have_count(2)
+        assert "--max-running-requests 64" in page.text_content("#verdict-command-2")
+        page.click("#verdict-section button[data-copy='verdict-command-2']")
+        page.wait_for_function("""async () => (await navigator.clipboard.readText())
+            .includes('--max-running-requests 64')""")  # 127.0.0.1 is a secure context: the clipboard API
     assert not errors, errors
 
 
