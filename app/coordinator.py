@@ -55,8 +55,10 @@ def dispatch_of(exp: Experiment) -> Dispatch:
 
 def _trial(exp: Experiment, objectives: list[str] | tuple[str, ...] = ()) -> Trial:
     # An experiment that broke a hard SLO has no objective for the strategy: it is a constraint
-    # violation the search learns to steer away from, like a configuration that cannot run.
-    objective = exp.objective if exp.eligible else None
+    # violation the search learns to steer away from, like a configuration that cannot run. A
+    # running one whose incumbent probe kept its score (workers/probe.py) has its final score.
+    probed = exp.state == ExperimentState.RUNNING and exp.objective is not None and exp.slo_ok is True
+    objective = exp.objective if exp.eligible or probed else None
     return Trial(params=dict(exp.params), state=exp.state, objective=objective,
                  infeasible=exp.state == ExperimentState.FAILED and is_infeasible(exp.failure_kind),
                  slo_broken=exp.state == ExperimentState.SUCCEEDED and exp.slo_ok is False,

@@ -270,6 +270,8 @@ def simulate(space: Space, strategy: str, slots: int, seed: int, budget: int, ea
             if ok and value is not None and (probed is None or is_better(value, probed, objective)):
                 probed = value  # its score is final: later probes compare with it while it runs on
             if verdict is None:
+                if ok and value is not None:  # the probe's score is final: the strategy may read it now
+                    history[index[event.key]].objective = value
                 heapq.heappush(events, _Event(clock + outcome["_end_after_probe"], event.seq, event.key, False))
                 continue
             run.stopped_early += 1

@@ -140,3 +140,21 @@ def test_submission_says_what_the_engine_refuses_and_refuses_a_space_of_nothing_
     with pytest.raises(TaskSpecError) as listed:
         vllm_task("list", {}, configs=[{"max-num-seqs": 64}, {"max-num-seqs": 512, "max-num-batched-tokens": 256}])
     assert list(listed.value.errors[0]["loc"]) == ["optimization", "configs", 1]
+
+
+def test_a_probed_running_experiment_gives_tpe_its_final_score():
+    """The constant liar treats running experiments as bad results; one whose probe has measured
+    its deciding level has its final score, and a liar's bad value would steer the search away
+    from the most promising running experiments."""
+    from app.coordinator import _trial
+    from app.domain.strategies.bayesian import Encoding, _frozen
+    from app.store.models import Experiment
+
+    probed = _trial(Experiment(params={"max-num-seqs": 64}, state="running", objective=5.0, slo_ok=True))
+    waiting = _trial(Experiment(params={"max-num-seqs": 64}, state="running", objective=None, slo_ok=None))
+    assert probed.objective == 5.0 and waiting.objective is None
+    enc = Encoding(throughput_task().search_space)
+    params = {"max-num-seqs": 64, "max-num-batched-tokens": 8192, "gpu-memory-utilization": 0.7}
+    frozen = _frozen(Trial(params, "running", objective=5.0), enc)
+    assert frozen.state.name == "COMPLETE" and frozen.values == [5.0]
+    assert _frozen(Trial(params, "running"), enc).state.name == "RUNNING"

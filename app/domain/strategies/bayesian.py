@@ -11,6 +11,8 @@ No Optuna storage outlives a call: an in-memory study is filled from the history
   from;
 - other failures (a crash mid-benchmark, a lost worker) -> FAIL, ignored: not the
   configuration's fault;
+- running, with its score already measured at the deciding load level by the incumbent probe
+  (final: the objective reads only that level) -> COMPLETE with that score;
 - pending/queued/running -> RUNNING; with `constant_liar=True` TPE treats them as bad results,
   so parallel suggestions spread out instead of piling onto one spot; the trials asked during
   this call are RUNNING too, so the n suggestions spread among themselves.
@@ -164,8 +166,12 @@ def _frozen(trial: Trial, encoding: Encoding | dict[str, Any], objectives: int =
     params = encoding.encode(trial.params)
     if params is None:
         return None
-    if trial.state.is_active():
-        kwargs: dict[str, Any] = {"state": TrialState.RUNNING}
+    if trial.state.is_active() and trial.objective is not None and objectives == 1:
+        # running, but its probe measured the deciding level: that score is final, and a liar's
+        # bad value would steer the search away from the most promising running experiments
+        kwargs: dict[str, Any] = {"state": TrialState.COMPLETE, "values": [float(trial.objective)]}
+    elif trial.state.is_active():
+        kwargs = {"state": TrialState.RUNNING}
     elif objectives > 1 and trial.state == ExperimentState.SUCCEEDED and trial.values is not None:
         kwargs = {"state": TrialState.COMPLETE, "values": [float(v) for v in trial.values]}
     elif trial.state == ExperimentState.SUCCEEDED and trial.objective is not None and not math.isnan(trial.objective):
