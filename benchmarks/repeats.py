@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--noise", type=float, default=0.03)
-    parser.add_argument("--top", type=int, default=3, help="optimization.repeat_top: how many are measured again")
+    parser.add_argument("--top", type=int, default=4, help="optimization.repeat_top: how many are measured again")
     parser.add_argument("--truth-seeds", type=int, default=16)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -149,7 +149,7 @@ class Optimization(BaseModel):
     # After the search, the `repeat_top` best configurations are each measured `repeats` more
     # times with other seeds: the answer is the figure to rely on, or a tie (app.domain.repeats).
     repeats: Annotated[Annotated[Int, Field(ge=0, le=10)], OnForm("Repeats of the top configurations")] = 0
-    repeat_top: Annotated[Int, Field(ge=2, le=5)] = 3
+    repeat_top: Annotated[Int, Field(ge=2, le=5)] = 4
     # Warm start from an earlier task with the same model, engine, hardware and traffic
     # (app.domain.warmstart): its `warm_start_top` best configurations are tried first and, for
     # the Bayesian strategy, its history is given to the sampler.
