@@ -23,7 +23,7 @@ from app.domain.objectives import OBJECTIVES, figure, trial_values
 from app.domain.pareto import default_reference, front, hypervolume
 from app.domain.repeats import Run, Summary, summarise, verdict
 from app.domain.states import EXP_ACTIVE, ExperimentState
-from app.domain.strategies.bayesian import Encoding
+from app.domain.strategies.bayesian import Encoding, quiet_optuna
 from app.store.models import Experiment, Task
 
 
@@ -167,7 +167,8 @@ def _importance(tuned: dict[str, Any], names: list[str], rows: list[Any]) -> dic
         return out
     encoding = Encoding(tuned)
     for k, name in enumerate(names):
-        study = optuna.create_study(direction=OBJECTIVES[name].direction)
+        with quiet_optuna():
+            study = optuna.create_study(direction=OBJECTIVES[name].direction)
         for row in rows:
             params = encoding.encode(row.params)
             values = trial_values(row.measured, row.penalty, names) if len(names) > 1 else (row.objective,)

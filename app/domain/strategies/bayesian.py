@@ -140,8 +140,9 @@ def design(space: dict[str, Domain], seed: int) -> Iterator[dict[str, Any]]:
 
 
 @contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    """Optuna logs every in-memory study it creates; one per call would flood the logs."""
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs every in-memory study it creates; one per call (a suggestion, an importance
+    reading) would flood the logs and the terminal of `autotuner run`."""
     import optuna
 
     level = optuna.logging.get_verbosity()  # also makes optuna set up its logger first
@@ -208,7 +209,7 @@ class BayesianStrategy(Strategy):
         seen = seen_keys(history)
         if not space:
             return [] if canonical({}) in seen else [{}]
-        with _quiet_optuna():
+        with quiet_optuna():
             return self._suggest(space, history, seen, n)
 
     def _suggest(self, space: dict[str, Domain], history: Sequence[Trial], seen: set[str], n: int) -> list[dict[str, Any]]:
