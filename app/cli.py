@@ -407,7 +407,7 @@ def coordinator(concurrency: int, loglevel: str) -> None:
                                           "one experiment at a time.")
 @click.option("--cpu-threads", type=int, help="With --cpu: the device's CPUs (the first N this host allows; "
                                                "default all). Its engines are pinned to them.")
-@click.option("--group", help="GPU group name (queue gpu.<group>); default from host and indices.")
+@click.option("--group", help="Device group name (queue gpu.<group>; cpu.<group> with --cpu, whose group name ends in -cpu); default from host and indices.")
 @click.option("--slots", type=int, help="Experiments run at once; default: one per GPU (per GPU slot). The Celery pool has a spare process per four slots (at least one).")
 @click.option("--slots-per-gpu", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Split each GPU between this many engines, each told to use 1/N of its memory "

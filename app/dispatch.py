@@ -13,9 +13,20 @@ TICK = "autotuner.tick"
 RUN_EXPERIMENT = "autotuner.run_experiment"
 
 
+#: A group of CPU devices is named `<name>-cpu` (its worker makes sure of it): the coordinator
+#: knows a group only by its name, and the name gives the queue its kind.
+CPU_GROUP_SUFFIX = "-cpu"
+
+
+def is_cpu_group(group: str) -> bool:
+    """Whether `group` is a group of CPU devices (see CPU_GROUP_SUFFIX)."""
+    return group.endswith(CPU_GROUP_SUFFIX)
+
+
 def queue_for(group: str) -> str:
-    """The queue a GPU group's worker consumes."""
-    return f"gpu.{group}"
+    """The queue a device group's worker consumes: `gpu.<group>`, or `cpu.<group>` for a CPU
+    device, so that Flower's queues (and the worker's node name) say what runs where."""
+    return f"{'cpu' if is_cpu_group(group) else 'gpu'}.{group}"
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
+from app.dispatch import queue_for
 from app.domain.engines import get_engine
 from app.store.models import gpu_label
-from app.store.pool import parse_gpu_label
+from app.store.pool import GpuSpec, parse_gpu_label
 from tests.helpers import ROOT
 from workers.cpu_device import CPU_INDEX, CPU_SET_ENV, CpuDeviceError, cpu_device, cpu_set
-from workers.gpu_worker import default_group
+from workers.gpu_worker import default_group, run_worker
 from workers.runtimes.base import EngineError, EngineRequest
 from workers.runtimes.docker_runtime import DockerRuntime
 from workers.runtimes.process import ProcessRuntime
@@ -36,7 +37,19 @@ def test_the_device_is_one_row_that_says_it_is_a_cpu():
     assert device.name.startswith("CPU: ") and device.name.endswith("(1 threads)")
     assert device.uuid.startswith("CPU-") and device.memory_mb > 0
     assert default_group("h1", [device]) == "h1-cpu"
+    assert queue_for(default_group("h1", [device])) == "cpu.h1-cpu"  # what Flower lists
+    assert queue_for(default_group("h1", [GpuSpec(0, "sim", 1, "u0", True)])) == "gpu.h1-sim-0"
     assert gpu_label("h1", device.index) == "h1:cpu" and parse_gpu_label("h1:cpu") == ("h1", CPU_INDEX)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("cpu, group", [(True, "llama"), (False, "big-cpu")])
+def test_a_group_name_that_would_give_the_wrong_queue_kind_is_refused(cpu, group):
+    """The coordinator tells a CPU device's queue from a GPU group's by the group's name, so a
+    worker's --group must agree with its devices."""
+    devices = [cpu_device(cpu_set(1))] if cpu else [GpuSpec(0, "sim", 1, "u0", True)]
+    with pytest.raises(SystemExit, match=f"--group {group}: a CPU device's group name ends in '-cpu'"):
+        run_worker(devices, group=group, slots=None)
 
 
 @pytest.mark.unit
@@ -125,9 +138,9 @@ def test_autotuner_run_tunes_llama_cpp_on_this_hosts_cpu(llama_server_binary, ti
 
 @pytest.mark.unit
 def test_a_pool_holds_cpu_devices_or_gpus_not_both(db):
-    from app.store.pool import GpuSpec, PoolConflict, register_worker
+    from app.store.pool import PoolConflict, register_worker
 
-    register_worker("w-cpu@h1", "h1-cpu", "h1", "gpu.h1-cpu", 1, [cpu_device([0])], "inc1", 1)
-    register_worker("w-cpu@h2", "h2-cpu", "h2", "gpu.h2-cpu", 1, [cpu_device([0])], "inc2", 1)  # CPUs join CPUs
+    register_worker("w-cpu@h1", "h1-cpu", "h1", "cpu.h1-cpu", 1, [cpu_device([0])], "inc1", 1)
+    register_worker("w-cpu@h2", "h2-cpu", "h2", "cpu.h2-cpu", 1, [cpu_device([0])], "inc2", 1)  # CPUs join CPUs
     with pytest.raises(PoolConflict, match="offers a CPU device; a worker offering GPUs cannot join"):
         register_worker("w-gpu@h3", "g", "h3", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc3", 1)

@@ -6,7 +6,7 @@ CPU: the ledger holds it like a GPU, so experiments on it are placed, queued, ha
 and fenced like any other, and one experiment at a time uses it (the worker's default; the
 engine is pinned to the device's CPUs by its supervisor, so it never takes the host's other
 cores). Its row says what it is: index CPU_INDEX (label `<host>:cpu`), uuid `CPU-<host>`, name
-`CPU: <model> (<n> threads)`, group `<host>-cpu` (queue `gpu.<host>-cpu`). A pool is made of
+`CPU: <model> (<n> threads)`, group `<host>-cpu` (queue `cpu.<host>-cpu`). A pool is made of
 CPU devices or of GPUs, not both (app.store.pool refuses the second kind while the first is
 online): placement counts devices without telling them apart.
 

@@ -19,7 +19,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from app.config import get_settings, host_name
 from app.celery_app import request_coordination, run_worker_process
-from app.dispatch import queue_for
+from app.dispatch import CPU_GROUP_SUFFIX, is_cpu_group, queue_for
 from app.store.migrate import upgrade
 from app.store.pool import GpuSpec, PoolConflict, clear_quarantine, heartbeat, quarantined_gpus, register_worker, unregister
 from workers.cpu_device import CPU_INDEX
@@ -41,7 +41,7 @@ def pool_size(slots: int) -> int:
 
 def default_group(host: str, gpus: list[GpuSpec]) -> str:
     if all(g.index == CPU_INDEX for g in gpus):
-        return f"{host}-cpu"
+        return f"{host}{CPU_GROUP_SUFFIX}"
     kind = "sim" if all(g.simulated for g in gpus) else "gpu"
     return f"{host}-{kind}-" + "-".join(str(g.index) for g in gpus)
 
@@ -124,11 +124,15 @@ def run_worker(gpus: list[GpuSpec], group: str | None, slots: int | None, utiliz
     import workers.experiment_job  # noqa: F401
     import workers.tasks  # noqa: F401 - registers the experiment job on the Celery app
 
+    cpu = all(g.index == CPU_INDEX for g in gpus)
+    if group and is_cpu_group(group) != cpu:
+        raise SystemExit(f"error: --group {group}: a CPU device's group name ends in {CPU_GROUP_SUFFIX!r} "
+                         f"and a GPU group's does not (the name gives its queue, {queue_for(group)})")
     upgrade()
     host = host_name()
     group = group or default_group(host, gpus)
     slots = slots or len(gpus) * slots_per_gpu
-    name = f"gpu-{group}@{host}"
+    name = f"{queue_for(group).split('.', 1)[0]}-{group}@{host}"
     member = _Membership(name, group, slots, gpus, utilization, slots_per_gpu)
     try:
         member.register()  # before consuming: a conflict stops us with one line, not a half-started worker
