@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -172,3 +173,73 @@ def test_server_exits_when_parent_pid_is_gone() -> None:
         if parent.poll() is None:
             parent.kill()
             parent.wait(timeout=5)
+
+
+def _raw_post(base: str, path: str, body: dict, version: str) -> tuple[dict[str, str], bytes]:
+    """POST over a bare socket and read until the server closes: headers and the body as sent."""
+    host, port = base.removeprefix("http://").split(":")
+    payload = json.dumps(body).encode()
+    request = (f"POST {path} HTTP/{version}\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(request)
+        raw = b""
+        while data := sock.recv(65536):
+            raw += data
+    head, _, body_bytes = raw.partition(b"\r\n\r\n")
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    return {k.lower(): v for k, v in headers.items()}, body_bytes
+
+
+def _dechunk(body: bytes) -> tuple[bytes, int]:
+    """The chunked transfer coding undone strictly: the data and how many frames carried it."""
+    out, frames = b"", 0
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            assert body == b"\r\n", "the last frame is followed by nothing but its CRLF"
+            return out, frames
+        assert body[size:size + 2] == b"\r\n", "every frame is exactly as long as it says"
+        out, body, frames = out + body[:size], body[size + 2:], frames + 1
+
+
+@pytest.mark.parametrize("api", ["completions", "chat"])
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_streamed_bytes_are_exactly_openais(server: dict, api: str, version: str) -> None:
+    """The scheduler writes tokens straight to the socket (server.TokenStream): each SSE event
+    must still be the exact JSON an OpenAI server sends, one token each, in order, in valid
+    HTTP/1.1 chunks (and as a plain body for an HTTP/1.0 client), ending with usage and [DONE]."""
+    chat = api == "chat"
+    n = 23  # more than the 9 output words: the per-word chunks wrap around
+    body = {"model": MODEL, "max_tokens": n, "stream": True, "stream_options": {"include_usage": True},
+            **({"messages": [{"role": "user", "content": "hi"}]} if chat else {"prompt": "hi"})}
+    headers, raw = _raw_post(server["base"], "/v1/chat/completions" if chat else "/v1/completions", body, version)
+    if version == "1.1":
+        assert headers["transfer-encoding"] == "chunked"
+        data, frames = _dechunk(raw)
+        assert frames > 2, "tokens left in several writes, not buffered to the end"
+    else:
+        assert "transfer-encoding" not in headers
+        data = raw
+    assert data.endswith(b"\n\n") and data.startswith(b"data: ")
+    events = [e.removeprefix(b"data: ") for e in data[:-2].split(b"\n\n")]
+    assert events[-1] == b"[DONE]"
+    first = json.loads(events[0])
+    head = {k: first[k] for k in ("id", "object", "created", "model")}
+    assert head["object"] == ("chat.completion.chunk" if chat else "text_completion")
+    words = (" the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", ".")
+    expected = []
+    if chat:
+        expected.append({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                              "logprobs": None, "finish_reason": None}]})
+    for i in range(n):
+        finish = "length" if i == n - 1 else None
+        choice = ({"index": 0, "delta": {"content": words[i % 9]}} if chat else {"index": 0, "text": words[i % 9]})
+        expected.append({**head, "choices": [{**choice, "logprobs": None, "finish_reason": finish}]})
+    assert [e.decode() for e in events[:-2]] == [json.dumps(e) for e in expected]  # byte for byte
+    usage = json.loads(events[-2])
+    assert {k: usage[k] for k in head} == head and usage["choices"] == []
+    assert {k: usage["usage"][k] for k in ("prompt_tokens", "completion_tokens", "total_tokens")} == {
+        "prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+    assert set(usage["usage"]["sim_token_lag_ms"]) == {"p50", "p99", "max"}

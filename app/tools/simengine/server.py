@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 from collections import deque
+from typing import Callable
 
 from aiohttp import web
 
@@ -38,12 +39,11 @@ from app.processes import pid_alive
 
 from .flags import SimEngineConfig
 from .lag import HISTOGRAMS, LagHistogram, quantile
+from .stream import TokenStream, output_text
 from .model import Capacity, EngineSettings, GpuHardware, ModelSpec, iteration_time, prompt_tokens_for_text
 
 CATCH_UP_LIMIT_S = 0.02  # wall seconds the loop may lag its schedule and still catch up
 UNCHUNKED_PREFILL_LIMIT = 16384  # SGLang's max_prefill_tokens when chunking is disabled
-OUTPUT_WORDS = (" the", " quick", " brown", " fox", " jumps", " over", " lazy", " dog", ".")
-WORDS_JSON = tuple(json.dumps(w).encode() for w in OUTPUT_WORDS)
 SIM_HEADERS = {"X-Simulated": "true", "Server": "autotuner-sim (simulated)"}
 OWNED_BY = "autotuner-sim (simulated)"
 
@@ -52,7 +52,7 @@ class SimRequest:
     """One generation request's progress inside a replica scheduler."""
 
     __slots__ = ("seq", "prompt_tokens", "max_tokens", "prefill_target", "prefilled", "kv",
-                 "generated", "done", "cancelled", "event", "due")
+                 "generated", "done", "cancelled", "event", "due", "sink")
 
     def __init__(self, seq: int, prompt_tokens: int, max_tokens: int) -> None:
         self.seq = seq
@@ -66,6 +66,9 @@ class SimRequest:
         self.cancelled = False
         self.event = asyncio.Event()
         self.due = 0.0  # loop time its newest token was due to leave (the iteration's scheduled end)
+        # A streamed request's writer, called by the scheduler with the iteration's new tokens
+        # (TokenStream.deliver); True if it sent them, else the request's handler is woken.
+        self.sink: Callable[[SimRequest], bool] | None = None
 
     @property
     def decoding(self) -> bool:
@@ -236,7 +239,8 @@ class ReplicaScheduler:
             if r.generated >= r.max_tokens:
                 r.done = True
                 self.stats.finished += 1
-            r.event.set()
+            if r.sink is None or not r.sink(r):
+                r.event.set()
         self.running = [r for r in self.running if not r.done and not r.cancelled]
 
     async def run(self) -> None:
@@ -450,7 +454,7 @@ class SimEngine:
         return usage
 
     def _full_response(self, req: SimRequest, chat: bool) -> dict:
-        text = "".join(OUTPUT_WORDS[i % len(OUTPUT_WORDS)] for i in range(req.generated))
+        text = output_text(req.generated)
         head = self._head(req, chat)
         if chat:
             head["object"] = "chat.completion"
@@ -460,56 +464,40 @@ class SimEngine:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"}
         return {**head, "choices": [choice], "usage": self._usage(req)}
 
-    @staticmethod
-    def _chunk_template(head: dict, chat: bool) -> tuple[bytes, bytes]:
-        """Bytes around a token's JSON string in one SSE chunk, encoded once per request
-        (json.dumps per token was the server's main CPU cost at small time scales)."""
-        field = '"delta": {"content": ' if chat else '"text": '
-        prefix = "data: " + json.dumps(head)[:-1] + ', "choices": [{"index": 0, ' + field
-        suffix = ('}' if chat else '') + ', "logprobs": null, "finish_reason": '
-        return prefix.encode(), suffix.encode()
-
-    @staticmethod
-    def _chunk(template: tuple[bytes, bytes], req: SimRequest, i: int) -> bytes:
-        finish = b'"length"' if i + 1 >= req.max_tokens else b"null"
-        return template[0] + WORDS_JSON[i % len(WORDS_JSON)] + template[1] + finish + b"}]}\n\n"
-
     async def _stream(self, request: web.Request, req: SimRequest, chat: bool, usage: bool) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            **SIM_HEADERS})
         await resp.prepare(request)
         head = self._head(req, chat)
-        template = self._chunk_template(head, chat)
-        sent = 0
-        loop = asyncio.get_running_loop()
-        lags = LagHistogram()  # this request's, for its usage chunk
-        while True:
-            await req.event.wait()
-            req.event.clear()
-            late = loop.time() - req.due
-            lags.observe(late)
-            self.stats.token_lag.observe(late)
-            parts: list[bytes] = []
-            if chat and sent == 0 and req.generated > 0:  # vLLM sends the role first, empty content
-                role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                        "finish_reason": None}
-                parts.append(b"data: " + json.dumps({**head, "choices": [role]}).encode() + b"\n\n")
-            for i in range(sent, req.generated):
-                parts.append(self._chunk(template, req, i))
-            sent = req.generated
-            if req.done:
-                if usage:
-                    parts.append(b"data: " + json.dumps({**head, "choices": [], "usage": self._usage(req, lags)})
-                                 .encode() + b"\n\n")
-                parts.append(b"data: [DONE]\n\n")
-            try:
-                if parts:
-                    await resp.write(b"".join(parts))
+        # Only a chunked body can take the sink's frames (an HTTP/1.0 client gets every write from here).
+        chunked = resp.headers.get("Transfer-Encoding") == "chunked"
+        stream = TokenStream(head, chat, req.max_tokens, request.transport if chunked else None,
+                             self.stats.token_lag)
+        try:
+            while True:
+                await req.event.wait()
+                req.event.clear()
+                parts: list[bytes] = []
+                if chat and stream.sent == 0 and req.generated > 0:  # vLLM sends the role first, empty content
+                    role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                            "finish_reason": None}
+                    parts.append(b"data: " + json.dumps({**head, "choices": [role]}).encode() + b"\n\n")
+                if req.generated > stream.sent:
+                    parts.append(stream.take(req.generated, req.due))
                 if req.done:
-                    await resp.write_eof()
+                    if usage:
+                        parts.append(b"data: " + json.dumps({**head, "choices": [], "usage": self._usage(req, stream.lags)})
+                                     .encode() + b"\n\n")
+                    parts.append(b"data: [DONE]\n\n")
+                    await resp.write_eof(b"".join(parts))
                     return resp
-            except ConnectionError:  # client went away; _generate's finally drops the request
-                return resp
+                if parts:
+                    await resp.write(b"".join(parts))  # the first one carries the headers
+                    req.sink = stream.deliver
+        except ConnectionError:  # client went away; _generate's finally drops the request
+            return resp
+        finally:
+            req.sink = None
 
 
 def _ms(seconds: float | None) -> float | None:
