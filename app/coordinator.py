@@ -84,8 +84,10 @@ def advance(session: Session, task: Task) -> None:
         return
     if task.status == TaskStatus.PENDING:
         task.status, task.started_at = TaskStatus.RUNNING, utcnow()
+    exps: list[Experiment] | None = None  # the history, read at most once per pass
     if task.stop_reason is None and _stops(task.parsed_spec):
-        _apply_stop_rule(session, task)
+        exps = _history(session, task.id)
+        _apply_stop_rule(session, task, exps)
     # Counts first: the history is read only when the strategy is asked for more (a task
     # whose backlog is full costs two small queries, however many experiments it has).
     states = _states(session, task.id)
@@ -103,7 +105,7 @@ def advance(session: Session, task: Task) -> None:
         free = 0
     if free > 0:
         spec = task.parsed_spec
-        exps = _history(session, task.id)
+        exps = exps if exps is not None else _history(session, task.id)  # nothing was cancelled: no stop
         virtual = _virtual_time(session)
         lengths = LengthModel.fit([(e.params, (e.finished_at - e.started_at).total_seconds()) for e in exps
                                    if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
@@ -168,11 +170,12 @@ def _stops(spec: TaskSpec) -> bool:
     return es is not None and (es.patience is not None or es.gpu_hour_budget is not None)
 
 
-def _apply_stop_rule(session: Session, task: Task) -> None:
-    """The task stop rule: once it says stop, the reason is kept, nothing new is created and
-    what has not started is cancelled (no GPU is spent on it); running experiments end."""
+def _apply_stop_rule(session: Session, task: Task, exps: list[Experiment]) -> None:
+    """The task stop rule over its history `exps`: once it says stop, the reason is kept,
+    nothing new is created and what has not started is cancelled (no GPU is spent on it);
+    running experiments end."""
     spec = task.parsed_spec
-    task.stop_reason = _stop_rule(spec, _history(session, task.id))
+    task.stop_reason = _stop_rule(spec, exps)
     if task.stop_reason is not None:
         es = spec.optimization.early_stopping
         cancel_unstarted(session, task.id, task_stop_label(task.stop_reason, es.patience if es else None,

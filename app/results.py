@@ -16,7 +16,7 @@ import shlex
 from typing import Any
 
 from cachetools import LRUCache
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.domain.objectives import OBJECTIVES, figure, trial_values
@@ -145,15 +145,15 @@ def importance(session: Session, task: Task) -> dict[str, Any] | None:
     tuned = {name: dom for name, dom in spec.search_space.items() if not dom.is_finite or dom.size() > 1}
     if not tuned:
         return None
-    rows = session.execute(
-        select(Experiment.id, Experiment.params, Experiment.objective, Experiment.measured, Experiment.penalty)
-        .where(Experiment.task_id == task.id, Experiment.eligible, Experiment.repeat_of.is_(None))
-        .order_by(Experiment.id)).all()
-    names = spec.objective_names
-    key = (str(session.get_bind().url), task.id, len(rows), rows[-1].id if rows else None)
+    measured = (Experiment.task_id == task.id, Experiment.eligible, Experiment.repeat_of.is_(None))
+    count, last = session.execute(select(func.count(), func.max(Experiment.id)).where(*measured)).one()
+    key = (str(session.get_bind().url), task.id, count, last)  # a poll reads two numbers, not every row
     found = _IMPORTANCE.get(key)
     if found is None:
-        found = _IMPORTANCE[key] = _importance(tuned, names, rows)
+        rows = session.execute(
+            select(Experiment.id, Experiment.params, Experiment.objective, Experiment.measured, Experiment.penalty)
+            .where(*measured).order_by(Experiment.id)).all()
+        found = _IMPORTANCE[key] = _importance(tuned, spec.objective_names, rows)
     return found
 
 

@@ -114,3 +114,27 @@ def test_sigkill_of_the_owner_takes_forked_engines_down(victim):
         assert not procs.is_running(identity)
     finally:
         kill_quietly(everything)
+
+
+def test_a_start_without_an_answer_ends_the_server_so_no_late_answer_is_taken_for_the_next(monkeypatch):
+    """A start that fails after its request was sent (no answer in time) leaves the server out
+    of step: it may still fork that engine and answer late. The server is ended (what it forked
+    with it) and the next start gets a fresh server and its own engine's answer."""
+    monkeypatch.setattr(forkserver, "_client", None)
+    runtime = ProcessRuntime(name="sim")
+    first = runtime.start(sim_request())  # a server, warm
+    runtime.stop(first)
+    old = forkserver._client
+    server = old.proc.pid
+    with monkeypatch.context() as m:
+        m.setattr(forkserver.select, "select", lambda *a: ([], [], []))  # the answer never comes in time
+        with pytest.raises(EngineError):
+            runtime.start(sim_request())
+    assert not old.alive()
+    wait_gone([server])
+    second = runtime.start(sim_request())
+    try:
+        assert forkserver._client is not old and parent_of(second.identity["pid"]) == forkserver._client.proc.pid
+        runtime.wait_ready(second, timeout=60)
+    finally:
+        runtime.stop(second)

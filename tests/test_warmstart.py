@@ -110,3 +110,12 @@ def test_a_warm_start_from_a_missing_task_is_refused(db):
     with pytest.raises(TaskSpecError) as info:
         create_task(parse_task(task(optimization={"warm_start_from": 999})), enqueue=False)
     assert info.value.errors == [{"loc": ["optimization", "warm_start_from"], "msg": "there is no task 999 to start from"}]
+
+
+def test_a_warm_start_from_an_id_no_task_can_have_is_a_field_error():
+    """Task ids are 32-bit columns: a larger id is refused by the schema, before any query
+    (PostgreSQL would raise 'out of range' on the lookup)."""
+    with pytest.raises(TaskSpecError) as info:
+        parse_task(task(optimization={"warm_start_from": 2**40}))
+    (error,) = info.value.errors
+    assert error["loc"][-1] == "warm_start_from" and "2147483647" in error["msg"]

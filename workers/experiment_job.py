@@ -349,7 +349,9 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 counted, scale = figures or (lambda level: level), sim_time_scale(spec)
                 probes.append(Probe(spec, claim.task_id, experiment_id, attempt,
                                     lambda level: counted({**to_simulated_time(level, scale), "seed": claim.seed})))
-                probes[-1].active = probes[-1].active and not claim.repeat  # a repeat is measured in full
+                # A repeat is measured in full, and so is a re-measure (its first run's probe has
+                # recorded a score the incumbent would count: it would be judged against itself).
+                probes[-1].active = probes[-1].active and not claim.repeat and len(probes) == 1
                 return benchmark(spec, deployment, num_gpus, watch, on_level=watch.between_levels, probe=probes[-1],
                                  figures=figures, seed=claim.seed)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from app.domain.objectives import trial_values
 from app.domain.strategies.base import Trial, canonical
@@ -56,6 +56,7 @@ def _measured(session: Session, task_id: int) -> list[Experiment]:
     order = Experiment.objective if task.parsed_spec.objective_direction == "minimize" else Experiment.objective.desc()
     return list(session.execute(select(Experiment).where(Experiment.task_id == task_id, Experiment.eligible,
                                                          Experiment.repeat_of.is_(None))
+                                .options(defer(Experiment.metrics), defer(Experiment.engine_log))  # up to 20 KB each
                                 .order_by(order, Experiment.seq)).scalars())
 
 

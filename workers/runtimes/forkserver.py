@@ -102,6 +102,15 @@ class ForkServerClient:
     def alive(self) -> bool:
         return self.owner == os.getpid() and self.proc.poll() is None
 
+    def _abandon(self) -> None:
+        """End a server whose connection is out of step: a start that failed after its request
+        was sent may still fork an engine, whose late answer the next start would take as its
+        own. Killing the server ends what it forked (each supervisor's parent-death signal),
+        and client() starts a fresh one."""
+        self.proc.kill()
+        self.proc.wait()
+        self.sock.close()
+
     def start(self, argv: list[str], env: dict[str, str], log_fd: int, grace: float) -> ForkedProcess:
         """Fork a supervised engine running the simulator with `argv` (its flags)."""
         status_mine, status_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -110,9 +119,12 @@ class ForkServerClient:
                 socket.send_fds(self.sock, [json.dumps({"argv": argv, "env": env, "grace": grace}).encode()],
                                 [log_fd, status_theirs.fileno()])
                 ready, _, _ = select.select([self.sock], [], [], 60)
-                answer = json.loads(self.sock.recv(MAX_MESSAGE) or b"{}") if ready else {}
+                if not ready:
+                    raise OSError("no answer in 60 s")
+                answer = json.loads(self.sock.recv(MAX_MESSAGE) or b"{}")
         except (OSError, ValueError) as exc:
             status_mine.close()
+            self._abandon()
             raise ForkServerError(f"the simulated engines' fork server failed: {exc}") from exc
         finally:
             status_theirs.close()

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.domain.objectives import OBJECTIVES
-from app.domain.limits import MAX_FACTOR, MAX_SLO_SECONDS
+from app.domain.limits import INT32_MAX, MAX_FACTOR, MAX_SLO_SECONDS
 
 from .fields import OnForm
 from .values import ArgText, DtypeList, Float, Int, PosInt, _traffic, at_most
@@ -153,7 +153,7 @@ class Optimization(BaseModel):
     # Warm start from an earlier task with the same model, engine, hardware and traffic
     # (app.domain.warmstart): its `warm_start_top` best configurations are tried first and, for
     # the Bayesian strategy, its history is given to the sampler.
-    warm_start_from: Annotated[Annotated[Int, Field(ge=1)] | None, OnForm("Warm start from task #")] = None
+    warm_start_from: Annotated[Annotated[Int, Field(ge=1, le=INT32_MAX)] | None, OnForm("Warm start from task #")] = None
     warm_start_top: Annotated[Int, Field(ge=0, le=20)] = 3
     # Off unless given: skip the load levels of what cannot win, stop the task on a plateau.
     early_stopping: EarlyStopping | None = None
