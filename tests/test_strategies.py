@@ -286,14 +286,14 @@ def test_suggestions_are_json_able():
 def test_infeasible_failures_steer_bayesian_away_from_their_region():
     """Parameter sets that cannot run (out of memory at start-up, ...) are infeasible trials
     for TPE, not ignored failures: fewer suggestions land where the engine cannot start."""
-    from app.domain.strategies.bayesian import _frozen, distributions
+    from app.domain.strategies.bayesian import Encoding, _frozen
 
     spec = task({"mem-fraction-static": {"type": "float", "low": 0.5, "high": 1.0}}, "bayesian", seed=3,
                 objective="maximize_throughput")
-    dists = distributions(spec.search_space)
-    frozen = _frozen(Trial({"mem-fraction-static": 0.99}, "failed", infeasible=True), dists)
+    enc = Encoding(spec.search_space)
+    frozen = _frozen(Trial({"mem-fraction-static": 0.99}, "failed", infeasible=True), enc)
     assert frozen.state.name == "COMPLETE" and frozen.constraints == {"runs": 1.0}
-    assert _frozen(Trial({"mem-fraction-static": 0.99}, "failed"), dists).state.name == "FAIL"
+    assert _frozen(Trial({"mem-fraction-static": 0.99}, "failed"), enc).state.name == "FAIL"
 
     start = make_strategy(task({"mem-fraction-static": {"type": "float", "low": 0.5, "high": 1.0}}, "random",
                                seed=7)).suggest([], 30)

@@ -108,11 +108,6 @@ class Encoding:
                 for name in self.dists}
 
 
-def distributions(space: dict[str, Domain]) -> dict[str, Any]:
-    """Search space -> Optuna distributions (same names, same order)."""
-    return Encoding(space).dists
-
-
 def design(space: dict[str, Domain], seed: int) -> Iterator[dict[str, Any]]:
     """A seeded, balanced design: point i takes, for each parameter, the next value of a
     shuffled pass over that parameter's values (strata of a range), reshuffled after each pass.
@@ -153,14 +148,12 @@ def quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-def _frozen(trial: Trial, encoding: Encoding | dict[str, Any], objectives: int = 1) -> Any | None:
+def _frozen(trial: Trial, encoding: Encoding, objectives: int = 1) -> Any | None:
     """History entry -> Optuna FrozenTrial, or None when it says nothing to TPE (cancelled,
     or params outside the current search space). With several `objectives` a result is its
     `values` (a multi-objective task)."""
     from optuna.trial import TrialState, create_trial
 
-    if isinstance(encoding, dict):  # plain distributions, no ordinal encoding
-        encoding = _Plain(encoding)
     dists = encoding.dists
     if any(v is not None for k, v in trial.params.items() if k not in dists):
         return None
@@ -189,13 +182,6 @@ def _frozen(trial: Trial, encoding: Encoding | dict[str, Any], objectives: int =
         return create_trial(params=params, distributions=dists, **kwargs)
     except (ValueError, TypeError):  # a value outside the current distributions: the spec changed
         return None
-
-
-class _Plain(Encoding):
-    """Distributions used as they are (tests build them by hand)."""
-
-    def __init__(self, dists: dict[str, Any]) -> None:  # noqa: D107 - no space to encode
-        self.space, self.ordered, self.dists = {}, {}, dists
 
 
 class BayesianStrategy(Strategy):
