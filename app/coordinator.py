@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select
@@ -34,7 +35,7 @@ from app.limits import get_limits
 from app.store import ledger
 from app.store.db import is_transient, session_scope
 from app.store.lifecycle import Ended, cancel_unstarted, end_experiment, end_reported, end_task, lock_task
-from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, utcnow
+from app.store.models import Attempt, Experiment, Gpu, Lock, PassTiming, Task, seconds_between, utcnow
 from app.store.passes import PassReader, from_epoch
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,10 @@ def advance(session: Session, task: Task) -> None:
 def _add_repeats(session: Session, task: Task, total: int) -> int:
     """The `repeat_top` best configurations of the search, each measured `repeats` more times
     with seeds 1, 2, ... (app.domain.repeats), when the task asks for repeats and has none yet.
-    Not after the task's GPU-hour budget is spent. Returns how many were created."""
+    Not after the task's GPU-hour budget is spent, and within what is left of it: seed by seed
+    across the configurations, only the repeats expected to fit are created (each as long as its
+    configuration's run, or its predicted length if longer: a run the incumbent probe stopped
+    measured one level, a repeat measures all). Returns how many were created."""
     spec = task.parsed_spec
     opt = spec.optimization
     if not opt.repeats or task.stop_reason == GPU_BUDGET or session.execute(
@@ -152,10 +156,16 @@ def _add_repeats(session: Session, task: Task, total: int) -> int:
             break
     if len(top) < 2:  # nothing to tell apart
         return 0
+    budget = opt.early_stopping.gpu_hour_budget if opt.early_stopping else None
+    left = budget * 3600 - _gpu_s(session, task.id, utcnow()) if budget is not None else float("inf")
     virtual = _virtual_time(session)
     created = 0
-    for exp in top.values():
-        for seed in range(1, opt.repeats + 1):
+    for seed in range(1, opt.repeats + 1):
+        for exp in top.values():
+            cost = exp.gpus_needed * max((exp.finished_at - exp.started_at).total_seconds(), exp.expected_s or 0.0)
+            if cost > left:
+                continue
+            left -= cost
             created += 1
             repeat = _new_experiment(task, spec, dict(exp.params), total + created, virtual, exp.expected_s)
             repeat.repeat_of, repeat.seed = exp.id, seed
@@ -175,32 +185,45 @@ def _apply_stop_rule(session: Session, task: Task, exps: list[Experiment]) -> No
     nothing new is created and what has not started is cancelled (no GPU is spent on it);
     running experiments end."""
     spec = task.parsed_spec
-    task.stop_reason = _stop_rule(spec, exps)
+    es = spec.optimization.early_stopping
+    repeats_gpu_s = (_gpu_s(session, task.id, utcnow(), Experiment.repeat_of.is_not(None))
+                     if es is not None and es.gpu_hour_budget is not None else 0.0)
+    task.stop_reason = _stop_rule(spec, exps, repeats_gpu_s)
     if task.stop_reason is not None:
-        es = spec.optimization.early_stopping
         cancel_unstarted(session, task.id, task_stop_label(task.stop_reason, es.patience if es else None,
                                                            es.gpu_hour_budget if es else None) or "task stopped")
 
 
-def _stop_rule(spec: TaskSpec, exps: list[Experiment]) -> str | None:
+def _stop_rule(spec: TaskSpec, exps: list[Experiment], repeats_gpu_s: float = 0.0) -> str | None:
     """Why the task should create no more experiments (app.domain.stopping.task_stop): no
-    improvement beyond noise in `patience` finished experiments, or its GPU-hour budget spent
-    (running experiments count up to now)."""
+    improvement beyond noise in `patience` finished experiments of its search `exps`, or its
+    GPU-hour budget spent by them and its repeats (`repeats_gpu_s`; running experiments count
+    up to now): the GPU-hours a task reports stay within its budget."""
     es = spec.optimization.early_stopping
     assert es is not None
     now = utcnow()
     done = sorted((e for e in exps if e.finished_at is not None and e.state != ExperimentState.CANCELLED),
                   key=lambda e: (e.finished_at, e.seq))
-    gpu_s = sum(e.gpus_needed * ((e.finished_at or now) - e.started_at).total_seconds() for e in exps if e.started_at)
+    gpu_s = repeats_gpu_s + sum(e.gpus_needed * ((e.finished_at or now) - e.started_at).total_seconds()
+                                for e in exps if e.started_at)
     return task_stop([e.objective if e.eligible else None for e in done], spec.optimization.objective, es.patience,
                      es.noise, gpu_s / 3600, es.gpu_hour_budget)
 
 
+def _gpu_s(session: Session, task_id: int, now: datetime, *where: Any) -> float:
+    """GPU-seconds the task's experiments (those matching `where`) have used, running ones up
+    to `now`, in one aggregate query: the stop rule runs on every pass."""
+    held = seconds_between(Experiment.started_at, func.coalesce(Experiment.finished_at, now))
+    return float(session.execute(select(func.coalesce(func.sum(Experiment.gpus_needed * held), 0.0))
+                                 .where(Experiment.task_id == task_id, Experiment.started_at.is_not(None), *where))
+                 .scalar_one())
+
+
 def _history(session: Session, task_id: int) -> list[Experiment]:
     """The task's search as the strategy, the stop rule and the length model read it (its
-    repeats are not part of it): without measurements and engine logs (up to 20 KB each), which
-    a task's next step never needs and which would otherwise be read again at every
-    experiment's end."""
+    repeats are not part of it; the GPU-hour budget adds their GPU time with `_gpu_s`):
+    without measurements and engine logs (up to 20 KB each), which a task's next step never
+    needs and which would otherwise be read again at every experiment's end."""
     return list(session.execute(select(Experiment).where(Experiment.task_id == task_id,
                                                          Experiment.repeat_of.is_(None))
                                 .order_by(Experiment.seq).options(*_UNREAD)).scalars())

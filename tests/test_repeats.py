@@ -96,3 +96,75 @@ def test_after_the_search_the_top_configurations_are_measured_again_with_other_s
     assert v["winner"]["params"] == {"max-running-requests": 32} and [r["measured"] for r in v["winner"]["runs"]] == [
         300.0, 310.0, 320.0]
     assert v["winner"]["relied"] == pytest.approx(310.0) and v["objective"]["unit"] == "tok/s/GPU"
+
+
+def _budgeted_search(budget_h: float) -> int:
+    """A finished search of three 1-GPU configurations, 600 s each (0.5 GPU-h), in a task with
+    a GPU-hour budget and two repeats of its top two; returns the task's id."""
+    from app.coordinator import coordinate
+    from app.store.pool import GpuSpec, register_worker
+    from tests.helpers import experiments, mixed_task, run_attempt, submit
+
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc1", 1)
+    data = mixed_task([{"max-running-requests": m} for m in (16, 32, 64)], parallel=4)
+    data["optimization"].update(repeats=2, repeat_top=2,
+                                early_stopping={"probe": False, "gpu_hour_budget": budget_h})
+    task_id = submit(data)
+    for d in coordinate(task_id):
+        m = next(e for e in experiments(task_id) if e.id == d.experiment_id).params["max-running-requests"]
+        run_attempt(d, seconds=600, objective=float(m), measured={"maximize_throughput": float(m)}, penalty=0.0,
+                    slo_ok=True, metrics={})
+    return task_id
+
+
+@pytest.mark.unit
+def test_only_the_repeats_that_fit_in_what_is_left_of_the_gpu_hour_budget_are_created(db, monkeypatch):
+    """0.9 GPU-h budget, 0.5 spent by the search: 0.4 GPU-h (1440 GPU-s) left. Seed by seed, a
+    repeat of the best, 64 (600 s), fits twice; one of the runner-up, 32, does not: its run
+    measured one level only (the incumbent probe stopped it), its predicted length, which a
+    repeat's full run takes, is 1500 s. Four repeats before, two now."""
+    from app.coordinator import coordinate
+    from app.store.db import session_scope
+    from app.store.models import Experiment
+    from tests.helpers import experiments
+
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
+    task_id = _budgeted_search(0.9)
+    with session_scope() as s:
+        (stopped,) = [e for e in s.query(Experiment).filter_by(task_id=task_id)
+                      if e.params["max-running-requests"] == 32]
+        stopped.expected_s, stopped.stop_reason = 1500.0, "cannot_win"
+    placed = coordinate(task_id)
+    added = [e for e in experiments(task_id) if e.repeat_of is not None]
+    assert len(placed) == len(added) == 2
+    assert sorted((e.params["max-running-requests"], e.seed) for e in added) == [(64, 1), (64, 2)]
+
+
+@pytest.mark.parametrize("database_url", [pytest.param("sqlite", marks=pytest.mark.unit),
+                                          pytest.param("postgresql", marks=pytest.mark.process)], indirect=True)
+def test_the_gpu_hour_budget_counts_the_repeats(database_url, monkeypatch):
+    """A repeat that runs long spends the budget: the task stops (GPU_BUDGET), its repeats not
+    started are cancelled, and the task ends without exceeding its budget further. Measured with
+    one aggregate query over the repeats (SQL durations on either database)."""
+    from app.coordinator import _gpu_s, coordinate
+    from app.store.db import session_scope
+    from app.store.models import Experiment, Task
+    from tests.helpers import experiments, run_attempt
+
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
+    task_id = _budgeted_search(1.2)  # 0.7 GPU-h left: room for all four 600 s repeats
+    placed = coordinate(task_id)
+    assert len(placed) == 4
+    first = placed[0]
+    run_attempt(first, seconds=3000, objective=1.0, measured={"maximize_throughput": 1.0}, penalty=0.0, slo_ok=True,
+                metrics={})  # 0.5 + 0.83 GPU-h > 1.2
+    with session_scope() as s:
+        ended = s.get(Experiment, first.experiment_id).finished_at
+        spent = _gpu_s(s, task_id, ended, Experiment.repeat_of.is_not(None))
+    assert spent == pytest.approx(3000, abs=5)
+    assert coordinate(task_id) == []
+    with session_scope() as s:
+        task = s.get(Task, task_id)
+        assert (task.stop_reason, task.status) == ("gpu_budget", "completed")
+    repeats = [e for e in experiments(task_id) if e.repeat_of is not None]
+    assert sorted(e.state for e in repeats) == ["cancelled"] * 3 + ["succeeded"]

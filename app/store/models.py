@@ -20,7 +20,9 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy import ColumnElement, and_, text
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.ext.hybrid import hybrid_property
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -35,6 +37,27 @@ from app.domain.states import AttemptState, ExperimentState, TaskStatus
 def utcnow() -> datetime:
     """Naive UTC: SQLite keeps no zone, so all timestamps are stored the same way."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class seconds_between(FunctionElement):  # noqa: N801 - used like a SQL function
+    """Seconds from `start` to `end` (two timestamps) in SQL, on SQLite and PostgreSQL alike:
+    a sum of durations is then one aggregate query instead of a read of every row."""
+
+    type = Float()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+@compiles(seconds_between, "sqlite")
+def _seconds_between_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_between_postgresql(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(c, **kw) for c in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
 
 
 class Base(DeclarativeBase):

@@ -107,7 +107,8 @@ class EarlyStopping(BaseModel):
     the deciding load level first and skips the others when it cannot beat the best finished
     experiment or breaks a hard SLO there. `patience`: the task creates no more experiments
     after this many finished ones without an improvement beyond `noise` (relative). And
-    `gpu_hour_budget`: none after the task's experiments have used this many GPU-hours."""
+    `gpu_hour_budget`: none after the task's experiments (repeats included) have used this many
+    GPU-hours."""
 
     model_config = _STRICT
     probe: bool = True
