@@ -57,6 +57,40 @@ def test_what_cannot_win_stops_early_and_a_plateau_stops_the_task(stack):
         assert shown[2]["failure"] is None and shown[1]["stop"] is None
 
 
+@pytest.mark.process
+def test_in_virtual_time_each_level_is_replayed_once_and_the_probe_judges_that_figure(db, monkeypatch):
+    """The job against a real simulated engine (virtual clock, the probe on): each level's
+    figures are the model's replay, computed once as the level ends; the probe reads the level
+    as it is kept (the deciding level was replayed twice: for the probe, then for the result)."""
+    from app.coordinator import coordinate
+    from app.store.pool import GpuSpec, register_worker
+    from tests.helpers import experiments, submit
+    from workers import sim_figures
+    from workers.experiment_job import execute
+
+    replayed: list[int] = []
+    replay = sim_figures.virtual_level
+
+    def counted(argv, level, spec, num_gpus):
+        replayed.append(level["concurrency"])
+        return replay(argv, level, spec, num_gpus)
+
+    monkeypatch.setattr(sim_figures, "virtual_level", counted)
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "60")
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
+    task_id = submit(stopping_task([{"max-running-requests": 16}, {"max-running-requests": 1}], probe=True))
+    coordinate(task_id)
+    for _ in range(2):  # the first's end places the second on the GPU it frees
+        (queued,) = [e for e in experiments(task_id) if e.state == "queued"]
+        assert execute(queued.id, queued.attempt, worker="gpu-g@h", host="h") == "succeeded"
+    first, second = experiments(task_id)
+    assert replayed == [16, 4, 16]  # the first: the deciding level, then the other; the second stops after it
+    assert [lv["clock"] for lv in first.metrics["scenarios"][0]["levels"]] == ["virtual", "virtual"]
+    assert second.stop_reason == "cannot_win" and second.metrics["early_stop"]["incumbent"] == first.objective
+    (kept,) = second.metrics["scenarios"][0]["levels"]
+    assert kept["clock"] == "virtual" and second.objective == kept["output_throughput_per_gpu"]
+
+
 @pytest.mark.unit
 def test_the_incumbent_counts_probed_running_experiments(db):
     """What a probe must beat: the best eligible result, or a running experiment's score at its

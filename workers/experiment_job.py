@@ -168,10 +168,10 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
     levels' written order. For the sim engine, rates and limits are converted to wall-clock
     terms on the way in and the figures back to modelled time on the way out; `figures` then
     gives each level the figures that count (the model's, in the simulated engine's virtual
-    clock) before anything reads it, the rate search included. With a `probe` (early
-    stopping), the deciding level runs first and may end the benchmark after it. `seed`: the
-    benchmark client's request sample, order and arrival times (a repeat's differ); each level
-    records it."""
+    clock), once per level as soon as it ends: `on_level`, the probe and the rate search read
+    the level as it is kept. With a `probe` (early stopping), the deciding level runs first and
+    may end the benchmark after it. `seed`: the benchmark client's request sample, order and
+    arrival times (a repeat's differ); each level records it."""
     bench = spec.benchmark
     scale = sim_time_scale(spec)
     if probe is not None and probe.active:
@@ -180,8 +180,10 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
     limits = goodput_limits(spec.to_dict().get("slo"))
     counted = figures or (lambda level: level)
 
-    def keep(level: Level) -> Level:
-        return counted({**level, "seed": seed})  # the request sample it ran (a repeat's differs)
+    def keep(level: Level, **exact: Any) -> Level:
+        """A level as it counts: in modelled time (`exact`: figures known exactly there), with
+        the request sample it ran (a repeat's differs) and the figures that count."""
+        return counted({**to_simulated_time(level, scale), "seed": seed, **exact})
 
     results = []
     for scenario in bench.traffic_scenarios:
@@ -198,7 +200,8 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
             levels = _search_rates(spec, target, scale, should_stop, on_level, keep)
         else:
             order = probe.order if probe is not None else list
-            levels = [keep(to_simulated_time(lv, scale)) for lv in run_benchmark(
+            levels = []
+            run_benchmark(
                 target,
                 None if bench.request_rate else order(list(bench.num_concurrency)),
                 request_rates=[r / scale for r in order(list(bench.request_rate))] if bench.request_rate else None,
@@ -206,14 +209,26 @@ def benchmark(spec: TaskSpec, deployment: Deployment, num_gpus: int, should_stop
                 max_concurrency=bench.max_concurrency,
                 warmup_requests=bench.warmup_requests,
                 should_stop=should_stop,
-                on_level=on_level,
-            )]
+                on_level=_kept(levels, keep, on_level),
+            )
             written = [float(v) for v in bench.levels]
             levels.sort(key=lambda lv: written.index(level_value(lv)) if level_value(lv) in written else len(written))
         results.append({"scenario": scenario, "levels": levels})
         if should_stop():
             break
     return results
+
+
+def _kept(into: list[Level], keep: Callable[[Level], Level],
+          then: Callable[[Level], None] | None) -> Callable[[Level], None]:
+    """The client's per-level callback: each level is kept (`keep`: its figures are the model's
+    replay in virtual time, not cheap) once, as soon as it ends, and `then` reads that same kept
+    level; the client calls it for every level it returns."""
+    def ended(summary: Level) -> None:
+        into.append(keep(summary))
+        if then is not None:
+            then(into[-1])
+    return ended
 
 
 def _either(a: Callable[[], bool], b: Callable[[], bool]) -> Callable[[], bool]:
@@ -230,7 +245,7 @@ def _both(a: Callable[[dict[str, Any]], None] | None,
 
 
 def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
-                  on_level: Callable[[Level], None] | None, keep: Callable[[Level], Level]) -> list[Level]:
+                  on_level: Callable[[Level], None] | None, keep: Callable[..., Level]) -> list[Level]:
     """One open-loop level per rate the bounded search picks (app.domain.ratesearch), each
     judged against the task's SLOs as it ends; the levels in the order they ran."""
     bench, slo = spec.benchmark, spec.to_dict().get("slo")
@@ -239,16 +254,18 @@ def _search_rates(spec: TaskSpec, target: Target, scale: float, should_stop,
     tried: dict[float, bool] = {}
     levels: list[dict[str, Any]] = []
     while (rate := next_rate(tried, search.low, search.high, search.steps)) is not None and not should_stop():
-        ran = run_benchmark(replace(target, prompt_salt=len(levels)), None, request_rates=[rate / scale],
-                            burstiness=bench.burstiness,
-                            max_concurrency=bench.max_concurrency,
-                            warmup_requests=bench.warmup_requests if not levels else 0,
-                            should_stop=should_stop, on_level=on_level)
+        def at_rate(summary: Level, rate: float = rate) -> Level:
+            return keep(summary, request_rate=rate)  # the rate asked for, not its wall-clock conversion back
+
+        ran: list[Level] = []
+        run_benchmark(replace(target, prompt_salt=len(levels)), None, request_rates=[rate / scale],
+                      burstiness=bench.burstiness,
+                      max_concurrency=bench.max_concurrency,
+                      warmup_requests=bench.warmup_requests if not levels else 0,
+                      should_stop=should_stop, on_level=_kept(ran, at_rate, on_level))
         if not ran:
             break
-        level = to_simulated_time(ran[0], scale)
-        level["request_rate"] = rate  # the rate asked for, not its wall-clock conversion back
-        level = keep(level)
+        level = ran[0]
         levels.append(level)
         tried[rate] = sustains(level, slo)
         if level.get("stopped_early"):
@@ -346,9 +363,7 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             probes: list[Probe] = []
 
             def run(figures: Callable[[Level], Level] | None = None) -> list[dict[str, Any]]:
-                counted, scale = figures or (lambda level: level), sim_time_scale(spec)
-                probes.append(Probe(spec, claim.task_id, experiment_id, attempt,
-                                    lambda level: counted({**to_simulated_time(level, scale), "seed": claim.seed})))
+                probes.append(Probe(spec, claim.task_id, experiment_id, attempt))
                 # A repeat is measured in full, and so is a re-measure (its first run's probe has
                 # recorded a score the incumbent would count: it would be judged against itself).
                 probes[-1].active = probes[-1].active and not claim.repeat and len(probes) == 1

@@ -15,7 +15,7 @@ highest-sustainable-rate search, whose levels are chosen as it goes.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
@@ -51,11 +51,10 @@ def record_probe(experiment_id: int, attempt: int, objective: float) -> None:
 class Probe:
     """One experiment's probe: the level order, and the verdict after the first level."""
 
-    def __init__(self, spec: TaskSpec, task_id: int, experiment_id: int, attempt: int,
-                 to_model_time: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(self, spec: TaskSpec, task_id: int, experiment_id: int, attempt: int) -> None:
         es = spec.optimization.early_stopping
         bench = spec.benchmark
-        self.spec, self.task_id, self.to_model_time = spec, task_id, to_model_time
+        self.spec, self.task_id = spec, task_id
         self.experiment_id, self.attempt = experiment_id, attempt
         self.active = (es is not None and es.probe and len(bench.traffic_scenarios) == 1 and len(bench.levels) > 1
                        and not spec.uses_rate_search)
@@ -70,12 +69,12 @@ class Probe:
         first = probe_order([float(v) for v in levels], self.spec.optimization.objective_level)[0]
         return [v for v in levels if float(v) == first] + [v for v in levels if float(v) != first]
 
-    def after_level(self, summary: dict[str, Any]) -> None:
-        """After each level: the first one decides whether the others run."""
+    def after_level(self, level: dict[str, Any]) -> None:
+        """After each level (as it counts: in modelled time, with the figures kept for it): the
+        first one decides whether the others run."""
         self._levels_seen += 1
         if not self.active or self._levels_seen != 1:
             return
-        level = self.to_model_time(summary)
         s = score([[level]], self.spec.optimization.objective, self.spec.to_dict().get("slo"))
         # Several objectives: a worse first figure may still be on the Pareto front, so only a
         # broken hard SLO stops the experiment there.
