@@ -1,17 +1,23 @@
-"""CPU the simulated engine spends per streamed token on the wall clock.
+"""CPU the simulated engine and the benchmark client spend per streamed token on the wall clock.
 
-    python benchmarks/sim_token_cpu.py [--concurrency 32] [--tokens 400] [--rounds 3] [--json]
+    python benchmarks/sim_token_cpu.py [--concurrency 32] [--tokens 400] [--rounds 3]
+                                       [--client loadgen|plain] [--json]
 
 Why: in wall-clock mode the engine's streaming is what a busy 2-core host starves first (lag),
-and what several engines on one worker compete for; its cost per token is what the admission
-rule's token rate is weighed against. Method: one engine process (`python -m
-app.tools.simengine`, llama-3-8b on an H100, time scale 1, no start-up wait) on 127.0.0.1; per
-round, `--concurrency` streaming /v1/completions requests of `--tokens` tokens each, sent at
-once with `include_usage` (so every iteration emits one token to every request, the shape a
-benchmark level has); the engine's CPU time (utime + stime from /proc/<pid>/stat, 10 ms ticks)
-is read before and after the round. Reported: CPU microseconds per streamed token (the median
-round), the rounds' wall seconds and the writes the client received per token (reads of the
-response body, an upper bound of the server's writes when the client keeps up).
+and what several engines on one worker compete for; engine and client together are what the
+admission rule's TOKENS_PER_CORE_S (workers/sim_admission.py) weighs an engine's token rate
+against. Method: one engine process (`python -m app.tools.simengine`, llama-3-8b on an H100,
+time scale 1, no start-up wait) on 127.0.0.1; per round, `--concurrency` streaming
+/v1/completions requests of `--tokens` tokens each, sent at once with `include_usage` (so every
+iteration emits one token to every request, the shape a benchmark level has). The client is
+the experiments' own (`--client loadgen`: app.tools.loadgen.run_benchmark, one closed-loop
+level of D(256,tokens) with its timing and metrics), or a bare aiohttp reader (`plain`: the
+engine's cost alone, the client's as low as it goes). The engine's CPU time (utime + stime from
+/proc/<pid>/stat, 10 ms ticks) and this process's (the client's) are read before and after the
+round. Reported: engine and client CPU microseconds per streamed token and the streamed tokens
+one core carries through both (the median round), the rounds' wall seconds and, for `plain`,
+the writes the client received per token (reads of the response body, an upper bound of the
+server's writes when the client keeps up).
 """
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from app.tools.loadgen import Target, run_benchmark  # noqa: E402 - imported before any round is timed
+
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -70,7 +79,7 @@ async def _one(session, url: str, tokens: int) -> tuple[int, int]:  # type: igno
     return chunks, reads
 
 
-async def _round(url: str, concurrency: int, tokens: int) -> tuple[int, int]:
+async def _plain(url: str, concurrency: int, tokens: int) -> tuple[int, int | None]:
     import aiohttp
 
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
@@ -78,11 +87,22 @@ async def _round(url: str, concurrency: int, tokens: int) -> tuple[int, int]:
     return sum(c for c, _ in done), sum(r for _, r in done)
 
 
+def _round(client: str, url: str, concurrency: int, tokens: int) -> tuple[int, int | None]:
+    """One round of streaming through `client`; returns (tokens received, body reads or None)."""
+    if client == "plain":
+        return asyncio.run(_plain(url, concurrency, tokens))
+    (level,) = run_benchmark(Target(url, "sim", f"D(256,{tokens})", max_requests=concurrency), [concurrency])
+    if level["completed"] != concurrency:
+        raise RuntimeError(f"{level['errors']} requests failed: {level['error_kinds']}")
+    return level["total_output_tokens"], None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--client", choices=("loadgen", "plain"), default="loadgen")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     port = _free_port()
@@ -96,29 +116,39 @@ def main() -> int:
     try:
         _wait_healthy(url, proc)
         for _ in range(args.rounds):
-            cpu0, t0 = _cpu_s(proc.pid), time.monotonic()
-            chunks, reads = asyncio.run(_round(url, args.concurrency, args.tokens))
-            cpu1, t1 = _cpu_s(proc.pid), time.monotonic()
+            cpu0, client0, t0 = _cpu_s(proc.pid), time.process_time(), time.monotonic()
+            chunks, reads = _round(args.client, url, args.concurrency, args.tokens)
+            cpu1, client1, t1 = _cpu_s(proc.pid), time.process_time(), time.monotonic()
             expected = args.concurrency * args.tokens
             if chunks != expected:
                 raise RuntimeError(f"streamed {chunks} tokens, expected {expected}")
-            rounds.append({"cpu_s": round(cpu1 - cpu0, 3), "wall_s": round(t1 - t0, 3),
-                           "us_per_token": round((cpu1 - cpu0) / chunks * 1e6, 1),
-                           "reads_per_token": round(reads / chunks, 3)})
+            engine_us, client_us = (cpu1 - cpu0) / chunks * 1e6, (client1 - client0) / chunks * 1e6
+            rounds.append({"cpu_s": round(cpu1 - cpu0, 3), "client_cpu_s": round(client1 - client0, 3),
+                           "wall_s": round(t1 - t0, 3), "us_per_token": round(engine_us, 1),
+                           "client_us_per_token": round(client_us, 1),
+                           "tokens_per_core_s": round(1e6 / (engine_us + client_us)),
+                           "reads_per_token": round(reads / chunks, 3) if reads is not None else None})
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-    out = {"concurrency": args.concurrency, "tokens_per_request": args.tokens, "rounds": rounds,
-           "us_per_token_median": statistics.median(r["us_per_token"] for r in rounds),
+    out = {"client": args.client, "concurrency": args.concurrency, "tokens_per_request": args.tokens,
+           "rounds": rounds, "us_per_token_median": round(statistics.median(r["us_per_token"] for r in rounds), 1),
+           "client_us_per_token_median": round(statistics.median(r["client_us_per_token"] for r in rounds), 1),
+           "tokens_per_core_s_median": round(statistics.median(r["tokens_per_core_s"] for r in rounds)),
            "load_average": os.getloadavg()}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for r in rounds:
-            print(f"round: {r['cpu_s']} CPU-s over {r['wall_s']} s wall, {r['us_per_token']} us/token, "
-                  f"{r['reads_per_token']} client reads/token")
-        print(f"engine CPU per streamed token (median of {len(rounds)}): {out['us_per_token_median']} us "
-              f"at concurrency {args.concurrency} (load average {out['load_average'][0]:.2f})")
+            reads = f", {r['reads_per_token']} client reads/token" if r["reads_per_token"] is not None else ""
+            print(f"round: engine {r['cpu_s']} CPU-s, client {r['client_cpu_s']} CPU-s over {r['wall_s']} s wall: "
+                  f"{r['us_per_token']} + {r['client_us_per_token']} us/token, {r['tokens_per_core_s']} tokens "
+                  f"per core-second{reads}")
+        print(f"per streamed token (median of {len(rounds)}, {args.client} client, concurrency {args.concurrency}, "
+              f"{args.tokens} tokens a request): "
+              f"engine {out['us_per_token_median']} us, client {out['client_us_per_token_median']} us, "
+              f"{out['tokens_per_core_s_median']} tokens per core-second together "
+              f"(load average {out['load_average'][0]:.2f})")
     return 0
 
 

@@ -253,3 +253,69 @@ def test_a_host_admits_engines_while_its_cpu_share_lasts(tmp_path):
     ledger.write_text(json.dumps({"ghost": ghost}))
     assert sim_admission.Admission("c", 0.6, cores=2, path=ledger).try_admit()
     assert set(json.loads(ledger.read_text())) == {"c"}
+
+
+@pytest.mark.process
+def test_an_engine_waiting_for_host_cpu_shows_it_and_its_length_starts_when_admitted(client, tmp_path, monkeypatch):
+    """A wall-clock engine that does not fit the host's CPU share waits after its experiment
+    has claimed its GPUs: the experiment shows the phase and what it waits for (pages, API,
+    `status --json`), and once admitted its length starts then, not at the claim (the wait is
+    the host's: the length model and the GPU-hour budget read started_at..finished_at)."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from app.cli import main
+    from app.coordinator import coordinate
+    from app.store.db import session_scope
+    from app.store.models import Attempt, Experiment, utcnow
+    from app.store.pool import GpuSpec, register_worker
+    from tests.helpers import ROOT, experiments, submit, wait_for
+    from workers.experiment_job import execute
+
+    ledger = tmp_path / "admission.json"
+    monkeypatch.setattr(sim_admission, "ledger_path", lambda: ledger)
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "60")
+    holder = subprocess.Popen(  # another engine's admission, held by a live process until its stdin closes
+        [sys.executable, "-c", "import sys; from workers.sim_admission import Admission; "
+         "assert Admission('other', 1000.0, path=sys.argv[1]).try_admit(); print('held', flush=True); "
+         "sys.stdin.read()", str(ledger)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
+        data = mixed_task([{"max-running-requests": 16}])
+        data["sim"] = {"time_scale": 1.0, "startup_seconds": 0, "clock": "wall"}
+        data["benchmark"].update(traffic_scenarios=["D(4096,64)"], num_concurrency=[1], max_requests_per_iteration=2)
+        task_id = submit(data)
+        (d,) = coordinate(task_id)
+        outcome: list[str] = []
+        job = threading.Thread(target=lambda: outcome.append(execute(d.experiment_id, d.attempt, "gpu-g@h", "h")),
+                               daemon=True)
+        job.start()
+        wait_for(lambda: experiments(task_id)[0].phase == sim_admission.PHASE, 30, "the job to wait for host CPU")
+        shown = client.get(f"/api/experiments/{d.experiment_id}").get_json()
+        assert (shown["state"], shown["phase"]) == ("running", "waiting for host CPU")
+        assert shown["wait_reason"].startswith("waiting for host CPU: its engine and client need ")
+        assert "hold 1000.00 of the" in shown["wait_reason"]
+        assert "running (waiting for host CPU)" in client.get(f"/experiments/{d.experiment_id}").data.decode()
+        page = client.get(f"/tasks/{task_id}").data.decode()
+        assert "running (waiting for host CPU)" in page and "its engine and client need" in page
+        report = json.loads(CliRunner().invoke(main, ["status", str(task_id), "--json"]).output)
+        assert report["experiments"][0]["phase"] == "waiting for host CPU"
+        released = utcnow()
+        holder.stdin.close()  # its process ends: its admission no longer counts
+        holder.wait(timeout=30)
+        job.join(timeout=120)
+        # admitted and run (succeeded, or host_lag on a busy machine: not what this test is about)
+        assert not job.is_alive() and outcome and outcome[0] != "cancelled"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    with session_scope() as s:
+        exp = s.get(Experiment, d.experiment_id)
+        claimed = s.query(Attempt).filter_by(experiment_id=exp.id).one().started_at
+        assert claimed < released <= exp.started_at  # the length starts at admission; the attempt keeps the claim
+        assert exp.wait_reason is None and exp.phase is None

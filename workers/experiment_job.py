@@ -323,6 +323,24 @@ def send_placed(dispatches: list[Any]) -> None:
         log.exception("could not send the experiments placed on the freed GPUs; the coordinator will re-send them")
 
 
+def admit(admission: sim_admission.Admission, experiment_id: int, attempt: int, stop: Callable[[], bool]) -> None:
+    """Wait for the host to admit a wall-clock simulated engine (the GPUs are claimed already),
+    in the open: while it waits, its experiment's phase and wait reason say what for; once
+    admitted it is deploying again and its length starts then (the wait is the host's). Raises
+    ExperimentCancelled when the experiment is stopped meanwhile."""
+    waited = False
+
+    def waiting(why: str) -> None:
+        nonlocal waited
+        waited = True
+        lifecycle.set_phase(experiment_id, attempt, sim_admission.PHASE, why)
+
+    if not admission.wait(stop, waiting):
+        raise ExperimentCancelled()
+    if waited:
+        lifecycle.set_phase(experiment_id, attempt, "deploying", restart=True)
+
+
 def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
     """Run one claimed attempt to its recorded end. Everything after the claim is inside the
     `try`: the claim has committed `running` and holds the GPUs, so whatever raises (the
@@ -351,8 +369,8 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
             runtime = get_runtime(spec.deployment_mode)
             request = engine_request(spec, experiment_id, attempt, claim.params, claim.gpu_indices, claim.gpu_share)
             admission = sim_admission.for_engine(spec, request, f"{experiment_id}:{attempt}")
-            if admission is not None and not admission.wait(stop):
-                raise ExperimentCancelled()
+            if admission is not None:
+                admit(admission, experiment_id, attempt, stop)
             deployment = runtime.start(request)
             if not lifecycle.record_engine(experiment_id, attempt, deployment.identity):
                 raise ExperimentCancelled()  # the attempt was taken from us meanwhile (lost or cancelled)

@@ -7,7 +7,10 @@ twice). The rule, per host: an engine's demand is its modelled token rate at ful
 time, over what one core streams (TOKENS_PER_CORE_S, engine and client together); the engines
 admitted at once may demand at most SHARE of the host's cores, and one engine is always admitted
 when none runs (a demand above the host is let through alone: its lag will say so). An engine
-that does not fit waits, before it starts, until enough others end. The ledger is one file per
+that does not fit waits, before it starts, until enough others end; its experiment has claimed
+its GPUs already, so it shows that wait (the phase PHASE, and what it waits for), and its
+length starts when it is admitted (the wait is the host's, not the configuration's: the length
+model and the GPU-hour budget must not learn it). The ledger is one file per
 host and user, under an exclusive lock; an entry whose process is gone no longer counts, so
 nothing outlives its owner. Engines in virtual mode are not admitted here: their figures do not
 depend on the host.
@@ -31,9 +34,11 @@ from workers.runtimes.base import EngineRequest
 from workers.runtimes.procs import start_ticks
 from workers.sim_figures import sim_argv
 
-TOKENS_PER_CORE_S = 20_000.0  # streamed tokens one core carries through engine and client (README)
+# Streamed tokens one core carries through engine and client (README; benchmarks/sim_token_cpu.py).
+TOKENS_PER_CORE_S = 16_000.0
 SHARE = 0.5  # of the host's cores for simulated engines; the rest is the control plane's
 WAIT_S = 0.2
+PHASE = "waiting for host CPU"  # a waiting experiment's phase (at most 20 characters: Experiment.phase)
 
 
 def demand_cores(argv: list[str], scenario: str, concurrency: int, time_scale: float) -> float:
@@ -63,6 +68,7 @@ class Admission:
         self.key, self.demand = key, demand
         self.capacity = (cores or os.cpu_count() or 1) * SHARE
         self.path = path or ledger_path()
+        self.held = 0.0  # what the engines admitted before it demanded, at its last try
 
     def _update(self, change: Callable[[dict[str, dict]], bool]) -> bool:
         with open(self.path, "a+") as f:
@@ -80,19 +86,30 @@ class Admission:
 
     def try_admit(self) -> bool:
         def admit(entries: dict[str, dict]) -> bool:
-            if entries and sum(e["demand"] for e in entries.values()) + self.demand > self.capacity:
+            self.held = sum(e["demand"] for e in entries.values())
+            if entries and self.held + self.demand > self.capacity:
                 return False
             entries[self.key] = {"pid": os.getpid(), "ticks": start_ticks(os.getpid()), "demand": self.demand}
             return True
         return self._update(admit)
 
-    def wait(self, should_stop: Callable[[], bool]) -> bool:
-        """Until admitted (True) or `should_stop()` (False)."""
+    def wait(self, should_stop: Callable[[], bool], waiting: Callable[[str], None] | None = None) -> bool:
+        """Until admitted (True) or `should_stop()` (False). `waiting(why)` is called once, when
+        the first try finds no room (what it waits for, as a person reads it)."""
+        told = False
         while not self.try_admit():
+            if not told and waiting is not None:
+                waiting(self.why())
+                told = True
             if should_stop():
                 return False
             time.sleep(WAIT_S)
         return True
+
+    def why(self) -> str:
+        """What a waiting engine waits for: its demand against what the others hold."""
+        return (f"{PHASE}: its engine and client need {self.demand:.2f} cores; the simulated engines admitted "
+                f"on this host hold {self.held:.2f} of the {self.capacity:g} cores they may use")
 
     def release(self) -> None:
         self._update(lambda entries: entries.pop(self.key, None) is not None)

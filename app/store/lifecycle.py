@@ -119,11 +119,19 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
         )
 
 
-def set_phase(experiment_id: int, attempt: int, phase: str) -> None:
+def set_phase(experiment_id: int, attempt: int, phase: str, why: str | None = None, *,
+              restart: bool = False) -> None:
+    """The running attempt's phase, shown with its state. `why`: what it waits for in this phase
+    (its wait reason; the next phase clears it). `restart`: its length starts now, what came
+    before being a wait of the host's (workers.sim_admission), not its configuration's: the
+    length model, the GPU-hour budget and the planner's expected end read started_at (the
+    attempt keeps when it was claimed)."""
     with session_scope() as session:
         exp = _lock_experiment(session, experiment_id)
         if exp is not None and exp.state == ExperimentState.RUNNING and exp.attempt == attempt:
-            exp.phase = phase
+            exp.phase, exp.wait_reason = phase, why
+            if restart:
+                exp.started_at = utcnow()
 
 
 def should_stop(experiment_id: int) -> bool:
