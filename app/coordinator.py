@@ -1,7 +1,8 @@
 """The coordinator: what each task does next, and which waiting experiment gets which GPUs.
 
 `coordinate(task_id)` moves one task forward under that task's row lock (feed the history
-to the strategy, create as many experiments as there are free slots, end the task when
+to the strategy, create as many experiments as there are free slots, renew the predicted
+lengths and the longest-first order of what waits once a result is in, end the task when
 nothing is left), then `schedule()` hands free GPUs to waiting experiments under the global
 scheduler lock; a finishing job runs `schedule()` too, in the transaction that records its
 end (`end_and_place`). All commit before anything is sent to Celery, and all are idempotent:
@@ -25,6 +26,7 @@ from app.config import get_settings
 from app.dispatch import Dispatch, queue_for
 from app.domain.engines.failures import is_infeasible
 from app.domain.lengths import LengthModel, expected_length
+from app.domain.placement import longest_first
 from app.domain.states import EXP_ACTIVE, TASK_TERMINAL, AttemptState, ExperimentState, TaskStatus
 from app.domain.strategies import STRATEGIES, make_strategy
 from app.domain.stopping import GPU_BUDGET, task_stop, task_stop_label
@@ -40,6 +42,7 @@ from app.store.passes import PassReader, from_epoch
 
 log = logging.getLogger(__name__)
 REPREDICT_CHANGE = 0.05  # a waiting experiment's prediction is renewed when it moves this much
+AHEAD_ROUNDS = 2  # rounds of max_parallel created ahead for a strategy that does not learn from results
 _UNREAD = (defer(Experiment.metrics), defer(Experiment.engine_log))  # what a pass never needs of an experiment
 
 
@@ -75,9 +78,13 @@ def pool_capacity(session: Session) -> int:
 def advance(session: Session, task: Task) -> None:
     """One step of one task, inside the caller's transaction holding the task's lock.
 
-    New experiments are bounded three ways: the task's `max_parallel_experiments`, what the
-    pool can run at once (more waiting rows would only queue), and AUTOTUNER_MAX_NEW_PER_PASS
-    per pass (a short write transaction; the next pass creates the rest)."""
+    New experiments are bounded three ways: the task's `max_parallel_experiments` (and for a
+    strategy that does not learn from results, AHEAD_ROUNDS more rounds of it created ahead),
+    what the pool can run at once (more waiting rows would only queue), and
+    AUTOTUNER_MAX_NEW_PER_PASS per pass (a short write transaction; the next pass creates the
+    rest). When it creates experiments, or when one of its experiments has succeeded since the
+    last time (`Task.predicted_from`), the pass renews the predicted lengths of what is
+    active and serves what waits longest predicted first (`_renew`)."""
     if task.status == TaskStatus.CANCELLING:
         cancel_unstarted(session, task.id, "task cancelled")
         if not _states(session, task.id).get(ExperimentState.RUNNING):
@@ -89,47 +96,66 @@ def advance(session: Session, task: Task) -> None:
     if task.stop_reason is None and _stops(task.parsed_spec):
         exps = _history(session, task.id)
         _apply_stop_rule(session, task, exps)
-    # Counts first: the history is read only when the strategy is asked for more (a task
-    # whose backlog is full costs two small queries, however many experiments it has).
+    # Counts first: the history is read only when the strategy is asked for more or a new
+    # result is to be learned from (a task whose backlog is full costs two small queries,
+    # however many experiments it has).
     states = _states(session, task.id)
     active = sum(n for state, n in states.items() if state in EXP_ACTIVE)
     total = sum(states.values())
+    succeeded = states.get(ExperimentState.SUCCEEDED, 0)
     parallel = min(task.max_parallel, pool_capacity(session))
-    # A strategy that does not learn from results gets the next round created ahead: the
-    # scheduler holds the task to max_parallel running (its `room`), and a job that ends hands
-    # its GPUs straight to a waiting experiment of its task (end_and_place).
+    # A strategy that does not learn from results gets its next rounds created ahead: the
+    # scheduler holds the task to max_parallel running (its `room`), a job that ends hands
+    # its GPUs straight to a waiting experiment of its task (end_and_place), and the longer
+    # list of waiting experiments gives the longest-first order more to choose from.
     learns = getattr(STRATEGIES.get(task.strategy), "learns_from_results", True)
-    ahead = 0 if learns else parallel
+    ahead = 0 if learns else AHEAD_ROUNDS * parallel
     free = min(parallel + ahead - active, task.max_iterations - total, get_limits().max_new_per_pass)
-    created = 0
     if task.stop_reason is not None:  # the task stop rule: no more experiments, the running ones end
         free = 0
-    if free > 0:
-        spec = task.parsed_spec
+    new: list[Experiment] = []
+    new_result = task.stop_reason is None and active > 0 and succeeded != task.predicted_from
+    if free > 0 or new_result:
         exps = exps if exps is not None else _history(session, task.id)  # nothing was cancelled: no stop
-        virtual = _virtual_time(session)
         lengths = LengthModel.fit([(e.params, (e.finished_at - e.started_at).total_seconds()) for e in exps
                                    if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
-        history = [_trial(e, spec.objective_names) for e in exps]
-        warm = warm_start(session, spec)
-        if warm is not None:  # the earlier task's best first; its history for a sampler that learns
-            done = seen_keys(history)
-            for origin, params in [(o, p) for o, p in warm.first if canonical(p) not in done][:free]:
-                exp = _new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params))
-                exp.warm_from = origin
-                session.add(exp)
-                history.append(Trial(params=params, state=ExperimentState.PENDING))
-                created += 1
-            if learns:
-                history += warm.trials
-        for params in make_strategy(spec).suggest(history, free - created):
-            session.add(_new_experiment(task, spec, params, total + created + 1, virtual, lengths.predict(params)))
-            created += 1
-        _repredict(exps, lengths)
+        if free > 0:
+            new = _create(session, task, exps, lengths, free, total, learns)
+        _renew(task, [*exps, *new], lengths)
+        task.predicted_from = succeeded
+    created = len(new)
     if not active and not created:  # the search is over: the top configurations measured again, once
         created = _add_repeats(session, task, total)
     if not active and not created:
         end_task(task, list(task.experiments))
+
+
+def _create(session: Session, task: Task, exps: list[Experiment], lengths: LengthModel, free: int, total: int,
+            learns: bool) -> list[Experiment]:
+    """Up to `free` new waiting experiments, as the strategy suggests them after the task's
+    history `exps` (a warm start's configurations first), each with its predicted length."""
+    spec = task.parsed_spec
+    virtual = _virtual_time(session)
+    history = [_trial(e, spec.objective_names) for e in exps]
+    new: list[Experiment] = []
+
+    def add(params: dict) -> Experiment:
+        exp = _new_experiment(task, spec, params, total + len(new) + 1, virtual, lengths.predict(params))
+        session.add(exp)
+        new.append(exp)
+        return exp
+
+    warm = warm_start(session, spec)
+    if warm is not None:  # the earlier task's best first; its history for a sampler that learns
+        done = seen_keys(history)
+        for origin, params in [(o, p) for o, p in warm.first if canonical(p) not in done][:free]:
+            add(params).warm_from = origin
+            history.append(Trial(params=params, state=ExperimentState.PENDING))
+        if learns:
+            history += warm.trials
+    for params in make_strategy(spec).suggest(history, free - len(new)):
+        add(params)
+    return new
 
 
 def _add_repeats(session: Session, task: Task, total: int) -> int:
@@ -175,7 +201,7 @@ def _add_repeats(session: Session, task: Task, total: int) -> int:
 
 def _stops(spec: TaskSpec) -> bool:
     """Whether the task has a stop rule (it is then checked on every pass, backlog full or not:
-    a strategy that does not learn has its next round created ahead)."""
+    a strategy that does not learn has its next rounds created ahead)."""
     es = spec.optimization.early_stopping
     return es is not None and (es.patience is not None or es.gpu_hour_budget is not None)
 
@@ -220,10 +246,11 @@ def _gpu_s(session: Session, task_id: int, now: datetime, *where: Any) -> float:
 
 
 def _history(session: Session, task_id: int) -> list[Experiment]:
-    """The task's search as the strategy, the stop rule and the length model read it (its
-    repeats are not part of it; the GPU-hour budget adds their GPU time with `_gpu_s`):
-    without measurements and engine logs (up to 20 KB each), which a task's next step never
-    needs and which would otherwise be read again at every experiment's end."""
+    """The task's search as the strategy, the stop rule, the length model and the
+    longest-first order read it (its repeats are not part of it; the GPU-hour budget adds
+    their GPU time with `_gpu_s`): without measurements and engine logs (up to 20 KB each),
+    which a task's next step never needs and which would otherwise be read again at every
+    experiment's end."""
     return list(session.execute(select(Experiment).where(Experiment.task_id == task_id,
                                                          Experiment.repeat_of.is_(None))
                                 .order_by(Experiment.seq).options(*_UNREAD)).scalars())
@@ -246,6 +273,22 @@ def _repredict(exps: list[Experiment], lengths: LengthModel) -> None:
             exp.expected_s = predicted
 
 
+def _renew(task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
+    """After new results or with new experiments: the predictions renewed (`_repredict`),
+    then the task's waiting experiments among `exps` (in creation order) served longest
+    predicted first, by dealing their fair-share tags out again (placement.longest_first; an
+    unknown length counts as the task's moving average). Only rows whose tag changes are
+    written. Repeats are not in `exps`: they wait in the order they were created (seed by
+    seed, the best configuration first: if the task stops during them, the best has been
+    measured again), and what they measure changes no prediction."""
+    _repredict(exps, lengths)
+    waiting = [e for e in exps if e.state == ExperimentState.PENDING]
+    dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s)
+    for exp, tag in zip(waiting, dealt or ()):
+        if exp.share_tag != tag:
+            exp.share_tag = tag
+
+
 def _states(session: Session, task_id: int) -> dict[str, int]:
     """How many of the task's experiments are in each state, in one grouped query."""
     return dict(session.execute(select(Experiment.state, func.count()).where(Experiment.task_id == task_id)
@@ -257,8 +300,9 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual:
     """A new waiting experiment with its fair-share tag (start-time fair queuing): it starts
     where its task's previous experiment's expected GPU-seconds end, or at the scheduler's
     virtual time if the task has fallen behind. Within a priority the queue is served by tag,
-    so tasks share GPUs by expected GPU-seconds and one task's experiments keep their order.
-    `expected`: its predicted length (app.domain.lengths), if the task's history can tell."""
+    so tasks share GPUs by expected GPU-seconds; within a task, `_renew` deals the waiting
+    experiments' tags out again longest predicted first. `expected`: its predicted length
+    (app.domain.lengths), if the task's history can tell."""
     gpus = spec.gpus_needed(params)
     tag = max(virtual, task.share_finish or 0.0)
     length = expected_length(expected, task.expected_experiment_s, float(spec.optimization.timeout_per_iteration))

@@ -27,14 +27,14 @@ def pool(db, monkeypatch):
 
 
 def test_coordinate_is_idempotent_and_respects_max_parallel(pool):
-    task_id = submit(mixed_task([{"tp-size": 1}] * 6, parallel=2))
+    task_id = submit(mixed_task([{"tp-size": 1}] * 8, parallel=2))
     first = coordinate(task_id)
     assert len(first) == 2 and {d.queue for d in first} == {"gpu.g"}
     assert coordinate(task_id) == []  # nothing changed: nothing new
     exps = experiments(task_id)
-    # The list strategy does not learn from results: the next round waits, created ahead, and
-    # the scheduler holds the task to two running.
-    assert [e.state for e in exps] == ["queued", "queued", "pending", "pending"]
+    # The list strategy does not learn from results: its next two rounds wait, created ahead,
+    # and the scheduler holds the task to two running.
+    assert [e.state for e in exps] == ["queued", "queued"] + ["pending"] * 4
     assert all(len(e.gpus) == 1 for e in exps[:2])
     assert {e.wait_reason for e in exps[2:]} == {CAPPED}
 
@@ -253,7 +253,33 @@ def test_a_tasks_next_step_does_not_read_its_measurements_or_engine_logs(pool):
         coordinate(task_id)
     finally:
         event.remove(get_engine(), "before_cursor_execute", listener)
-    assert len(experiments(task_id)) == 5  # the step ran: the next one was created
+    assert len(experiments(task_id)) == 7  # the step ran: the next one was created
     reads = [s for s in statements if s.lstrip().startswith("SELECT") and "FROM experiments" in s]
     assert any("experiments.params" in s for s in reads)  # the history was read
     assert not any("experiments.metrics" in s or "experiments.engine_log" in s for s in reads)
+
+
+def test_a_tasks_waiting_experiments_are_served_longest_predicted_first(pool):
+    """Once results are in, the task's waiting experiments take its own fair-share tags again,
+    the longest predicted first: the next GPU freed goes to the long one created after a
+    short one. The task has created all it will (no new experiment in that pass), and
+    another task's tags are not touched."""
+    short, long = {"tp-size": 1, "cuda-graph-max-bs": 1}, {"tp-size": 1, "cuda-graph-max-bs": 2}
+    task_id = submit(mixed_task([long, short, short, short, short, long], parallel=2))
+    first = coordinate(task_id)  # all six created (two rounds ahead), two placed
+    other_id = submit(mixed_task([short] * 3, parallel=1))
+    coordinate(other_id)
+    placed = [*run_attempt(first[0], seconds=5.0), *run_attempt(first[1], seconds=1.0)]
+    exps = experiments(task_id)
+    assert [e.state for e in exps] == ["succeeded"] * 2 + ["queued"] * 2 + ["pending"] * 2
+    tags = {e.seq: e.share_tag for e in exps}
+    others = {e.id: e.share_tag for e in experiments(other_id)}
+    assert tags[5] < tags[6]  # the short one first, in creation order
+
+    coordinate(task_id)  # learns from the two results: the long one is predicted 5 s, the short 1 s
+    exps = experiments(task_id)
+    assert (exps[4].expected_s, exps[5].expected_s) == pytest.approx((1.0, 5.0), rel=0.05)
+    assert (exps[5].share_tag, exps[4].share_tag) == (tags[5], tags[6])  # dealt out again, the same tags
+    assert {e.id: e.share_tag for e in experiments(other_id)} == others
+    (nxt,) = run_attempt(placed[0])
+    assert nxt.experiment_id == exps[5].id

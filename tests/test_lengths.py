@@ -8,7 +8,7 @@ from hypothesis import example, given, settings, strategies as st
 from sqlalchemy import select
 
 from app.domain.lengths import RIDGE, LengthModel
-from app.domain.placement import Clock, FreeGpu, GroupState, Waiting, plan
+from app.domain.placement import Clock, FreeGpu, GroupState, Waiting, longest_first, plan
 from tests.helpers import mixed_task, run_attempt, submit
 
 
@@ -113,18 +113,30 @@ def test_the_planner_backfills_by_each_experiments_own_length():
     assert average.placements == [] and 2 in average.waiting
 
 
+@pytest.mark.unit
+def test_longest_first_deals_the_same_tags_out_again():
+    """The longest gets the smallest tag; equal lengths keep creation order; an unknown length
+    counts as the task's average; with no average nothing is compared."""
+    tags = [10.0, 12.0, 15.0, 16.0, 20.0]
+    assert longest_first(tags, [1.0, 3.0, None, 3.0, 5.0], 2.0) == [20.0, 12.0, 16.0, 15.0, 10.0]
+    assert longest_first(tags, [1.0, 3.0, None, 3.0, 5.0], None) is None
+    assert longest_first(tags, [4.0, 3.0, 2.0, 1.0, None], 0.5) == tags  # already longest first
+    assert longest_first([], [], None) == []
+
+
 @pytest.mark.integration
 def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     """Four experiments measured (10 s per GPU + 0.25 s per graph batch), then the strategy's
     next ones are created with predicted lengths, and the task's fair-share tag advances by
-    them. (The list strategy has the next round created ahead: eight experiments at first;
-    the four not yet measured are re-predicted.)"""
+    them. (The list strategy has its next two rounds created ahead: twelve experiments at
+    first; the eight not yet measured are re-predicted.)"""
     from app.coordinator import coordinate
     from app.store.db import session_scope
     from app.store.models import Experiment, Task
 
+    ahead = [(1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), (1, 8), (2, 2)]
     configs = [{"tp-size": tp, "cuda-graph-max-bs": bs}
-               for tp, bs in [(1, 1), (2, 1), (1, 9), (4, 1), (1, 2), (1, 3), (1, 4), (1, 5), (2, 9), (1, 1)]]
+               for tp, bs in [(1, 1), (2, 1), (1, 9), (4, 1), *ahead, (2, 9), (1, 1)]]
     task_id = submit(mixed_task(configs, parallel=4))
     first = coordinate(task_id)
     assert len(first) == 4
@@ -133,15 +145,18 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
             exp = s.get(Experiment, d.experiment_id)
             seconds = 10.0 * exp.gpus_needed + 0.25 * exp.params["cuda-graph-max-bs"]
         run_attempt(d, seconds=seconds)
+    with session_scope() as s:
+        before = s.get(Task, task_id).share_finish
     coordinate(task_id)
     with session_scope() as s:
         exps = s.execute(select(Experiment).where(Experiment.task_id == task_id).order_by(Experiment.seq)).scalars().all()
         assert [e.expected_s for e in exps[:4]] == [None] * 4  # measured before anything else was
         # Created ahead before anything was measured, still waiting or running: re-predicted.
-        assert [e.state for e in exps[4:8]] != ["succeeded"] * 4
-        assert [e.expected_s for e in exps[4:8]] == pytest.approx([10.5, 10.75, 11.0, 11.25], rel=0.05)
-        fifth, sixth = exps[8], exps[9]
-        assert fifth.expected_s == pytest.approx(22.25, rel=0.05)  # 10 s per GPU + 0.25 s per graph batch
-        assert sixth.expected_s == pytest.approx(10.25, rel=0.05)  # measured before: its mean
+        assert not {e.state for e in exps[4:12]} & {"succeeded", "failed"}
+        assert [e.expected_s for e in exps[4:12]] == pytest.approx(
+            [10.0 * tp + 0.25 * bs for tp, bs in ahead], rel=0.05)
+        unseen, seen = exps[12], exps[13]
+        assert unseen.expected_s == pytest.approx(22.25, rel=0.05)  # 10 s per GPU + 0.25 s per graph batch
+        assert seen.expected_s == pytest.approx(10.25, rel=0.05)  # measured before: its mean
         task = s.get(Task, task_id)
-        assert task.share_finish == pytest.approx(sixth.share_tag + 1 * sixth.expected_s)
+        assert task.share_finish == pytest.approx(before + 2 * unseen.expected_s + 1 * seen.expected_s)

@@ -2,8 +2,9 @@
 state (no database: the store's ledger feeds it and applies its decisions).
 
 Order is priority, then the fair-share tag the coordinator gave each experiment (expected
-GPU-seconds, so tasks of equal priority share the pool; one task's experiments keep their
-order), with one reservation and backfill (EASY): waiting experiments
+GPU-seconds, so tasks of equal priority share the pool; within a task the coordinator deals
+its waiting experiments' tags out longest predicted first, `longest_first`), with one
+reservation and backfill (EASY): waiting experiments
 are served in order; the first that cannot be placed reserves the group where its GPUs are
 expected to be free soonest (from the expected ends of what runs there), and younger
 experiments may start in that group only if they are expected to end before the
@@ -185,6 +186,26 @@ class Clock:
 
 
 CAPPED = "waiting for one of its task's running experiments to end (max_parallel_experiments)"
+
+
+def longest_first(tags: list[float], lengths: list[float | None], default: float | None) -> list[float] | None:
+    """One task's waiting experiments, given in creation order with their fair-share tags and
+    predicted lengths, re-ordered longest first: the same tags dealt out again, the smallest
+    to the longest (ties keep creation order). Returns each one's new tag, in the order given.
+
+    Why: the queue is served by tag, and the longest experiment started last is what ends
+    a batch of work late (the longest-processing-time rule); short ones started later fill
+    the holes backfill finds. Only the task's own tags move, so what it gets against other
+    tasks (fair share) does not change. An unknown length counts as `default` (the task's
+    moving average); with none, nothing can be compared: None, the order stays."""
+    known = [length if length is not None else default for length in lengths]
+    if any(length is None for length in known):
+        return None
+    order = sorted(range(len(tags)), key=lambda i: (-known[i], i))  # type: ignore[operator]
+    dealt = [0.0] * len(tags)
+    for i, tag in zip(order, sorted(tags)):
+        dealt[i] = tag
+    return dealt
 
 
 def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clock: Clock | None = None,

@@ -81,6 +81,9 @@ class Task(Base):
     expected_experiment_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Where its next experiment's fair-share tag starts (expected GPU-seconds; see coordinator).
     share_finish: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # How many of its experiments had succeeded when the coordinator last renewed its waiting
+    # experiments' predictions and order: a pass renews them again only after a new result.
+    predicted_from: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     max_iterations: Mapped[int] = mapped_column(Integer)
     notes: Mapped[list[Any]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
