@@ -16,7 +16,9 @@ to the next end. At each end the stack's passes are replayed in their order:
    predictions renewed, the waiting ones re-ordered; then `schedule`), placing on whatever
    the first pass left free.
 
-Lengths are the workload's own. Columns, each a policy:
+The real coordinator driven the same way on a store, with a virtual clock, ends at the same
+moment as this replay of its policy (tests/test_policy_replay.py). Lengths are the workload's
+own. Columns, each a policy:
 
 - coordinator: what the coordinator does (app.coordinator): lengths learned (app.domain.lengths
   fitted on the finished experiments' parameters and lengths: a waiting experiment's prediction
