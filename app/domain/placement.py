@@ -198,10 +198,13 @@ def longest_first(tags: list[float], lengths: list[float | None], default: float
     the holes backfill finds. Only the task's own tags move, so what it gets against other
     tasks (fair share) does not change. An unknown length counts as `default` (the task's
     moving average); with none, nothing can be compared: None, the order stays."""
-    known = [length if length is not None else default for length in lengths]
-    if any(length is None for length in known):
-        return None
-    order = sorted(range(len(tags)), key=lambda i: (-known[i], i))  # type: ignore[operator]
+    known: list[float] = []
+    for length in lengths:
+        length = length if length is not None else default
+        if length is None:
+            return None
+        known.append(length)
+    order = sorted(range(len(tags)), key=lambda i: (-known[i], i))
     dealt = [0.0] * len(tags)
     for i, tag in zip(order, sorted(tags)):
         dealt[i] = tag
