@@ -18,8 +18,8 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select
-from sqlalchemy.orm import Session, defer, joinedload
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session, defer
 
 from app.domain.objectives import trial_values
 from app.config import get_settings
@@ -51,10 +51,14 @@ def timeout_of(exp: Experiment) -> float:
 
 
 def dispatch_of(exp: Experiment) -> Dispatch:
+    """The job that runs the experiment's current attempt (see `_dispatch`)."""
+    return _dispatch(exp.id, exp.attempt, exp.group, timeout_of(exp))
+
+
+def _dispatch(experiment_id: int, attempt: int, group: str, timeout: float) -> Dispatch:
     """Soft limit = the task's per-experiment timeout (the job cleans up); the hard limit
     leaves a grace period for that clean-up before Celery kills the child."""
-    timeout = timeout_of(exp)
-    return Dispatch(exp.id, exp.attempt, queue_for(exp.group), timeout, timeout + get_settings().time_limit_grace)
+    return Dispatch(experiment_id, attempt, queue_for(group), timeout, timeout + get_settings().time_limit_grace)
 
 
 def _trial(exp: Experiment, objectives: list[str] | tuple[str, ...] = ()) -> Trial:
@@ -327,58 +331,64 @@ def _virtual_time(session: Session) -> float:
     return session.execute(select(Lock.value).where(Lock.name == "scheduler")).scalar_one_or_none() or 0.0
 
 
-def schedule(session: Session, scheduler: Lock | None = None) -> list[Dispatch]:
+def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dispatch]:
     """Give free GPUs to waiting experiments (priority, then FIFO across all tasks, with one
     reservation and backfill), in the caller's transaction. Returns the jobs to send once that
     transaction has committed.
 
     Reads the head of the waiting queue for each GPU count, only as far as placements go
     (see app.domain.placement), and writes the placements together: its cost follows the
-    number of placements and GPU counts, not the backlog. `scheduler`: the scheduler's lock row,
-    when the caller has taken it already."""
+    number of placements and GPU counts, not the backlog. What it writes comes from what the
+    pass read (an experiment's attempt, its wait reason; its task's time limit), in a few
+    statements: no experiment or task is loaded as an object. `scheduler`: the scheduler's
+    lock, when the caller has taken it already."""
     scheduler = scheduler or ledger.lock(session)
     now = utcnow()
-    plan = PassReader(session, now, get_settings().reservation_slip).plan()
-    touched = [*plan.waiting, *plan.impossible, *(p.experiment_id for p in plan.placements)]
-    if not touched:
-        return []
-    by_id = _experiments(session, touched)
+    reader = PassReader(session, now, get_settings().reservation_slip)
+    plan = reader.plan()
+    read = reader.read
+    changes: dict[int, dict[str, Any]] = {}  # experiment id -> what changes in its row (waiting ones)
     for exp_id, reason in plan.waiting.items():
-        by_id[exp_id].wait_reason = reason
+        if read[exp_id].wait_reason != reason:
+            changes[exp_id] = {"wait_reason": reason}
     reserved = plan.reservation
-    if reserved is not None and reserved.start != float("inf") and by_id[reserved.experiment_id].promised_start is None:
-        by_id[reserved.experiment_id].promised_start = from_epoch(reserved.start)
-    for exp_id, reason in plan.impossible.items():
-        end_experiment(session, by_id[exp_id], ExperimentState.FAILED, error=reason)
-    grants = [(p.experiment_id, by_id[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
-    taken = ledger.take_all(session, grants)
-    dispatches = []
-    attempts = []
-    for placement in plan.placements:
-        exp = by_id[placement.experiment_id]
-        exp.attempt += 1
-        labels = [g.label for g in taken[exp.id]]
-        exp.state, exp.group, exp.gpus, exp.queued_at, exp.wait_reason, exp.promised_start = (
-            ExperimentState.QUEUED, placement.group, labels, now, None, None,
-        )
-        attempts.append(dict(experiment_id=exp.id, number=exp.attempt, state=AttemptState.QUEUED, gpus=labels,
-                             queued_at=now))
-        dispatches.append(dispatch_of(exp))
-    if attempts:
-        session.execute(insert(Attempt), attempts)
-        served = max(by_id[p.experiment_id].share_tag for p in plan.placements)
-        scheduler.value = max(scheduler.value or 0.0, served)
-    return dispatches
+    if reserved is not None and reserved.start != float("inf") and read[reserved.experiment_id].promised_start is None:
+        changes.setdefault(reserved.experiment_id, {})["promised_start"] = from_epoch(reserved.start)
+    _write_waiting(session, changes)
+    if plan.impossible:
+        for exp in session.execute(select(Experiment).where(Experiment.id.in_(plan.impossible))
+                                   .options(*_UNREAD)).scalars():
+            end_experiment(session, exp, ExperimentState.FAILED, error=plan.impossible[exp.id])
+    if not plan.placements:
+        return []
+    grants = [(p.experiment_id, read[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
+    labels = ledger.take_all(session, grants)
+    queued = [dict(placed=exp_id, attempt=attempt, state=ExperimentState.QUEUED, group=p.group, gpus=labels[exp_id],
+                   queued_at=now, wait_reason=None, promised_start=None)
+              for (exp_id, attempt, _), p in zip(grants, plan.placements)]
+    session.execute(_QUEUE, queued)
+    session.execute(insert(Attempt.__table__), [
+        dict(experiment_id=q["placed"], number=q["attempt"], state=AttemptState.QUEUED, gpus=q["gpus"], queued_at=now)
+        for q in queued])
+    served = max(read[p.experiment_id].share_tag for p in plan.placements)
+    if served > (scheduler.value or 0.0):
+        ledger.keep(session, scheduler, served)
+    return [_dispatch(q["placed"], q["attempt"], q["group"], reader.time_limits[read[q["placed"]].task_id])
+            for q in queued]
 
 
-def _experiments(session: Session, ids: list[int]) -> dict[int, Experiment]:
-    """The experiments a pass writes, with their tasks, in a few IN queries."""
-    out: dict[int, Experiment] = {}
-    for i in range(0, len(ids), 500):
-        out.update((e.id, e) for e in session.execute(
-            select(Experiment).where(Experiment.id.in_(ids[i:i + 500])).options(joinedload(Experiment.task), *_UNREAD))
-            .scalars())
-    return out
+_QUEUE = update(Experiment.__table__).where(Experiment.__table__.c.id == bindparam("placed"))  # a placement's row
+
+
+def _write_waiting(session: Session, changes: dict[int, dict[str, Any]]) -> None:
+    """What changed in the waiting experiments' rows (their wait reasons, a promised start),
+    one UPDATE per distinct change however many experiments it concerns: a pass often tells
+    many the same reason."""
+    alike: dict[tuple, list[int]] = {}
+    for exp_id, values in changes.items():
+        alike.setdefault(tuple(sorted(values.items())), []).append(exp_id)
+    for values, ids in alike.items():
+        session.execute(update(Experiment.__table__).where(Experiment.__table__.c.id.in_(ids)).values(dict(values)))
 
 
 def end_and_place(experiment_id: int, attempt: int, state: str,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import get_settings
 
 _engines: dict[tuple[str, int], Engine] = {}
+_factories: dict[tuple[Engine, bool], sessionmaker] = {}
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -120,6 +121,7 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose(close=False)
     _engines.clear()
+    _factories.clear()
 
 
 @contextmanager
@@ -128,11 +130,7 @@ def session_scope(url: str | None = None, readonly: bool = False) -> Iterator[Se
 
     `readonly=True` is for code that only reads: on SQLite it does not take the write lock.
     """
-    engine = get_engine(url)
-    if readonly:
-        engine = engine.execution_options(readonly=True)
-    factory = sessionmaker(bind=engine, expire_on_commit=False)
-    session = factory()
+    session = _factory(url, readonly)()
     try:
         yield session
         session.commit()
@@ -141,6 +139,19 @@ def session_scope(url: str | None = None, readonly: bool = False) -> Iterator[Se
         raise
     finally:
         session.close()
+
+
+def _factory(url: str | None, readonly: bool) -> sessionmaker:
+    """The session factory of an engine, made once: each `sessionmaker` defines a Session
+    class of its own, whose set-up (event dispatch) cost a transaction more CPU than most of
+    its statements did."""
+    engine = get_engine(url)
+    key = (engine, readonly)
+    factory = _factories.get(key)
+    if factory is None:
+        factory = _factories[key] = sessionmaker(bind=engine.execution_options(readonly=True) if readonly else engine,
+                                                 expire_on_commit=False)
+    return factory
 
 
 def is_transient(exc: BaseException) -> bool:

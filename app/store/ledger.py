@@ -14,65 +14,98 @@ applies its decisions.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterable
 
-from sqlalchemy import Select, case, delete, func, insert, literal, select, union_all, update
+from sqlalchemy import Float, Row, Select, String, case, cast, delete, func, insert, literal, null, select, union_all, update
 from sqlalchemy.orm import Session
 
 from app.domain.placement import FreeGpu, GroupState
 from app.domain.states import ExperimentState
-from app.store.models import Attempt, Gpu, GpuAllocation, Lock, Worker, utcnow
+from app.store.models import Attempt, Experiment, Gpu, GpuAllocation, Lock, Worker, gpu_label, utcnow
 
 
 class LedgerConflict(Exception):
     """A GPU we meant to take was already held: the transaction must roll back."""
 
 
-def lock(session: Session, name: str = "scheduler") -> Lock:
+@dataclass(frozen=True)
+class Held:
+    """A named lock the transaction holds, with the value its row kept when it was taken."""
+
+    name: str
+    value: float | None
+
+
+def lock(session: Session, name: str = "scheduler") -> Held:
     """Serialise a critical section across processes (FOR UPDATE; IMMEDIATE on SQLite).
-    Returns the locked row, whose `value` the holder may keep state in."""
-    return session.execute(select(Lock).where(Lock.name == name).with_for_update()).scalar_one()
+    The row's `value` is state its holder may keep there (`keep`)."""
+    return Held(name, session.execute(select(Lock.value).where(Lock.name == name).with_for_update()).scalar_one())
+
+
+def keep(session: Session, held: Held, value: float) -> None:
+    """Store `value` in the row of a lock the transaction holds."""
+    session.execute(update(Lock).where(Lock.name == held.name).values(value=value)
+                    .execution_options(synchronize_session=False))
+
+
+_NO_FLOAT, _NO_TEXT = cast(null(), Float), cast(null(), String)
+
+
+def tagged(kind: str, group: Any, first: Any, second: Any = literal(0), utilization: Any = _NO_FLOAT,
+           domain: Any = _NO_TEXT) -> Select:
+    """One kind of row of a pass's first read (`GROUP_ROWS`), in the shape they all share:
+    (kind, group, first, second, utilization, domain)."""
+    return select(literal(kind).label("kind"), group.label("group"), first.label("first"), second.label("second"),
+                  utilization.label("utilization"), domain.label("domain"))
+
+
+# Physical GPUs (slot 0 of each: a GPU split into slots has one row per slot) and how many are
+# online, online workers' slots, experiments holding slots, and the free GPUs (id, index): what
+# `group_states` reads, in one statement (built once), each row tagged with what it is. A
+# pass adds rows of its own to the same statement (app.store.passes).
+GROUP_ROWS = (
+    tagged("gpus", Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0)))
+    .where(Gpu.slot == 0).group_by(Gpu.group),
+    tagged("slots", Worker.group, func.sum(Worker.slots)).where(Worker.online.is_(True)).group_by(Worker.group),
+    tagged("busy", Experiment.group, func.count())
+    .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING))).group_by(Experiment.group),
+    tagged("free", Gpu.group, Gpu.id, Gpu.index, Gpu.utilization, Gpu.domain)
+    .where(Gpu.online.is_(True), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None)),
+)
+_GROUP_STATES = union_all(*GROUP_ROWS)
 
 
 def group_states(session: Session) -> tuple[list[GroupState], dict[str, int]]:
     """Online groups with their free GPUs (free slots of GPUs, where GPUs are split) and busy
-    slots, plus every group's size in physical GPUs: counts come from grouped queries (one
-    round trip) and only the free GPUs are read row by row, so a pass over a busy pool of a
-    thousand GPUs reads almost none."""
-    from app.store.models import Experiment  # local: the model module imports nothing from here
+    slots, plus every group's size in physical GPUs, in one round trip: grouped counts, and
+    only the free GPUs row by row, so a pass over a busy pool of a thousand GPUs reads almost
+    none."""
+    return group_states_of(session.execute(_GROUP_STATES))
 
+
+def group_states_of(rows: Iterable[Row]) -> tuple[list[GroupState], dict[str, int]]:
+    """`group_states` from the rows of a statement that has `GROUP_ROWS` among its parts
+    (rows of other kinds are left out)."""
     capacity: dict[str, int] = {}
     online_gpus: dict[str, int] = {}
     slots: dict[str, int] = defaultdict(int)
     busy: dict[str, int] = defaultdict(int)
-    # Three grouped counts in one round trip: physical GPUs (slot 0 of each: a GPU split
-    # into slots has one row per slot) and how many are online, online workers' slots, and
-    # experiments holding slots.
-    counts = union_all(
-        select(literal("gpus"), Gpu.group, func.count(), func.sum(case((Gpu.online.is_(True), 1), else_=0)))
-        .where(Gpu.slot == 0).group_by(Gpu.group),
-        select(literal("slots"), Worker.group, func.sum(Worker.slots), literal(0))
-        .where(Worker.online.is_(True)).group_by(Worker.group),
-        select(literal("busy"), Experiment.group, func.count(), literal(0))
-        .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING))).group_by(Experiment.group),
-    )
-    for kind, group, count, online in session.execute(counts):
+    free: list[tuple[int, int, str, FreeGpu]] = []
+    for kind, group, first, second, utilization, domain in rows:
         if kind == "gpus":
-            capacity[group], online_gpus[group] = int(count), int(online or 0)
+            capacity[group], online_gpus[group] = int(first), int(second or 0)
         elif kind == "slots":
-            slots[group] = int(count or 0)
-        else:
-            busy[group] = int(count)
+            slots[group] = int(first or 0)
+        elif kind == "busy":
+            busy[group] = int(first)
+        elif kind == "free":  # its id and index
+            free.append((second, first, group, FreeGpu(first, second, utilization or 0.0, domain)))
     online = {g: GroupState(g, online_gpus[g], slots[g], busy[g]) for g in slots if online_gpus.get(g)}
-    free = session.execute(
-        select(Gpu.id, Gpu.group, Gpu.index, Gpu.utilization, Gpu.domain)
-        .where(Gpu.online.is_(True), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None), Gpu.quarantined_at.is_(None))
-        .order_by(Gpu.index, Gpu.id)
-    )
-    for gpu_id, group, index, utilization, domain in free:
+    for _index, _id, group, gpu in sorted(free, key=lambda f: f[:2]):  # by index, then id
         if group in online:
-            online[group].free.append(FreeGpu(gpu_id, index, utilization or 0.0, domain))
+            online[group].free.append(gpu)
     return list(online.values()), capacity
 
 
@@ -90,34 +123,49 @@ Grant = tuple[int, int, tuple[int, ...]]  # (experiment id, attempt, GPU ids)
 _CHUNK = 500  # ids per IN list: far below every database's limit on bound parameters
 
 
-def take_all(session: Session, grants: list[Grant]) -> dict[int, list[Gpu]]:
+def _locked_in_order(*where: Any) -> Select:
+    """The ids of the GPU rows matching `where`, locked in id order (the ledger's one order,
+    see `lock_gpus`), for an UPDATE of those rows to name: it changes them in the statement
+    that locks them, one round trip."""
+    return select(Gpu.id).where(*where).order_by(Gpu.id).with_for_update().correlate(None)
+
+
+def take_all(session: Session, grants: list[Grant]) -> dict[int, list[str]]:
     """Give every grant all of its GPUs, or raise LedgerConflict (the caller's transaction
-    must roll back: nothing is taken). The rows are locked in id order, checked free, then
-    written together, so a pass placing a thousand experiments costs a few statements, not
-    thousands. Returns each experiment's GPUs in index order."""
+    must roll back: nothing is taken). The rows are locked in id order and given, when free,
+    in one UPDATE that returns those it gave: one that was no longer free is missing from
+    them. A pass placing a thousand experiments costs a few statements, not thousands.
+    Returns each experiment's GPU labels in index order."""
     wanted = sorted(gpu_id for _, _, gpu_ids in grants for gpu_id in gpu_ids)
     if len(wanted) != len(set(wanted)):
         raise LedgerConflict("a GPU was granted twice in one pass")
-    rows: dict[int, Gpu] = {}
+    holder = {gpu_id: experiment_id for experiment_id, _, gpu_ids in grants for gpu_id in gpu_ids}
+    rows: dict[int, Row] = {}
     for i in range(0, len(wanted), _CHUNK):
-        rows.update((g.id, g) for g in lock_gpus(session, Gpu.id.in_(wanted[i:i + _CHUNK])))
-    gone = [i for i in wanted if i not in rows or rows[i].held_by is not None
-            or rows[i].fenced_by is not None or rows[i].quarantined_at is not None]
+        chunk = wanted[i:i + _CHUNK]
+        held_by = (literal(holder[chunk[0]]) if len({holder[g] for g in chunk}) == 1
+                   else case({g: holder[g] for g in chunk}, value=Gpu.id))
+        rows.update((row.id, row) for row in session.execute(
+            update(Gpu)
+            .where(Gpu.id.in_(_locked_in_order(Gpu.id.in_(chunk))), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None),
+                   Gpu.quarantined_at.is_(None))
+            .values(held_by=held_by)
+            .returning(Gpu.id, Gpu.host, Gpu.index, Gpu.slot, Gpu.slots)
+            .execution_options(synchronize_session=False)))
+    gone = [i for i in wanted if i not in rows]
     if gone:
         raise LedgerConflict(f"GPUs {gone} are no longer all free")
     now = utcnow()
-    allocations = []
-    for experiment_id, attempt, gpu_ids in grants:
-        for gpu_id in gpu_ids:
-            rows[gpu_id].held_by = experiment_id
-            allocations.append(dict(gpu_id=gpu_id, experiment_id=experiment_id, attempt=attempt, allocated_at=now))
+    allocations = [dict(gpu_id=gpu_id, experiment_id=experiment_id, attempt=attempt, allocated_at=now)
+                   for experiment_id, attempt, gpu_ids in grants for gpu_id in gpu_ids]
     if allocations:
-        session.execute(insert(GpuAllocation), allocations)
-    return {experiment_id: sorted((rows[i] for i in gpu_ids), key=lambda g: g.index)
+        session.execute(insert(GpuAllocation.__table__), allocations)
+    return {experiment_id: [gpu_label(r.host, r.index, r.slot, r.slots)
+                            for r in sorted((rows[i] for i in gpu_ids), key=lambda r: r.index)]
             for experiment_id, _, gpu_ids in grants}
 
 
-def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int, ...]) -> list[Gpu]:
+def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int, ...]) -> list[str]:
     """Give all of `gpu_ids` to the experiment or raise LedgerConflict (nothing taken)."""
     return take_all(session, [(experiment_id, attempt, tuple(gpu_ids))])[experiment_id]
 
@@ -132,10 +180,9 @@ def release(session: Session, experiment_id: int, fence: int | None = None) -> N
     values: dict = {"held_by": None}
     if fence is not None:
         values.update(fenced_by=fence, fenced_at=now)
-    lock_gpus(session, Gpu.held_by == experiment_id)
     session.execute(
         update(Gpu)
-        .where(Gpu.held_by == experiment_id)
+        .where(Gpu.id.in_(_locked_in_order(Gpu.held_by == experiment_id)), Gpu.held_by == experiment_id)
         .values(**values)
         .execution_options(synchronize_session=False)
     )

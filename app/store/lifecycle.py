@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Row, and_, exists, func, null, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -25,9 +26,13 @@ from app.store import ledger
 from app.processes import pid_alive
 from app.store.db import session_scope
 from app.domain.states import AttemptState, ExperimentState, TaskStatus
-from app.store.models import Attempt, Experiment, Gpu, Task, utcnow
+from app.store.models import Attempt, Experiment, Gpu, Task, gpu_label, utcnow
 
 log = logging.getLogger(__name__)
+_CANCELLED = (TaskStatus.CANCELLING, TaskStatus.CANCELLED)
+# The tables, for the statements on the hand-over's path: Core statements, without the ORM's
+# unit of work (those rows are written once and not loaded as objects).
+_experiments, _attempts, _tasks = Experiment.__table__, Attempt.__table__, Task.__table__
 
 
 @dataclass(frozen=True)
@@ -78,45 +83,66 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
     mid-run (its pid is gone) marks that attempt lost so the coordinator retries it.
     """
     with session_scope() as session:
-        # One statement on the hand-over's path: the experiment locked (FOR UPDATE OF it alone),
-        # its task and the attempt this job was sent for.
-        row = session.execute(
-            select(Experiment, Task, Attempt)
-            .join(Task, Task.id == Experiment.task_id)
-            .outerjoin(Attempt, and_(Attempt.experiment_id == Experiment.id, Attempt.number == attempt))
-            .where(Experiment.id == experiment_id)
-            .with_for_update(of=Experiment)
-        ).first()
-        if row is None or row.Experiment.attempt != attempt:
-            return None
-        exp, task, att = row
-        if exp.state == ExperimentState.RUNNING:
-            if att is not None and att.worker == worker and not pid_alive(att.pid):
-                mark_lost(session, exp, "the worker process running it died")
-            return None
-        if exp.state != ExperimentState.QUEUED:
-            return None
-        if task.status in (TaskStatus.CANCELLING, TaskStatus.CANCELLED):
-            end_experiment(session, exp, ExperimentState.CANCELLED, error="task cancelled before it started")
-            return None
         now = utcnow()
-        exp.state, exp.phase, exp.started_at = ExperimentState.RUNNING, "deploying", now
-        exp.worker, exp.host = worker, host
-        att.state, att.started_at, att.worker, att.host, att.pid = ExperimentState.RUNNING, now, worker, host, pid
-        gpus = session.execute(select(Gpu).where(Gpu.held_by == exp.id).order_by(Gpu.index)).scalars().all()
+        # The hand-over's path: the experiment locked and started in one statement, only if
+        # it is queued for this attempt and its task is not being cancelled.
+        started = session.execute(
+            update(_experiments)
+            .where(_experiments.c.id == experiment_id, _experiments.c.attempt == attempt,
+                   _experiments.c.state == ExperimentState.QUEUED,
+                   exists().where(_tasks.c.id == _experiments.c.task_id, _tasks.c.status.not_in(_CANCELLED)))
+            .values(state=ExperimentState.RUNNING, phase="deploying", started_at=now, worker=worker, host=host)
+            .returning(_experiments.c.task_id, _experiments.c.params, _experiments.c.seed, _experiments.c.repeat_of)
+        ).first()
+        if started is None:
+            _not_started(session, experiment_id, attempt, worker)
+            return None
+        session.execute(
+            update(_attempts).where(_attempts.c.experiment_id == experiment_id, _attempts.c.number == attempt)
+            .values(state=ExperimentState.RUNNING, started_at=now, worker=worker, host=host, pid=pid))
+        # The task's spec and the experiment's GPUs in one statement (a row per GPU).
+        gpus_ = Gpu.__table__.c
+        rows = session.execute(
+            select(_tasks.c.spec, gpus_.index, gpus_.host, gpus_.slot, gpus_.slots, gpus_.simulated)
+            .select_from(_tasks.outerjoin(Gpu.__table__, gpus_.held_by == experiment_id))
+            .where(_tasks.c.id == started.task_id).order_by(gpus_.index)
+        ).all()
+        gpus = [row for row in rows if row.index is not None]
         return Claim(
-            experiment_id=exp.id,
-            task_id=exp.task_id,
-            attempt=exp.attempt,
-            params=dict(exp.params),
-            spec=dict(task.spec),
+            experiment_id=experiment_id,
+            task_id=started.task_id,
+            attempt=attempt,
+            params=dict(started.params),
+            spec=dict(rows[0].spec),
             gpu_indices=[g.index for g in gpus],
-            gpu_labels=[g.label for g in gpus],
+            gpu_labels=[gpu_label(g.host, g.index, g.slot, g.slots) for g in gpus],
             gpus_simulated=all(g.simulated for g in gpus),
-            gpu_share=min((g.share for g in gpus), default=1.0),
-            seed=exp.seed or 0,
-            repeat=exp.repeat_of is not None,
+            gpu_share=min((1.0 / max(1, g.slots) for g in gpus), default=1.0),
+            seed=started.seed or 0,
+            repeat=started.repeat_of is not None,
         )
+
+
+def _not_started(session: Session, experiment_id: int, attempt: int, worker: str) -> None:
+    """Why a claim found nothing to start, and what follows: a re-delivery after this
+    worker's child process died mid-run marks that attempt lost; a queued experiment of a
+    cancelled task is cancelled. A duplicate delivery or a stale message of an older attempt
+    changes nothing."""
+    row = session.execute(
+        select(Experiment, Task, Attempt)
+        .join(Task, Task.id == Experiment.task_id)
+        .outerjoin(Attempt, and_(Attempt.experiment_id == Experiment.id, Attempt.number == attempt))
+        .where(Experiment.id == experiment_id)
+        .with_for_update(of=Experiment)
+    ).first()
+    if row is None or row.Experiment.attempt != attempt:
+        return
+    exp, task, att = row
+    if exp.state == ExperimentState.RUNNING:
+        if att is not None and att.worker == worker and not pid_alive(att.pid):
+            mark_lost(session, exp, "the worker process running it died")
+    elif exp.state == ExperimentState.QUEUED and task.status in _CANCELLED:
+        end_experiment(session, exp, ExperimentState.CANCELLED, error="task cancelled before it started")
 
 
 def set_phase(experiment_id: int, attempt: int, phase: str, why: str | None = None, *,
@@ -193,24 +219,37 @@ def end_reported(
     longer owns the experiment (the reaper declared it lost meanwhile): a late result must
     not overwrite a newer attempt.
     """
-    exp = _lock_experiment(session, experiment_id)
-    if exp is None or exp.state != ExperimentState.RUNNING or exp.attempt != attempt:
+    now = utcnow()
+    exp_values, att_values = _end_values(state, error, failure_kind, now)
+    # An absent figure is SQL NULL, as in a row never written (None would be JSON's null).
+    exp_values.update(metrics=null() if metrics is None else metrics, objective=objective, slo_ok=slo_ok,
+                      measured=null() if measured is None else measured, penalty=penalty, stop_reason=stop_reason)
+    if engine_log is not None:
+        exp_values["engine_log"] = engine_log[-20000:]
+    # A compare-and-set: the row is locked and written in one statement, only while this
+    # attempt runs it.
+    ended = session.execute(
+        update(_experiments)
+        .where(_experiments.c.id == experiment_id, _experiments.c.state == ExperimentState.RUNNING,
+               _experiments.c.attempt == attempt)
+        .values(exp_values).returning(_experiments.c.task_id, _experiments.c.started_at)
+    ).first()
+    if ended is None:
         if engine_gone:
             _confirm_gone(session, session.execute(select(Attempt).where(
                 Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
         return None
-    att = _attempt(session, exp)  # read before anything changes: one UPDATE per row at the end
-    exp.metrics, exp.objective, exp.slo_ok, exp.measured, exp.penalty = metrics, objective, slo_ok, measured, penalty
-    exp.stop_reason = stop_reason
-    if engine_log is not None:
-        exp.engine_log = engine_log[-20000:]
-    if att is not None and engine_gone:
-        att.engine_gone_at = utcnow()
-    _close(session, exp, att, state, error, failure_kind)
+    if engine_gone:
+        att_values["engine_gone_at"] = now
+    att = session.execute(
+        update(_attempts).where(_attempts.c.experiment_id == experiment_id, _attempts.c.number == attempt)
+        .values(att_values).returning(_attempts.c.id, _attempts.c.started_at, _attempts.c.engine_gone_at)
+    ).first()
+    ledger.release(session, experiment_id, fence=att.id if _engine_may_run(att) else None)
     seconds = None
-    if state == ExperimentState.SUCCEEDED and exp.started_at is not None and exp.finished_at is not None:
-        seconds = (exp.finished_at - exp.started_at).total_seconds()
-    return Ended(exp.task_id, seconds)
+    if state == ExperimentState.SUCCEEDED and ended.started_at is not None:
+        seconds = (now - ended.started_at).total_seconds()
+    return Ended(ended.task_id, seconds)
 
 
 def learn_length(ended: Ended | None) -> int | None:
@@ -228,16 +267,17 @@ def learn_length(ended: Ended | None) -> int | None:
 
 def _learn_length(task_id: int, seconds: float) -> None:
     """Fold a succeeded experiment's length into its task's expected length
-    (`lengths.learned`), in a transaction of its own: the end's transaction holds the
-    experiment's row lock, the coordinator takes a task's lock before its experiments', and
-    this must not invert that order."""
+    (`lengths.learned`, in SQL: one UPDATE), in a transaction of its own: the end's
+    transaction holds the experiment's row lock, the coordinator takes a task's lock before
+    its experiments', and this must not invert that order."""
+    average = _tasks.c.expected_experiment_s
     with session_scope() as session:
-        task = lock_task(session, task_id)
-        if task is not None:
-            task.expected_experiment_s = lengths.learned(task.expected_experiment_s, seconds)
+        session.execute(update(_tasks).where(_tasks.c.id == task_id).values(
+            expected_experiment_s=func.coalesce((1 - lengths.LENGTH_WEIGHT) * average + lengths.LENGTH_WEIGHT * seconds,
+                                                seconds)))
 
 
-def _engine_may_run(att: Attempt | None) -> bool:
+def _engine_may_run(att: Attempt | Row | None) -> bool:
     """An attempt that was claimed may have started an engine; until one is confirmed
     stopped, its GPUs must not be handed on."""
     return att is not None and att.started_at is not None and att.engine_gone_at is None
@@ -250,13 +290,21 @@ def end_experiment(session: Session, exp: Experiment, state: str, error: str | N
     _close(session, exp, _attempt(session, exp), state, error, failure_kind)
 
 
+def _end_values(state: str, error: str | None, failure_kind: str | None,
+                now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What an end writes to the experiment's row and to its attempt's."""
+    return ({"state": state, "phase": None, "finished_at": now, "error": error, "failure_kind": failure_kind},
+            {"state": state, "finished_at": now, "error": error, "failure_kind": failure_kind})
+
+
 def _close(session: Session, exp: Experiment, att: Attempt | None, state: str, error: str | None,
          failure_kind: str | None) -> None:
-    now = utcnow()
-    exp.state, exp.phase, exp.finished_at, exp.error = state, None, now, error
-    exp.failure_kind = failure_kind
+    exp_values, att_values = _end_values(state, error, failure_kind, utcnow())
+    for name, value in exp_values.items():
+        setattr(exp, name, value)
     if att is not None:
-        att.state, att.finished_at, att.error, att.failure_kind = state, now, error, failure_kind
+        for name, value in att_values.items():
+            setattr(att, name, value)
     ledger.release(session, exp.id, fence=att.id if _engine_may_run(att) else None)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, func, or_, select, union_all
+from sqlalchemy import Row, Select, String, and_, cast, func, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.domain.lengths import expected_length
@@ -38,25 +38,29 @@ def from_epoch(seconds: float) -> datetime:
     return _EPOCH + timedelta(seconds=seconds)
 
 
-def waiting_needs(session: Session) -> list[int]:
-    """The GPU counts that waiting experiments need, in one recursive query that seeks the next
-    larger count in ix_experiments_waiting until none is left (a loose index scan: a backlog
-    of ten thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks, one round trip)."""
-    def smallest_need(*where: Any) -> Select:
-        return (select(Experiment.gpus_needed).where(Experiment.state == ExperimentState.PENDING, *where)
-                .order_by(Experiment.gpus_needed).limit(1))
+def _smallest_need(*where: Any) -> Select:
+    return (select(Experiment.gpus_needed).where(Experiment.state == ExperimentState.PENDING, *where)
+            .order_by(Experiment.gpus_needed).limit(1))
 
-    needs = select(smallest_need().scalar_subquery().label("need")).cte("needs", recursive=True)
-    needs = needs.union_all(select(smallest_need(Experiment.gpus_needed > needs.c.need).scalar_subquery())
-                            .where(needs.c.need.is_not(None)))
-    return [need for need in session.execute(select(needs.c.need)).scalars() if need is not None]
+
+# The GPU counts that waiting experiments need, by a recursive query that seeks the next larger
+# count in ix_experiments_waiting until none is left (a loose index scan: a backlog of ten
+# thousand experiments needing 1, 2, 4 or 8 GPUs costs five seeks).
+_NEEDS = select(_smallest_need().scalar_subquery().label("need")).cte("needs", recursive=True)
+_NEEDS = _NEEDS.union_all(select(_smallest_need(Experiment.gpus_needed > _NEEDS.c.need).scalar_subquery())
+                          .where(_NEEDS.c.need.is_not(None)))
+# A pass's first read, one round trip (built once): the pool's groups (ledger.GROUP_ROWS) and
+# the GPU counts waited for.
+_FIRST_READ = union_all(*ledger.GROUP_ROWS,
+                        ledger.tagged("need", cast(null(), String), _NEEDS.c.need).select_from(_NEEDS))
 
 
 def _queue_rows(need: int, after: tuple[Any, ...] | None = None) -> Select:
     """Waiting experiments of running tasks needing `need` GPUs, after the order key `after`."""
     query = (
         select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
-               Experiment.promised_start, Experiment.expected_s, Experiment.gpus_needed)
+               Experiment.promised_start, Experiment.expected_s, Experiment.gpus_needed, Experiment.attempt,
+               Experiment.wait_reason)
         .join(Task, Task.id == Experiment.task_id)
         .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
                Task.status == TaskStatus.RUNNING)
@@ -72,8 +76,8 @@ def _queue_rows(need: int, after: tuple[Any, ...] | None = None) -> Select:
 
 
 def _waiting(row: Row) -> Waiting:
-    priority, tag, exp_id, task_id, promised, expected, _need = row
-    return Waiting((-priority, tag, exp_id), exp_id, task_id, epoch(promised) if promised else None, expected)
+    return Waiting((-row.priority, row.share_tag, row.id), row.id, row.task_id,
+                   epoch(row.promised_start) if row.promised_start else None, row.expected_s)
 
 
 class PassReader:
@@ -82,11 +86,17 @@ class PassReader:
     def __init__(self, session: Session, now: datetime, slip: float) -> None:
         self.session = session
         self.clock = Clock(now=epoch(now), durations={}, slip=slip)
-        self.groups, self.capacity = ledger.group_states(session)
+        first = session.execute(_FIRST_READ).all()
+        self.groups, self.capacity = ledger.group_states_of(first)
+        self.needs = sorted(row.first for row in first if row.kind == "need" and row.first is not None)
         self.queues: dict[int, Page] = {}
         self.page_sizes: dict[int, int] = {}
         self.room: dict[int, int] = {}
+        self.time_limits: dict[int, float] = {}
         self.ends: dict[str, list[tuple[float, int]]] = {}
+        # What the pass writes reads these: every experiment read, as read (its attempt, its
+        # wait reason, its promised start), and its task's time limit.
+        self.read: dict[int, Row] = {}
 
     @property
     def free_gpus(self) -> int:
@@ -97,13 +107,14 @@ class PassReader:
         by default the pool's, plus one), in one statement, and their tasks."""
         free = self.free_gpus if free_gpus is None else free_gpus
         self.page_sizes = pages = {need: max(1, min(free // need + 1, MAX_PAGE))
-                                   for need in waiting_needs(self.session)}
+                                   for need in self.needs}
         if not pages:
             return
         heads = [select(_queue_rows(need).limit(page).subquery()) for need, page in pages.items()]
         first: dict[int, list[Waiting]] = {need: [] for need in pages}
         for row in self.session.execute(heads[0] if len(heads) == 1 else union_all(*heads)):
             first[row.gpus_needed].append(_waiting(row))
+            self.read[row.id] = row
         for need, page in pages.items():
             items = sorted(first[need], key=lambda w: w.key)
             self.queues[need] = Page(items, complete=len(items) < page)
@@ -113,8 +124,9 @@ class PassReader:
         """The next page of one queue (four times the last, at most MAX_PAGE), and its tasks."""
         queue = self.queues[need]
         self.page_sizes[need] = page = min(self.page_sizes[need] * 4, MAX_PAGE)
-        rows = [_waiting(row) for row in self.session.execute(
-            _queue_rows(need, queue.items[-1].key).limit(page))]
+        read = self.session.execute(_queue_rows(need, queue.items[-1].key).limit(page)).all()
+        self.read.update((row.id, row) for row in read)
+        rows = [_waiting(row) for row in read]
         self.queues[need] = Page(queue.items + rows, complete=len(rows) < page)
         self.read_tasks({w.task_id for w in rows})
 
@@ -132,6 +144,7 @@ class PassReader:
                 select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s, _TIME_LIMIT)
                 .where(Task.id.in_(wanted))):
             self.room[task_id] = limit - running
+            self.time_limits[task_id] = time_limit
             self.clock.durations[task_id] = expected_length(None, average, time_limit)
 
     def read_ends(self, groups: tuple[str, ...]) -> None:
