@@ -139,3 +139,34 @@ def test_a_transient_database_error_in_a_pass_does_not_fail_the_task(one_running
     ended, _placed = end_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
     assert ended.task_id == task_id
     assert [e.state for e in experiments(task_id)] == ["succeeded", "queued"]
+
+
+def statements_during(call):
+    """Run `call`, collecting the statements it sends (not the pool's connection ping)."""
+    statements: list[str] = []
+    listener = lambda _c, _cur, statement, *_a: statements.append(" ".join(statement.split()))  # noqa: E731
+    event.listen(get_engine(), "before_cursor_execute", listener)
+    try:
+        return call(), statements
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", listener)
+
+
+def test_a_hand_over_sends_few_statements_and_locks_no_row_by_reading_it(one_running):
+    """The hand-over is on the path between one experiment's end and the next one's start, and
+    every statement is a round trip: the end and the claim are compare-and-set UPDATEs (the row
+    locked by the statement that writes it), the pass reads in two statements, the GPUs are
+    locked inside the UPDATE that frees or takes them. 22 statements for `end_and_place`, 4
+    for the claim and 2 for the expected length before."""
+    task_id, first = one_running
+    (ended, placed), hand_over = statements_during(
+        lambda: end_and_place(first.experiment_id, first.attempt, "succeeded", **OK))
+    (claimed,) = placed
+    learned, learning = statements_during(lambda: lifecycle.learn_length(ended))
+    started, claiming = statements_during(
+        lambda: lifecycle.claim(claimed.experiment_id, claimed.attempt, worker="gpu-g@h", host="h", pid=1))
+    assert learned == task_id and started is not None and started.gpu_labels == ["h:0"]
+    assert len(hand_over) <= 12, hand_over
+    assert len(claiming) == 3 and len(learning) == 1, (claiming, learning)
+    locked_reads = [s for s in hand_over + claiming + learning if s.startswith("SELECT") and "FOR UPDATE" in s]
+    assert all(s.startswith("SELECT locks.value FROM locks") for s in locked_reads), locked_reads

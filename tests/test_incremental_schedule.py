@@ -88,7 +88,7 @@ def test_schedule_places_exactly_what_walking_the_whole_queue_places(database_ur
                             .where(Experiment.state == "pending", Task.status == "running")
                             .order_by(Task.priority.desc(), Experiment.share_tag, Experiment.id)).all()
         reader = PassReader(s, now, get_settings().reservation_slip)  # the oracle sees everything up front
-        reader.read_tasks({task_id for _, _, task_id in waiting})
+        reader.read_queues(free_gpus=8 * len(waiting))  # every waiting experiment's task, as a pass reads it
         reader.read_ends(tuple(g.group for g in reader.groups))
         expected = plan_every_row([(Waiting(i, exp_id, task_id), need) for i, (exp_id, need, task_id)
                                    in enumerate(waiting)], reader.groups_to_plan(), reader.capacity, reader.clock,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import Float, Row, Select, String, case, cast, delete, func, insert, literal, null, select, union_all, update
+from sqlalchemy import Float, Row, Select, String, bindparam, case, cast, delete, func, insert, literal, null, select, union_all, update
 from sqlalchemy.orm import Session
 
 from app.domain.placement import FreeGpu, GroupState
@@ -38,16 +38,19 @@ class Held:
     value: float | None
 
 
+_locks, _gpus, _allocations = Lock.__table__, Gpu.__table__, GpuAllocation.__table__
+_LOCK = select(_locks.c.value).where(_locks.c.name == bindparam("lock")).with_for_update()
+
+
 def lock(session: Session, name: str = "scheduler") -> Held:
     """Serialise a critical section across processes (FOR UPDATE; IMMEDIATE on SQLite).
     The row's `value` is state its holder may keep there (`keep`)."""
-    return Held(name, session.execute(select(Lock.value).where(Lock.name == name).with_for_update()).scalar_one())
+    return Held(name, session.execute(_LOCK, {"lock": name}).scalar_one())
 
 
 def keep(session: Session, held: Held, value: float) -> None:
     """Store `value` in the row of a lock the transaction holds."""
-    session.execute(update(Lock).where(Lock.name == held.name).values(value=value)
-                    .execution_options(synchronize_session=False))
+    session.execute(update(_locks).where(_locks.c.name == held.name).values(value=value))
 
 
 _NO_FLOAT, _NO_TEXT = cast(null(), Float), cast(null(), String)
@@ -126,8 +129,10 @@ _CHUNK = 500  # ids per IN list: far below every database's limit on bound param
 def _locked_in_order(*where: Any) -> Select:
     """The ids of the GPU rows matching `where`, locked in id order (the ledger's one order,
     see `lock_gpus`), for an UPDATE of those rows to name: it changes them in the statement
-    that locks them, one round trip."""
-    return select(Gpu.id).where(*where).order_by(Gpu.id).with_for_update().correlate(None)
+    that locks them, one round trip. (Core statements on the ledger's hot path: the caller
+    flushes the ORM's pending changes first, so the rows they lock are locked before the
+    GPUs', as when the ORM flushed them itself before a statement.)"""
+    return select(_gpus.c.id).where(*where).order_by(_gpus.c.id).with_for_update().correlate(None)
 
 
 def take_all(session: Session, grants: list[Grant]) -> dict[int, list[str]]:
@@ -139,19 +144,19 @@ def take_all(session: Session, grants: list[Grant]) -> dict[int, list[str]]:
     wanted = sorted(gpu_id for _, _, gpu_ids in grants for gpu_id in gpu_ids)
     if len(wanted) != len(set(wanted)):
         raise LedgerConflict("a GPU was granted twice in one pass")
+    session.flush()
     holder = {gpu_id: experiment_id for experiment_id, _, gpu_ids in grants for gpu_id in gpu_ids}
     rows: dict[int, Row] = {}
     for i in range(0, len(wanted), _CHUNK):
         chunk = wanted[i:i + _CHUNK]
         held_by = (literal(holder[chunk[0]]) if len({holder[g] for g in chunk}) == 1
-                   else case({g: holder[g] for g in chunk}, value=Gpu.id))
+                   else case({g: holder[g] for g in chunk}, value=_gpus.c.id))
         rows.update((row.id, row) for row in session.execute(
-            update(Gpu)
-            .where(Gpu.id.in_(_locked_in_order(Gpu.id.in_(chunk))), Gpu.held_by.is_(None), Gpu.fenced_by.is_(None),
-                   Gpu.quarantined_at.is_(None))
+            update(_gpus)
+            .where(_gpus.c.id.in_(_locked_in_order(_gpus.c.id.in_(chunk))), _gpus.c.held_by.is_(None),
+                   _gpus.c.fenced_by.is_(None), _gpus.c.quarantined_at.is_(None))
             .values(held_by=held_by)
-            .returning(Gpu.id, Gpu.host, Gpu.index, Gpu.slot, Gpu.slots)
-            .execution_options(synchronize_session=False)))
+            .returning(_gpus.c.id, _gpus.c.host, _gpus.c.index, _gpus.c.slot, _gpus.c.slots)))
     gone = [i for i in wanted if i not in rows]
     if gone:
         raise LedgerConflict(f"GPUs {gone} are no longer all free")
@@ -159,7 +164,7 @@ def take_all(session: Session, grants: list[Grant]) -> dict[int, list[str]]:
     allocations = [dict(gpu_id=gpu_id, experiment_id=experiment_id, attempt=attempt, allocated_at=now)
                    for experiment_id, attempt, gpu_ids in grants for gpu_id in gpu_ids]
     if allocations:
-        session.execute(insert(GpuAllocation.__table__), allocations)
+        session.execute(insert(_allocations), allocations)
     return {experiment_id: [gpu_label(r.host, r.index, r.slot, r.slots)
                             for r in sorted((rows[i] for i in gpu_ids), key=lambda r: r.index)]
             for experiment_id, _, gpu_ids in grants}
@@ -170,6 +175,11 @@ def take(session: Session, experiment_id: int, attempt: int, gpu_ids: tuple[int,
     return take_all(session, [(experiment_id, attempt, tuple(gpu_ids))])[experiment_id]
 
 
+_HOLDER = bindparam("holder")
+_RELEASE = update(_gpus).where(_gpus.c.id.in_(_locked_in_order(_gpus.c.held_by == _HOLDER)), _gpus.c.held_by == _HOLDER)
+_CLOSE = update(_allocations).where(_allocations.c.experiment_id == _HOLDER, _allocations.c.released_at.is_(None))
+
+
 def release(session: Session, experiment_id: int, fence: int | None = None) -> None:
     """Free every GPU the experiment holds and close its allocation intervals.
 
@@ -177,21 +187,12 @@ def release(session: Session, experiment_id: int, fence: int | None = None) -> N
     leave the experiment but are not allocatable until `unfence` (the reaper confirmed the
     engine gone) or `expire_fences` (a bounded timeout) runs."""
     now = utcnow()
-    values: dict = {"held_by": None}
+    values: dict[str, Any] = {"holder": experiment_id, "held_by": None}
     if fence is not None:
         values.update(fenced_by=fence, fenced_at=now)
-    session.execute(
-        update(Gpu)
-        .where(Gpu.id.in_(_locked_in_order(Gpu.held_by == experiment_id)), Gpu.held_by == experiment_id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    session.execute(
-        update(GpuAllocation)
-        .where(GpuAllocation.experiment_id == experiment_id, GpuAllocation.released_at.is_(None))
-        .values(released_at=now)
-        .execution_options(synchronize_session=False)
-    )
+    session.flush()
+    session.execute(_RELEASE, values)
+    session.execute(_CLOSE, {"holder": experiment_id, "released_at": now})
 
 
 def forget(session: Session, experiment_ids: Select) -> list[str]:

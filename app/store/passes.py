@@ -1,10 +1,12 @@
 """What a scheduling pass reads from the store, read before the planner runs.
 
-`PassReader` gives `app.domain.placement.plan` data, not connections: the first page of every
-GPU count's waiting queue (as many as could start on the free GPUs, plus the one that would
-wait, all counts in one statement), the room and expected length of every task on those pages
-(one statement: a task's time limit is read from its stored spec by the database),
-and the pool's groups with their ends unknown. When the planner raises `MoreData` the reader
+`PassReader` gives `app.domain.placement.plan` data, not connections, in two statements: the
+pool's groups with their ends unknown, the GPU counts waited for and how many experiments each
+task has queued or running (one statement), then the first page of every GPU count's waiting
+queue (as many as could start on the free GPUs, plus the one that would wait, all counts in
+one statement), each row with what the planner needs of its task: the room it has left and
+its expected length (a task's time limit is read from its stored spec by the database).
+When the planner raises `MoreData` the reader
 reads what it asks for (the next page of one queue, four times larger; the expected ends of
 the groups a reservation weighs) and the planner runs again: its cost follows the placements
 and GPU counts, not the backlog.
@@ -49,18 +51,23 @@ def _smallest_need(*where: Any) -> Select:
 _NEEDS = select(_smallest_need().scalar_subquery().label("need")).cte("needs", recursive=True)
 _NEEDS = _NEEDS.union_all(select(_smallest_need(Experiment.gpus_needed > _NEEDS.c.need).scalar_subquery())
                           .where(_NEEDS.c.need.is_not(None)))
-# A pass's first read, one round trip (built once): the pool's groups (ledger.GROUP_ROWS) and
-# the GPU counts waited for.
-_FIRST_READ = union_all(*ledger.GROUP_ROWS,
-                        ledger.tagged("need", cast(null(), String), _NEEDS.c.need).select_from(_NEEDS))
+# A pass's first read, one round trip (built once): the pool's groups (ledger.GROUP_ROWS), the
+# GPU counts waited for, and each task's queued and running experiments (task id, count).
+_FIRST_READ = union_all(
+    *ledger.GROUP_ROWS,
+    ledger.tagged("need", cast(null(), String), _NEEDS.c.need).select_from(_NEEDS),
+    ledger.tagged("task", cast(null(), String), Experiment.task_id, func.count())
+    .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING))).group_by(Experiment.task_id),
+)
 
 
 def _queue_rows(need: int, after: tuple[Any, ...] | None = None) -> Select:
-    """Waiting experiments of running tasks needing `need` GPUs, after the order key `after`."""
+    """Waiting experiments of running tasks needing `need` GPUs, after the order key `after`,
+    with what a pass needs of their tasks."""
     query = (
         select(Experiment.priority, Experiment.share_tag, Experiment.id, Experiment.task_id,
                Experiment.promised_start, Experiment.expected_s, Experiment.gpus_needed, Experiment.attempt,
-               Experiment.wait_reason)
+               Experiment.wait_reason, Task.max_parallel, Task.expected_experiment_s, _TIME_LIMIT.label("time_limit"))
         .join(Task, Task.id == Experiment.task_id)
         .where(Experiment.state == ExperimentState.PENDING, Experiment.gpus_needed == need,
                Task.status == TaskStatus.RUNNING)
@@ -75,11 +82,6 @@ def _queue_rows(need: int, after: tuple[Any, ...] | None = None) -> Select:
     return query.order_by(*QUEUE_ORDER)
 
 
-def _waiting(row: Row) -> Waiting:
-    return Waiting((-row.priority, row.share_tag, row.id), row.id, row.task_id,
-                   epoch(row.promised_start) if row.promised_start else None, row.expected_s)
-
-
 class PassReader:
     """The data of one pass, read as the planner needs it (see the module's docstring)."""
 
@@ -89,14 +91,15 @@ class PassReader:
         first = session.execute(_FIRST_READ).all()
         self.groups, self.capacity = ledger.group_states_of(first)
         self.needs = sorted(row.first for row in first if row.kind == "need" and row.first is not None)
+        self.busy = {row.first: row.second for row in first if row.kind == "task"}  # task id -> queued or running
         self.queues: dict[int, Page] = {}
         self.page_sizes: dict[int, int] = {}
         self.room: dict[int, int] = {}
-        self.time_limits: dict[int, float] = {}
         self.ends: dict[str, list[tuple[float, int]]] = {}
         # What the pass writes reads these: every experiment read, as read (its attempt, its
         # wait reason, its promised start), and its task's time limit.
         self.read: dict[int, Row] = {}
+        self.time_limits: dict[int, float] = {}
 
     @property
     def free_gpus(self) -> int:
@@ -113,39 +116,30 @@ class PassReader:
         heads = [select(_queue_rows(need).limit(page).subquery()) for need, page in pages.items()]
         first: dict[int, list[Waiting]] = {need: [] for need in pages}
         for row in self.session.execute(heads[0] if len(heads) == 1 else union_all(*heads)):
-            first[row.gpus_needed].append(_waiting(row))
-            self.read[row.id] = row
+            first[row.gpus_needed].append(self._waiting(row))
         for need, page in pages.items():
             items = sorted(first[need], key=lambda w: w.key)
             self.queues[need] = Page(items, complete=len(items) < page)
-        self.read_tasks({w.task_id for q in self.queues.values() for w in q.items})
 
     def read_more(self, need: int) -> None:
-        """The next page of one queue (four times the last, at most MAX_PAGE), and its tasks."""
+        """The next page of one queue (four times the last, at most MAX_PAGE)."""
         queue = self.queues[need]
         self.page_sizes[need] = page = min(self.page_sizes[need] * 4, MAX_PAGE)
-        read = self.session.execute(_queue_rows(need, queue.items[-1].key).limit(page)).all()
-        self.read.update((row.id, row) for row in read)
-        rows = [_waiting(row) for row in read]
+        rows = [self._waiting(row) for row in self.session.execute(
+            _queue_rows(need, queue.items[-1].key).limit(page))]
         self.queues[need] = Page(queue.items + rows, complete=len(rows) < page)
-        self.read_tasks({w.task_id for w in rows})
 
-    def read_tasks(self, task_ids: set[int]) -> None:
-        """How many more experiments each task may start now (max_parallel_experiments less
-        what it has queued or running) and its expected experiment length, in one query."""
-        wanted = sorted(task_ids - self.room.keys())
-        if not wanted:
-            return
-        busy = (select(func.count()).select_from(Experiment)
-                .where(Experiment.task_id == Task.id, Experiment.state.in_((ExperimentState.QUEUED,
-                                                                            ExperimentState.RUNNING)))
-                .scalar_subquery())
-        for task_id, limit, running, average, time_limit in self.session.execute(
-                select(Task.id, Task.max_parallel, busy, Task.expected_experiment_s, _TIME_LIMIT)
-                .where(Task.id.in_(wanted))):
-            self.room[task_id] = limit - running
-            self.time_limits[task_id] = time_limit
-            self.clock.durations[task_id] = expected_length(None, average, time_limit)
+    def _waiting(self, row: Row) -> Waiting:
+        """A queue's row as the planner reads it; kept, with its task's room (its
+        max_parallel_experiments less what it has queued or running), expected length and
+        time limit, for the planner and for what the pass writes."""
+        self.read[row.id] = row
+        if row.task_id not in self.room:
+            self.room[row.task_id] = row.max_parallel - self.busy.get(row.task_id, 0)
+            self.time_limits[row.task_id] = row.time_limit
+            self.clock.durations[row.task_id] = expected_length(None, row.expected_experiment_s, row.time_limit)
+        return Waiting((-row.priority, row.share_tag, row.id), row.id, row.task_id,
+                       epoch(row.promised_start) if row.promised_start else None, row.expected_s)
 
     def read_ends(self, groups: tuple[str, ...]) -> None:
         """When what runs in `groups` is expected to end: read only for the groups a
