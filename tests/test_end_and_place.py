@@ -81,6 +81,20 @@ def test_a_failed_placement_keeps_the_result_and_frees_the_gpus(one_running, mon
     assert again.experiment_id == second.id
 
 
+def test_an_end_without_figures_leaves_them_null_and_one_with_figures_keeps_them(one_running):
+    """An absent figure is SQL NULL, as in a row never written (not JSON's null)."""
+    task_id, first = one_running
+    _ended, (placed,) = end_and_place(first.experiment_id, first.attempt, "failed", error="engine died")
+    with session_scope() as s:
+        assert s.execute(select(Experiment.id).where(Experiment.metrics.is_(None), Experiment.measured.is_(None),
+                                                     Experiment.state == "failed")).scalars().all() == [first.experiment_id]
+    assert lifecycle.claim(placed.experiment_id, placed.attempt, worker="gpu-g@h", host="h", pid=1) is not None
+    end_and_place(placed.experiment_id, placed.attempt, "succeeded", objective=1.0, slo_ok=True,
+                  metrics={"score": 1}, measured={"throughput": 2.0})
+    _failed, succeeded = experiments(task_id)
+    assert (succeeded.metrics, succeeded.measured) == ({"score": 1}, {"throughput": 2.0})
+
+
 def test_a_late_end_records_and_places_nothing(one_running):
     task_id, first = one_running
     with session_scope() as s:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, exists, func, null, select, update
+from sqlalchemy import JSON, Row, and_, bindparam, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -26,13 +26,16 @@ from app.store import ledger
 from app.processes import pid_alive
 from app.store.db import session_scope
 from app.domain.states import AttemptState, ExperimentState, TaskStatus
-from app.store.models import Attempt, Experiment, Gpu, Task, gpu_label, utcnow
+from app.store.models import Attempt, Experiment, Gpu, Task, gpu_label, slot_share, utcnow
 
 log = logging.getLogger(__name__)
 _CANCELLED = (TaskStatus.CANCELLING, TaskStatus.CANCELLED)
 # The tables, for the statements on the hand-over's path: Core statements, without the ORM's
 # unit of work (those rows are written once and not loaded as objects).
-_experiments, _attempts, _tasks = Experiment.__table__, Attempt.__table__, Task.__table__
+_experiments, _attempts, _tasks, _gpus = Experiment.__table__, Attempt.__table__, Task.__table__, Gpu.__table__
+# An experiment's attempt, to write the columns given as parameters.
+_ATTEMPT = update(_attempts).where(_attempts.c.experiment_id == bindparam("experiment"),
+                                   _attempts.c.number == bindparam("attempt_no"))
 
 
 @dataclass(frozen=True)
@@ -84,29 +87,15 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
     """
     with session_scope() as session:
         now = utcnow()
-        # The hand-over's path: the experiment locked and started in one statement, only if
-        # it is queued for this attempt and its task is not being cancelled.
-        started = session.execute(
-            update(_experiments)
-            .where(_experiments.c.id == experiment_id, _experiments.c.attempt == attempt,
-                   _experiments.c.state == ExperimentState.QUEUED,
-                   exists().where(_tasks.c.id == _experiments.c.task_id, _tasks.c.status.not_in(_CANCELLED)))
-            .values(state=ExperimentState.RUNNING, phase="deploying", started_at=now, worker=worker, host=host)
-            .returning(_experiments.c.task_id, _experiments.c.params, _experiments.c.seed, _experiments.c.repeat_of)
-        ).first()
+        started = session.execute(_START, {"experiment": experiment_id, "attempt_no": attempt, "started_at": now,
+                                           "state": ExperimentState.RUNNING, "phase": "deploying", "worker": worker,
+                                           "host": host}).first()
         if started is None:
             _not_started(session, experiment_id, attempt, worker)
             return None
-        session.execute(
-            update(_attempts).where(_attempts.c.experiment_id == experiment_id, _attempts.c.number == attempt)
-            .values(state=ExperimentState.RUNNING, started_at=now, worker=worker, host=host, pid=pid))
-        # The task's spec and the experiment's GPUs in one statement (a row per GPU).
-        gpus_ = Gpu.__table__.c
-        rows = session.execute(
-            select(_tasks.c.spec, gpus_.index, gpus_.host, gpus_.slot, gpus_.slots, gpus_.simulated)
-            .select_from(_tasks.outerjoin(Gpu.__table__, gpus_.held_by == experiment_id))
-            .where(_tasks.c.id == started.task_id).order_by(gpus_.index)
-        ).all()
+        session.execute(_ATTEMPT, {"experiment": experiment_id, "attempt_no": attempt, "started_at": now,
+                                       "state": ExperimentState.RUNNING, "worker": worker, "host": host, "pid": pid})
+        rows = session.execute(_SPEC_AND_GPUS, {"experiment": experiment_id, "task": started.task_id}).all()
         gpus = [row for row in rows if row.index is not None]
         return Claim(
             experiment_id=experiment_id,
@@ -117,10 +106,23 @@ def claim(experiment_id: int, attempt: int, worker: str, host: str, pid: int) ->
             gpu_indices=[g.index for g in gpus],
             gpu_labels=[gpu_label(g.host, g.index, g.slot, g.slots) for g in gpus],
             gpus_simulated=all(g.simulated for g in gpus),
-            gpu_share=min((1.0 / max(1, g.slots) for g in gpus), default=1.0),
+            gpu_share=min((slot_share(g.slots) for g in gpus), default=1.0),
             seed=started.seed or 0,
             repeat=started.repeat_of is not None,
         )
+
+
+# The claim's statements, built once (the columns they set are the parameters given). The
+# experiment locked and started in one statement, only if it is queued for this attempt and its
+# task is not being cancelled; the task's spec and the experiment's GPUs in one (a row per GPU).
+_START = (update(_experiments)
+          .where(_experiments.c.id == bindparam("experiment"), _experiments.c.attempt == bindparam("attempt_no"),
+                 _experiments.c.state == ExperimentState.QUEUED,
+                 exists().where(_tasks.c.id == _experiments.c.task_id, _tasks.c.status.not_in(_CANCELLED)))
+          .returning(_experiments.c.task_id, _experiments.c.params, _experiments.c.seed, _experiments.c.repeat_of))
+_SPEC_AND_GPUS = (select(_tasks.c.spec, _gpus.c.index, _gpus.c.host, _gpus.c.slot, _gpus.c.slots, _gpus.c.simulated)
+                  .select_from(_tasks.outerjoin(_gpus, _gpus.c.held_by == bindparam("experiment")))
+                  .where(_tasks.c.id == bindparam("task")).order_by(_gpus.c.index))
 
 
 def _not_started(session: Session, experiment_id: int, attempt: int, worker: str) -> None:
@@ -221,19 +223,11 @@ def end_reported(
     """
     now = utcnow()
     exp_values, att_values = _end_values(state, error, failure_kind, now)
-    # An absent figure is SQL NULL, as in a row never written (None would be JSON's null).
-    exp_values.update(metrics=null() if metrics is None else metrics, objective=objective, slo_ok=slo_ok,
-                      measured=null() if measured is None else measured, penalty=penalty, stop_reason=stop_reason)
+    exp_values.update(new_metrics=metrics, objective=objective, slo_ok=slo_ok, new_measured=measured, penalty=penalty,
+                      stop_reason=stop_reason)
     if engine_log is not None:
         exp_values["engine_log"] = engine_log[-20000:]
-    # A compare-and-set: the row is locked and written in one statement, only while this
-    # attempt runs it.
-    ended = session.execute(
-        update(_experiments)
-        .where(_experiments.c.id == experiment_id, _experiments.c.state == ExperimentState.RUNNING,
-               _experiments.c.attempt == attempt)
-        .values(exp_values).returning(_experiments.c.task_id, _experiments.c.started_at)
-    ).first()
+    ended = session.execute(_END, {"experiment": experiment_id, "attempt_no": attempt, **exp_values}).first()
     if ended is None:
         if engine_gone:
             _confirm_gone(session, session.execute(select(Attempt).where(
@@ -241,15 +235,26 @@ def end_reported(
         return None
     if engine_gone:
         att_values["engine_gone_at"] = now
-    att = session.execute(
-        update(_attempts).where(_attempts.c.experiment_id == experiment_id, _attempts.c.number == attempt)
-        .values(att_values).returning(_attempts.c.id, _attempts.c.started_at, _attempts.c.engine_gone_at)
-    ).first()
+    att = session.execute(_END_ATTEMPT, {"experiment": experiment_id, "attempt_no": attempt, **att_values}).first()
     ledger.release(session, experiment_id, fence=att.id if _engine_may_run(att) else None)
     seconds = None
     if state == ExperimentState.SUCCEEDED and ended.started_at is not None:
         seconds = (now - ended.started_at).total_seconds()
     return Ended(ended.task_id, seconds)
+
+
+# The end's statements, built once (the columns they set are the parameters given). The
+# experiment's is a compare-and-set: the row is locked and written in one statement, only
+# while this attempt runs it. An absent figure is SQL NULL, as in a row never written (the
+# column's own type would write JSON's null).
+_NULLABLE_JSON = JSON(none_as_null=True)
+_END = (update(_experiments)
+        .where(_experiments.c.id == bindparam("experiment"), _experiments.c.state == ExperimentState.RUNNING,
+               _experiments.c.attempt == bindparam("attempt_no"))
+        .values(metrics=bindparam("new_metrics", type_=_NULLABLE_JSON),
+                measured=bindparam("new_measured", type_=_NULLABLE_JSON))
+        .returning(_experiments.c.task_id, _experiments.c.started_at))
+_END_ATTEMPT = _ATTEMPT.returning(_attempts.c.id, _attempts.c.started_at, _attempts.c.engine_gone_at)
 
 
 def learn_length(ended: Ended | None) -> int | None:

@@ -230,6 +230,11 @@ def gpu_label(host: str, index: int, slot: int = 0, slots: int = 1) -> str:
     return f"{host}:{name}" if slots <= 1 and slot == 0 else f"{host}:{name}/{slot}"
 
 
+def slot_share(slots: int) -> float:
+    """The fraction of a physical GPU's memory an engine on one of its `slots` rows may use."""
+    return 1.0 / max(1, slots)
+
+
 class Gpu(Base):
     """One GPU of the pool, or one slot of it. `held_by` is the ledger: one column, so one
     holder at most.
@@ -274,7 +279,7 @@ class Gpu(Base):
     @property
     def share(self) -> float:
         """The fraction of the physical GPU's memory an engine on this row may use."""
-        return 1.0 / max(1, self.slots)
+        return slot_share(self.slots)
 
 
 class GpuAllocation(Base):
