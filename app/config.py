@@ -63,6 +63,11 @@ def default_database_url() -> str:
     return f"sqlite:///{home_dir() / 'autotuner.db'}"
 
 
+def database_url() -> str:
+    """The store's URL alone (every transaction asks; `get_settings` reads everything)."""
+    return os.environ.get("DATABASE_URL") or default_database_url()
+
+
 def stack_file() -> Path:
     """Written by `autotuner up` so other commands on this machine find its broker."""
     return home_dir() / "stack.json"
@@ -78,7 +83,7 @@ def _stack_broker() -> str | None:
 def get_settings() -> Settings:
     return Settings(
         home=home_dir(),
-        database_url=os.environ.get("DATABASE_URL") or default_database_url(),
+        database_url=database_url(),
         broker_url=os.environ.get("CELERY_BROKER_URL") or _stack_broker(),
         heartbeat_interval=_float("AUTOTUNER_HEARTBEAT_INTERVAL", 5.0),
         worker_dead_after=_float("AUTOTUNER_WORKER_DEAD_AFTER", 30.0),

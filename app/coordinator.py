@@ -52,13 +52,13 @@ def timeout_of(exp: Experiment) -> float:
 
 def dispatch_of(exp: Experiment) -> Dispatch:
     """The job that runs the experiment's current attempt (see `_dispatch`)."""
-    return _dispatch(exp.id, exp.attempt, exp.group, timeout_of(exp))
+    return _dispatch(exp.id, exp.attempt, exp.group, timeout_of(exp), get_settings().time_limit_grace)
 
 
-def _dispatch(experiment_id: int, attempt: int, group: str, timeout: float) -> Dispatch:
+def _dispatch(experiment_id: int, attempt: int, group: str, timeout: float, grace: float) -> Dispatch:
     """Soft limit = the task's per-experiment timeout (the job cleans up); the hard limit
     leaves a grace period for that clean-up before Celery kills the child."""
-    return Dispatch(experiment_id, attempt, queue_for(group), timeout, timeout + get_settings().time_limit_grace)
+    return Dispatch(experiment_id, attempt, queue_for(group), timeout, timeout + grace)
 
 
 def _trial(exp: Experiment, objectives: list[str] | tuple[str, ...] = ()) -> Trial:
@@ -344,7 +344,8 @@ def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dis
     lock, when the caller has taken it already."""
     scheduler = scheduler or ledger.lock(session)
     now = utcnow()
-    reader = PassReader(session, now, get_settings().reservation_slip)
+    settings = get_settings()
+    reader = PassReader(session, now, settings.reservation_slip)
     plan = reader.plan()
     read = reader.read
     changes: dict[int, dict[str, Any]] = {}  # experiment id -> what changes in its row (waiting ones)
@@ -373,8 +374,8 @@ def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dis
     served = max(read[p.experiment_id].share_tag for p in plan.placements)
     if served > (scheduler.value or 0.0):
         ledger.keep(session, scheduler, served)
-    return [_dispatch(q["placed"], q["attempt"], q["group"], reader.time_limits[read[q["placed"]].task_id])
-            for q in queued]
+    return [_dispatch(q["placed"], q["attempt"], q["group"], reader.time_limits[read[q["placed"]].task_id],
+                      settings.time_limit_grace) for q in queued]
 
 
 _QUEUE = update(Experiment.__table__).where(Experiment.__table__.c.id == bindparam("placed"))  # a placement's row

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.config import get_settings
+from app.config import database_url, get_settings
 
 _engines: dict[tuple[str, int], Engine] = {}
 _factories: dict[tuple[Engine, bool], sessionmaker] = {}
@@ -103,7 +103,7 @@ def _postgres_connect_args() -> dict:
 
 def get_engine(url: str | None = None) -> Engine:
     """One engine per URL and per process: forked Celery children must not share sockets."""
-    url = normalize_url(url or get_settings().database_url)
+    url = normalize_url(url or database_url())
     key = (url, os.getpid())
     engine = _engines.get(key)
     if engine is None:

@@ -14,9 +14,10 @@ and GPU counts, not the backlog.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Row, Select, String, and_, cast, func, null, or_, select, union_all
+from sqlalchemy import CompoundSelect, Integer, Row, Select, String, and_, bindparam, cast, func, null, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from app.domain.lengths import expected_length
@@ -82,6 +83,14 @@ def _queue_rows(need: int, after: tuple[Any, ...] | None = None) -> Select:
     return query.order_by(*QUEUE_ORDER)
 
 
+@lru_cache(maxsize=64)
+def _heads(needs: tuple[int, ...]) -> Select | CompoundSelect:
+    """The first page of the queue of each of `needs` GPUs, in one statement, built once per set
+    of GPU counts (the page sizes are its parameters `page_<need>`)."""
+    heads = [select(_queue_rows(need).limit(bindparam(f"page_{need}", type_=Integer)).subquery()) for need in needs]
+    return heads[0] if len(heads) == 1 else union_all(*heads)
+
+
 class PassReader:
     """The data of one pass, read as the planner needs it (see the module's docstring)."""
 
@@ -113,9 +122,8 @@ class PassReader:
                                    for need in self.needs}
         if not pages:
             return
-        heads = [select(_queue_rows(need).limit(page).subquery()) for need, page in pages.items()]
         first: dict[int, list[Waiting]] = {need: [] for need in pages}
-        for row in self.session.execute(heads[0] if len(heads) == 1 else union_all(*heads)):
+        for row in self.session.execute(_heads(tuple(pages)), {f"page_{need}": page for need, page in pages.items()}):
             first[row.gpus_needed].append(self._waiting(row))
         for need, page in pages.items():
             items = sorted(first[need], key=lambda w: w.key)
