@@ -86,8 +86,9 @@ def test_an_end_without_figures_leaves_them_null_and_one_with_figures_keeps_them
     task_id, first = one_running
     _ended, (placed,) = end_and_place(first.experiment_id, first.attempt, "failed", error="engine died")
     with session_scope() as s:
-        assert s.execute(select(Experiment.id).where(Experiment.metrics.is_(None), Experiment.measured.is_(None),
-                                                     Experiment.state == "failed")).scalars().all() == [first.experiment_id]
+        failed = s.execute(select(Experiment.id).where(Experiment.metrics.is_(None), Experiment.measured.is_(None),
+                                                       Experiment.state == "failed")).scalars().all()
+    assert failed == [first.experiment_id]
     assert lifecycle.claim(placed.experiment_id, placed.attempt, worker="gpu-g@h", host="h", pid=1) is not None
     end_and_place(placed.experiment_id, placed.attempt, "succeeded", objective=1.0, slo_ok=True,
                   metrics={"score": 1}, measured={"throughput": 2.0})

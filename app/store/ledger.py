@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import Float, Row, Select, String, bindparam, case, cast, delete, func, insert, literal, null, select, union_all, update
+from sqlalchemy import (Float, Row, Select, String, bindparam, case, cast, delete, func, insert, literal, null, select,
+                        union_all, update)
 from sqlalchemy.orm import Session
 
 from app.domain.placement import FreeGpu, GroupState

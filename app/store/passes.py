@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import CompoundSelect, Integer, Row, Select, String, and_, bindparam, cast, func, null, or_, select, union_all
+from sqlalchemy import (CompoundSelect, Integer, Row, Select, String, and_, bindparam, cast, func, null, or_, select,
+                        union_all)
 from sqlalchemy.orm import Session
 
 from app.domain.lengths import expected_length
