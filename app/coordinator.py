@@ -100,6 +100,8 @@ def advance(session: Session, task: Task) -> None:
     if task.stop_reason is None and _stops(task.parsed_spec):
         exps = _history(session, task.id)
         _apply_stop_rule(session, task, exps)
+    elif task.stop_reason not in (None, GPU_BUDGET):
+        _apply_budget(session, task)
     # Counts first: the history is read only when the strategy is asked for more or a new
     # result is to be learned from (a task whose backlog is full costs two small queries,
     # however many experiments it has).
@@ -218,9 +220,25 @@ def _apply_stop_rule(session: Session, task: Task, exps: list[Experiment]) -> No
     es = spec.optimization.early_stopping
     repeats_gpu_s = (_gpu_s(session, task.id, utcnow(), Experiment.repeat_of.is_not(None))
                      if es is not None and es.gpu_hour_budget is not None else 0.0)
-    task.stop_reason = _stop_rule(spec, exps, repeats_gpu_s)
-    if task.stop_reason is not None:
-        cancel_unstarted(session, task.id, task_stop_label(task.stop_reason, es.patience if es else None,
+    _stop(session, task, _stop_rule(spec, exps, repeats_gpu_s))
+
+
+def _apply_budget(session: Session, task: Task) -> None:
+    """The budget part of the stop rule for a task stopped for another reason (patience): its
+    repeats still run and spend GPU-hours, and one that runs over stops the task like any
+    experiment. One aggregate query over the search and its repeats."""
+    es = task.parsed_spec.optimization.early_stopping
+    if es is not None and es.gpu_hour_budget is not None and \
+            _gpu_s(session, task.id, utcnow()) / 3600 >= es.gpu_hour_budget:
+        _stop(session, task, GPU_BUDGET)
+
+
+def _stop(session: Session, task: Task, reason: str | None) -> None:
+    """Keep the stop rule's `reason` (None: go on) and cancel what has not started."""
+    task.stop_reason = reason
+    if reason is not None:
+        es = task.parsed_spec.optimization.early_stopping
+        cancel_unstarted(session, task.id, task_stop_label(reason, es.patience if es else None,
                                                            es.gpu_hour_budget if es else None) or "task stopped")
 
 

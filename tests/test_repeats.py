@@ -98,9 +98,11 @@ def test_after_the_search_the_top_configurations_are_measured_again_with_other_s
     assert v["winner"]["relied"] == pytest.approx(310.0) and v["objective"]["unit"] == "tok/s/GPU"
 
 
-def _budgeted_search(budget_h: float) -> int:
+def _budgeted_search(budget_h: float, patience: int | None = None) -> int:
     """A finished search of three 1-GPU configurations, 600 s each (0.5 GPU-h), in a task with
-    a GPU-hour budget and two repeats of its top two; returns the task's id."""
+    a GPU-hour budget and two repeats of its top two; returns the task's id. The three score
+    within 1 % of each other (the best, 64, then 32), inside a 5 % noise: with `patience` 2,
+    the third result stops the task (no improvement)."""
     from app.coordinator import coordinate
     from app.store.pool import GpuSpec, register_worker
     from tests.helpers import experiments, mixed_task, run_attempt, submit
@@ -108,11 +110,13 @@ def _budgeted_search(budget_h: float) -> int:
     register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc1", 1)
     data = mixed_task([{"max-running-requests": m} for m in (16, 32, 64)], parallel=4)
     data["optimization"].update(repeats=2, repeat_top=2,
-                                early_stopping={"probe": False, "gpu_hour_budget": budget_h})
+                                early_stopping={"probe": False, "gpu_hour_budget": budget_h,
+                                                "patience": patience, "noise": 0.05})
     task_id = submit(data)
     for d in coordinate(task_id):
         m = next(e for e in experiments(task_id) if e.id == d.experiment_id).params["max-running-requests"]
-        run_attempt(d, seconds=600, objective=float(m), measured={"maximize_throughput": float(m)}, penalty=0.0,
+        figure = 100 + m / 100
+        run_attempt(d, seconds=600, objective=figure, measured={"maximize_throughput": figure}, penalty=0.0,
                     slo_ok=True, metrics={})
     return task_id
 
@@ -142,19 +146,23 @@ def test_only_the_repeats_that_fit_in_what_is_left_of_the_gpu_hour_budget_are_cr
 
 @pytest.mark.parametrize("database_url", [pytest.param("sqlite", marks=pytest.mark.unit),
                                           pytest.param("postgresql", marks=pytest.mark.process)], indirect=True)
-def test_the_gpu_hour_budget_counts_the_repeats(database_url, monkeypatch):
+@pytest.mark.parametrize("patience", [None, 2])
+def test_the_gpu_hour_budget_counts_the_repeats(database_url, patience, monkeypatch):
     """A repeat that runs long spends the budget: the task stops (GPU_BUDGET), its repeats not
     started are cancelled, and the task ends without exceeding its budget further. Measured with
-    one aggregate query over the repeats (SQL durations on either database)."""
+    one aggregate query over the repeats (SQL durations on either database). So too when
+    patience stopped the search first: its repeats still spend the budget."""
     from app.coordinator import _gpu_s, coordinate
     from app.store.db import session_scope
     from app.store.models import Experiment, Task
     from tests.helpers import experiments, run_attempt
 
     monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
-    task_id = _budgeted_search(1.2)  # 0.7 GPU-h left: room for all four 600 s repeats
+    task_id = _budgeted_search(1.2, patience)  # 0.7 GPU-h left: room for all four 600 s repeats
     placed = coordinate(task_id)
     assert len(placed) == 4
+    with session_scope() as s:
+        assert s.get(Task, task_id).stop_reason == ("no_improvement" if patience else None)
     first = placed[0]
     run_attempt(first, seconds=3000, objective=1.0, measured={"maximize_throughput": 1.0}, penalty=0.0, slo_ok=True,
                 metrics={})  # 0.5 + 0.83 GPU-h > 1.2
