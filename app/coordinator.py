@@ -300,7 +300,9 @@ def _renew(task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
     then the task's waiting experiments among `exps` (in creation order) served longest
     predicted first, by dealing their fair-share tags out again (placement.longest_first; an
     unknown length counts as the task's moving average). Only rows whose tag changes are
-    written. Repeats are not in `exps`: they wait in the order they were created (seed by
+    written, and they lose any promised start: the promise was made to the queue's head, and
+    one moved back would find its reservation strict at once (placement._reserve) when it is
+    the head again; the head reserves anew. Repeats are not in `exps`: they wait in the order they were created (seed by
     seed, the best configuration first: if the task stops during them, the best has been
     measured again), and what they measure changes no prediction."""
     _repredict(exps, lengths)
@@ -308,7 +310,7 @@ def _renew(task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
     dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s)
     for exp, tag in zip(waiting, dealt or ()):
         if exp.share_tag != tag:
-            exp.share_tag = tag
+            exp.share_tag, exp.promised_start = tag, None
 
 
 def _states(session: Session, task_id: int) -> dict[str, int]:

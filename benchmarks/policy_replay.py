@@ -164,7 +164,8 @@ class Replay:
             waiting = sorted(self.pending)
             dealt = longest_first([self.tag[i] for i in waiting], [self.expected[i] for i in waiting], self.average)
             for i, tag in zip(waiting, dealt or ()):
-                self.tag[i] = tag
+                if self.tag[i] != tag:
+                    self.tag[i], self.promised[i] = tag, None
 
     def place(self) -> None:
         """One scheduling pass (app.coordinator.schedule)."""

@@ -263,7 +263,8 @@ def test_a_tasks_waiting_experiments_are_served_longest_predicted_first(pool):
     """Once results are in, the task's waiting experiments take its own fair-share tags again,
     the longest predicted first: the next GPU freed goes to the long one created after a
     short one. The task has created all it will (no new experiment in that pass), and
-    another task's tags are not touched."""
+    another task's tags are not touched. The short one moved back loses the start promised to
+    it at the head: kept, its reservation would be strict at once when it is the head again."""
     short, long = {"tp-size": 1, "cuda-graph-max-bs": 1}, {"tp-size": 1, "cuda-graph-max-bs": 2}
     task_id = submit(mixed_task([long, short, short, short, short, long], parallel=2))
     first = coordinate(task_id)  # all six created (two rounds ahead), two placed
@@ -275,11 +276,14 @@ def test_a_tasks_waiting_experiments_are_served_longest_predicted_first(pool):
     tags = {e.seq: e.share_tag for e in exps}
     others = {e.id: e.share_tag for e in experiments(other_id)}
     assert tags[5] < tags[6]  # the short one first, in creation order
+    with session_scope() as s:
+        s.get(Experiment, exps[4].id).promised_start = utcnow() - timedelta(seconds=600)
 
     coordinate(task_id)  # learns from the two results: the long one is predicted 5 s, the short 1 s
     exps = experiments(task_id)
     assert (exps[4].expected_s, exps[5].expected_s) == pytest.approx((1.0, 5.0), rel=0.05)
     assert (exps[5].share_tag, exps[4].share_tag) == (tags[5], tags[6])  # dealt out again, the same tags
+    assert exps[4].promised_start is None
     assert {e.id: e.share_tag for e in experiments(other_id)} == others
     (nxt,) = run_attempt(placed[0])
     assert nxt.experiment_id == exps[5].id
