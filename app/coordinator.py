@@ -18,8 +18,9 @@ import time
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.domain.objectives import trial_values
 from app.config import get_settings
@@ -127,7 +128,7 @@ def advance(session: Session, task: Task) -> None:
                                    if e.state == ExperimentState.SUCCEEDED and e.started_at and e.finished_at])
         if free > 0:
             new = _create(session, task, exps, lengths, free, total, learns)
-        _renew(task, [*exps, *new], lengths)
+        _renew(session, task, [*exps, *new], lengths)
         task.predicted_from = succeeded
     created = len(new)
     if not active and not created:  # the search is over: the top configurations measured again, once
@@ -295,22 +296,39 @@ def _repredict(exps: list[Experiment], lengths: LengthModel) -> None:
             exp.expected_s = predicted
 
 
-def _renew(task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
+def _renew(session: Session, task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
     """After new results or with new experiments: the predictions renewed (`_repredict`),
     then the task's waiting experiments among `exps` (in creation order) served longest
     predicted first, by dealing their fair-share tags out again (placement.longest_first; an
-    unknown length counts as the task's moving average). Only rows whose tag changes are
-    written, and they lose any promised start: the promise was made to the queue's head, and
-    one moved back would find its reservation strict at once (placement._reserve) when it is
-    the head again; the head reserves anew. Repeats are not in `exps`: they wait in the order they were created (seed by
-    seed, the best configuration first: if the task stops during them, the best has been
-    measured again), and what they measure changes no prediction."""
+    unknown length counts as the task's moving average).
+
+    Only rows whose tag changes are written, and they lose any promised start: the promise was
+    made to the queue's head, and one moved back would find its reservation strict at once
+    (placement._reserve) when it is the head again; the head reserves anew. They are written in
+    one UPDATE guarded by the waiting state: the task's lock does not hold off a finishing job's
+    placement (`end_and_place`), and an experiment it queued after this pass read it keeps its
+    tag (written onto a queued row, a tag would be served twice).
+
+    Repeats are not in `exps`: they wait in the order they were created (seed by seed, the best
+    configuration first: if the task stops during them, the best has been measured again), and
+    what they measure changes no prediction."""
     _repredict(exps, lengths)
     waiting = [e for e in exps if e.state == ExperimentState.PENDING]
     dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s)
+    moved: dict[int, float] = {}
     for exp, tag in zip(waiting, dealt or ()):
-        if exp.share_tag != tag:
-            exp.share_tag, exp.promised_start = tag, None
+        if exp.share_tag == tag:
+            continue
+        if exp.id is None:  # created in this pass: no other transaction sees it yet
+            exp.share_tag = tag
+            continue
+        moved[exp.id] = tag
+        set_committed_value(exp, "share_tag", tag)  # the session's copy, as the UPDATE below writes it
+        set_committed_value(exp, "promised_start", None)
+    if moved:
+        table = Experiment.__table__
+        session.execute(update(table).where(table.c.id.in_(moved), table.c.state == ExperimentState.PENDING)
+                        .values(share_tag=case(moved, value=table.c.id), promised_start=None))
 
 
 def _states(session: Session, task_id: int) -> dict[str, int]:

@@ -1,0 +1,42 @@
+"""The longest-first re-deal of a task's tags (coordinator._renew) against a finishing job's
+placement on PostgreSQL: the task's lock (FOR NO KEY UPDATE) does not hold off
+`end_and_place`, which may queue an experiment the pass read as waiting. That experiment
+keeps the tag it was placed with: a tag written onto a queued row would be served twice."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.process
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_experiment_placed_during_the_re_deal_keeps_its_tag(database_url, monkeypatch):
+    import app.coordinator as coordinator
+    from app.store import lifecycle
+    from app.store.pool import GpuSpec, register_worker
+    from tests.helpers import OK, experiments, mixed_task, run_attempt, submit
+
+    monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "30")
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], "inc1", 1)
+    short, long = {"tp-size": 1, "cuda-graph-max-bs": 1}, {"tp-size": 1, "cuda-graph-max-bs": 2}
+    task_id = submit(mixed_task([long, short, short, short, short, long], parallel=2))
+    first = coordinator.coordinate(task_id)  # all six created, two placed
+    placed = [*run_attempt(first[0], seconds=5.0), *run_attempt(first[1], seconds=1.0)]  # 3 and 4 queued
+    tags = {e.seq: e.share_tag for e in experiments(task_id)}
+    assert tags[5] < tags[6]
+    repredict = coordinator._repredict
+
+    def a_job_ends_meanwhile(exps, lengths) -> None:
+        """After the pass has read its history: experiment 3 ends in another transaction, and
+        its placement queues the head of the task's waiting ones, 5 (the pass re-deals 5's tag
+        to the long 6)."""
+        repredict(exps, lengths)
+        assert lifecycle.claim(placed[0].experiment_id, placed[0].attempt, worker="gpu-g@h", host="h", pid=1)
+        _, queued = coordinator.end_and_place(placed[0].experiment_id, placed[0].attempt, "succeeded", **OK)
+        assert [d.experiment_id for d in queued] == [experiments(task_id)[4].id]
+
+    monkeypatch.setattr(coordinator, "_repredict", a_job_ends_meanwhile)
+    assert coordinator.coordinate(task_id) == []
+    exps = experiments(task_id)
+    assert (exps[4].state, exps[4].share_tag) == ("queued", tags[5])  # placed with its tag, and keeps it
+    assert (exps[5].state, exps[5].share_tag) == ("pending", tags[5])  # the long one: the head's tag
