@@ -300,7 +300,10 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
     """After new results or with new experiments: the predictions renewed (`_repredict`),
     then the task's waiting experiments among `exps` (in creation order) served longest
     predicted first, by dealing their fair-share tags out again (placement.longest_first; an
-    unknown length counts as the task's moving average).
+    unknown length counts as the task's moving average). It runs after every new result under
+    the task's lock, so it is bounded: nothing to deal with fewer than two waiting, and only
+    the task's max_parallel smallest tags are dealt (to its longest; the rows they displace take
+    the tags those held): at most 2 × max_parallel rows written, the queue's head longest first.
 
     Only rows whose tag changes are written, and they lose any promised start: the promise was
     made to the queue's head, and one moved back would find its reservation strict at once
@@ -314,7 +317,10 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
     what they measure changes no prediction."""
     _repredict(exps, lengths)
     waiting = [e for e in exps if e.state == ExperimentState.PENDING]
-    dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s)
+    if len(waiting) < 2:
+        return
+    dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s,
+                          task.max_parallel)
     moved: dict[int, float] = {}
     for exp, tag in zip(waiting, dealt or ()):
         if exp.share_tag == tag:

@@ -24,7 +24,8 @@ own. Columns, each a policy:
   fitted on the finished experiments' parameters and lengths: a waiting experiment's prediction
   renewed when it moves by more than 5 %, a running one given one only if it had none; the
   task's moving average, else its time limit, where the fit cannot tell), the task's waiting
-  experiments served longest predicted first (`placement.longest_first`) and
+  experiments served longest predicted first (`placement.longest_first`: the task's
+  max_parallel smallest tags dealt to its longest, per pass) and
   `coordinator.AHEAD_ROUNDS` rounds created ahead, with the lag above;
 - before: the coordinator before that: creation order, one round created ahead, predictions
   renewed only in a pass that creates experiments;
@@ -40,7 +41,8 @@ own. Columns, each a policy:
 
 With `--variants`, the coordinator's policy changed one thing at a time instead: one or three
 rounds created ahead, no lag (one pass after each end, with everything renewed), predictions
-and order renewed only in a pass that creates experiments (as before), creation order. `--experiments N`
+and order renewed only in a pass that creates experiments (as before), creation order, all the
+waiting experiments' tags dealt in each pass (not only max_parallel of them). `--experiments N`
 replays the first N experiments of each seed's workload (a shorter task: with 24, all are
 created in the first pass).
 
@@ -75,6 +77,7 @@ class Policy:
     ahead: int = 1  # rounds created ahead (the list strategy does not learn from results)
     every_result: bool = False  # predictions renewed at each new result, not only when creating
     lag: bool = True  # the finishing job places before the coordinator's pass
+    head: int | None = PARALLEL  # tags dealt longest first per pass (None: all the waiting ones')
 
 
 POLICIES = {
@@ -94,6 +97,7 @@ VARIANTS = {
     "no lag": Policy("learned", longest_first=True, ahead=AHEAD_ROUNDS, every_result=True, lag=False),
     "renewed when creating": Policy("learned", longest_first=True, ahead=AHEAD_ROUNDS),
     "creation order": Policy("learned", ahead=AHEAD_ROUNDS, every_result=True),
+    "all tags dealt": Policy("learned", longest_first=True, ahead=AHEAD_ROUNDS, every_result=True, head=None),
 }
 
 
@@ -160,9 +164,10 @@ class Replay:
                     i in self.pending and abs(own - self.expected[i]) > REPREDICT_CHANGE * self.expected[i])):
                 self.expected[i] = own
         self.fitted_on = len(self.succeeded)
-        if policy.longest_first:
+        if policy.longest_first and len(self.pending) >= 2:
             waiting = sorted(self.pending)
-            dealt = longest_first([self.tag[i] for i in waiting], [self.expected[i] for i in waiting], self.average)
+            dealt = longest_first([self.tag[i] for i in waiting], [self.expected[i] for i in waiting], self.average,
+                                  policy.head)
             for i, tag in zip(waiting, dealt or ()):
                 if self.tag[i] != tag:
                     self.tag[i], self.promised[i] = tag, None

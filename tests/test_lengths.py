@@ -124,6 +124,17 @@ def test_longest_first_deals_the_same_tags_out_again():
     assert longest_first([], [], None) == []
 
 
+@pytest.mark.unit
+def test_longest_first_deals_only_the_head_when_bounded():
+    """With `head`, the head smallest tags go to the head longest; the rows they displace take
+    the tags those held, in creation order; the others keep theirs (at most 2 × head change)."""
+    tags = [10.0, 12.0, 15.0, 16.0, 20.0]
+    assert longest_first(tags, [1.0, 1.0, 9.0, 8.0, 1.0], None, head=2) == [15.0, 16.0, 10.0, 12.0, 20.0]
+    assert longest_first(tags, [1.0, 3.0, None, 3.0, 5.0], 2.0, head=2) == [20.0, 12.0, 15.0, 16.0, 10.0]
+    assert longest_first(tags, [1.0, 3.0, None, 3.0, 5.0], 2.0, head=9) == longest_first(
+        tags, [1.0, 3.0, None, 3.0, 5.0], 2.0)
+
+
 @pytest.mark.integration
 def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
     """Four experiments measured (10 s per GPU + 0.25 s per graph batch), then the strategy's

@@ -188,25 +188,39 @@ class Clock:
 CAPPED = "waiting for one of its task's running experiments to end (max_parallel_experiments)"
 
 
-def longest_first(tags: list[float], lengths: list[float | None], default: float | None) -> list[float] | None:
+def longest_first(tags: list[float], lengths: list[float | None], default: float | None,
+                  head: int | None = None) -> list[float] | None:
     """One task's waiting experiments, given in creation order with their fair-share tags and
     predicted lengths, re-ordered longest first: the same tags dealt out again, the smallest
     to the longest (ties keep creation order). Returns each one's new tag, in the order given.
 
     Why: the queue is served by tag, and the longest experiment started last is what ends
     a batch of work late (the longest-processing-time rule); short ones started later fill
-    the holes backfill finds. Only the task's own tags move, so what it gets against other
-    tasks (fair share) does not change. An unknown length counts as `default` (the task's
-    moving average); with none, nothing can be compared: None, the order stays."""
+    the holes backfill finds. Only the task's own tags move, so over its whole waiting set what
+    it gets against other tasks (fair share) does not change. (Over a shorter stretch it can
+    run ahead by up to its waiting set: a long one now holding a small tag may wait for its
+    GPUs while backfill starts a later tag, which moves the scheduler's virtual time on.) An
+    unknown length counts as `default` (the task's moving average); with none, nothing can be
+    compared: None, the order stays.
+
+    `head`: only the `head` smallest tags are dealt, to the `head` longest; the rows they
+    displace take the tags those longest held, in creation order, and the others keep theirs.
+    At most 2 × head rows change (the coordinator deals one round of max_parallel: the order
+    matters at the head of the queue, and it deals again after every result)."""
     known: list[float] = []
     for length in lengths:
         length = length if length is not None else default
         if length is None:
             return None
         known.append(length)
-    order = sorted(range(len(tags)), key=lambda i: (-known[i], i))
-    dealt = [0.0] * len(tags)
-    for i, tag in zip(order, sorted(tags)):
+    longest = sorted(range(len(tags)), key=lambda i: (-known[i], i))[:head]
+    smallest = sorted(range(len(tags)), key=lambda i: (tags[i], i))[:len(longest)]
+    dealt = list(tags)
+    for i, j in zip(longest, smallest):
+        dealt[i] = tags[j]
+    displaced = sorted(set(smallest) - set(longest))
+    freed = sorted(tags[i] for i in set(longest) - set(smallest))
+    for i, tag in zip(displaced, freed):
         dealt[i] = tag
     return dealt
 
