@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import and_, delete, func, select
 from sqlalchemy.orm import Session
 
 from app.config import get_settings
@@ -18,7 +18,7 @@ from app.domain.states import ExperimentState
 from app.store import ledger
 from app.store.db import session_scope
 from app.store.lifecycle import end_experiment, mark_lost
-from app.store.models import Experiment, PassTiming, Worker, utcnow
+from app.store.models import Attempt, Experiment, PassTiming, Worker, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,21 @@ def reap(session: Session) -> None:
     online_groups = set(session.execute(select(Worker.group).where(Worker.online.is_(True))).scalars())
     for gpu in ledger.lock_gpus(session):
         gpu.online = gpu.group in online_groups
+    # A job's deadline counts from its attempt's claim, as Celery's time limit does: the
+    # experiment's started_at moves on to the end of a wait for host CPU (workers.sim_admission).
     orphans = session.execute(
-        select(Experiment).where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
-    ).scalars()
-    for exp in orphans:
+        select(Experiment, Attempt.started_at)
+        .outerjoin(Attempt, and_(Attempt.experiment_id == Experiment.id, Attempt.number == Experiment.attempt))
+        .where(Experiment.state.in_((ExperimentState.QUEUED, ExperimentState.RUNNING)))
+    ).all()
+    for exp, claimed in orphans:
         if exp.group not in online_groups:
             mark_lost(session, exp, f"no live worker left in group {exp.group}")
             continue
         hard_deadline = timeout_of(exp) + 2 * settings.time_limit_grace
-        if exp.state == ExperimentState.RUNNING and exp.started_at and exp.started_at + timedelta(seconds=hard_deadline) < now:
-            end_experiment(session, exp, ExperimentState.TIMED_OUT, error=f"no result {hard_deadline:.0f}s after start; worker killed it?")
+        if exp.state == ExperimentState.RUNNING and claimed and claimed + timedelta(seconds=hard_deadline) < now:
+            end_experiment(session, exp, ExperimentState.TIMED_OUT,
+                           error=f"no result {hard_deadline:.0f}s after its claim; worker killed it?")
 
 
 def stale_dispatches(session: Session) -> list[Dispatch]:

@@ -222,6 +222,22 @@ def test_gpus_of_a_lost_attempt_stay_fenced_until_its_engine_is_gone(pool, caplo
     assert "AUTOTUNER_ENGINE_REAP_TIMEOUT" in caplog.text
 
 
+def test_a_job_killed_without_a_result_is_reaped_from_its_claim(pool):
+    """The reaper's deadline (the timeout and twice AUTOTUNER_TIME_LIMIT_GRACE) counts from the
+    attempt's claim, as Celery's time limit does, not from the experiment's start, which a wait
+    for host CPU moves to the end of that wait (lifecycle.set_phase(restart=True))."""
+    task_id = submit(mixed_task([{"tp-size": 1}], parallel=1))  # timeout_per_iteration 120 s, grace 60 s
+    (d,) = coordinate(task_id)
+    lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+    lifecycle.set_phase(d.experiment_id, d.attempt, "starting", restart=True)  # admitted just now
+    with session_scope() as s:
+        s.execute(select(Attempt).where(Attempt.experiment_id == d.experiment_id)).scalar_one().started_at -= (
+            timedelta(seconds=120 + 2 * 60 + 1))
+    tick()
+    (exp,) = experiments(task_id)
+    assert exp.state == "timed_out" and "after its claim" in exp.error
+
+
 def test_a_confirmed_stop_unfences_at_once(pool):
     task_id = submit(mixed_task([{"tp-size": 4}]))
     (d,) = coordinate(task_id)
