@@ -376,8 +376,9 @@ def _virtual_time(session: Session) -> float:
 
 
 def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dispatch]:
-    """Give free GPUs to waiting experiments (priority, then FIFO across all tasks, with one
-    reservation and backfill), in the caller's transaction. Returns the jobs to send once that
+    """Give free GPUs to waiting experiments (priority, then fair-share tag: fair queuing
+    between tasks, longest predicted first within one; with one reservation and backfill), in
+    the caller's transaction. Returns the jobs to send once that
     transaction has committed.
 
     Reads the head of the waiting queue for each GPU count, only as far as placements go

@@ -1,4 +1,6 @@
-"""Strategy "list": run the explicit `optimization.configs`, in the order written.
+"""Strategy "list": run the explicit `optimization.configs`, suggested in the order written
+(the coordinator then starts a task's waiting experiments longest predicted first, once it
+can predict lengths: app.coordinator._renew).
 
 Useful to re-measure known-good configurations (the same one several times, to see the
 noise) or to compare a handful of hand-picked ones; benchmarks use it to shape workloads.
