@@ -185,3 +185,13 @@ def test_a_hand_over_sends_few_statements_and_locks_no_row_by_reading_it(one_run
     assert len(claiming) == 3 and len(learning) == 1, (claiming, learning)
     locked_reads = [s for s in hand_over + claiming + learning if s.startswith("SELECT") and "FOR UPDATE" in s]
     assert all(s.startswith("SELECT locks.value FROM locks") for s in locked_reads), locked_reads
+
+
+def test_an_experiment_that_ends_while_waiting_for_host_cpu_loses_its_wait_reason(one_running):
+    """The pages show a wait reason whatever the state: an end clears it with the phase."""
+    task_id, first = one_running
+    lifecycle.set_phase(first.experiment_id, first.attempt, "waiting for host CPU", "needs 4 cores, 1 free")
+    assert experiments(task_id)[0].wait_reason == "needs 4 cores, 1 free"
+    end_and_place(first.experiment_id, first.attempt, "failed", error="engine died")
+    ended = experiments(task_id)[0]
+    assert (ended.state, ended.phase, ended.wait_reason) == ("failed", None, None)

@@ -297,8 +297,11 @@ def end_experiment(session: Session, exp: Experiment, state: str, error: str | N
 
 def _end_values(state: str, error: str | None, failure_kind: str | None,
                 now: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
-    """What an end writes to the experiment's row and to its attempt's."""
-    return ({"state": state, "phase": None, "finished_at": now, "error": error, "failure_kind": failure_kind},
+    """What an end writes to the experiment's row and to its attempt's: an ended experiment
+    waits for nothing, so its phase and wait reason go (the pages show a wait reason whatever
+    the state: one that ended while waiting for host CPU would still say it waits)."""
+    return ({"state": state, "phase": None, "wait_reason": None, "finished_at": now, "error": error,
+             "failure_kind": failure_kind},
             {"state": state, "finished_at": now, "error": error, "failure_kind": failure_kind})
 
 
@@ -341,7 +344,7 @@ def mark_lost(session: Session, exp: Experiment, reason: str) -> None:
     lost = sum(1 for a in exp.attempts if a.state == AttemptState.LOST)
     if lost >= max_attempts:
         ledger.release(session, exp.id, fence=fence)
-        exp.state, exp.phase, exp.finished_at = ExperimentState.FAILED, None, now
+        exp.state, exp.phase, exp.wait_reason, exp.finished_at = ExperimentState.FAILED, None, None, now
         exp.error, exp.failure_kind = f"lost {lost} time(s), giving up: {reason}", "worker_lost"
     else:
         back_to_pending(session, exp, error=f"attempt {exp.attempt} lost: {reason}; retrying", fence=fence)
