@@ -195,3 +195,17 @@ def test_an_experiment_that_ends_while_waiting_for_host_cpu_loses_its_wait_reaso
     end_and_place(first.experiment_id, first.attempt, "failed", error="engine died")
     ended = experiments(task_id)[0]
     assert (ended.state, ended.phase, ended.wait_reason) == ("failed", None, None)
+
+
+def test_an_experiment_put_back_in_line_has_no_figures_sql_null(one_running):
+    """What its last attempt measured is cleared to SQL NULL, as the end writes an absent
+    figure (not JSON's null, which `IS NULL` does not find)."""
+    task_id, first = one_running
+    end_and_place(first.experiment_id, first.attempt, "failed", error="engine died", metrics={"score": 1},
+                  measured={"throughput": 2.0})
+    with session_scope() as s:
+        lifecycle.back_to_pending(s, s.get(Experiment, first.experiment_id))
+    with session_scope() as s:
+        cleared = s.execute(select(Experiment.id).where(Experiment.metrics.is_(None), Experiment.measured.is_(None),
+                                                        Experiment.state == "pending")).scalars().all()
+    assert first.experiment_id in cleared

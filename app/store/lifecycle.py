@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Row, and_, bindparam, exists, func, select, update
+from sqlalchemy import Row, and_, bindparam, exists, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -246,13 +246,12 @@ def end_reported(
 # The end's statements, built once (the columns they set are the parameters given). The
 # experiment's is a compare-and-set: the row is locked and written in one statement, only
 # while this attempt runs it. An absent figure is SQL NULL, as in a row never written (the
-# column's own type would write JSON's null).
-_NULLABLE_JSON = JSON(none_as_null=True)
+# columns' type, models.NULLABLE_JSON).
 _END = (update(_experiments)
         .where(_experiments.c.id == bindparam("experiment"), _experiments.c.state == ExperimentState.RUNNING,
                _experiments.c.attempt == bindparam("attempt_no"))
-        .values(metrics=bindparam("new_metrics", type_=_NULLABLE_JSON),
-                measured=bindparam("new_measured", type_=_NULLABLE_JSON))
+        .values(metrics=bindparam("new_metrics", type_=_experiments.c.metrics.type),
+                measured=bindparam("new_measured", type_=_experiments.c.measured.type))
         .returning(_experiments.c.task_id, _experiments.c.started_at))
 _END_ATTEMPT = _ATTEMPT.returning(_attempts.c.id, _attempts.c.started_at, _attempts.c.engine_gone_at)
 

@@ -60,6 +60,12 @@ def _seconds_between_postgresql(element: seconds_between, compiler: Any, **kw: A
     return f"EXTRACT(EPOCH FROM ({end} - {start}))"
 
 
+# An experiment's figures (metrics, measured): absent is SQL NULL, as in a row never written,
+# whoever writes None (an end, back to pending through the ORM); JSON's own type writes
+# JSON's 'null', which `IS NULL` does not find. The same column in the schema.
+NULLABLE_JSON = JSON(none_as_null=True)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
 
@@ -134,7 +140,7 @@ class Experiment(Base):
     slo_ok: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     # Each of the task's objectives' figure in its unit, without the SLO penalty that
     # `objective` (the ranking score) carries; `penalty` is that penalty.
-    measured: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
+    measured: Mapped[dict[str, float] | None] = mapped_column(NULLABLE_JSON, nullable=True)
     penalty: Mapped[float | None] = mapped_column(Float, nullable=True)
     # A repeat measures `repeat_of`'s configuration again (app.domain.repeats) with the benchmark
     # client's `seed` (request order, arrival times); experiments of the search have seed 0.
@@ -144,7 +150,7 @@ class Experiment(Base):
     warm_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Early stopping (app.domain.stopping.STOP_REASONS): its other load levels were skipped.
     stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     wait_reason: Mapped[str | None] = mapped_column(String(300), nullable=True)
     promised_start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # while reserved
