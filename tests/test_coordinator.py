@@ -46,6 +46,21 @@ def test_time_limits_come_from_the_task(pool, monkeypatch):
     assert (d.soft_time_limit, d.time_limit) == (120, 150)
 
 
+def test_a_stored_spec_without_a_timeout_has_the_specs_default(pool, monkeypatch):
+    """A pass reads the time limit from the stored spec in SQL: one stored without it (written
+    before submission normalised specs, or by hand) gets the spec model's default, as its
+    parsed spec does, instead of NULL failing every pass."""
+    monkeypatch.setenv("AUTOTUNER_TIME_LIMIT_GRACE", "30")
+    task_id = submit(mixed_task([{"tp-size": 1}]))
+    with session_scope() as s:
+        task = s.get(Task, task_id)
+        optimization = {k: v for k, v in task.spec["optimization"].items() if k != "timeout_per_iteration"}
+        task.spec = {**task.spec, "optimization": optimization}
+        default = task.parsed_spec.optimization.timeout_per_iteration
+    (d,) = coordinate(task_id)
+    assert (d.soft_time_limit, d.time_limit) == (default, default + 30)
+
+
 def test_task_completes_when_the_list_is_done_and_best_is_set(pool):
     task_id = submit(mixed_task([{"tp-size": 1}, {"tp-size": 2}], parallel=4))
     for d in coordinate(task_id):

@@ -17,19 +17,22 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import (CompoundSelect, Integer, Row, Select, String, and_, bindparam, cast, func, null, or_, select,
-                        union_all)
+from sqlalchemy import (CompoundSelect, Float, Integer, Row, Select, String, and_, bindparam, cast, func, null, or_,
+                        select, union_all)
 from sqlalchemy.orm import Session
 
 from app.domain.lengths import expected_length
 from app.domain.placement import Clock, GroupState, MoreData, Page, Plan, Waiting, plan
 from app.domain.states import ExperimentState, TaskStatus
+from app.domain.taskspec.sections import Optimization
 from app.store import ledger
 from app.store.models import Experiment, Task
 
 QUEUE_ORDER = (Experiment.priority.desc(), Experiment.share_tag, Experiment.id)
-# A task's time limit, read from its stored spec (normalised at submission: always present).
-_TIME_LIMIT = Task.spec[("optimization", "timeout_per_iteration")].as_float()
+# A task's time limit, read from its stored spec; a spec stored without it (before submission
+# normalised specs, or written by hand) has the spec model's default, as its parsed spec would.
+_TIME_LIMIT = func.coalesce(Task.spec[("optimization", "timeout_per_iteration")].as_float(),
+                            Optimization.model_fields["timeout_per_iteration"].default, type_=Float)
 MAX_PAGE = 1024
 _EPOCH = datetime(1970, 1, 1)
 
