@@ -437,12 +437,8 @@ def _write_waiting(session: Session, changes: dict[int, dict[str, Any]]) -> None
         session.execute(update(Experiment.__table__).where(Experiment.__table__.c.id.in_(ids)).values(dict(values)))
 
 
-class _PlacementFailed(Exception):
-    """The placement after a job's end raised: its transaction rolls back, the end is recorded alone."""
-
-
 def end_and_place(experiment_id: int, attempt: int, state: str,
-                     **outcome: Any) -> tuple[Ended | None, list[Dispatch]]:
+                  **outcome: Any) -> tuple[Ended | None, list[Dispatch]]:
     """The end of a job, in one transaction: record its result, free its GPUs and place
     waiting experiments on them (placement only, no strategy), so the next experiment is
     queued without a message to the coordinator and a pass of its own. Returns the end as
@@ -450,30 +446,25 @@ def end_and_place(experiment_id: int, attempt: int, state: str,
     `lifecycle.learn_length` once the jobs are sent) and the jobs to send.
 
     The scheduler's lock is taken first, the order every placing transaction takes its locks
-    in. A placement that fails rolls the transaction back and the end is recorded again,
-    alone: the result is committed whatever happens to the placement, and the coordinator's
-    next pass places what waits. (Not a savepoint: two more round trips on every hand-over
-    for a failure that is rare.)"""
-    try:
-        return _end(experiment_id, attempt, state, outcome, place=True)
-    except _PlacementFailed:
-        log.exception("placement after experiment %s failed; the coordinator will place the waiting experiments",
-                      experiment_id)
-        return _end(experiment_id, attempt, state, outcome, place=False)
-
-
-def _end(experiment_id: int, attempt: int, state: str, outcome: dict[str, Any],
-         place: bool) -> tuple[Ended | None, list[Dispatch]]:
-    """`end_and_place`'s transaction, with the placement when `place`."""
+    in. The placement runs in a savepoint: one that fails (a conflict, a bug, a database
+    error) is rolled back to it and the end commits alone, in the same transaction. The result
+    is kept whatever the placement does: recorded again in a second transaction, it could
+    find the experiment marked lost or timed out in between (the scheduler's lock free,
+    upkeep's tick or a worker's registration), and be dropped. The coordinator's next pass
+    places what waits. (The savepoint costs two statements per hand-over: README, *The
+    hand-over alone*.)"""
     with session_scope() as session:
         scheduler = ledger.lock(session)
         ended = end_reported(session, experiment_id, attempt, state, **outcome)
-        if ended is None or not place:
-            return ended, []
+        if ended is None:
+            return None, []
         try:
-            return ended, schedule(session, scheduler)
-        except Exception as exc:
-            raise _PlacementFailed() from exc
+            with session.begin_nested():
+                return ended, schedule(session, scheduler)
+        except Exception:  # noqa: BLE001 - the result must commit whatever the placement does
+            log.exception("placement after experiment %s failed; the coordinator will place the waiting experiments",
+                          experiment_id)
+            return ended, []
 
 
 def coordinate(task_id: int | None = None) -> list[Dispatch]:

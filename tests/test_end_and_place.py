@@ -3,8 +3,10 @@
 placement never costs the result, and that a late end places nothing."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, select, text
 
 from app import coordinator
 from app.coordinator import coordinate, end_and_place
@@ -79,6 +81,39 @@ def test_a_failed_placement_keeps_the_result_and_frees_the_gpus(one_running, mon
     monkeypatch.setattr(coordinator, "schedule", coordinator_schedule)
     (again,) = coordinate(task_id)  # the coordinator's next pass places it
     assert again.experiment_id == second.id
+
+
+def test_nothing_comes_between_the_end_and_a_placement_that_fails(one_running, monkeypatch):
+    """A placement that fails, here on a database error (on PostgreSQL it aborts the
+    transaction), is rolled back to its savepoint and the end commits in the same transaction.
+    Recorded again in a second transaction, the end could find the experiment marked lost by
+    upkeep's tick in between (the scheduler's lock free) and the result was dropped: the hook
+    plays that tick whenever the hand-over opens a second transaction."""
+    task_id, first = one_running
+
+    def place_then_fail(session, scheduler=None):
+        assert coordinator_schedule(session, scheduler)
+        session.execute(text("SELECT no_such_column FROM experiments"))
+
+    coordinator_schedule, real_scope, opened = coordinator.schedule, coordinator.session_scope, []
+
+    @contextmanager
+    def scope(*args, **kwargs):
+        if opened:  # a second transaction of the same end: the tick gets in first
+            with real_scope() as s:
+                lifecycle.mark_lost(s, s.get(Experiment, first.experiment_id), "worker gone")
+        opened.append(True)
+        with real_scope(*args, **kwargs) as session:
+            yield session
+
+    monkeypatch.setattr(coordinator, "schedule", place_then_fail)
+    monkeypatch.setattr(coordinator, "session_scope", scope)
+    ended, placed = end_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+    assert ended is not None and ended.task_id == task_id and placed == [] and len(opened) == 1
+    done, second = experiments(task_id)
+    assert (done.state, done.objective, second.state) == ("succeeded", 1.0, "pending")
+    with session_scope() as s:
+        assert s.execute(select(Gpu.held_by)).scalars().all() == [None]
 
 
 def test_an_end_without_figures_leaves_them_null_and_one_with_figures_keeps_them(one_running):
@@ -171,8 +206,9 @@ def test_a_hand_over_sends_few_statements_and_locks_no_row_by_reading_it(one_run
     """The hand-over is on the path between one experiment's end and the next one's start, and
     every statement is a round trip: the end and the claim are compare-and-set UPDATEs (the row
     locked by the statement that writes it), the pass reads in two statements, the GPUs are
-    locked inside the UPDATE that frees or takes them. 22 statements for `end_and_place`, 4
-    for the claim and 2 for the expected length before."""
+    locked inside the UPDATE that frees or takes them; the placement's savepoint is two (the
+    result kept whatever the placement does). 22 statements for `end_and_place`, 4 for the
+    claim and 2 for the expected length before; 12 for `end_and_place` without the savepoint."""
     task_id, first = one_running
     (ended, placed), hand_over = statements_during(
         lambda: end_and_place(first.experiment_id, first.attempt, "succeeded", **OK))
@@ -181,7 +217,8 @@ def test_a_hand_over_sends_few_statements_and_locks_no_row_by_reading_it(one_run
     started, claiming = statements_during(
         lambda: lifecycle.claim(claimed.experiment_id, claimed.attempt, worker="gpu-g@h", host="h", pid=1))
     assert learned == task_id and started is not None and started.gpu_labels == ["h:0"]
-    assert len(hand_over) <= 12, hand_over
+    assert len(hand_over) <= 14, hand_over
+    assert sum(s.startswith(("SAVEPOINT", "RELEASE SAVEPOINT")) for s in hand_over) == 2, hand_over
     assert len(claiming) == 3 and len(learning) == 1, (claiming, learning)
     locked_reads = [s for s in hand_over + claiming + learning if s.startswith("SELECT") and "FOR UPDATE" in s]
     assert all(s.startswith("SELECT locks.value FROM locks") for s in locked_reads), locked_reads
