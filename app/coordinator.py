@@ -401,18 +401,20 @@ def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dis
     if reserved is not None and reserved.start != float("inf") and read[reserved.experiment_id].promised_start is None:
         changes.setdefault(reserved.experiment_id, {})["promised_start"] = from_epoch(reserved.start)
     _write_waiting(session, changes)
-    if plan.impossible:
-        for exp in session.execute(select(Experiment).where(Experiment.id.in_(plan.impossible))
-                                   .options(*_UNREAD)).scalars():
+    if plan.impossible:  # those still waiting (one cancelled meanwhile stays cancelled)
+        for exp in session.execute(select(Experiment).where(Experiment.id.in_(plan.impossible),
+                                                            Experiment.state == ExperimentState.PENDING)
+                                   .with_for_update().options(*_UNREAD)).scalars():
             end_experiment(session, exp, ExperimentState.FAILED, error=plan.impossible[exp.id])
     if not plan.placements:
         return []
     grants = [(p.experiment_id, read[p.experiment_id].attempt + 1, p.gpu_ids) for p in plan.placements]
     labels = ledger.take_all(session, grants)
-    queued = [dict(placed=exp_id, attempt=attempt, state=ExperimentState.QUEUED, group=p.group, gpus=labels[exp_id],
-                   queued_at=now, wait_reason=None, promised_start=None)
+    queued = [dict(placed=exp_id, read_attempt=attempt - 1, attempt=attempt, state=ExperimentState.QUEUED,
+                   group=p.group, gpus=labels[exp_id], queued_at=now, wait_reason=None, promised_start=None)
               for (exp_id, attempt, _), p in zip(grants, plan.placements)]
-    session.execute(_QUEUE, queued)
+    if session.execute(_QUEUE, queued).rowcount != len(queued):
+        raise PlacementConflict("an experiment placed by this pass is no longer waiting (cancelled meanwhile)")
     session.execute(insert(Attempt.__table__), [
         dict(experiment_id=q["placed"], number=q["attempt"], state=AttemptState.QUEUED, gpus=q["gpus"], queued_at=now)
         for q in queued])
@@ -423,7 +425,18 @@ def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dis
                       settings.time_limit_grace) for q in queued]
 
 
-_QUEUE = update(Experiment.__table__).where(Experiment.__table__.c.id == bindparam("placed"))  # a placement's row
+class PlacementConflict(Exception):
+    """An experiment a pass placed was no longer waiting as the pass read it when its row was
+    written: the pass takes only its scheduler's lock, and a task's pass (under the task's lock:
+    a stop rule, a cancel, a failed task) may have cancelled it since. The placement must roll
+    back (as for ledger.LedgerConflict): no GPU taken, nothing sent; the next pass reads again."""
+
+
+# A placement's row, a compare-and-set: only while it waits in the attempt the pass read.
+_waiting_rows = Experiment.__table__
+_QUEUE = update(_waiting_rows).where(_waiting_rows.c.id == bindparam("placed"),
+                                     _waiting_rows.c.state == ExperimentState.PENDING,
+                                     _waiting_rows.c.attempt == bindparam("read_attempt"))
 
 
 def _write_waiting(session: Session, changes: dict[int, dict[str, Any]]) -> None:
@@ -433,8 +446,10 @@ def _write_waiting(session: Session, changes: dict[int, dict[str, Any]]) -> None
     alike: dict[tuple, list[int]] = {}
     for exp_id, values in changes.items():
         alike.setdefault(tuple(sorted(values.items())), []).append(exp_id)
-    for values, ids in alike.items():
-        session.execute(update(Experiment.__table__).where(Experiment.__table__.c.id.in_(ids)).values(dict(values)))
+    for values, ids in alike.items():  # only those still waiting: a wait reason is no cancelled one's
+        session.execute(update(_waiting_rows).where(_waiting_rows.c.id.in_(ids),
+                                                    _waiting_rows.c.state == ExperimentState.PENDING)
+                        .values(dict(values)))
 
 
 def end_and_place(experiment_id: int, attempt: int, state: str,
@@ -461,6 +476,10 @@ def end_and_place(experiment_id: int, attempt: int, state: str,
         try:
             with session.begin_nested():
                 return ended, schedule(session, scheduler)
+        except (ledger.LedgerConflict, PlacementConflict) as exc:  # a race, not a fault
+            log.warning("placement after experiment %s rolled back: %s; the coordinator will place the waiting "
+                        "experiments", experiment_id, exc)
+            return ended, []
         except Exception:  # noqa: BLE001 - the result must commit whatever the placement does
             log.exception("placement after experiment %s failed; the coordinator will place the waiting experiments",
                           experiment_id)

@@ -10,7 +10,7 @@ from sqlalchemy import event, select, text
 
 from app import coordinator
 from app.coordinator import coordinate, end_and_place
-from app.store import lifecycle
+from app.store import lifecycle, passes
 from app.store.db import get_engine, session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task
 from app.store.pool import GpuSpec, register_worker
@@ -246,3 +246,64 @@ def test_an_experiment_put_back_in_line_has_no_figures_sql_null(one_running):
         cleared = s.execute(select(Experiment.id).where(Experiment.metrics.is_(None), Experiment.measured.is_(None),
                                                         Experiment.state == "pending")).scalars().all()
     assert first.experiment_id in cleared
+
+
+def cancel_meanwhile(monkeypatch, task_id: int) -> None:
+    """Between a pass's read and its writes, the task's pass (under the task's lock only: a
+    stop rule, a cancel, a failed task) cancels what it has not started. On PostgreSQL in a
+    transaction of its own, committed, as it happens; SQLite's pass holds the write lock from
+    its start, so no other transaction commits in between: the cancel is written in the pass's
+    own session, which is what its writes then find all the same."""
+    real_plan = passes.PassReader.plan
+
+    def plan_then_cancel(reader):
+        planned = real_plan(reader)
+
+        def cancel(session):
+            assert lifecycle.lock_task(session, task_id) is not None
+            lifecycle.cancel_unstarted(session, task_id, "task stopped")
+
+        if reader.session.get_bind().dialect.name == "sqlite":
+            cancel(reader.session)
+            reader.session.flush()
+        else:
+            with session_scope() as other:
+                cancel(other)
+        return planned
+
+    monkeypatch.setattr(passes.PassReader, "plan", plan_then_cancel)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_experiment_cancelled_after_the_pass_read_it_is_not_placed(one_running, monkeypatch):
+    """The placement's write is a compare-and-set (waiting, in the attempt read): the end
+    commits, its placement rolls back to its savepoint, no GPU is taken and nothing is sent;
+    the cancelled experiment stays cancelled (was: QUEUED over CANCELLED, GPUs taken, sent,
+    and run: the claim refuses only cancelled tasks)."""
+    task_id, first = one_running
+    cancel_meanwhile(monkeypatch, task_id)
+    ended, placed = end_and_place(first.experiment_id, first.attempt, "succeeded", **OK)
+    assert ended is not None and placed == []
+    done, second = experiments(task_id)
+    assert (done.state, second.state, second.gpus, second.attempt) == ("succeeded", "cancelled", [], 0)
+    with session_scope() as s:
+        assert s.execute(select(Gpu.held_by)).scalars().all() == [None]
+        assert s.execute(select(Attempt).where(Attempt.experiment_id == second.id)).first() is None
+
+
+def test_a_pass_whose_placement_was_cancelled_meanwhile_places_nothing(database_url, monkeypatch):
+    """Two placements written in one statement, one of them cancelled since the pass read
+    it: the pass detects it by the rows written and places nothing (no GPU taken)."""
+    tasks = [submit(mixed_task([{"tp-size": 1}], parallel=1)) for _ in range(2)]
+    for task_id in tasks:  # no GPU yet: each task's experiment waits
+        assert coordinate(task_id) == []
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 2, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(2)],
+                    "inc1", 1)
+    cancel_meanwhile(monkeypatch, tasks[0])
+    with pytest.raises(coordinator.PlacementConflict):
+        with session_scope() as s:
+            coordinator.schedule(s)
+    with session_scope() as s:
+        assert s.execute(select(Gpu.held_by)).scalars().all() == [None, None]
+    assert [e.state for t in tasks for e in experiments(t)] == [
+        "pending" if database_url.startswith("sqlite") else "cancelled", "pending"]
