@@ -30,6 +30,7 @@ def friendly_errors(fn: Callable) -> Callable:
         from app.console import TaskNotFound
         from app.domain.engines import UnknownEngine
         from app.domain.taskspec import TaskSpecError
+        from app.store.db import UnsupportedDatabase
 
         try:
             return fn(*args, **kwargs)
@@ -44,7 +45,8 @@ def friendly_errors(fn: Callable) -> Callable:
         except BrokerError as exc:
             click.echo(f"error: cannot reach the broker ({get_settings().broker_url}): {exc}", err=True)
             sys.exit(EXIT_FAILED)
-        except (TaskNotFound, UnknownEngine) as exc:  # not LookupError: a KeyError bug keeps its traceback
+        # not LookupError: a KeyError bug keeps its traceback
+        except (TaskNotFound, UnknownEngine, UnsupportedDatabase) as exc:
             click.echo(f"error: {exc.args[0]}", err=True)
             sys.exit(EXIT_FAILED)
 

@@ -86,6 +86,28 @@ def test_status_of_unknown_task_is_one_line(db):
 
 
 @pytest.mark.unit
+def test_an_sqlite_without_update_returning_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The claim, the end and the ledger's take are UPDATE ... RETURNING, which SQLite has from
+    3.35: on an older libsqlite3 (RHEL 9's 3.34.1) SQLAlchemy's dialect says it has none, and
+    the store refuses the database when its engine is made, in one line, instead of raising in
+    every claim and end once work runs (each result lost)."""
+    import sqlite3.dbapi2
+
+    from app.store.db import UnsupportedDatabase, get_engine
+
+    monkeypatch.setattr(sqlite3.dbapi2, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3.dbapi2, "sqlite_version", "3.34.1")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'old.db'}")
+    expected = ("SQLite 3.34.1 is too old: the autotuner needs SQLite 3.35 or newer (UPDATE ... RETURNING); use a "
+                "Python whose sqlite3 is built on a newer SQLite, or PostgreSQL (DATABASE_URL)")
+    with pytest.raises(UnsupportedDatabase) as raised:
+        get_engine()
+    assert str(raised.value) == expected
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 1 and result.output.strip() == f"error: {expected}"
+
+
+@pytest.mark.unit
 def test_a_bug_in_a_command_keeps_its_traceback(monkeypatch):
     """Only the errors a user can cause or fix become one line: a KeyError in the worker's
     start-up is a bug, and must not read like a message."""

@@ -23,6 +23,25 @@ from app.config import database_url, get_settings
 
 _engines: dict[tuple[str, int], Engine] = {}
 _factories: dict[tuple[Engine, bool], sessionmaker] = {}
+MIN_SQLITE = "3.35"  # UPDATE ... RETURNING (README, "Two commands")
+
+
+class UnsupportedDatabase(RuntimeError):
+    """The database cannot run the store's statements: said in one line when the engine is
+    made, instead of an error in every claim and end (each result lost) once work runs."""
+
+
+def require_returning(engine: Engine) -> None:
+    """The claim's and the end's compare-and-set and the ledger's take are `UPDATE ...
+    RETURNING`: SQLite has it from 3.35 (RHEL 9's libsqlite3 is 3.34.1), PostgreSQL always."""
+    if engine.dialect.update_returning:
+        return
+    if engine.dialect.name == "sqlite":
+        raise UnsupportedDatabase(
+            f"SQLite {engine.dialect.dbapi.sqlite_version} is too old: the autotuner needs SQLite {MIN_SQLITE} or "
+            "newer (UPDATE ... RETURNING); use a Python whose sqlite3 is built on a newer SQLite, or PostgreSQL "
+            "(DATABASE_URL)")
+    raise UnsupportedDatabase(f"{engine.dialect.name} cannot run UPDATE ... RETURNING, which the store needs")
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -102,7 +121,8 @@ def _postgres_connect_args() -> dict:
 
 
 def get_engine(url: str | None = None) -> Engine:
-    """One engine per URL and per process: forked Celery children must not share sockets."""
+    """One engine per URL and per process: forked Celery children must not share sockets.
+    Raises UnsupportedDatabase for a database the store's statements cannot run on."""
     url = normalize_url(url or database_url())
     key = (url, os.getpid())
     engine = _engines.get(key)
@@ -112,6 +132,7 @@ def get_engine(url: str | None = None) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
                                    connect_args=_postgres_connect_args())
+        require_returning(engine)
         _engines[key] = engine
     return engine
 
