@@ -7,9 +7,9 @@ Correctness comes from the data, not from care in the callers:
 - GPUs are released in the same transaction that records the experiment's end, so a
   finished experiment cannot keep its GPUs.
 
-Placement itself (FIFO with one reservation, best fit, neighbouring GPUs) is the pure
-function `app.domain.placement.plan`; this module reads its input from the store and
-applies its decisions.
+Placement itself (priority, then fair-share order, one reservation with backfill, best fit,
+neighbouring GPUs) is the pure function `app.domain.placement.plan`; this module reads its
+input from the store and applies its decisions.
 """
 from __future__ import annotations
 
