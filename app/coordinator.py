@@ -219,9 +219,8 @@ def _apply_stop_rule(session: Session, task: Task, exps: list[Experiment]) -> No
     running experiments end."""
     spec = task.parsed_spec
     es = spec.optimization.early_stopping
-    repeats_gpu_s = (_gpu_s(session, task.id, utcnow(), Experiment.repeat_of.is_not(None))
-                     if es is not None and es.gpu_hour_budget is not None else 0.0)
-    _stop(session, task, _stop_rule(spec, exps, repeats_gpu_s))
+    gpu_s = _gpu_s(session, task.id, utcnow()) if es is not None and es.gpu_hour_budget is not None else 0.0
+    _stop(session, task, _stop_rule(spec, exps, gpu_s))
 
 
 def _apply_budget(session: Session, task: Task) -> None:
@@ -243,18 +242,15 @@ def _stop(session: Session, task: Task, reason: str | None) -> None:
                                                            es.gpu_hour_budget if es else None) or "task stopped")
 
 
-def _stop_rule(spec: TaskSpec, exps: list[Experiment], repeats_gpu_s: float = 0.0) -> str | None:
+def _stop_rule(spec: TaskSpec, exps: list[Experiment], gpu_s: float = 0.0) -> str | None:
     """Why the task should create no more experiments (app.domain.stopping.task_stop): no
     improvement beyond noise in `patience` finished experiments of its search `exps`, or its
-    GPU-hour budget spent by them and its repeats (`repeats_gpu_s`; running experiments count
-    up to now): the GPU-hours a task reports stay within its budget."""
+    GPU-hour budget spent (`gpu_s`: by the search and its repeats, running experiments up to
+    now, `_gpu_s`): the GPU-hours a task reports stay within its budget."""
     es = spec.optimization.early_stopping
     assert es is not None
-    now = utcnow()
     done = sorted((e for e in exps if e.finished_at is not None and e.state != ExperimentState.CANCELLED),
                   key=lambda e: (e.finished_at, e.seq))
-    gpu_s = repeats_gpu_s + sum(e.gpus_needed * ((e.finished_at or now) - e.started_at).total_seconds()
-                                for e in exps if e.started_at)
     return task_stop([e.objective if e.eligible else None for e in done], spec.optimization.objective, es.patience,
                      es.noise, gpu_s / 3600, es.gpu_hour_budget)
 
@@ -270,8 +266,8 @@ def _gpu_s(session: Session, task_id: int, now: datetime, *where: Any) -> float:
 
 def _history(session: Session, task_id: int) -> list[Experiment]:
     """The task's search as the strategy, the stop rule, the length model and the
-    longest-first order read it (its repeats are not part of it; the GPU-hour budget adds
-    their GPU time with `_gpu_s`): without measurements and engine logs (up to 20 KB each),
+    longest-first order read it (its repeats are not part of it; the GPU-hour budget is summed
+    in SQL by `_gpu_s`): without measurements and engine logs (up to 20 KB each),
     which a task's next step never needs and which would otherwise be read again at every
     experiment's end."""
     return list(session.execute(select(Experiment).where(Experiment.task_id == task_id,
