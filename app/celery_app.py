@@ -97,7 +97,8 @@ def _pool_child_init(**_kwargs: Any) -> None:
 
 @app.task(name=COORDINATE)
 def coordinate(task_id: int | None = None) -> int:
-    dispatches = coordinator.coordinate(task_id)
+    """One coordinator pass; a placement that lost a race asks for the next one at once."""
+    dispatches = coordinator.coordinate(task_id, again=lambda: request_coordination(task_id))
     send_experiments(dispatches)
     return len(dispatches)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable
 
 from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.orm import Session, defer
@@ -482,8 +482,14 @@ def end_and_place(experiment_id: int, attempt: int, state: str,
             return ended, []
 
 
-def coordinate(task_id: int | None = None) -> list[Dispatch]:
-    """Advance one task (or every unfinished one) and schedule; returns jobs to send."""
+def coordinate(task_id: int | None = None, again: Callable[[], None] | None = None) -> list[Dispatch]:
+    """Advance one task (or every unfinished one) and schedule; returns jobs to send.
+
+    A placement that meets a race (`PlacementConflict`: a task's pass cancelled what it
+    placed; `ledger.LedgerConflict`: a GPU it took was no longer free) rolls back, takes
+    nothing and sends nothing: it is not the job's fault, so it must not fail it. The pass
+    then returns no dispatches and calls `again` (the caller's way to ask for the next pass
+    now; the coordinator sends nothing itself), which places what still waits."""
     ids = [task_id]
     if task_id is None:
         with session_scope(readonly=True) as session:
@@ -500,10 +506,16 @@ def coordinate(task_id: int | None = None) -> list[Dispatch]:
                 log.warning("task %s: the coordinator's pass will be retried: %s", tid, exc)
             else:
                 _fail_task(tid, exc)
-    with session_scope() as session:
-        dispatches = schedule(session)
-        session.add(PassTiming(seconds=time.perf_counter() - started, placed=len(dispatches)))
-        return dispatches
+    try:
+        with session_scope() as session:
+            dispatches = schedule(session)
+            session.add(PassTiming(seconds=time.perf_counter() - started, placed=len(dispatches)))
+            return dispatches
+    except (ledger.LedgerConflict, PlacementConflict) as exc:  # a race, not a fault
+        log.warning("the coordinator's placement rolled back: %s; the next pass places the waiting experiments", exc)
+        if again is not None:
+            again()
+        return []
 
 
 def _fail_task(task_id: int, exc: Exception) -> None:

@@ -307,3 +307,29 @@ def test_a_pass_whose_placement_was_cancelled_meanwhile_places_nothing(database_
         assert s.execute(select(Gpu.held_by)).scalars().all() == [None, None]
     assert [e.state for t in tasks for e in experiments(t)] == [
         "pending" if database_url.startswith("sqlite") else "cancelled", "pending"]
+
+
+def test_a_coordinator_job_whose_placement_lost_a_race_ends_normally_and_asks_again(database_url, monkeypatch):
+    """The coordinator's Celery job meets the same race in its pass's placement: the placement
+    rolls back (no GPU taken, nothing sent), the job returns normally instead of failing (a
+    failure in Flower for a race), and asks for the next pass at once, which places what waits."""
+    from app import celery_app
+
+    tasks = [submit(mixed_task([{"tp-size": 1}], parallel=1)) for _ in range(2)]
+    for task_id in tasks:
+        assert coordinate(task_id) == []
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 2, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(2)],
+                    "inc1", 1)
+    sent, asked = [], []
+    monkeypatch.setattr(celery_app, "send_experiments", lambda dispatches: sent.extend(dispatches))
+    monkeypatch.setattr(celery_app, "request_coordination", asked.append)
+    with monkeypatch.context() as m:
+        cancel_meanwhile(m, tasks[0])
+        assert celery_app.coordinate(tasks[1]) == 0
+    assert (sent, asked) == ([], [tasks[1]])
+    with session_scope() as s:
+        assert s.execute(select(Gpu.held_by)).scalars().all() == [None, None]
+        assert s.execute(select(Attempt)).first() is None
+    waiting = [e.id for t in tasks for e in experiments(t) if e.state == "pending"]  # SQLite: the cancel rolled back
+    assert celery_app.coordinate(tasks[1]) == len(waiting)  # the pass asked for places what still waits
+    assert sorted(d.experiment_id for d in sent) == waiting
