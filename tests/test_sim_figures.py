@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from app.domain.taskspec import parse_task
 from app.tools.loadgen import Target
 from app.tools.loadgen.level import plan_level
 from app.tools.simengine.lag import BUCKETS_S, LagHistogram, parse_buckets, quantile, window
 from app.tools.simengine.virtual import Load, replay_level, request_lengths
-from tests.helpers import mixed_task
+from tests.helpers import ROOT, mixed_task
 from workers import sim_admission, sim_figures
 from workers.experiment_job import benchmark, engine_request
 from workers.runtimes.process import ProcessRuntime
@@ -245,6 +250,7 @@ def test_a_host_admits_engines_while_its_cpu_share_lasts(tmp_path):
     first, second = (sim_admission.Admission(k, 0.6, cores=2, path=ledger) for k in ("a", "b"))  # room for 1.0
     assert first.try_admit() and not second.try_admit()
     assert not second.wait(lambda: True)  # gives up when its experiment is stopped
+    assert second.waited_s() > 0 and first.waited_s() == 0  # the host's time, which the job reads at a time-out
     first.release()
     assert second.try_admit()
     alone = sim_admission.Admission("big", 5.0, cores=2, path=tmp_path / "other.json")
@@ -255,15 +261,55 @@ def test_a_host_admits_engines_while_its_cpu_share_lasts(tmp_path):
     assert set(json.loads(ledger.read_text())) == {"c"}
 
 
+@contextmanager
+def host_cpu_held(ledger: Path, monkeypatch):
+    """Another engine's admission on this host, so large that nothing else fits: held by a live
+    process until its stdin closes (yielded, to release it) or the block ends."""
+    monkeypatch.setattr(sim_admission, "ledger_path", lambda: ledger)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from workers.sim_admission import Admission; "
+         "assert Admission('other', 1000.0, path=sys.argv[1]).try_admit(); print('held', flush=True); "
+         "sys.stdin.read()", str(ledger)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+@contextmanager
+def soft_time_limit(seconds: float):
+    """Celery's soft time limit as its pool gives it to a job: the exception raised in the job's
+    (this, the main) thread once `seconds` have passed."""
+    def expire(_signum, _frame):
+        raise SoftTimeLimitExceeded()
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _wall_clock_task(timeout: float = 120.0, max_attempts: int = 3) -> dict:
+    data = mixed_task([{"max-running-requests": 16}])
+    data["sim"] = {"time_scale": 1.0, "startup_seconds": 0, "clock": "wall"}
+    data["benchmark"].update(traffic_scenarios=["D(4096,64)"], num_concurrency=[1], max_requests_per_iteration=2)
+    data["optimization"].update(timeout_per_iteration=timeout, max_attempts=max_attempts)
+    return data
+
+
 @pytest.mark.process
 def test_an_engine_waiting_for_host_cpu_shows_it_and_its_length_starts_when_admitted(client, tmp_path, monkeypatch):
     """A wall-clock engine that does not fit the host's CPU share waits after its experiment
     has claimed its GPUs: the experiment shows the phase and what it waits for (pages, API,
     `status --json`), and once admitted its length starts then, not at the claim (the wait is
     the host's: the length model and the GPU-hour budget read started_at..finished_at)."""
-    import subprocess
-    import sys
-
     from click.testing import CliRunner
 
     from app.cli import main
@@ -271,24 +317,13 @@ def test_an_engine_waiting_for_host_cpu_shows_it_and_its_length_starts_when_admi
     from app.store.db import session_scope
     from app.store.models import Attempt, Experiment, utcnow
     from app.store.pool import GpuSpec, register_worker
-    from tests.helpers import ROOT, experiments, submit, wait_for
+    from tests.helpers import experiments, submit, wait_for
     from workers.experiment_job import execute
 
-    ledger = tmp_path / "admission.json"
-    monkeypatch.setattr(sim_admission, "ledger_path", lambda: ledger)
     monkeypatch.setenv("AUTOTUNER_WORKER_DEAD_AFTER", "60")
-    holder = subprocess.Popen(  # another engine's admission, held by a live process until its stdin closes
-        [sys.executable, "-c", "import sys; from workers.sim_admission import Admission; "
-         "assert Admission('other', 1000.0, path=sys.argv[1]).try_admit(); print('held', flush=True); "
-         "sys.stdin.read()", str(ledger)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with host_cpu_held(tmp_path / "admission.json", monkeypatch) as holder:
         register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
-        data = mixed_task([{"max-running-requests": 16}])
-        data["sim"] = {"time_scale": 1.0, "startup_seconds": 0, "clock": "wall"}
-        data["benchmark"].update(traffic_scenarios=["D(4096,64)"], num_concurrency=[1], max_requests_per_iteration=2)
-        task_id = submit(data)
+        task_id = submit(_wall_clock_task())
         (d,) = coordinate(task_id)
         outcome: list[str] = []
         job = threading.Thread(target=lambda: outcome.append(execute(d.experiment_id, d.attempt, "gpu-g@h", "h")),
@@ -310,12 +345,48 @@ def test_an_engine_waiting_for_host_cpu_shows_it_and_its_length_starts_when_admi
         job.join(timeout=120)
         # admitted and run (succeeded, or host_lag on a busy machine: not what this test is about)
         assert not job.is_alive() and outcome and outcome[0] != "cancelled"
-    finally:
-        if holder.poll() is None:
-            holder.kill()
-            holder.wait()
     with session_scope() as s:
         exp = s.get(Experiment, d.experiment_id)
         claimed = s.query(Attempt).filter_by(experiment_id=exp.id).one().started_at
         assert claimed < released <= exp.started_at  # the length starts at admission; the attempt keeps the claim
         assert exp.wait_reason is None and exp.phase is None
+
+
+@pytest.mark.process
+def test_a_time_limit_that_runs_out_waiting_for_host_cpu_is_no_verdict_on_the_configuration(
+        database_url, tmp_path, monkeypatch):
+    """The soft time limit counts from the claim: an attempt whose limit runs out after it has
+    waited for host CPU is measured again as a new attempt with the full limit (its GPUs freed
+    and handed on at its end, as any end's), not `timed_out` (the configuration's verdict);
+    after `max_attempts` such attempts the experiment fails as the host's (`host_busy`: not
+    infeasible, never the best) with the reason, and every GPU is free."""
+    from sqlalchemy import select
+
+    from app.coordinator import coordinate
+    from app.store.db import session_scope
+    from app.store.models import Attempt, Gpu
+    from app.store.pool import GpuSpec, register_worker
+    from tests.helpers import experiments, submit
+    from workers import experiment_job
+
+    sent: list = []
+    monkeypatch.setattr(experiment_job, "send_experiments", sent.extend)
+    with host_cpu_held(tmp_path / "admission.json", monkeypatch):
+        register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
+        task_id = submit(_wall_clock_task(timeout=1.5, max_attempts=2))
+        (d,) = coordinate(task_id)
+        for attempt in (1, 2):
+            with soft_time_limit(d.soft_time_limit):
+                assert experiment_job.execute(d.experiment_id, attempt, "gpu-g@h", "h") == "timed_out"
+            (exp,) = experiments(task_id)
+            if attempt == 1:  # placed again at its end, on the GPU it freed, with the full limit
+                (d,) = sent
+                assert (exp.state, exp.attempt, d.attempt, d.soft_time_limit) == ("queued", 2, 2, 1.5)
+                assert "waiting for host CPU; measuring it again" in exp.error and exp.failure_kind is None
+    assert (exp.state, exp.failure_kind, exp.phase, exp.wait_reason) == ("failed", "host_busy", None, None)
+    assert exp.error.startswith("the host was too busy: 2 attempt(s) ran out of time waiting for host CPU")
+    with session_scope() as s:
+        attempts = s.execute(select(Attempt.state, Attempt.failure_kind).where(Attempt.experiment_id == exp.id)
+                             .order_by(Attempt.number)).all()
+        assert [tuple(a) for a in attempts] == [("timed_out", "host_busy")] * 2
+        assert s.execute(select(Gpu.held_by, Gpu.fenced_by)).all() == [(None, None)]

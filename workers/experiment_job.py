@@ -25,7 +25,7 @@ from app.tools.loadgen import Target, run_benchmark
 from app.config import get_settings
 from app.celery_app import request_coordination, send_experiments
 from app.coordinator import end_and_place
-from app.domain.engines.failures import measurement_failure
+from app.domain.engines.failures import HOST_BUSY, measurement_failure
 from app.domain.states import ExperimentState
 from app.domain.objectives import level_value, measure_all, sustains
 from app.domain.ratesearch import next_rate
@@ -328,16 +328,12 @@ def admit(admission: sim_admission.Admission, experiment_id: int, attempt: int, 
     in the open: while it waits, its experiment's phase and wait reason say what for; once
     admitted it is deploying again and its length starts then (the wait is the host's). Raises
     ExperimentCancelled when the experiment is stopped meanwhile."""
-    waited = False
-
     def waiting(why: str) -> None:
-        nonlocal waited
-        waited = True
         lifecycle.set_phase(experiment_id, attempt, sim_admission.PHASE, why)
 
     if not admission.wait(stop, waiting):
         raise ExperimentCancelled()
-    if waited:
+    if admission.waited_s() > 0:
         lifecycle.set_phase(experiment_id, attempt, "deploying", restart=True)
 
 
@@ -421,6 +417,10 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                 admission.release()
     except SoftTimeLimitExceeded:
         outcome = {"state": ExperimentState.TIMED_OUT, "error": f"exceeded timeout_per_iteration ({timeout}s)"}
+        waited = admission.waited_s() if admission is not None else 0.0
+        if waited > 0:  # the limit counts from the claim: the host took part of it, the experiment runs again
+            outcome.update(error=f"{outcome['error']}, {waited:.0f}s of it waiting for host CPU",
+                           failure_kind=HOST_BUSY)
     except ExperimentCancelled:
         outcome = {"state": ExperimentState.CANCELLED, "error": "cancelled"}
     except EngineError as exc:

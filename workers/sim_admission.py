@@ -10,7 +10,8 @@ when none runs (a demand above the host is let through alone: its lag will say s
 that does not fit waits, before it starts, until enough others end; its experiment has claimed
 its GPUs already, so it shows that wait (the phase PHASE, and what it waits for), and its
 length starts when it is admitted (the wait is the host's, not the configuration's: the length
-model and the GPU-hour budget must not learn it). The ledger is one file per
+model and the GPU-hour budget must not learn it; a time limit that runs out after a wait is no
+verdict either: the experiment is measured again, `app.store.lifecycle`). The ledger is one file per
 host and user, under an exclusive lock; an entry whose process is gone no longer counts, so
 nothing outlives its owner. Engines in virtual mode are not admitted here: their figures do not
 depend on the host.
@@ -69,6 +70,8 @@ class Admission:
         self.capacity = (cores or os.cpu_count() or 1) * SHARE
         self.path = path or ledger_path()
         self.held = 0.0  # what the engines admitted before it demanded, at its last try
+        self._refused_at: float | None = None  # when `wait()` first found no room (monotonic)
+        self._admitted_at: float | None = None
 
     def _update(self, change: Callable[[dict[str, dict]], bool]) -> bool:
         with open(self.path, "a+") as f:
@@ -90,21 +93,29 @@ class Admission:
             if entries and self.held + self.demand > self.capacity:
                 return False
             entries[self.key] = {"pid": os.getpid(), "ticks": start_ticks(os.getpid()), "demand": self.demand}
+            self._admitted_at = time.monotonic()
             return True
         return self._update(admit)
 
     def wait(self, should_stop: Callable[[], bool], waiting: Callable[[str], None] | None = None) -> bool:
         """Until admitted (True) or `should_stop()` (False). `waiting(why)` is called once, when
         the first try finds no room (what it waits for, as a person reads it)."""
-        told = False
         while not self.try_admit():
-            if not told and waiting is not None:
-                waiting(self.why())
-                told = True
+            if self._refused_at is None:
+                self._refused_at = time.monotonic()
+                if waiting is not None:
+                    waiting(self.why())
             if should_stop():
                 return False
             time.sleep(WAIT_S)
         return True
+
+    def waited_s(self) -> float:
+        """How long `wait()` has waited for room (so far, while it still waits): time of the
+        attempt's that was the host's, not its configuration's."""
+        if self._refused_at is None:
+            return 0.0
+        return (self._admitted_at or time.monotonic()) - self._refused_at
 
     def why(self) -> str:
         """What a waiting engine waits for: its demand against what the others hold."""

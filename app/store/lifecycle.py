@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from app.domain import lengths
+from app.domain.engines.failures import HOST_BUSY
 from app.store import ledger
 from app.processes import pid_alive
 from app.store.db import session_scope
@@ -219,8 +220,11 @@ def end_reported(
     `engine_gone` says the job has stopped its engine (or never started one); if it could not,
     the GPUs stay fenced until the reaper has stopped it. Returns None when this attempt no
     longer owns the experiment (the reaper declared it lost meanwhile): a late result must
-    not overwrite a newer attempt.
+    not overwrite a newer attempt. An attempt that ended `HOST_BUSY` is not the experiment's
+    end: it runs again (`_end_host_busy`).
     """
+    if failure_kind == HOST_BUSY:
+        return _end_host_busy(session, experiment_id, attempt, error, engine_log, engine_gone)
     now = utcnow()
     exp_values, att_values = _end_values(state, error, failure_kind, now)
     exp_values.update(new_metrics=metrics, objective=objective, slo_ok=slo_ok, new_measured=measured, penalty=penalty,
@@ -229,9 +233,7 @@ def end_reported(
         exp_values["engine_log"] = engine_log[-20000:]
     ended = session.execute(_END, {"experiment": experiment_id, "attempt_no": attempt, **exp_values}).first()
     if ended is None:
-        if engine_gone:
-            _confirm_gone(session, session.execute(select(Attempt).where(
-                Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
+        _not_owned(session, experiment_id, attempt, engine_gone)
         return None
     if engine_gone:
         att_values["engine_gone_at"] = now
@@ -254,6 +256,35 @@ _END = (update(_experiments)
                 measured=bindparam("new_measured", type_=_experiments.c.measured.type))
         .returning(_experiments.c.task_id, _experiments.c.started_at))
 _END_ATTEMPT = _ATTEMPT.returning(_attempts.c.id, _attempts.c.started_at, _attempts.c.engine_gone_at)
+
+
+def _not_owned(session: Session, experiment_id: int, attempt: int, engine_gone: bool) -> None:
+    """A job's end for an attempt that no longer owns its experiment records nothing but that
+    its engine is gone (`engine_gone`), so the GPUs fenced for it are handed on."""
+    if engine_gone:
+        _confirm_gone(session, session.execute(select(Attempt).where(
+            Attempt.experiment_id == experiment_id, Attempt.number == attempt)).scalar_one_or_none())
+
+
+def _end_host_busy(session: Session, experiment_id: int, attempt: int, error: str | None, engine_log: str | None,
+                   engine_gone: bool) -> Ended | None:
+    """The attempt's time limit ran out after it had waited for host CPU (workers.sim_admission):
+    the limit counts from the claim, so the host took part of the configuration's time, and a
+    time-out is no verdict on the configuration. It is measured again as a new attempt with the
+    full limit, up to `max_attempts` such ends; then it fails as the host's (`HOST_BUSY`, which
+    no strategy reads as infeasible and is never the best). Same guard and GPU release as any
+    end (fenced while its engine may run)."""
+    exp = _lock_experiment(session, experiment_id)
+    if exp is None or exp.state != ExperimentState.RUNNING or exp.attempt != attempt:
+        _not_owned(session, experiment_id, attempt, engine_gone)
+        return None
+    _run_again(session, exp, AttemptState.TIMED_OUT, HOST_BUSY, error or "timed out waiting for host CPU",
+               gave_up="the host was too busy: {n} attempt(s) ran out of time waiting for host CPU, giving up "
+                       "(last: {reason})", retrying="attempt {attempt}: {reason}; measuring it again",
+               engine_gone=engine_gone)
+    if engine_log is not None and exp.state == ExperimentState.FAILED:  # one back in line starts afresh
+        exp.engine_log = engine_log[-20000:]
+    return Ended(exp.task_id, None)
 
 
 def learn_length(ended: Ended | None) -> int | None:
@@ -334,19 +365,31 @@ def mark_lost(session: Session, exp: Experiment, reason: str) -> None:
     """The attempt's worker vanished: keep the attempt as `lost`, fence its GPUs until the
     reaper has stopped its engine, and put the experiment back in line unless it has used
     up its attempts (replanned attempts, which never started an engine, do not count)."""
+    _run_again(session, exp, AttemptState.LOST, "worker_lost", reason,
+               gave_up="lost {n} time(s), giving up: {reason}", retrying="attempt {attempt} lost: {reason}; retrying")
+
+
+def _run_again(session: Session, exp: Experiment, state: str, kind: str, reason: str, *, gave_up: str,
+               retrying: str, engine_gone: bool = False) -> None:
+    """The current attempt ended by no fault of its configuration (failure `kind`): keep it as
+    `state`, and put the experiment back in line as a new attempt, unless `max_attempts` of its
+    attempts have ended so: then it fails as `kind`. Its GPUs go back to the pool, fenced until
+    its engine is confirmed gone (`engine_gone`: the job has stopped it). `gave_up` and
+    `retrying` are the experiment's error, formatted with `n` (such ends), `attempt`, `reason`."""
     att = _attempt(session, exp)
     now = utcnow()
     if att is not None:
-        att.state, att.finished_at, att.error, att.failure_kind = AttemptState.LOST, now, reason, "worker_lost"
+        att.state, att.finished_at, att.error, att.failure_kind = state, now, reason, kind
+        if engine_gone:
+            att.engine_gone_at = now
     fence = att.id if _engine_may_run(att) else None
-    max_attempts = exp.task.parsed_spec.optimization.max_attempts
-    lost = sum(1 for a in exp.attempts if a.state == AttemptState.LOST)
-    if lost >= max_attempts:
+    ended = sum(1 for a in exp.attempts if a.failure_kind == kind)
+    if ended >= exp.task.parsed_spec.optimization.max_attempts:
         ledger.release(session, exp.id, fence=fence)
         exp.state, exp.phase, exp.wait_reason, exp.finished_at = ExperimentState.FAILED, None, None, now
-        exp.error, exp.failure_kind = f"lost {lost} time(s), giving up: {reason}", "worker_lost"
+        exp.error, exp.failure_kind = gave_up.format(n=ended, reason=reason), kind
     else:
-        back_to_pending(session, exp, error=f"attempt {exp.attempt} lost: {reason}; retrying", fence=fence)
+        back_to_pending(session, exp, error=retrying.format(attempt=exp.attempt, reason=reason), fence=fence)
 
 
 def replan(experiment_id: int, attempt: int, busy: dict[int, str]) -> int | None:

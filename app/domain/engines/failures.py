@@ -21,6 +21,11 @@ class FailureKind:
     infeasible: bool  # the parameter set cannot run: strategies treat it as infeasible
 
 
+# An attempt whose time limit ran out after a wait for host CPU (workers.sim_admission): the limit
+# counts from the claim, so the host took part of it; the store runs the experiment again, and
+# fails it with this kind only when the host stayed too busy (app.store.lifecycle).
+HOST_BUSY = "host_busy"
+
 FAILURE_KINDS: dict[str, FailureKind] = {k.name: k for k in (
     FailureKind("oom", "out of memory at start-up", True),
     FailureKind("kv_cache", "KV cache too small", True),
@@ -32,6 +37,7 @@ FAILURE_KINDS: dict[str, FailureKind] = {k.name: k for k in (
     FailureKind("engine_died", "engine died during benchmark", False),
     FailureKind("bad_measurement", "benchmark errors above threshold", False),
     FailureKind("host_lag", "simulated engine fell behind its model (host too busy): figures unreliable", False),
+    FailureKind(HOST_BUSY, "host too busy: its time limit ran out while it waited for host CPU", False),
     FailureKind("worker_lost", "worker lost", False),
     FailureKind("internal", "internal error", False),
 )}
