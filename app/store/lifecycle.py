@@ -154,13 +154,13 @@ def set_phase(experiment_id: int, attempt: int, phase: str, why: str | None = No
     (its wait reason; the next phase clears it). `restart`: its length starts now, what came
     before being a wait of the host's (workers.sim_admission), not its configuration's: the
     length model, the GPU-hour budget and the planner's expected end read started_at (the
-    attempt keeps when it was claimed)."""
+    attempt keeps when it was claimed). One compare-and-set statement: only while this attempt
+    runs the experiment."""
+    values: dict[str, Any] = {"phase": phase, "wait_reason": why}
+    if restart:
+        values["started_at"] = utcnow()
     with session_scope() as session:
-        exp = _lock_experiment(session, experiment_id)
-        if exp is not None and exp.state == ExperimentState.RUNNING and exp.attempt == attempt:
-            exp.phase, exp.wait_reason = phase, why
-            if restart:
-                exp.started_at = utcnow()
+        session.execute(_RUNNING.values(values), {"experiment": experiment_id, "attempt_no": attempt})
 
 
 def should_stop(experiment_id: int) -> bool:
@@ -176,17 +176,25 @@ def record_engine(experiment_id: int, attempt: int, identity: dict[str, Any]) ->
     """Store the identity of the engine an attempt has just started, before it is waited
     for, so a reaper can stop it if this job dies. Recorded whatever the attempt's state (an
     engine exists either way); returns False when the attempt no longer owns the experiment
-    (lost or cancelled meanwhile) and the job should stop the engine at once."""
+    (lost or cancelled meanwhile) and the job should stop the engine at once. The experiment's
+    row is locked first, as every change of its attempt takes it (a reaper marking it lost
+    sees the identity or is seen); two Core statements, no objects loaded."""
     with session_scope() as session:
-        exp = _lock_experiment(session, experiment_id)
-        if exp is None:
+        owner = session.execute(_OWNER, {"experiment": experiment_id}).first()
+        if owner is None:
             return False
-        att = session.execute(
-            select(Attempt).where(Attempt.experiment_id == experiment_id, Attempt.number == attempt)
-        ).scalar_one_or_none()
-        if att is not None:
-            att.engine = identity
-        return exp.state == ExperimentState.RUNNING and exp.attempt == attempt
+        session.execute(_RECORD_ENGINE, {"experiment": experiment_id, "attempt_no": attempt, "identity": identity})
+        return owner.state == ExperimentState.RUNNING and owner.attempt == attempt
+
+
+# The experiment's state and attempt, its row locked; the attempt's engine; a write to the
+# experiment only while the attempt runs it.
+_RECORD_ENGINE = _ATTEMPT.values(engine=bindparam("identity", type_=_attempts.c.engine.type))
+_OWNER = (select(_experiments.c.state, _experiments.c.attempt)
+          .where(_experiments.c.id == bindparam("experiment")).with_for_update())
+_RUNNING = update(_experiments).where(_experiments.c.id == bindparam("experiment"),
+                                      _experiments.c.state == ExperimentState.RUNNING,
+                                      _experiments.c.attempt == bindparam("attempt_no"))
 
 
 @dataclass(frozen=True)
