@@ -13,6 +13,7 @@ is read when Celery first needs its configuration, not at import, so importing t
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -67,14 +68,70 @@ def send_experiments(dispatches: Iterable[Dispatch]) -> None:
                       soft_time_limit=d.soft_time_limit, time_limit=d.time_limit)
 
 
-def request_coordination(task_id: int | None = None) -> None:
-    """Ask the coordinator to look at a task (or all of them) soon. What it should look at
-    is already committed, so an unreachable broker loses nothing: the periodic tick does
-    the same a little later."""
+def request_coordination(task_id: int | None = None, delay: float = 0.0) -> None:
+    """Ask the coordinator to look at a task (or all of them) soon: at once, or after `delay`
+    seconds when nothing waits on the pass (a finished job whose GPUs went straight to a
+    waiting experiment). What it should look at is already committed, so an unreachable broker
+    loses nothing: the periodic tick does the same a little later.
+
+    At most one such request per task waits in the queue (`_mark_pending`): experiments that
+    end together (a round of a parallel task) would otherwise queue a pass each, every one
+    reading the task's history and taking the store's locks beside the hand-overs, when one
+    pass sees all of their results; a delayed request gathers the ends of its `delay`. The pass
+    clears the mark it was sent with before it reads (`coordinate`), so a result committed
+    after that asks for a pass of its own."""
+    key = _pending_key(task_id)
+    if not _mark_pending(key):
+        return
     try:
-        app.send_task(COORDINATE, args=[task_id], queue=CONTROL_QUEUE)
+        app.send_task(COORDINATE, args=[task_id], kwargs={"pending": key}, queue=CONTROL_QUEUE,
+                      countdown=delay or None)
     except KombuOperationalError:
+        _clear_pending(key)
         log.warning("broker unreachable; the coordinator looks at task %s at its next tick", task_id)
+
+
+# The mark that a coordinator pass is queued and has not started: a Redis key on the broker,
+# set only if absent. It expires after PENDING_TTL_S, so a queued pass that is lost (a broker
+# restarted empty) holds back new requests no longer than that; the periodic tick passes over
+# every task meanwhile, and a coordinator slower than that gets a second request, as it would
+# without the mark. The key names the database (its URL's hash): task ids start again at 1 in
+# every database, and one broker may serve several (the tests do).
+PENDING_TTL_S = 60
+
+
+def _pending_key(task_id: int | None) -> str:
+    database = hashlib.sha1(get_settings().database_url.encode()).hexdigest()[:12]
+    return f"autotuner.coordination-pending.{database}.{'all' if task_id is None else task_id}"
+
+
+def _redis(conn: Any) -> Any:
+    """The broker connection's Redis client; None on another broker (the tests' in-memory one:
+    there every request is sent)."""
+    return getattr(conn.default_channel, "client", None) if conn.transport_cls in broker_transport.SCHEMES else None
+
+
+def _mark_pending(key: str) -> bool:
+    """True when this call marked the pass as queued (the caller sends it), False when one is
+    queued already. A mark that cannot be set counts as set by this call: a request must never
+    be lost to it."""
+    try:
+        with app.pool.acquire(block=True) as conn:
+            client = _redis(conn)
+            return client is None or bool(client.set(key, 1, nx=True, ex=PENDING_TTL_S))
+    except Exception:  # noqa: BLE001 - send; the worst is a pass too many
+        return True
+
+
+def _clear_pending(key: str) -> None:
+    """The pass has started (or could not be sent): the next request is sent."""
+    try:
+        with app.pool.acquire(block=True) as conn:
+            client = _redis(conn)
+            if client is not None:
+                client.delete(key)
+    except Exception:  # noqa: BLE001 - the mark expires (PENDING_TTL_S)
+        log.warning("could not clear the coordination mark %s; it expires within %ss", key, PENDING_TTL_S)
 
 
 # -- the control worker's tasks ----------------------------------------------------------
@@ -96,8 +153,12 @@ def _pool_child_init(**_kwargs: Any) -> None:
 
 
 @app.task(name=COORDINATE)
-def coordinate(task_id: int | None = None) -> int:
-    """One coordinator pass; a placement that lost a race asks for the next one at once."""
+def coordinate(task_id: int | None = None, pending: str | None = None) -> int:
+    """One coordinator pass; a placement that lost a race asks for the next one at once.
+    `pending`: the mark it was requested under, cleared before the pass reads anything (a
+    result committed from now on asks for a pass of its own)."""
+    if pending is not None:
+        _clear_pending(pending)
     dispatches = coordinator.coordinate(task_id, again=lambda: request_coordination(task_id))
     send_experiments(dispatches)
     return len(dispatches)
