@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from typing import Any, Callable
 
-from sqlalchemy import bindparam, case, func, insert, select, update
+from sqlalchemy import ColumnElement, Float, Row, bindparam, case, func, insert, literal, select, union_all, update
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -365,9 +365,9 @@ def _new_experiment(task: Task, spec: TaskSpec, params: dict, seq: int, virtual:
 
 
 def _virtual_time(session: Session) -> float:
-    """The highest fair-share tag the scheduler has served (kept with its lock): where a task
-    that was idle (or new) starts, so it neither jumps ahead of the others nor pays for the
-    time it was not asking for GPUs."""
+    """How far the scheduler has served in fair-share tags (kept with its lock; each task
+    served counts by its position, `_served`): where a task that was idle (or new) starts, so
+    it neither jumps ahead of the others nor pays for the time it was not asking for GPUs."""
     return session.execute(select(Lock.value).where(Lock.name == "scheduler")).scalar_one_or_none() or 0.0
 
 
@@ -414,11 +414,49 @@ def schedule(session: Session, scheduler: ledger.Held | None = None) -> list[Dis
     session.execute(insert(Attempt.__table__), [
         dict(experiment_id=q["placed"], number=q["attempt"], state=AttemptState.QUEUED, gpus=q["gpus"], queued_at=now)
         for q in queued])
-    served = max(read[p.experiment_id].share_tag for p in plan.placements)
-    if served > (scheduler.value or 0.0):
+    served = _served([read[p.experiment_id] for p in plan.placements], scheduler.value or 0.0)
+    if served is not None:
         ledger.keep(session, scheduler, served)
     return [_dispatch(q["placed"], q["attempt"], q["group"], reader.time_limits[read[q["placed"]].task_id],
                       settings.time_limit_grace) for q in queued]
+
+
+def _served(placed: list[Row], virtual: float) -> ColumnElement[float] | None:
+    """How far the experiments `placed` by a pass (their rows as read) move the virtual time
+    from `virtual`: each task by its position, the smaller of its largest tag placed and its
+    smallest tag still waiting, not by the tag placed. With backfill a pass may place a later
+    tag of a task (a short experiment that fits now) while the task's head (a smaller tag:
+    a multi-GPU experiment holding the reservation) waits; the task has been served up to its
+    head, not up to that tag, and a task that starts now (new or idle, `_new_experiment`)
+    starts there: after the head (older, at most the same tag), before the task's later tags
+    still waiting. Measured by the tag placed, it would start behind up to one waiting set of
+    the other task, charged for work not served.
+
+    The tags stay where they are (rather than the one placed taking its task's smallest
+    waiting tag from the head): a head given a later tag would fall behind other tasks' tags
+    in between, lose the reservation to one of them and its promised start, and its row would
+    be written while its task's pass may be dealing the tags again (`_renew`). What the task
+    got ahead by backfill stays counted in its `share_finish`, as with the longest-first order.
+
+    Returns the new virtual time as an SQL expression for the lock's UPDATE (`ledger.keep`),
+    so the smallest waiting tags cost no round trip of their own: one seek per task whose tag
+    placed is past `virtual` (ix_experiments_task_waiting), not its backlog. None: nothing
+    placed is past it, nothing moves."""
+    largest: dict[int, float] = {}
+    for row in placed:
+        largest[row.task_id] = max(row.share_tag, largest.get(row.task_id, row.share_tag))
+    ahead = {task_id: tag for task_id, tag in largest.items() if tag > virtual}
+    if not ahead:
+        return None
+    smallest_waiting = [
+        select(Experiment.share_tag).where(Experiment.task_id == task_id, Experiment.state == ExperimentState.PENDING,
+                                           Experiment.share_tag < tag)
+        .order_by(Experiment.share_tag).limit(1).scalar_subquery()
+        for task_id, tag in ahead.items()]
+    positions = union_all(select(literal(virtual, Float).label("tag")),
+                          *(select(func.coalesce(waiting, tag).label("tag"))
+                            for waiting, tag in zip(smallest_waiting, ahead.values()))).subquery()
+    return select(func.max(positions.c.tag)).scalar_subquery()
 
 
 class PlacementConflict(Exception):

@@ -318,3 +318,29 @@ def test_a_tasks_waiting_experiments_are_served_longest_predicted_first(pool):
     assert {e.id: e.share_tag for e in experiments(other_id)} == others
     (nxt,) = run_attempt(placed[0])
     assert nxt.experiment_id == exps[5].id
+
+
+def test_a_task_submitted_after_a_backfill_starts_at_the_others_position(pool):
+    """Task A's 4-GPU head waits with the reservation while a later 2-GPU and a later 1-GPU
+    experiment of A backfill; one 2-GPU experiment of A waits between them. The virtual time
+    is measured by A's position (its smallest waiting tag, the head's), not by the backfilled
+    tag: a task B submitted now starts there, after A's head (older, same tag) and before A's
+    later waiting experiment, as fair queuing says, instead of behind it."""
+    from app.store.models import Lock
+    from app.store.passes import QUEUE_ORDER
+
+    a = submit(mixed_task([{"tp-size": 1}, {"tp-size": 4}, {"tp-size": 2}, {"tp-size": 2}, {"tp-size": 1}]))
+    placed = coordinate(a)
+    first, head, wide, between, short = experiments(a)
+    assert {d.experiment_id for d in placed} == {first.id, wide.id, short.id}  # 4 GPUs in use
+    assert head.share_tag < between.share_tag < short.share_tag
+    with session_scope() as s:
+        assert s.execute(select(Lock.value).where(Lock.name == "scheduler")).scalar_one() == head.share_tag
+
+    b = submit(mixed_task([{"tp-size": 1}]))
+    assert coordinate(b) == []  # nothing free
+    (new,) = experiments(b)
+    assert new.share_tag == head.share_tag
+    with session_scope() as s:
+        queue = s.execute(select(Experiment.id).where(Experiment.state == "pending").order_by(*QUEUE_ORDER)).scalars()
+        assert list(queue) == [head.id, new.id, between.id]

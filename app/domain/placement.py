@@ -199,8 +199,8 @@ def longest_first(tags: list[float], lengths: list[float | None], default: float
     the holes backfill finds. Only the task's own tags move, so over its whole waiting set what
     it gets against other tasks (fair share) does not change. (Over a shorter stretch it can
     run ahead by up to its waiting set's expected GPU-seconds: a long one now holding a small
-    tag may wait for its GPUs while backfill starts a later tag, which moves the scheduler's
-    virtual time on, where a task that falls behind starts again.) An
+    tag may wait for its GPUs while backfill starts a later tag; the scheduler's virtual time
+    then moves only to the task's smallest waiting tag, coordinator._served.) An
     unknown length counts as `default` (the task's moving average); with none, nothing can be
     compared: None, the order stays.
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from sqlalchemy import (Float, Row, Select, String, bindparam, case, cast, delete, func, insert, literal, null, select,
-                        union_all, update)
+from sqlalchemy import (ColumnElement, Float, Row, Select, String, bindparam, case, cast, delete, func, insert, literal,
+                        null, select, union_all, update)
 from sqlalchemy.orm import Session
 
 from app.domain.placement import FreeGpu, GroupState
@@ -49,8 +49,9 @@ def lock(session: Session, name: str = "scheduler") -> Held:
     return Held(name, session.execute(_LOCK, {"lock": name}).scalar_one())
 
 
-def keep(session: Session, held: Held, value: float) -> None:
-    """Store `value` in the row of a lock the transaction holds."""
+def keep(session: Session, held: Held, value: float | ColumnElement[float]) -> None:
+    """Store `value` in the row of a lock the transaction holds: a number, or an SQL
+    expression worked out by the same statement (no round trip of its own)."""
     session.execute(update(_locks).where(_locks.c.name == held.name).values(value=value))
 
 

@@ -114,9 +114,11 @@ class Task(Base):
 
 class Experiment(Base):
     __tablename__ = "experiments"
-    # The waiting queue, head first for each GPU count: what the scheduler reads (see 0005).
+    # The waiting queue, head first for each GPU count: what the scheduler reads (see 0005);
+    # each task's waiting experiments by tag: its position, where the virtual time moves (0016).
     __table_args__ = (UniqueConstraint("task_id", "seq"),
-                      Index("ix_experiments_waiting", "state", "gpus_needed", text("priority DESC"), "share_tag", "id"))
+                      Index("ix_experiments_waiting", "state", "gpus_needed", text("priority DESC"), "share_tag", "id"),
+                      Index("ix_experiments_task_waiting", "task_id", "state", "share_tag"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
