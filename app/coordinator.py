@@ -275,21 +275,33 @@ def _history(session: Session, task_id: int) -> list[Experiment]:
                                 .order_by(Experiment.seq).options(*_UNREAD)).scalars())
 
 
-def _repredict(exps: list[Experiment], lengths: LengthModel) -> None:
+def _repredict(session: Session, exps: list[Experiment], lengths: LengthModel) -> None:
     """What was created before the latest results learns from them too: the reservation
     weighs how long waiting experiments will take and when running ones end. A waiting
     experiment's prediction is renewed when it moves by more than REPREDICT_CHANGE; a queued
     or running one only gets one if it had none (its row is the one its job claims and
-    ends: the coordinator writes it at most once)."""
+    ends: the coordinator writes it at most once).
+
+    Written in one UPDATE, only onto rows still in the state the pass read: the task's lock
+    does not hold off a job's claim or end, nor a finishing job's placement (`end_and_place`).
+    One placed since keeps the prediction it was placed with (the reservation weighed that
+    one), one ended since gets none. Those created in this pass were given this prediction."""
+    renewed: dict[int, float] = {}
+    read: dict[int, str] = {}
     for exp in exps:
-        if exp.state not in EXP_ACTIVE:
+        if exp.state not in EXP_ACTIVE or exp.id is None:
             continue
         predicted = lengths.predict(exp.params)
         if predicted is None:
             continue
         if exp.expected_s is None or (exp.state == ExperimentState.PENDING
                                       and abs(predicted - exp.expected_s) > REPREDICT_CHANGE * exp.expected_s):
-            exp.expected_s = predicted
+            renewed[exp.id], read[exp.id] = predicted, exp.state
+            set_committed_value(exp, "expected_s", predicted)  # the session's copy, as the UPDATE below writes it
+    if renewed:
+        table = Experiment.__table__
+        session.execute(update(table).where(table.c.id.in_(renewed), table.c.state == case(read, value=table.c.id))
+                        .values(expected_s=case(renewed, value=table.c.id)))
 
 
 def _renew(session: Session, task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
@@ -311,7 +323,7 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
     Repeats are not in `exps`: they wait in the order they were created (seed by seed, the best
     configuration first: if the task stops during them, the best has been measured again), and
     what they measure changes no prediction."""
-    _repredict(exps, lengths)
+    _repredict(session, exps, lengths)
     waiting = [e for e in exps if e.state == ExperimentState.PENDING]
     if len(waiting) < 2:
         return

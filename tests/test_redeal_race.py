@@ -1,7 +1,9 @@
 """The longest-first re-deal of a task's tags (coordinator._renew) against a finishing job's
 placement on PostgreSQL: the task's lock (FOR NO KEY UPDATE) does not hold off
 `end_and_place`, which may queue an experiment the pass read as waiting. That experiment
-keeps the tag it was placed with: a tag written onto a queued row would be served twice."""
+keeps the tag it was placed with: a tag written onto a queued row would be served twice. Nor
+does it hold off a job's end: the predictions the pass renews are written only onto rows still
+in the state it read."""
 from __future__ import annotations
 
 import pytest
@@ -10,9 +12,11 @@ pytestmark = pytest.mark.process
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_an_experiment_placed_during_the_re_deal_keeps_its_tag(database_url, monkeypatch):
+def test_an_experiment_placed_or_ended_during_the_re_deal_keeps_its_tag_and_prediction(database_url, monkeypatch):
     import app.coordinator as coordinator
     from app.store import lifecycle
+    from app.store.db import session_scope
+    from app.store.models import Experiment
     from app.store.pool import GpuSpec, register_worker
     from tests.helpers import OK, experiments, mixed_task, run_attempt, submit
 
@@ -24,19 +28,24 @@ def test_an_experiment_placed_during_the_re_deal_keeps_its_tag(database_url, mon
     placed = [*run_attempt(first[0], seconds=5.0), *run_attempt(first[1], seconds=1.0)]  # 3 and 4 queued
     tags = {e.seq: e.share_tag for e in experiments(task_id)}
     assert tags[5] < tags[6]
+    with session_scope() as s:  # an earlier prediction of 5, which the pass renews to 1 s
+        s.get(Experiment, experiments(task_id)[4].id).expected_s = 30.0
     repredict = coordinator._repredict
 
-    def a_job_ends_meanwhile(exps, lengths) -> None:
+    def a_job_ends_meanwhile(session, exps, lengths) -> None:
         """After the pass has read its history: experiment 3 ends in another transaction, and
         its placement queues the head of the task's waiting ones, 5 (the pass re-deals 5's tag
-        to the long 6)."""
-        repredict(exps, lengths)
+        to the long 6 and renews 5's prediction)."""
         assert lifecycle.claim(placed[0].experiment_id, placed[0].attempt, worker="gpu-g@h", host="h", pid=1)
         _, queued = coordinator.end_and_place(placed[0].experiment_id, placed[0].attempt, "succeeded", **OK)
         assert [d.experiment_id for d in queued] == [experiments(task_id)[4].id]
+        repredict(session, exps, lengths)
 
     monkeypatch.setattr(coordinator, "_repredict", a_job_ends_meanwhile)
     assert coordinator.coordinate(task_id) == []
     exps = experiments(task_id)
     assert (exps[4].state, exps[4].share_tag) == ("queued", tags[5])  # placed with its tag, and keeps it
     assert (exps[5].state, exps[5].share_tag) == ("pending", tags[5])  # the long one: the head's tag
+    # Placed and ended meanwhile: 5 keeps the prediction it was placed with, 3 gets none.
+    assert (exps[4].expected_s, exps[2].state, exps[2].expected_s) == (30.0, "succeeded", None)
+    assert exps[5].expected_s == pytest.approx(5.0, rel=0.05)  # still waiting: renewed
