@@ -1,6 +1,5 @@
 """Requests for a coordinator pass on the real Redis broker: at most one per task waits in the
-queue, the pass clears its mark before it reads, and a request after a hand-over waits a little
-so that one pass sees a round's ends (app.celery_app.request_coordination)."""
+queue, and the pass clears its mark before it reads (app.celery_app.request_coordination)."""
 from __future__ import annotations
 
 import json
@@ -51,15 +50,6 @@ def test_the_pass_clears_its_mark_before_it_reads(control, monkeypatch):
     assert seen == [0]
     celery_app.request_coordination(7)
     assert [m["headers"]["argsrepr"] for m in _queued(control)] == ["[7]"]
-
-
-@pytest.mark.process
-def test_a_delayed_request_carries_its_eta_and_gathers_the_others(control):
-    celery_app.request_coordination(7, delay=0.5)
-    celery_app.request_coordination(7)  # another end of the same round: the queued pass will see it
-    (message,) = _queued(control)
-    assert message["headers"]["eta"] is not None
-    assert message["headers"]["argsrepr"] == "[7]"
 
 
 @pytest.mark.process

@@ -40,7 +40,6 @@ from workers.runtimes.base import Deployment, ExperimentCancelled, EngineError, 
 log = logging.getLogger(__name__)
 ENGINE_CHECK_EVERY_S = 0.5
 FINAL_WRITE_PATIENCE_S = 600.0  # how long the final write waits for the database
-COORDINATE_AFTER_HANDOVER_S = 0.5  # a task's pass after an end whose GPUs went on (app.celery_app.request_coordination)
 T = TypeVar("T")
 
 
@@ -435,7 +434,5 @@ def execute(experiment_id: int, attempt: int, worker: str, host: str) -> str:
                                                           engine_gone=engine_gone, **outcome))
     send_placed(placed)  # first: what waits for these GPUs is the hand-over; the rest can follow
     task_id = lifecycle.learn_length(ended)
-    # GPUs handed on: the task's pass is no hurry, and waiting lets it see the round's other ends.
-    request_coordination(task_id if task_id is not None else claim.task_id,
-                         delay=COORDINATE_AFTER_HANDOVER_S if placed else 0.0)
+    request_coordination(task_id if task_id is not None else claim.task_id)
     return state
