@@ -90,6 +90,9 @@ def request_coordination(task_id: int | None = None) -> None:
     except KombuOperationalError:
         _clear_pending(key)
         log.warning("broker unreachable; the coordinator looks at task %s at its next tick", task_id)
+    except BaseException:  # nothing was sent: the mark must not hold back the next request
+        _clear_pending(key)
+        raise
 
 
 # The mark that a coordinator pass is queued and has not started: a Redis key on the broker,

@@ -390,3 +390,27 @@ def test_a_time_limit_that_runs_out_waiting_for_host_cpu_is_no_verdict_on_the_co
                              .order_by(Attempt.number)).all()
         assert [tuple(a) for a in attempts] == [("timed_out", "host_busy")] * 2
         assert s.execute(select(Gpu.held_by, Gpu.fenced_by)).all() == [(None, None)]
+
+
+@pytest.mark.process
+def test_a_time_out_after_a_short_wait_for_host_cpu_is_the_configurations(database_url, tmp_path, monkeypatch):
+    """A wait for host CPU shorter than HOST_BUSY_SHARE of the limit leaves the time-out its
+    verdict (`timed_out`, no new attempt): a slow configuration must not run `max_attempts`
+    times because it was once refused for a fifth of a second."""
+    from app.coordinator import coordinate
+    from app.store.pool import GpuSpec, register_worker
+    from tests.helpers import experiments, submit
+    from workers import experiment_job, sim_admission
+
+    monkeypatch.setattr(experiment_job, "send_experiments", lambda dispatches: None)
+    monkeypatch.setattr(sim_admission.Admission, "waited_s",
+                        lambda self: 0.9 * experiment_job.HOST_BUSY_SHARE * 1.5)  # just under the share of 1.5 s
+    with host_cpu_held(tmp_path / "admission.json", monkeypatch):
+        register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
+        task_id = submit(_wall_clock_task(timeout=1.5, max_attempts=2))
+        (d,) = coordinate(task_id)
+        with soft_time_limit(d.soft_time_limit):
+            assert experiment_job.execute(d.experiment_id, 1, "gpu-g@h", "h") == "timed_out"
+    (exp,) = experiments(task_id)
+    assert (exp.state, exp.attempt, exp.failure_kind) == ("timed_out", 1, None)
+    assert exp.error.startswith("exceeded timeout_per_iteration")
