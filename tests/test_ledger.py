@@ -283,3 +283,18 @@ def test_multi_gpu_experiments_stay_within_one_topology_domain():
     assert len(pick_gpus(free, 5)) == 5
     plain = [FreeGpu(g.id, g.index, g.utilization) for g in free]
     assert [g.id for g in pick_gpus(plain, 2)] == [0, 1] and [g.id for g in pick_gpus(plain, 4)] == [4, 5, 6, 7]
+
+
+def test_a_full_pool_does_not_read_a_capped_tasks_backlog():
+    """With no GPU free nothing can start: a page of a task without room that runs out is not
+    read further (MoreData) just to label what lies behind it; with one GPU free it is, since
+    another task's experiment behind it could start."""
+    from app.domain.placement import MoreData, Page, Waiting
+
+    page = Page([Waiting((0, float(i), i), i, task_id=1) for i in range(2)], complete=False)
+    full = [GroupState("g", 2, 2, 2, [])]
+    result = plan({1: page}, full, {"g": 2}, room={1: 0})
+    assert result.placements == [] and result.waiting == {0: CAPPED, 1: CAPPED}
+    one_free = [GroupState("g", 2, 2, 1, [FreeGpu(1, 1)])]
+    with pytest.raises(MoreData):
+        plan({1: page}, one_free, {"g": 2}, room={1: 0})

@@ -250,12 +250,16 @@ def plan(queues: Queues, groups: list[GroupState], capacity: dict[str, int], clo
     largest = max(capacity.values(), default=0)
     heads: list[tuple[Any, int, Waiting, Iterator[Waiting]]] = []
     incomplete = {need for need, queue in queues.items() if isinstance(queue, Page) and not queue.complete}
+    # With no GPU free anywhere nothing can start this pass: a page that runs out is not read
+    # further (a task without room would otherwise have its whole backlog read, at every pass
+    # while the pool is full, for wait reasons only; those beyond keep theirs until a GPU frees).
+    full = not any(g.can_host(1) for g in groups)
 
     def advance(need: int, stream: Iterator[Waiting]) -> None:
         item = next(stream, None)
         if item is not None:
             heapq.heappush(heads, (item.key, need, item, stream))
-        elif need in incomplete:
+        elif need in incomplete and not full:
             raise MoreData(need=need)
 
     def allowed(group: GroupState, need: int, end: float) -> bool:
