@@ -275,17 +275,16 @@ def _history(session: Session, task_id: int) -> list[Experiment]:
                                 .order_by(Experiment.seq).options(*_UNREAD)).scalars())
 
 
-def _repredict(session: Session, exps: list[Experiment], lengths: LengthModel) -> None:
+def _repredict(exps: list[Experiment], lengths: LengthModel) -> tuple[dict[int, float], dict[int, str]]:
     """What was created before the latest results learns from them too: the reservation
     weighs how long waiting experiments will take and when running ones end. A waiting
     experiment's prediction is renewed when it moves by more than REPREDICT_CHANGE; a queued
     or running one only gets one if it had none (its row is the one its job claims and
-    ends: the coordinator writes it at most once).
-
-    Written in one UPDATE, only onto rows still in the state the pass read: the task's lock
-    does not hold off a job's claim or end, nor a finishing job's placement (`end_and_place`).
-    One placed since keeps the prediction it was placed with (the reservation weighed that
-    one), one ended since gets none. Those created in this pass were given this prediction."""
+    ends: the coordinator writes it at most once). Returns the renewed predictions and the
+    state each row was read in (`_write_renewed` writes them only onto rows still in it: the
+    task's lock does not hold off a job's claim or end, nor a finishing job's placement; one
+    placed since keeps the prediction it was placed with, the one the reservation weighed, and
+    one ended since gets none). Those created in this pass were given this prediction."""
     renewed: dict[int, float] = {}
     read: dict[int, str] = {}
     for exp in exps:
@@ -297,11 +296,8 @@ def _repredict(session: Session, exps: list[Experiment], lengths: LengthModel) -
         if exp.expected_s is None or (exp.state == ExperimentState.PENDING
                                       and abs(predicted - exp.expected_s) > REPREDICT_CHANGE * exp.expected_s):
             renewed[exp.id], read[exp.id] = predicted, exp.state
-            set_committed_value(exp, "expected_s", predicted)  # the session's copy, as the UPDATE below writes it
-    if renewed:
-        table = Experiment.__table__
-        session.execute(update(table).where(table.c.id.in_(renewed), table.c.state == case(read, value=table.c.id))
-                        .values(expected_s=case(renewed, value=table.c.id)))
+            set_committed_value(exp, "expected_s", predicted)  # the session's copy, as the UPDATE writes it
+    return renewed, read
 
 
 def _renew(session: Session, task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
@@ -315,20 +311,18 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
 
     Only rows whose tag changes are written, and they lose any promised start: the promise was
     made to the queue's head, and one moved back would find its reservation strict at once
-    (placement._reserve) when it is the head again; the head reserves anew. They are written in
-    one UPDATE guarded by the waiting state: the task's lock does not hold off a finishing job's
+    (placement._reserve) when it is the head again; the head reserves anew. They are written
+    guarded by the waiting state: the task's lock does not hold off a finishing job's
     placement (`end_and_place`), and an experiment it queued after this pass read it keeps its
     tag (written onto a queued row, a tag would be served twice).
 
     Repeats are not in `exps`: they wait in the order they were created (seed by seed, the best
     configuration first: if the task stops during them, the best has been measured again), and
     what they measure changes no prediction."""
-    _repredict(session, exps, lengths)
+    renewed, read = _repredict(exps, lengths)
     waiting = [e for e in exps if e.state == ExperimentState.PENDING]
-    if len(waiting) < 2:
-        return
     dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s,
-                          task.max_parallel)
+                          task.max_parallel) if len(waiting) >= 2 else None
     moved: dict[int, float] = {}
     for exp, tag in zip(waiting, dealt or ()):
         if exp.share_tag == tag:
@@ -339,8 +333,28 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
         moved[exp.id] = tag
         set_committed_value(exp, "share_tag", tag)  # the session's copy, as the UPDATE below writes it
         set_committed_value(exp, "promised_start", None)
+    _write_renewed(session, renewed, read, moved)
+
+
+def _write_renewed(session: Session, renewed: dict[int, float], read: dict[int, str], moved: dict[int, float]) -> None:
+    """Write the renewed predictions and the re-dealt tags, each in one UPDATE guarded by the
+    state the pass read, after locking every row either touches in id order. Why the order:
+    the rows include running and queued ones (a first prediction) that finishing jobs are
+    ending while their placements take waiting ones; an UPDATE locks its rows in the order it
+    scans them, and a pass holding a waiting row one job is about to place while waiting for
+    the running row that job holds is a deadlock (PostgreSQL breaks it after its
+    deadlock_timeout, one second: a round's hand-overs stalled that long). A finishing job
+    locks the row it ends and then the one it places, which is newer unless it was retried;
+    taking the older first, the pass waits for the job instead. (SQLite: one writer at a time.)"""
+    if not renewed and not moved:
+        return
+    table = Experiment.__table__
+    session.execute(select(table.c.id).where(table.c.id.in_(sorted({*renewed, *moved})))
+                    .order_by(table.c.id).with_for_update())
+    if renewed:
+        session.execute(update(table).where(table.c.id.in_(renewed), table.c.state == case(read, value=table.c.id))
+                        .values(expected_s=case(renewed, value=table.c.id)))
     if moved:
-        table = Experiment.__table__
         session.execute(update(table).where(table.c.id.in_(moved), table.c.state == ExperimentState.PENDING)
                         .values(share_tag=case(moved, value=table.c.id), promised_start=None))
 
