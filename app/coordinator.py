@@ -550,10 +550,13 @@ def coordinate(task_id: int | None = None, again: Callable[[], None] | None = No
     """Advance one task (or every unfinished one) and schedule; returns jobs to send.
 
     A placement that meets a race (`PlacementConflict`: a task's pass cancelled what it
-    placed; `ledger.LedgerConflict`: a GPU it took was no longer free) rolls back, takes
-    nothing and sends nothing: it is not the job's fault, so it must not fail it. The pass
-    then returns no dispatches and calls `again` (the caller's way to ask for the next pass
-    now; the coordinator sends nothing itself), which places what still waits."""
+    placed; `ledger.LedgerConflict`: a GPU it took was no longer free) or a transient database
+    error (a deadlock victim, the database restarting) rolls back, takes nothing and sends
+    nothing: it is not the job's fault, so it must not fail it. The pass then returns no
+    dispatches; after a race it calls `again` (the caller's way to ask for the next pass now;
+    the coordinator sends nothing itself), which places what still waits; after a transient
+    error the periodic tick does (asking at once would spin while the database is away). A
+    placement that names a GPU twice (`ledger.GrantedTwice`) is a bug and is raised."""
     ids = [task_id]
     if task_id is None:
         with session_scope(readonly=True) as session:
@@ -579,6 +582,11 @@ def coordinate(task_id: int | None = None, again: Callable[[], None] | None = No
         log.warning("the coordinator's placement rolled back: %s; the next pass places the waiting experiments", exc)
         if again is not None:
             again()
+        return []
+    except Exception as exc:  # noqa: BLE001 - a transient error is not the job's fault; a bug is raised
+        if not is_transient(exc):
+            raise
+        log.warning("the coordinator's placement rolled back: %s; the next tick places the waiting experiments", exc)
         return []
 
 

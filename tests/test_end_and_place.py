@@ -333,3 +333,36 @@ def test_a_coordinator_job_whose_placement_lost_a_race_ends_normally_and_asks_ag
     waiting = [e.id for t in tasks for e in experiments(t) if e.state == "pending"]  # SQLite: the cancel rolled back
     assert celery_app.coordinate(tasks[1]) == len(waiting)  # the pass asked for places what still waits
     assert sorted(d.experiment_id for d in sent) == waiting
+
+
+def test_a_coordinator_pass_whose_placement_meets_a_transient_error_ends_normally(database_url, monkeypatch):
+    """A transient database error in the pass's placement (a deadlock victim, the database
+    restarting) rolls back and ends the pass with nothing sent, not as a failed job; it does
+    not ask again at once (that would spin while the database is away): the tick places. A
+    planner bug that grants a GPU twice is raised, not taken for a race."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.store import ledger
+
+    register_worker("gpu-g@h", "g", "h", "gpu.g", 1, [GpuSpec(0, "sim", 1, "u0", True)], "inc1", 1)
+    task_id = submit(mixed_task([{"tp-size": 1}], parallel=1))
+    asked: list = []
+
+    def deadlock_victim(session, scheduler=None):
+        raise OperationalError("UPDATE experiments ...", {}, Exception("deadlock detected"))
+
+    with monkeypatch.context() as m:
+        m.setattr(coordinator, "schedule", deadlock_victim)
+        assert coordinator.coordinate(task_id, again=lambda: asked.append(task_id)) == []
+    assert asked == []
+
+    def granted_twice(session, scheduler=None):
+        ledger.take_all(session, [(1, 1, (1,)), (2, 1, (1,))])
+
+    with monkeypatch.context() as m:
+        m.setattr(coordinator, "schedule", granted_twice)
+        with pytest.raises(ledger.GrantedTwice):
+            coordinator.coordinate(task_id, again=lambda: asked.append(task_id))
+    assert asked == []
+    (d,) = coordinator.coordinate(task_id)  # the next pass places what waits
+    assert d.experiment_id == experiments(task_id)[0].id

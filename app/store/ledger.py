@@ -31,6 +31,12 @@ class LedgerConflict(Exception):
     """A GPU we meant to take was already held: the transaction must roll back."""
 
 
+class GrantedTwice(RuntimeError):
+    """A pass granted one GPU to two experiments: a bug of the planner, not a race (a pass that
+    retried on it would meet it again every time); the transaction must roll back and the
+    error be seen."""
+
+
 @dataclass(frozen=True)
 class Held:
     """A named lock the transaction holds, with the value its row kept when it was taken."""
@@ -139,13 +145,13 @@ def _locked_in_order(*where: Any) -> Select:
 
 def take_all(session: Session, grants: list[Grant]) -> dict[int, list[str]]:
     """Give every grant all of its GPUs, or raise LedgerConflict (the caller's transaction
-    must roll back: nothing is taken). The rows are locked in id order and given, when free,
+    must roll back: nothing is taken; GrantedTwice for a pass that named a GPU twice). The rows are locked in id order and given, when free,
     in one UPDATE that returns those it gave: one that was no longer free is missing from
     them. A pass placing a thousand experiments costs a few statements, not thousands.
     Returns each experiment's GPU labels in index order."""
     wanted = sorted(gpu_id for _, _, gpu_ids in grants for gpu_id in gpu_ids)
     if len(wanted) != len(set(wanted)):
-        raise LedgerConflict("a GPU was granted twice in one pass")
+        raise GrantedTwice(f"a pass granted GPUs {sorted({g for g in wanted if wanted.count(g) > 1})} twice")
     session.flush()
     holder = {gpu_id: experiment_id for experiment_id, _, gpu_ids in grants for gpu_id in gpu_ids}
     rows: dict[int, Row] = {}
