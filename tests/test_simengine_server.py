@@ -55,6 +55,31 @@ def test_health_is_503_during_startup_then_200() -> None:
         stop(proc)
 
 
+def test_health_wait_answers_when_ready() -> None:
+    """`/health?wait=S` holds a 503 for up to S seconds and answers 200 the moment start-up
+    ends: a client asking back to back without pausing makes a handful of requests over a
+    3-second start-up (one per second at most, plus the last), where a plain /health would
+    be asked hundreds of times."""
+    port = free_port()
+    proc = subprocess.Popen(sim_cmd(port, "--sim-time-scale", "0.01", "--sim-startup-seconds", "3"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for line in proc.stdout:
+            if "running on" in line:
+                break
+        else:
+            raise AssertionError(f"the simulated engine exited: {proc.stderr.read()[-2000:]}")
+        assert http_status(base + "/health?wait=nonsense") == 503  # a bad value: no wait, no error
+        statuses = []
+        while not statuses or statuses[-1] != 200:
+            statuses.append(http_status(base + "/health?wait=5"))  # capped at 1 s by the engine
+            assert len(statuses) <= 10, statuses
+        assert set(statuses[:-1]) <= {503}
+    finally:
+        stop(proc)
+
+
 def test_models_and_headers_say_simulated(server: dict) -> None:
     with urllib.request.urlopen(server["base"] + "/v1/models") as resp:
         assert resp.headers["X-Simulated"] == "true"

@@ -257,6 +257,9 @@ SIMULATOR = EngineSpec(
     image="autotuner-sim", container_port=30000,
     reserved=_RUNTIME_OWNED | SIM_CONTROL_FLAGS | {"model", "model-path"},
     simulated=True, needs_gpu_devices=False, runs_on_cpu=True,
+    # A health check waits for start-up up to a quarter second (the simulator's long poll):
+    # a few requests per start instead of one every 20 ms; cancellation is seen as often.
+    health_path="/health?wait=0.25",
 )
 
 _OPERATOR_KEYS = {"label", "command", "docker_command", "image", "container_port", "health_path", "flags",

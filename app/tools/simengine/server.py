@@ -287,6 +287,9 @@ class ReplicaScheduler:
 
 
 # ---- HTTP layer --------------------------------------------------------------------------
+HEALTH_WAIT_MAX_S = 1.0  # the longest a health check may wait for start-up (`/health?wait=S`)
+
+
 class SimEngine:
     """Holds the schedulers and serves the OpenAI-compatible endpoints."""
 
@@ -294,6 +297,7 @@ class SimEngine:
         self.cfg, self.model, self.gpu, self.cap = cfg, model, gpu, cap
         self.startup_s = startup_s
         self.ready = False
+        self.started = asyncio.Event()  # set with `ready`: what a waiting health check awaits
         self.stats = Stats()
         self.replicas = [
             ReplicaScheduler(model, gpu, cfg.settings, cap, cfg.time_scale, self.stats, i)
@@ -320,6 +324,21 @@ class SimEngine:
         return resp
 
     async def health(self, request: web.Request) -> web.Response:
+        """200 once started, 503 before. `?wait=S` (at most HEALTH_WAIT_MAX_S) holds a 503 for
+        up to S seconds and answers the moment the engine is ready: the worker waiting for
+        start-up makes a few requests instead of one every 20 ms (a poll costs both processes
+        CPU, which four engines starting at once on two cores take from each other), and
+        learns of readiness at once instead of up to a poll interval late."""
+        if not self.ready:
+            try:
+                wait = min(max(float(request.query.get("wait", 0)), 0.0), HEALTH_WAIT_MAX_S)
+            except ValueError:
+                wait = 0.0
+            if wait > 0:
+                try:
+                    await asyncio.wait_for(self.started.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
         if not self.ready:
             return web.json_response({"status": "starting"}, status=503)
         return web.json_response({"status": "ok", "simulated": True})
@@ -540,6 +559,7 @@ async def serve(
 
     def _ready() -> None:
         engine.ready = True
+        engine.started.set()
         print("The server is fired up and ready to roll! (simulated engine)", flush=True)
 
     print(f"Uvicorn running on http://{cfg.host}:{cfg.port} (simulated; start-up {startup_s:.2f}s)", flush=True)
