@@ -143,7 +143,8 @@ def retry_failed(task_id: int) -> int:
 
     They stay the same rows (same `seq`, same parameters, earlier attempts kept in their
     history), so the coordinator's `max_iterations` count does not grow: they simply become
-    `pending` again and the scheduler gives them GPUs as a new attempt. A task that had
+    `pending` again and the scheduler gives them GPUs as a new attempt, with `max_attempts`
+    attempts again (those ended by a lost worker or a busy host before count no more). A task that had
     ended runs again. A cancelling or cancelled task is refused: cancelling wins.
     """
     with session_scope() as session:
@@ -161,6 +162,7 @@ def retry_failed(task_id: int) -> int:
         if not failed:
             raise Conflict(f"task {task_id} has no failed or timed-out experiment to retry")
         for exp in failed:
+            exp.retried_after = exp.attempt  # its capped attempts count from here
             back_to_pending(session, exp)
         if task.status not in (TaskStatus.PENDING, TaskStatus.RUNNING):  # completed or failed: it runs again
             task.status, task.finished_at, task.error = TaskStatus.RUNNING, None, None

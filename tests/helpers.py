@@ -337,6 +337,29 @@ SIM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SIM_FAST = ["--sim-time-scale", "0.01", "--sim-startup-seconds", "0"]
 
 
+def schema_diff(engine, table: str) -> list:
+    """What Alembic's autogenerate finds between the database and the models for `table`
+    (empty: the migrations built exactly what the models say)."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from app.store.models import Base
+
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+
+    def table_of(change) -> str | None:
+        change = change[0] if isinstance(change, list) else change  # column changes come as lists
+        for part in change[1:]:
+            if isinstance(part, str) and part in Base.metadata.tables:
+                return part
+            if getattr(part, "table", None) is not None:
+                return part.table.name
+        return None
+
+    return [d for d in diff if table_of(d) == table]
+
+
 def sim_cmd(port: int, *extra: str, engine: str = "sglang") -> list[str]:
     return [sys.executable, "-m", "app.tools.simengine", "--host", "127.0.0.1", "--port", str(port),
             "--engine", engine, "--model", SIM_MODEL, *extra]

@@ -13,7 +13,7 @@ from app.domain.placement import CAPPED
 from app.store.db import session_scope
 from app.store.models import Attempt, Experiment, Gpu, Task, Worker, utcnow
 from app.store.pool import GpuSpec, register_worker
-from app.task_service import cancel_task
+from app.task_service import cancel_task, retry_failed
 from app.upkeep import tick
 from tests.helpers import experiments, mixed_task, run_attempt, submit
 
@@ -129,6 +129,31 @@ def test_attempts_are_capped(pool):
         lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
         register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)], incarnation, 2)
     (exp,) = experiments(task_id)
+    assert exp.state == "failed" and "lost 2 time(s)" in exp.error
+
+
+def test_an_operator_retry_gives_the_attempts_again(pool):
+    """An experiment that failed after max_attempts lost attempts, retried by the operator,
+    runs max_attempts more: the lost attempts before the retry no longer count (they failed
+    it again at its first loss after the retry)."""
+    data = mixed_task([{"tp-size": 1}])
+    data["optimization"]["max_attempts"] = 2
+    task_id = submit(data)
+
+    def lose_one(incarnation: str) -> Experiment:
+        (d,) = coordinate(task_id)
+        lifecycle.claim(d.experiment_id, d.attempt, worker="gpu-g@h", host="h", pid=1)
+        register_worker("gpu-g@h", "g", "h", "gpu.g", 4, [GpuSpec(i, "sim", 1, f"u{i}", True) for i in range(4)],
+                        incarnation, 2)
+        (exp,) = experiments(task_id)
+        return exp
+
+    lose_one("a")
+    assert lose_one("b").state == "failed"
+    assert retry_failed(task_id) == 1
+    exp = lose_one("c")  # attempt 3, the first since the retry: back in line
+    assert (exp.state, exp.attempt, exp.retried_after) == ("pending", 3, 2)
+    exp = lose_one("d")
     assert exp.state == "failed" and "lost 2 time(s)" in exp.error
 
 

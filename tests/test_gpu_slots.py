@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app.domain.engines.registry import builtin_engines, _operator_engine
 from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
-from tests.helpers import mixed_task, run_to_end, start_stack, submit
+from tests.helpers import mixed_task, run_to_end, schema_diff, start_stack, submit
 
 GIB = 2**30
 
@@ -226,14 +226,11 @@ def test_migration_keeps_existing_gpus_as_single_slots(kind, request):
     """0008 -> 0009 -> 0008 -> 0009 on a store that already has a GPU; the schema then matches
     the models (autogenerate finds nothing to add or drop on the GPU table)."""
     from alembic import command
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
 
     from app.store.db import get_engine
     from app.store.migrate import alembic_config
-    from app.store.models import Base
 
     url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url")
     engine = get_engine(url)
@@ -252,18 +249,7 @@ def test_migration_keeps_existing_gpus_as_single_slots(kind, request):
     with pytest.raises(IntegrityError), engine.begin() as conn:
         conn.execute(text("INSERT INTO gpus (host, \"index\", slot, \"group\", worker, name, memory_mb, uuid,"
                           " simulated, online) VALUES ('h', 0, 1, 'g', 'w', 'H200', 143771, 'u0', false, true)"))
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
-    def table(change) -> str | None:
-        change = change[0] if isinstance(change, list) else change  # column changes come as lists
-        for part in change[1:]:
-            if isinstance(part, str) and part in Base.metadata.tables:
-                return part
-            if getattr(part, "table", None) is not None:
-                return part.table.name
-        return None
-
-    assert [d for d in diff if table(d) == "gpus"] == []
+    assert schema_diff(engine, "gpus") == []
 
 
 @pytest.mark.integration

@@ -383,7 +383,8 @@ def _run_again(session: Session, exp: Experiment, state: str, kind: str, reason:
     `state`, and put the experiment back in line as a new attempt, unless `max_attempts` of its
     attempts have ended so: then it fails as `kind`. Its GPUs go back to the pool, fenced until
     its engine is confirmed gone (`engine_gone`: the job has stopped it). `gave_up` and
-    `retrying` are the experiment's error, formatted with `n` (such ends), `attempt`, `reason`."""
+    `retrying` are the experiment's error, formatted with `n` (such ends), `attempt`, `reason`.
+    Only the attempts since an operator's retry count (`Experiment.retried_after`)."""
     att = _attempt(session, exp)
     now = utcnow()
     if att is not None:
@@ -391,7 +392,7 @@ def _run_again(session: Session, exp: Experiment, state: str, kind: str, reason:
         if engine_gone:
             att.engine_gone_at = now
     fence = att.id if _engine_may_run(att) else None
-    ended = sum(1 for a in exp.attempts if a.failure_kind == kind)
+    ended = sum(1 for a in exp.attempts if a.failure_kind == kind and a.number > exp.retried_after)
     if ended >= exp.task.parsed_spec.optimization.max_attempts:
         ledger.release(session, exp.id, fence=fence)
         exp.state, exp.phase, exp.wait_reason, exp.finished_at = ExperimentState.FAILED, None, None, now

@@ -161,6 +161,10 @@ class Experiment(Base):
     failure_kind: Mapped[str | None] = mapped_column(String(40), nullable=True)
     engine_log: Mapped[str | None] = mapped_column(Text, nullable=True)
     simulated: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The attempt number when an operator last retried it (`retry_failed`), 0 if never: the
+    # attempts capped by `max_attempts` (lost, host busy) are counted after it, so a retried
+    # experiment gets its attempts again instead of failing at its first such end.
+    retried_after: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     task: Mapped[Task] = relationship(back_populates="experiments")
     attempts: Mapped[list["Attempt"]] = relationship(
