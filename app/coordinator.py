@@ -275,7 +275,8 @@ def _history(session: Session, task_id: int) -> list[Experiment]:
                                 .order_by(Experiment.seq).options(*_UNREAD)).scalars())
 
 
-def _repredict(exps: list[Experiment], lengths: LengthModel) -> tuple[dict[int, float], dict[int, str]]:
+def _repredict(exps: list[Experiment],
+               lengths: LengthModel) -> tuple[dict[int, float], dict[int, str], dict[int, float]]:
     """What was created before the latest results learns from them too: the reservation
     weighs how long waiting experiments will take and when running ones end. A waiting
     experiment's prediction is renewed when it moves by more than REPREDICT_CHANGE; a queued
@@ -284,27 +285,37 @@ def _repredict(exps: list[Experiment], lengths: LengthModel) -> tuple[dict[int, 
     state each row was read in (`_write_renewed` writes them only onto rows still in it: the
     task's lock does not hold off a job's claim or end, nor a finishing job's placement; one
     placed since keeps the prediction it was placed with, the one the reservation weighed, and
-    one ended since gets none). Those created in this pass were given this prediction."""
+    one ended since gets none). Those created in this pass were given this prediction. The
+    third dict: every stored active experiment's prediction now (written or not), what the
+    longest-first order compares."""
     renewed: dict[int, float] = {}
     read: dict[int, str] = {}
+    now: dict[int, float] = {}
     for exp in exps:
         if exp.state not in EXP_ACTIVE or exp.id is None:
             continue
         predicted = lengths.predict(exp.params)
         if predicted is None:
             continue
+        now[exp.id] = predicted
         if exp.expected_s is None or (exp.state == ExperimentState.PENDING
                                       and abs(predicted - exp.expected_s) > REPREDICT_CHANGE * exp.expected_s):
             renewed[exp.id], read[exp.id] = predicted, exp.state
             set_committed_value(exp, "expected_s", predicted)  # the session's copy, as the UPDATE writes it
-    return renewed, read
+    return renewed, read, now
 
 
 def _renew(session: Session, task: Task, exps: list[Experiment], lengths: LengthModel) -> None:
     """After new results or with new experiments: the predictions renewed (`_repredict`),
     then the task's waiting experiments among `exps` (in creation order) served longest
     predicted first, by dealing their fair-share tags out again (placement.longest_first; an
-    unknown length counts as the task's moving average). It runs after every new result under
+    unknown length counts as the task's moving average). The order compares every waiting
+    experiment's prediction *now*, not the one stored: a stored prediction is renewed only
+    when it moves by more than REPREDICT_CHANGE, so stored ones differ by when they were
+    written, and ranked by them, in the starvation workload an 8-GPU experiment stored at
+    1.040 s fell behind 1-GPU ones created after it and stored later at 1.074 s, where the
+    model now predicted the same for all of them; it started 1.1 s after strict FIFO would
+    have (one PostgreSQL run). Equal predictions keep creation order. It runs after every new result under
     the task's lock, so it is bounded: nothing to deal with fewer than two waiting, and only
     the task's max_parallel smallest tags are dealt (to its longest; the rows they displace take
     the tags those held): at most 2 × max_parallel rows written, the queue's head longest first.
@@ -319,9 +330,10 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
     Repeats are not in `exps`: they wait in the order they were created (seed by seed, the best
     configuration first: if the task stops during them, the best has been measured again), and
     what they measure changes no prediction."""
-    renewed, read = _repredict(exps, lengths)
+    renewed, read, now = _repredict(exps, lengths)
     waiting = [e for e in exps if e.state == ExperimentState.PENDING]
-    dealt = longest_first([e.share_tag for e in waiting], [e.expected_s for e in waiting], task.expected_experiment_s,
+    order = [now.get(e.id, e.expected_s) if e.id is not None else e.expected_s for e in waiting]
+    dealt = longest_first([e.share_tag for e in waiting], order, task.expected_experiment_s,
                           task.max_parallel) if len(waiting) >= 2 else None
     moved: dict[int, float] = {}
     for exp, tag in zip(waiting, dealt or ()):

@@ -166,8 +166,9 @@ class Replay:
         self.fitted_on = len(self.succeeded)
         if policy.longest_first and len(self.pending) >= 2:
             waiting = sorted(self.pending)
-            dealt = longest_first([self.tag[i] for i in waiting], [self.expected[i] for i in waiting], self.average,
-                                  policy.head)
+            now = [p if model is not None and (p := self.predict(model, i)) is not None else self.expected[i]
+                   for i in waiting]  # the order by the latest predictions (coordinator._renew)
+            dealt = longest_first([self.tag[i] for i in waiting], now, self.average, policy.head)
             for i, tag in zip(waiting, dealt or ()):
                 if self.tag[i] != tag:
                     self.tag[i], self.promised[i] = tag, None

@@ -171,3 +171,42 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
         assert seen.expected_s == pytest.approx(10.25, rel=0.05)  # measured before: its mean
         task = s.get(Task, task_id)
         assert task.share_finish == pytest.approx(before + 2 * unseen.expected_s + 1 * seen.expected_s)
+
+
+@pytest.mark.integration
+def test_the_longest_first_order_compares_predictions_now_not_as_stored(pool):
+    """Four 1-GPU experiments measured (about 1.06 s), an 8-GPU one created before three more
+    1-GPU ones of the same parameters waits with them. Their stored predictions were written
+    at different times (the 8-GPU one at 1.040 s, the others later at 1.074 s: a stored one is
+    renewed only past REPREDICT_CHANGE), while the model now predicts the same for all four:
+    it has never seen the tensor-parallel size vary. The order follows the predictions now, so
+    equal ones keep creation order and the 8-GPU experiment keeps its place ahead of the
+    others; ranked by what was stored, it fell behind them (the starvation workload's 8-GPU
+    experiment started 1.1 s after strict FIFO's start on PostgreSQL)."""
+    from datetime import timedelta
+
+    from app.coordinator import advance, coordinate
+    from app.store.db import session_scope
+    from app.store.lifecycle import lock_task
+    from app.store.models import Experiment, utcnow
+
+    short, big = {"tp-size": 1, "cuda-graph-max-bs": 1}, {"tp-size": 8, "cuda-graph-max-bs": 1}
+    task_id = submit(mixed_task([short] * 4 + [big] + [short] * 3, parallel=4))
+    first = coordinate(task_id)
+    assert len(first) == 4
+    with session_scope() as s:  # the first four measured; the rest wait with stale predictions
+        now = utcnow()
+        for d, seconds in zip(first, (1.03, 1.07, 1.05, 1.08)):
+            exp = s.get(Experiment, d.experiment_id)
+            exp.state, exp.started_at, exp.finished_at = "succeeded", now - timedelta(seconds=seconds), now
+        waiting = s.execute(select(Experiment).where(Experiment.task_id == task_id, Experiment.state == "pending")
+                            .order_by(Experiment.seq)).scalars().all()
+        assert [e.gpus_needed for e in waiting] == [8, 1, 1, 1]
+        for exp, stored in zip(waiting, (1.040, 1.074, 1.074, 1.074)):
+            exp.expected_s = stored
+    with session_scope() as s:
+        advance(s, lock_task(s, task_id))
+    with session_scope() as s:
+        waiting = s.execute(select(Experiment).where(Experiment.task_id == task_id, Experiment.state == "pending")
+                            .order_by(Experiment.share_tag, Experiment.id)).scalars().all()
+        assert [e.gpus_needed for e in waiting] == [8, 1, 1, 1]

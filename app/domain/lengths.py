@@ -84,17 +84,21 @@ class LengthModel:
         return model
 
     def predict(self, params: Mapping[str, Any]) -> float | None:
-        """Expected seconds for `params`, or None when the samples cannot tell."""
+        """Expected seconds for `params`, or None when the samples cannot tell. To the
+        millisecond: a length is known no better, and two predictions that are the same number
+        then compare equal however they were computed (a fit whose parameters the samples never
+        varied answers their mean, which can differ from the same mean summed directly in the
+        last bit; the longest-first order would rank them by that bit)."""
         seen = self.exact.get(_key(params))
         if seen is not None:
-            return seen
+            return round(seen, 3)
         if self.coefficients is None:
             return None
         values = np.array([_numeric(params.get(k)) if _numeric(params.get(k)) is not None else self.means[i]
                            for i, k in enumerate(self.names)], dtype=float)
         guess = float(self.coefficients[0] + self.coefficients[1:] @ ((values - self.means) / self.scales))
         low, high = self.bounds
-        return min(max(guess, low), high)
+        return round(min(max(guess, low), high), 3)
 
 
 def learned(average: float | None, seconds: float) -> float:
