@@ -312,11 +312,12 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
     unknown length counts as the task's moving average). The order compares every waiting
     experiment's prediction *now*, not the one stored: a stored prediction is renewed only
     when it moves by more than REPREDICT_CHANGE, so stored ones differ by when they were
-    written, and ranked by them, in the starvation workload an 8-GPU experiment stored at
-    1.040 s fell behind 1-GPU ones created after it and stored later at 1.074 s, where the
-    model now predicted the same for all of them; it started 1.1 s after strict FIFO would
-    have (one PostgreSQL run). Equal predictions keep creation order. It runs after every new result under
-    the task's lock, so it is bounded: nothing to deal with fewer than two waiting, and only
+    written (the starvation workload's 1-GPU ones held 1.040-1.074 s for the same
+    parameters). Ranked by them, its 8-GPU experiment fell behind a 1-GPU one created after
+    it and stored at 1.074 s, where the model, having seen only 1-GPU results, predicted the
+    same for both; it started 1.1 s after strict FIFO would have (one PostgreSQL run). Equal
+    predictions keep creation order. It runs after every new result under the task's lock,
+    so it is bounded: nothing to deal with fewer than two waiting, and only
     the task's max_parallel smallest tags are dealt (to its longest; the rows they displace take
     the tags those held): at most 2 × max_parallel rows written, the queue's head longest first.
 

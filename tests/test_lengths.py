@@ -177,8 +177,8 @@ def test_new_experiments_get_a_prediction_from_their_tasks_history(pool):
 def test_the_longest_first_order_compares_predictions_now_not_as_stored(pool):
     """Four 1-GPU experiments measured (about 1.06 s), an 8-GPU one created before three more
     1-GPU ones of the same parameters waits with them. Their stored predictions were written
-    at different times (the 8-GPU one at 1.040 s, the others later at 1.074 s: a stored one is
-    renewed only past REPREDICT_CHANGE), while the model now predicts the same for all four:
+    at different times (here the 8-GPU one at 1.040 s, the others later at 1.074 s: a stored
+    one is renewed only past REPREDICT_CHANGE), while the model now predicts the same for all four:
     it has never seen the tensor-parallel size vary. The order follows the predictions now, so
     equal ones keep creation order and the 8-GPU experiment keeps its place ahead of the
     others; ranked by what was stored, it fell behind them (the starvation workload's 8-GPU
