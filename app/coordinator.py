@@ -333,7 +333,7 @@ def _renew(session: Session, task: Task, exps: list[Experiment], lengths: Length
     what they measure changes no prediction."""
     renewed, read, now = _repredict(exps, lengths)
     waiting = [e for e in exps if e.state == ExperimentState.PENDING]
-    order = [now.get(e.id, e.expected_s) if e.id is not None else e.expected_s for e in waiting]
+    order = [now.get(e.id) if e.id is not None else e.expected_s for e in waiting]  # None: the task's average
     dealt = longest_first([e.share_tag for e in waiting], order, task.expected_experiment_s,
                           task.max_parallel) if len(waiting) >= 2 else None
     moved: dict[int, float] = {}

@@ -166,7 +166,7 @@ class Replay:
         self.fitted_on = len(self.succeeded)
         if policy.longest_first and len(self.pending) >= 2:
             waiting = sorted(self.pending)
-            now = [p if model is not None and (p := self.predict(model, i)) is not None else self.expected[i]
+            now = [self.predict(model, i) if model is not None else self.expected[i]
                    for i in waiting]  # the order by the latest predictions (coordinator._renew)
             dealt = longest_first([self.tag[i] for i in waiting], now, self.average, policy.head)
             for i, tag in zip(waiting, dealt or ()):

@@ -137,7 +137,8 @@ class Runtime(abc.ABC):
         should_stop: Callable[[], bool] = lambda: False,
         poll_interval: float = 0.02,
     ) -> None:
-        """Poll `/health` until it answers 200.
+        """Ask the engine's health path until it answers 200 (every `poll_interval`; the
+        simulator's path holds each answer until it is ready, up to a quarter second).
 
         Raises EngineError with the engine's last log lines if the engine exits or the
         timeout passes, and ExperimentCancelled when `should_stop()` turns true.
