@@ -337,6 +337,16 @@ SIM_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 SIM_FAST = ["--sim-time-scale", "0.01", "--sim-startup-seconds", "0"]
 
 
+def migration_config(request, kind: str) -> tuple:
+    """(engine, Alembic config) for a fresh, unmigrated store of `kind` (sqlite or postgresql):
+    a test walks its migrations up and down by hand."""
+    from app.store.db import get_engine
+    from app.store.migrate import alembic_config
+
+    engine = get_engine(request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url"))
+    return engine, alembic_config(engine.url.render_as_string(hide_password=False))
+
+
 def schema_diff(engine, table: str) -> list:
     """What Alembic's autogenerate finds between the database and the models for `table`
     (empty: the migrations built exactly what the models say)."""

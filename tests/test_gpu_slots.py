@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from app.domain.engines.registry import builtin_engines, _operator_engine
 from app.domain.placement import FreeGpu, GroupState, pick_gpus, plan
-from tests.helpers import mixed_task, run_to_end, schema_diff, start_stack, submit
+from tests.helpers import migration_config, mixed_task, run_to_end, schema_diff, start_stack, submit
 
 GIB = 2**30
 
@@ -229,12 +229,7 @@ def test_migration_keeps_existing_gpus_as_single_slots(kind, request):
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
 
-    from app.store.db import get_engine
-    from app.store.migrate import alembic_config
-
-    url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url")
-    engine = get_engine(url)
-    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    engine, cfg = migration_config(request, kind)
     command.upgrade(cfg, "0008")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO gpus (host, \"index\", \"group\", worker, name, memory_mb, uuid, simulated, online)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import schema_diff
+from tests.helpers import migration_config, schema_diff
 
 
 @pytest.mark.integration
@@ -16,12 +16,7 @@ def test_retried_after_migration_keeps_experiments_and_their_attempts(kind, requ
     from alembic import command
     from sqlalchemy import text
 
-    from app.store.db import get_engine
-    from app.store.migrate import alembic_config
-
-    url = request.getfixturevalue("sqlite_url" if kind == "sqlite" else "postgres_url")
-    engine = get_engine(url)
-    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    engine, cfg = migration_config(request, kind)
     command.upgrade(cfg, "0016")
     with engine.begin() as conn:
         conn.execute(text("INSERT INTO tasks (id, name, status, spec, engine, deployment_mode, strategy, objective,"

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 from typing import Iterator
 
 import aiohttp
@@ -35,24 +36,30 @@ def server() -> Iterator[dict]:
         stop(proc)
 
 
-def test_health_is_503_during_startup_then_200() -> None:
-    """Bound but still starting: 503; after the start-up: 200. The server says when it is
-    bound (its "running on" line); the start-up is long enough that the first probe after it
-    always lands inside the window."""
+@contextmanager
+def starting_engine(startup_s: float) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A simulated engine with a start-up of `startup_s` wall seconds, handed over as soon as
+    it says it is bound (its "running on" line): still starting. Yields (process, base URL)."""
     port = free_port()
-    proc = subprocess.Popen(sim_cmd(port, "--sim-time-scale", "0.01", "--sim-startup-seconds", str(SLOW_START_S)),
+    proc = subprocess.Popen(sim_cmd(port, "--sim-time-scale", "0.01", "--sim-startup-seconds", str(startup_s)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
     try:
         for line in proc.stdout:
             if "running on" in line:
                 break
         else:
             raise AssertionError(f"the simulated engine exited: {proc.stderr.read()[-2000:]}")
-        assert http_status(base + "/health") == 503
-        assert wait_healthy(proc, base, timeout=60)[-1] == 200
+        yield proc, f"http://127.0.0.1:{port}"
     finally:
         stop(proc)
+
+
+def test_health_is_503_during_startup_then_200() -> None:
+    """Bound but still starting: 503; after the start-up: 200. The start-up is long enough
+    that the first probe after the engine says it is bound always lands inside the window."""
+    with starting_engine(SLOW_START_S) as (proc, base):
+        assert http_status(base + "/health") == 503
+        assert wait_healthy(proc, base, timeout=60)[-1] == 200
 
 
 def test_health_wait_answers_when_ready() -> None:
@@ -60,24 +67,13 @@ def test_health_wait_answers_when_ready() -> None:
     ends: a client asking back to back without pausing makes a handful of requests over a
     3-second start-up (one per second at most, plus the last), where a plain /health would
     be asked hundreds of times."""
-    port = free_port()
-    proc = subprocess.Popen(sim_cmd(port, "--sim-time-scale", "0.01", "--sim-startup-seconds", "3"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for line in proc.stdout:
-            if "running on" in line:
-                break
-        else:
-            raise AssertionError(f"the simulated engine exited: {proc.stderr.read()[-2000:]}")
+    with starting_engine(3.0) as (_proc, base):
         assert http_status(base + "/health?wait=nonsense") == 503  # a bad value: no wait, no error
         statuses = []
         while not statuses or statuses[-1] != 200:
             statuses.append(http_status(base + "/health?wait=5"))  # capped at 1 s by the engine
             assert len(statuses) <= 10, statuses
         assert set(statuses[:-1]) <= {503}
-    finally:
-        stop(proc)
 
 
 def test_models_and_headers_say_simulated(server: dict) -> None:
