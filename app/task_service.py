@@ -144,8 +144,8 @@ def retry_failed(task_id: int) -> int:
     They stay the same rows (same `seq`, same parameters, earlier attempts kept in their
     history), so the coordinator's `max_iterations` count does not grow: they simply become
     `pending` again and the scheduler gives them GPUs as a new attempt, with `max_attempts`
-    attempts again (those ended by a lost worker or a busy host before count no more). A task that had
-    ended runs again. A cancelling or cancelled task is refused: cancelling wins.
+    attempts again (those ended by a lost worker or a busy host before count no more). A task
+    that had ended runs again. A cancelling or cancelled task is refused: cancelling wins.
     """
     with session_scope() as session:
         task = lock_task(session, task_id)

@@ -43,6 +43,17 @@ def test_too_few_samples_tell_nothing():
 
 
 @pytest.mark.unit
+def test_a_fit_over_parameters_never_varied_answers_their_measured_mean_exactly():
+    """All samples share their parameters: the fit's answer for any other value is the same
+    number as the measured mean, to the last bit (solved by least squares it came out
+    1.0445000000000002 against 1.0445, and the longest-first order ranked by that bit)."""
+    short = {"tp-size": 1, "cuda-graph-max-bs": 1000}
+    model = LengthModel.fit([(short, seconds) for seconds in (1.026, 1.0645, 1.072, 1.0155)])
+    assert model.coefficients is not None
+    assert model.predict({"tp-size": 8, "cuda-graph-max-bs": 1000}) == model.predict(short)
+
+
+@pytest.mark.unit
 def test_extrapolation_is_kept_within_what_was_seen():
     samples = [({"bs": bs}, 1.0 + bs) for bs in (1, 2, 3, 4)]
     model = LengthModel.fit(samples)

@@ -145,10 +145,11 @@ def _locked_in_order(*where: Any) -> Select:
 
 def take_all(session: Session, grants: list[Grant]) -> dict[int, list[str]]:
     """Give every grant all of its GPUs, or raise LedgerConflict (the caller's transaction
-    must roll back: nothing is taken; GrantedTwice for a pass that named a GPU twice). The rows are locked in id order and given, when free,
-    in one UPDATE that returns those it gave: one that was no longer free is missing from
-    them. A pass placing a thousand experiments costs a few statements, not thousands.
-    Returns each experiment's GPU labels in index order."""
+    must roll back: nothing is taken; GrantedTwice for a pass that named a GPU twice). The
+    rows are locked in id order and given, when free, in one UPDATE that returns those it
+    gave: one that was no longer free is missing from them. A pass placing a thousand
+    experiments costs a few statements, not thousands. Returns each experiment's GPU labels in
+    index order."""
     wanted = sorted(gpu_id for _, _, gpu_ids in grants for gpu_id in gpu_ids)
     if len(wanted) != len(set(wanted)):
         raise GrantedTwice(f"a pass granted GPUs {sorted({g for g in wanted if wanted.count(g) > 1})} twice")
